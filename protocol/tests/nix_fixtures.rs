@@ -1,0 +1,203 @@
+//! Narinfos, keys and signatures exactly as Nix 2.8 (Debian's nix-bin) wrote
+//! them: `nix-store --generate-binary-cache-key test-1`, `nix copy --to
+//! file://...?secret-key=...` of built derivations, `nix-store --add` and
+//! `builtins.toFile` paths.
+
+use nixswarm_protocol::{NarInfo, NarInfoErrorKind, PublicKey, SecretKey, Trust};
+use proptest::prelude::*;
+
+const PUB: &str = include_str!("fixtures/pub");
+const SEC: &str = include_str!("fixtures/sec");
+const LEAF: &str = include_str!("fixtures/signed-leaf.narinfo");
+const WITH_REF: &str = include_str!("fixtures/signed-with-ref.narinfo");
+const CA_FLAT: &str = include_str!("fixtures/ca-flat.narinfo");
+const CA_REC: &str = include_str!("fixtures/ca-recursive.narinfo");
+const CA_TEXT: &str = include_str!("fixtures/ca-text.narinfo");
+
+fn key() -> PublicKey {
+    PUB.parse().unwrap()
+}
+
+#[test]
+fn nix_narinfos_print_back_byte_for_byte() {
+    for text in [LEAF, WITH_REF, CA_FLAT, CA_REC, CA_TEXT] {
+        let info = NarInfo::parse(text).unwrap();
+        assert_eq!(info.to_text(), text);
+    }
+}
+
+#[test]
+fn nix_signatures_verify() {
+    for text in [LEAF, WITH_REF] {
+        let info = NarInfo::parse(text).unwrap();
+        assert_eq!(info.trust(&[key()]), Some(Trust::Signed("test-1".into())));
+    }
+    let info = NarInfo::parse(WITH_REF).unwrap();
+    assert_eq!(info.references.len(), 1);
+    assert!(info.fingerprint().ends_with(";/nix/store/1g10pyjvgvxciw9qmziz7w578899g11y-a-small"));
+}
+
+#[test]
+fn nix_secret_key_signs_like_nix() {
+    let sk: SecretKey = SEC.parse().unwrap();
+    assert_eq!(sk.public_key(), key());
+    let info = NarInfo::parse(WITH_REF).unwrap();
+    assert_eq!(sk.sign(&info.fingerprint()), info.sigs[0]);
+}
+
+#[test]
+fn tampering_breaks_the_signature() {
+    let other_key: PublicKey = "test-1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".parse().unwrap();
+    let info = NarInfo::parse(WITH_REF).unwrap();
+    assert_eq!(info.trust(&[other_key]), None);
+    assert_eq!(info.trust(&[]), None);
+
+    let forged_hash = WITH_REF.replace(
+        "NarHash: sha256:1gd6z7zagvwgwc9dprx1xz0x69kd8hmn6dpccssmy881ckad2w3x",
+        "NarHash: sha256:0gd6z7zagvwgwc9dprx1xz0x69kd8hmn6dpccssmy881ckad2w3x",
+    );
+    assert_ne!(forged_hash, WITH_REF);
+    assert_eq!(NarInfo::parse(&forged_hash).unwrap().trust(&[key()]), None);
+    let forged_size = WITH_REF.replace("NarSize: 100712", "NarSize: 100713");
+    assert_eq!(NarInfo::parse(&forged_size).unwrap().trust(&[key()]), None);
+    let dropped_ref = WITH_REF.replace("References: 1g10pyjvgvxciw9qmziz7w578899g11y-a-small", "References: ");
+    assert_eq!(NarInfo::parse(&dropped_ref).unwrap().trust(&[key()]), None);
+    // URL, Compression, FileHash and FileSize are not signed.
+    let rewritten = WITH_REF
+        .replace("Compression: xz", "Compression: none")
+        .replace("URL: nar/0va98q1nnhgmjhbz96ykn35mqxs4m9hbbw2xv2yr6907a79v2a8b.nar.xz", "URL: nar/x.nar");
+    assert!(NarInfo::parse(&rewritten).unwrap().trust(&[key()]).is_some());
+}
+
+#[test]
+fn content_addressed_paths_are_trusted_only_when_the_path_matches() {
+    for text in [CA_FLAT, CA_REC, CA_TEXT] {
+        let info = NarInfo::parse(text).unwrap();
+        assert!(info.sigs.is_empty());
+        assert_eq!(info.trust(&[key()]), Some(Trust::ContentAddressed), "{text}");
+    }
+    // Same CA, another path: rejected.
+    let moved = CA_REC.replace("7x25z45vg5paacrx7mzrnsikmvkbx82a-d", "7x25z45vg5paacrx7mzrnsikmvkbx82a-e");
+    assert_eq!(NarInfo::parse(&moved).unwrap().trust(&[key()]), None);
+    // A recursive CA whose NarHash disagrees: rejected.
+    let wrong_nar = CA_REC.replace(
+        "NarHash: sha256:014znj6hnd349vhlqmvfbl7aa0bawgrhp305jb92g2ahhzkmh6za",
+        "NarHash: sha256:114znj6hnd349vhlqmvfbl7aa0bawgrhp305jb92g2ahhzkmh6za",
+    );
+    assert_eq!(NarInfo::parse(&wrong_nar).unwrap().trust(&[key()]), None);
+    // Adding a reference to a text path changes its address.
+    let with_ref = CA_TEXT.replace("References: ", "References: 1g10pyjvgvxciw9qmziz7w578899g11y-a-small");
+    assert_eq!(NarInfo::parse(&with_ref).unwrap().trust(&[key()]), None);
+}
+
+#[test]
+fn parse_errors_say_what_and_where() {
+    let e = NarInfo::parse("StorePath: /nix/store/iqh7ydji4vh3m6z5bkfk07jvbkfy0sq1-b-dir\nNarSize: many\n").unwrap_err();
+    assert_eq!(e.line, 2);
+    assert!(matches!(e.kind, NarInfoErrorKind::Number { field: "NarSize", .. }));
+    assert!(e.to_string().contains("line 2"), "{e}");
+
+    let e = NarInfo::parse("<html>not a narinfo</html>\n").unwrap_err();
+    assert_eq!(e.line, 1);
+    assert!(matches!(e.kind, NarInfoErrorKind::NotKeyValue(_)));
+
+    let e = NarInfo::parse(&LEAF.replace("NarHash", "NarHashX")).unwrap_err();
+    assert_eq!(e.kind, NarInfoErrorKind::Missing("NarHash"));
+
+    let e = NarInfo::parse(&format!("{LEAF}NarSize: 1\n")).unwrap_err();
+    assert_eq!(e.kind, NarInfoErrorKind::Duplicate("NarSize"));
+
+    let e = NarInfo::parse(LEAF.trim_end()).unwrap_err();
+    assert_eq!(e.kind, NarInfoErrorKind::Unterminated);
+
+    let e = NarInfo::parse(&LEAF.replace("Sig: test-1:", "Sig: test-1:!")).unwrap_err();
+    assert!(matches!(e.kind, NarInfoErrorKind::Signature(_)));
+
+    let e = NarInfo::parse(&LEAF.replace("StorePath: /nix/store/", "StorePath: /etc/")).unwrap_err();
+    assert!(matches!(e.kind, NarInfoErrorKind::StorePath { field: "StorePath", .. }));
+}
+
+#[test]
+fn missing_compression_means_bzip2_like_nix() {
+    let info = NarInfo::parse(&LEAF.replace("Compression: xz\n", "")).unwrap();
+    assert_eq!(info.compression, "bzip2");
+}
+
+fn arb_narinfo() -> impl Strategy<Value = NarInfo> {
+    let path = (any::<[u8; 20]>(), "[a-z0-9][a-z0-9.+_-]{0,20}").prop_map(|(h, n)| {
+        nixswarm_protocol::StorePath::new(nixswarm_protocol::StorePathHash::from_bytes(&h), &n).unwrap()
+    });
+    (
+        path.clone(),
+        "nar/[a-z0-9]{1,52}\\.nar(\\.xz|\\.zst)?",
+        prop_oneof![Just("none"), Just("xz"), Just("zstd"), Just("bzip2")],
+        proptest::option::of(any::<[u8; 32]>()),
+        proptest::option::of(any::<u64>()),
+        any::<[u8; 32]>(),
+        1u64..u64::MAX,
+        proptest::collection::vec(path.clone(), 0..5),
+        proptest::option::of(path),
+        proptest::collection::vec(any::<[u8; 32]>(), 0..3),
+        proptest::option::of("fixed:r:sha256:[0-9a-df-np-sv-z]{52}"),
+    )
+        .prop_map(|(store_path, url, compression, fh, fs, nh, nar_size, references, deriver, seeds, ca)| {
+            let mut info = NarInfo {
+                store_path,
+                url,
+                compression: compression.to_owned(),
+                file_hash: fh.map(nixswarm_protocol::Sha256Hash),
+                file_size: fs,
+                nar_hash: nixswarm_protocol::Sha256Hash(nh),
+                nar_size,
+                references,
+                deriver,
+                sigs: Vec::new(),
+                ca,
+            };
+            let fp = info.fingerprint();
+            info.sigs = seeds.iter().map(|s| SecretKey::from_seed("k-1", s).sign(&fp)).collect();
+            info
+        })
+}
+
+proptest! {
+    #[test]
+    fn narinfo_round_trips(info in arb_narinfo()) {
+        let text = info.to_text();
+        prop_assert_eq!(NarInfo::parse(&text).unwrap(), info.clone());
+        for seed_sig in &info.sigs {
+            prop_assert_eq!(seed_sig.key_name(), "k-1");
+        }
+    }
+
+    #[test]
+    fn signed_narinfos_verify_and_truncations_never_do(info in arb_narinfo(), seed in any::<[u8; 32]>(), cut in 1usize..200) {
+        let sk = SecretKey::from_seed("k-1", &seed);
+        let mut signed = info.clone();
+        signed.sigs = vec![sk.sign(&info.fingerprint())];
+        prop_assert!(signed.trust(&[sk.public_key()]).is_some());
+        let text = signed.to_text();
+        let cut = cut.min(text.len());
+        // Any truncation either fails to parse or fails to verify.
+        if let Ok(t) = NarInfo::parse(&text[..text.len() - cut]) {
+            prop_assert!(t != signed);
+        }
+    }
+
+    #[test]
+    fn parse_never_panics(s in "\\PC{0,400}") {
+        let _ = NarInfo::parse(&s);
+    }
+
+    #[test]
+    fn parse_never_panics_on_mutated_nix_text(pos in 0usize..400, byte in any::<u8>()) {
+        let mut bytes = WITH_REF.as_bytes().to_vec();
+        let pos = pos % bytes.len();
+        bytes[pos] = byte;
+        if let Ok(text) = std::str::from_utf8(&bytes) {
+            if let Ok(info) = NarInfo::parse(text) {
+                let _ = info.trust(&[key()]);
+            }
+        }
+    }
+}
