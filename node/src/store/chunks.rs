@@ -1,0 +1,114 @@
+//! Chunk files: `chunks/<2 hex>/<64 hex>`, each holding one chunk's bytes,
+//! written to `tmp/` first and renamed into place, verified on every read.
+
+use std::fs;
+use std::io::{ErrorKind, Write as _};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use nixswarm_protocol::ChunkId;
+
+use super::{Result, StoreError};
+
+/// The directory of chunk files.
+#[derive(Debug)]
+pub struct ChunkDir {
+    root: PathBuf,
+    tmp: PathBuf,
+    counter: AtomicU64,
+}
+
+fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> StoreError {
+    let context = context.into();
+    move |source| StoreError::Io { context, source }
+}
+
+impl ChunkDir {
+    /// Opens the directory, creating it, and clears leftovers in `tmp/`.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let root = dir.join("chunks");
+        let tmp = dir.join("tmp");
+        fs::create_dir_all(&root).map_err(io(format!("creating {}", root.display())))?;
+        if tmp.exists() {
+            fs::remove_dir_all(&tmp).map_err(io(format!("clearing {}", tmp.display())))?;
+        }
+        fs::create_dir_all(&tmp).map_err(io(format!("creating {}", tmp.display())))?;
+        Ok(Self { root, tmp, counter: AtomicU64::new(0) })
+    }
+
+    /// Where a chunk's file is.
+    pub fn path(&self, id: &ChunkId) -> PathBuf {
+        let hex = id.to_hex();
+        self.root.join(&hex[..2]).join(hex)
+    }
+
+    /// True if the chunk's file exists.
+    pub fn has(&self, id: &ChunkId) -> bool {
+        self.path(id).exists()
+    }
+
+    /// Writes a chunk (whose id the caller computed from `data`). Not synced:
+    /// call [`ChunkDir::sync`] before making it visible.
+    pub fn write(&self, id: &ChunkId, data: &[u8]) -> Result<()> {
+        let dest = self.path(id);
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let tmp = self.tmp.join(format!("{}-{n}", std::process::id()));
+        let mut f = fs::File::create(&tmp).map_err(io(format!("creating {}", tmp.display())))?;
+        f.write_all(data).map_err(io(format!("writing {}", tmp.display())))?;
+        drop(f);
+        let parent = dest.parent().unwrap_or(&self.root);
+        fs::create_dir_all(parent).map_err(io(format!("creating {}", parent.display())))?;
+        fs::rename(&tmp, &dest).map_err(io(format!("renaming to {}", dest.display())))
+    }
+
+    /// Reads a chunk and checks its BLAKE3 hash and size.
+    pub fn read(&self, id: &ChunkId, size: u32) -> Result<Bytes> {
+        let path = self.path(id);
+        let data = match fs::read(&path) {
+            Ok(d) => d,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Err(StoreError::ChunkMissing(*id)),
+            Err(e) => return Err(io(format!("reading {}", path.display()))(e)),
+        };
+        if data.len() != size as usize || blake3::hash(&data).as_bytes() != &id.0 {
+            return Err(StoreError::ChunkCorrupt(*id));
+        }
+        Ok(Bytes::from(data))
+    }
+
+    /// Deletes a chunk's file; a missing file is fine.
+    pub fn delete(&self, id: &ChunkId) -> Result<()> {
+        match fs::remove_file(self.path(id)) {
+            Err(e) if e.kind() != ErrorKind::NotFound => Err(io(format!("deleting chunk {id}"))(e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Every chunk file present (for the orphan sweep).
+    pub fn list(&self) -> Result<Vec<ChunkId>> {
+        let mut out = Vec::new();
+        for sub in fs::read_dir(&self.root).map_err(io(format!("listing {}", self.root.display())))? {
+            let sub = sub.map_err(io("listing chunks"))?.path();
+            let Ok(entries) = fs::read_dir(&sub) else { continue };
+            for e in entries.flatten() {
+                if let Some(id) = e.file_name().to_str().and_then(|n| n.parse().ok()) {
+                    out.push(id);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Flushes everything written so far to disk (one `syncfs`).
+    pub fn sync(&self) -> Result<()> {
+        let dir = fs::File::open(&self.root).map_err(io(format!("opening {}", self.root.display())))?;
+        syncfs(&dir).map_err(io("syncing the chunk store's filesystem"))
+    }
+}
+
+fn syncfs(f: &fs::File) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    // SAFETY: `f` is an open file descriptor for the duration of the call.
+    let r = unsafe { libc::syncfs(f.as_raw_fd()) };
+    if r == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+}

@@ -1,0 +1,294 @@
+//! The chunk store: NARs cut into content-defined chunks, each stored once
+//! in a file named by its BLAKE3 hash, with per-path metadata (narinfo,
+//! manifest, access time) in a [`MetaDb`].
+//!
+//! Invariants:
+//! - A path is visible only after all its chunks are on disk (synced) and
+//!   the whole NAR matched the narinfo's NarHash and NarSize.
+//! - Every chunk read is checked against its BLAKE3 id.
+//! - Total chunk bytes plus space reserved by running ingests never exceed
+//!   the quota; least-recently-used paths are evicted to make room, and a
+//!   path being read is never evicted.
+
+mod chunker;
+mod chunks;
+mod ingest;
+mod mem_meta;
+mod meta;
+mod reader;
+mod redb_meta;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use nixswarm_protocol::{ChunkId, ChunkManifest, NarInfo, StorePathHash};
+use thiserror::Error;
+
+pub use chunker::{AVG as CHUNK_AVG, MAX as CHUNK_MAX, MIN as CHUNK_MIN};
+pub use ingest::Ingest;
+pub use mem_meta::MemMeta;
+pub use meta::{MetaDb, PathRecord};
+pub use reader::NarReader;
+pub use redb_meta::RedbMeta;
+
+use chunks::ChunkDir;
+
+/// Errors of the chunk store.
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("{context}: {source}")]
+    Io { context: String, source: std::io::Error },
+    #[error("metadata database: {0}")]
+    Database(String),
+    #[error("the store database {0} is in use by another nixswarm process")]
+    Locked(PathBuf),
+    #[error("chunk {0} is missing from the store")]
+    ChunkMissing(ChunkId),
+    #[error("chunk {0} is corrupt on disk (BLAKE3 or size mismatch)")]
+    ChunkCorrupt(ChunkId),
+    #[error("NAR of {path} is larger than its NarSize {expected}")]
+    TooLong { path: String, expected: u64 },
+    #[error("NAR of {path} has {actual} bytes, NarSize says {expected}")]
+    WrongSize { path: String, actual: u64, expected: u64 },
+    #[error("NAR of {path} has hash {actual}, NarHash says {expected}")]
+    WrongHash { path: String, actual: String, expected: String },
+    #[error("no room for {needed} bytes within the {quota}-byte quota (everything else is in use)")]
+    QuotaFull { needed: u64, quota: u64 },
+    #[error("stored narinfo of {0} is unreadable: {1}")]
+    BadNarInfo(String, String),
+}
+
+/// Result with [`StoreError`].
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Store settings.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// Most bytes of chunk data to keep.
+    pub quota: u64,
+}
+
+/// Sizes and counts, for status and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreStats {
+    pub paths: u64,
+    pub bytes: u64,
+    pub quota: u64,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Paths being read, with reader counts: never evicted.
+    in_use: HashMap<StorePathHash, usize>,
+    /// Chunks written by running ingests: their files are never deleted.
+    pending: HashMap<ChunkId, usize>,
+    /// Bytes reserved by running ingests.
+    reserved: u64,
+}
+
+#[derive(Debug)]
+struct Inner {
+    meta: Box<dyn MetaDb>,
+    chunks: ChunkDir,
+    quota: u64,
+    state: Mutex<State>,
+}
+
+/// A handle to the chunk store; cheap to clone, safe to share.
+#[derive(Debug, Clone)]
+pub struct ChunkStore {
+    inner: Arc<Inner>,
+}
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
+}
+
+impl ChunkStore {
+    /// Opens the store in `dir` with the redb backend (`dir/meta.redb`).
+    pub fn open(dir: &Path, options: StoreOptions) -> Result<Self> {
+        std::fs::create_dir_all(dir)
+            .map_err(|source| StoreError::Io { context: format!("creating {}", dir.display()), source })?;
+        let meta = RedbMeta::open(&dir.join("meta.redb"))?;
+        Self::open_with(dir, Box::new(meta), options)
+    }
+
+    /// Opens the store in `dir` with the given metadata backend.
+    pub fn open_with(dir: &Path, meta: Box<dyn MetaDb>, options: StoreOptions) -> Result<Self> {
+        let chunks = ChunkDir::open(dir)?;
+        let store = Self {
+            inner: Arc::new(Inner { meta, chunks, quota: options.quota, state: Mutex::default() }),
+        };
+        Ok(store)
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.inner.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The stored narinfo of a path, as received.
+    pub fn narinfo(&self, hash: &StorePathHash) -> Result<Option<NarInfo>> {
+        let Some(rec) = self.inner.meta.get(hash.as_str())? else {
+            return Ok(None);
+        };
+        NarInfo::parse(&rec.narinfo)
+            .map(Some)
+            .map_err(|e| StoreError::BadNarInfo(hash.to_string(), e.to_string()))
+    }
+
+    /// True if the path is stored.
+    pub fn contains(&self, hash: &StorePathHash) -> Result<bool> {
+        self.inner.meta.contains(hash.as_str())
+    }
+
+    /// Opens a stored NAR for reading. The path cannot be evicted while the
+    /// returned handle (or a reader made from it) lives.
+    pub fn open_nar(&self, hash: &StorePathHash) -> Result<Option<NarHandle>> {
+        let guard = InUse::new(self.clone(), *hash);
+        let Some(rec) = self.inner.meta.get(hash.as_str())? else {
+            return Ok(None);
+        };
+        self.inner.meta.touch(hash.as_str(), now())?;
+        let narinfo = NarInfo::parse(&rec.narinfo)
+            .map_err(|e| StoreError::BadNarInfo(hash.to_string(), e.to_string()))?;
+        Ok(Some(NarHandle { narinfo, manifest: Arc::new(rec.manifest), guard: Arc::new(guard) }))
+    }
+
+    /// Starts storing the NAR of `narinfo`. Returns [`StoreError::QuotaFull`]
+    /// if no room can be made.
+    pub fn begin_ingest(&self, narinfo: NarInfo) -> Result<Ingest> {
+        self.reserve(narinfo.nar_size)?;
+        Ok(Ingest::new(self.clone(), narinfo))
+    }
+
+    /// Removes a path; its chunks go when no other path uses them.
+    pub fn remove(&self, hash: &StorePathHash) -> Result<bool> {
+        let state = self.state();
+        let existed = self.inner.meta.contains(hash.as_str())?;
+        self.remove_locked(&state, hash.as_str())?;
+        Ok(existed)
+    }
+
+    /// Every stored path hash.
+    pub fn list(&self) -> Result<Vec<StorePathHash>> {
+        Ok(self.inner.meta.list()?.iter().filter_map(|h| h.parse().ok()).collect())
+    }
+
+    /// Counts and sizes.
+    pub fn stats(&self) -> Result<StoreStats> {
+        Ok(StoreStats {
+            paths: self.inner.meta.path_count()?,
+            bytes: self.inner.meta.total_bytes()?,
+            quota: self.inner.quota,
+        })
+    }
+
+    /// Deletes chunk files no stored path references (left by a crash
+    /// between writing chunks and committing). Returns how many went.
+    pub fn sweep_orphans(&self) -> Result<usize> {
+        let mut removed = 0;
+        for id in self.inner.chunks.list()? {
+            let state = self.state();
+            if !state.pending.contains_key(&id) && self.inner.meta.chunk_refs(&id)? == 0 {
+                self.inner.chunks.delete(&id)?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    fn remove_locked(&self, state: &State, hash: &str) -> Result<()> {
+        for id in self.inner.meta.remove(hash)? {
+            if !state.pending.contains_key(&id) {
+                self.inner.chunks.delete(&id)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Evicts least-recently-used paths until `needed` more bytes fit, then
+    /// reserves them.
+    fn reserve(&self, needed: u64) -> Result<()> {
+        let quota = self.inner.quota;
+        let full = || StoreError::QuotaFull { needed, quota };
+        if needed > quota {
+            return Err(full());
+        }
+        let mut state = self.state();
+        loop {
+            let used = self.inner.meta.total_bytes()? + state.reserved;
+            if used + needed <= quota {
+                state.reserved += needed;
+                return Ok(());
+            }
+            let victim = self
+                .inner
+                .meta
+                .lru(state.in_use.len() + 1)?
+                .into_iter()
+                .find(|h| h.parse().is_ok_and(|h: StorePathHash| !state.in_use.contains_key(&h)))
+                .ok_or_else(full)?;
+            tracing::debug!(path = %victim, "evicting least recently used path");
+            self.remove_locked(&state, &victim)?;
+        }
+    }
+
+    fn release(&self, reserved: u64, pending: &[ChunkId]) {
+        let mut state = self.state();
+        state.reserved = state.reserved.saturating_sub(reserved);
+        for id in pending {
+            if let Some(n) = state.pending.get_mut(id) {
+                *n -= 1;
+                if *n == 0 {
+                    state.pending.remove(id);
+                }
+            }
+        }
+    }
+}
+
+/// Keeps a path from being evicted while it is read.
+#[derive(Debug)]
+struct InUse {
+    store: ChunkStore,
+    hash: StorePathHash,
+}
+
+impl InUse {
+    fn new(store: ChunkStore, hash: StorePathHash) -> Self {
+        *store.state().in_use.entry(hash).or_insert(0) += 1;
+        Self { store, hash }
+    }
+}
+
+impl Drop for InUse {
+    fn drop(&mut self) {
+        let mut state = self.store.state();
+        if let Some(n) = state.in_use.get_mut(&self.hash) {
+            *n -= 1;
+            if *n == 0 {
+                state.in_use.remove(&self.hash);
+            }
+        }
+    }
+}
+
+/// A stored NAR, open for reading.
+#[derive(Debug, Clone)]
+pub struct NarHandle {
+    pub narinfo: NarInfo,
+    pub manifest: Arc<ChunkManifest>,
+    guard: Arc<InUse>,
+}
+
+impl NarHandle {
+    /// A reader over bytes `start..end` of the NAR (clamped to its size).
+    pub fn reader(&self, start: u64, end: u64) -> NarReader {
+        NarReader::new(self.guard.store.clone(), self.manifest.clone(), start, end, self.guard.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests;

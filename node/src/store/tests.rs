@@ -1,0 +1,190 @@
+use super::*;
+use nixswarm_protocol::{Sha256Hash, StorePath};
+
+fn data(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn info_for(bytes: &[u8], n: u8) -> NarInfo {
+    let hash = StorePathHash::from_bytes(&[n; 20]);
+    NarInfo {
+        store_path: StorePath::new(hash, &format!("p{n}")).unwrap(),
+        url: format!("nar/{n}.nar"),
+        compression: "none".into(),
+        file_hash: None,
+        file_size: None,
+        nar_hash: Sha256Hash::digest(bytes),
+        nar_size: bytes.len() as u64,
+        references: vec![],
+        deriver: None,
+        sigs: vec![],
+        ca: None,
+    }
+}
+
+fn open(dir: &Path, quota: u64) -> ChunkStore {
+    ChunkStore::open(dir, StoreOptions { quota }).unwrap()
+}
+
+fn put(store: &ChunkStore, bytes: &[u8], n: u8) -> Result<()> {
+    let mut ingest = store.begin_ingest(info_for(bytes, n))?;
+    for piece in bytes.chunks(10_000) {
+        ingest.write(piece)?;
+    }
+    ingest.finish()
+}
+
+fn read_all(store: &ChunkStore, n: u8, start: u64, end: u64) -> Result<Vec<u8>> {
+    let handle = store.open_nar(&StorePathHash::from_bytes(&[n; 20]))?.expect("stored");
+    let mut out = Vec::new();
+    for piece in handle.reader(start, end) {
+        out.extend_from_slice(&piece?);
+    }
+    Ok(out)
+}
+
+fn hash(n: u8) -> StorePathHash {
+    StorePathHash::from_bytes(&[n; 20])
+}
+
+fn chunk_files(dir: &Path) -> usize {
+    ChunkDir::open(dir).unwrap().list().unwrap().len()
+}
+
+#[test]
+fn stores_and_reads_back_with_ranges() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), 1 << 30);
+    let bytes = data(3_000_000, 1);
+    put(&store, &bytes, 1).unwrap();
+    assert_eq!(store.narinfo(&hash(1)).unwrap().unwrap(), info_for(&bytes, 1));
+    assert_eq!(read_all(&store, 1, 0, u64::MAX).unwrap(), bytes);
+    for (s, e) in [(0, 1), (1, 70_000), (65_535, 2_000_001), (2_999_999, 3_000_000), (100, 100), (5_000_000, 6_000_000)] {
+        let (su, eu) = ((s as usize).min(bytes.len()), (e as usize).min(bytes.len()));
+        assert_eq!(read_all(&store, 1, s, e).unwrap(), &bytes[su..eu.max(su)], "range {s}..{e}");
+    }
+    let stats = store.stats().unwrap();
+    assert_eq!((stats.paths, stats.bytes), (1, 3_000_000));
+}
+
+#[test]
+fn identical_chunks_are_stored_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), 1 << 30);
+    let a = data(2_000_000, 2);
+    let mut b = a.clone();
+    b.extend_from_slice(&data(500_000, 3));
+    put(&store, &a, 1).unwrap();
+    put(&store, &b, 2).unwrap();
+    let stats = store.stats().unwrap();
+    assert!(stats.bytes < 2_000_000 + 1_000_000, "shared prefix deduplicated: {}", stats.bytes);
+    assert!(store.remove(&hash(1)).unwrap());
+    assert_eq!(read_all(&store, 2, 0, u64::MAX).unwrap(), b, "shared chunks survive removing one path");
+}
+
+#[test]
+fn a_wrong_nar_is_never_visible_and_leaves_no_chunks() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), 1 << 30);
+    let bytes = data(1_000_000, 4);
+    let mut info = info_for(&bytes, 1);
+    info.nar_hash = Sha256Hash::digest(b"something else");
+    let mut ingest = store.begin_ingest(info).unwrap();
+    ingest.write(&bytes).unwrap();
+    assert!(matches!(ingest.finish(), Err(StoreError::WrongHash { .. })));
+
+    let mut short = store.begin_ingest(info_for(&bytes, 2)).unwrap();
+    short.write(&bytes[..999_999]).unwrap();
+    assert!(matches!(short.finish(), Err(StoreError::WrongSize { .. })));
+
+    let mut long = store.begin_ingest(info_for(&bytes, 3)).unwrap();
+    long.write(&bytes).unwrap();
+    assert!(matches!(long.write(b"x"), Err(StoreError::TooLong { .. })));
+    drop(long);
+
+    for n in 1..=3 {
+        assert!(!store.contains(&hash(n)).unwrap());
+        assert!(store.open_nar(&hash(n)).unwrap().is_none());
+    }
+    assert_eq!(chunk_files(dir.path()), 0);
+    assert_eq!(store.stats().unwrap().bytes, 0);
+}
+
+#[test]
+fn corrupt_chunk_on_disk_is_detected() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), 1 << 30);
+    let bytes = data(500_000, 5);
+    put(&store, &bytes, 1).unwrap();
+    let handle = store.open_nar(&hash(1)).unwrap().unwrap();
+    let victim = handle.manifest.chunks[1].id;
+    let path = ChunkDir::open(dir.path()).unwrap().path(&victim);
+    let mut on_disk = std::fs::read(&path).unwrap();
+    on_disk[10] ^= 1;
+    std::fs::write(&path, on_disk).unwrap();
+    let err = read_all(&store, 1, 0, u64::MAX).unwrap_err();
+    assert!(matches!(err, StoreError::ChunkCorrupt(id) if id == victim), "{err}");
+    std::fs::remove_file(&path).unwrap();
+    assert!(matches!(read_all(&store, 1, 0, u64::MAX), Err(StoreError::ChunkMissing(_))));
+}
+
+#[test]
+fn evicts_least_recently_used_and_never_what_is_in_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), 3_500_000);
+    let nars: Vec<Vec<u8>> = (0..5).map(|i| data(1_000_000, 10 + i)).collect();
+    for (i, n) in nars.iter().enumerate().take(3) {
+        put(&store, n, i as u8).unwrap();
+    }
+    // Hold 0 open, then use 1 and 2: 0 is least recently used but in use.
+    let held = store.open_nar(&hash(0)).unwrap().unwrap();
+    drop(store.open_nar(&hash(1)).unwrap());
+    drop(store.open_nar(&hash(2)).unwrap());
+    put(&store, &nars[3], 3).unwrap();
+    assert!(store.contains(&hash(0)).unwrap(), "in use: kept");
+    assert!(!store.contains(&hash(1)).unwrap(), "least recently used and free: evicted");
+    assert!(store.stats().unwrap().bytes <= 3_500_000);
+    drop(held);
+    put(&store, &nars[4], 4).unwrap();
+    assert!(!store.contains(&hash(0)).unwrap(), "released, and now least recently used");
+    assert!(store.contains(&hash(2)).unwrap() && store.contains(&hash(3)).unwrap() && store.contains(&hash(4)).unwrap());
+    assert!(store.stats().unwrap().bytes <= 3_500_000);
+    assert_eq!(read_all(&store, 4, 0, u64::MAX).unwrap(), nars[4]);
+
+    // Larger than the quota: refused up front.
+    assert!(matches!(store.begin_ingest(info_for(&data(4_000_000, 1), 9)), Err(StoreError::QuotaFull { .. })));
+    // Everything in use: refused rather than evicting a reader's path.
+    let _h: Vec<_> = [2, 3, 4].iter().map(|&n| store.open_nar(&hash(n)).unwrap().unwrap()).collect();
+    assert!(matches!(store.begin_ingest(info_for(&nars[1], 1)), Err(StoreError::QuotaFull { .. })));
+}
+
+#[test]
+fn a_crash_before_commit_leaves_nothing_visible_and_orphans_are_swept() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = data(800_000, 6);
+    {
+        let store = open(dir.path(), 1 << 30);
+        put(&store, &data(300_000, 7), 2).unwrap();
+        // What a crash mid-ingest leaves: chunk files, no metadata.
+        let chunks = ChunkDir::open(dir.path()).unwrap();
+        for piece in bytes.chunks(64 * 1024) {
+            chunks.write(&ChunkId(*blake3::hash(piece).as_bytes()), piece).unwrap();
+        }
+    }
+    assert!(chunk_files(dir.path()) > 5);
+    let store = open(dir.path(), 1 << 30);
+    assert!(!store.contains(&hash(1)).unwrap());
+    assert!(store.sweep_orphans().unwrap() > 0);
+    assert_eq!(store.sweep_orphans().unwrap(), 0);
+    assert_eq!(read_all(&store, 2, 0, u64::MAX).unwrap(), data(300_000, 7), "committed path intact");
+    put(&store, &bytes, 1).unwrap();
+    assert_eq!(read_all(&store, 1, 0, u64::MAX).unwrap(), bytes);
+}
