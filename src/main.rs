@@ -1,1 +1,40 @@
-fn main() {}
+//! `nixswarm`: a peer-to-peer distribution network for the Nix binary cache.
+//! This file only parses the command line, sets up logging and dispatches.
+
+mod cli;
+mod config;
+mod size;
+
+use clap::{Parser, Subcommand};
+
+/// nixswarm: a Nix substituter on localhost that serves from a local store,
+/// peers and upstream caches, verifying everything.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the gateway (and, later, the node).
+    Run(cli::run::RunArgs),
+    /// Check the configuration (file, environment and flags) and print it.
+    CheckConfig(config::ConfigArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.command {
+        Command::Run(args) => cli::run::run(args),
+        Command::CheckConfig(args) => cli::check_config::run(&args),
+    }
+}

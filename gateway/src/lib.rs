@@ -1,1 +1,101 @@
-//! stub
+//! The nixswarm gateway: an HTTP binary cache on localhost that the Nix
+//! client uses as a substituter. It answers from the local chunk store,
+//! then from each [`Source`] in order (peers, then upstream caches),
+//! verifying every narinfo against the trusted keys and every NAR against
+//! its signed NarHash and NarSize as the bytes pass, and keeps what verified.
+//!
+//! - [`routes`]: the HTTP routes and narinfo rewriting.
+//! - [`resolve`]: source order, verification, negative and bad-source caches.
+//! - [`stream`]: verified streaming to the client and into the store.
+//! - [`source`]: the [`Source`] trait; [`upstream`]: HTTP binary caches.
+//! - [`range`]: `Range` header parsing. [`metrics`]: Prometheus metrics.
+
+pub mod error;
+pub mod metrics;
+pub mod range;
+pub mod resolve;
+pub mod routes;
+pub mod source;
+pub mod stream;
+pub mod upstream;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use nixswarm_node::ChunkStore;
+use nixswarm_protocol::PublicKey;
+use tokio_util::sync::CancellationToken;
+
+pub use error::GatewayError;
+pub use metrics::Metrics;
+pub use resolve::Resolver;
+pub use source::{ByteStream, Source, SourceError, SourceKind};
+pub use reqwest::Url;
+pub use upstream::{Upstream, http_client};
+
+/// Gateway behaviour settings.
+#[derive(Debug, Clone)]
+pub struct GatewayOptions {
+    /// `Priority` in nix-cache-info (lower is tried first; cache.nixos.org is 40).
+    pub priority: u32,
+    /// How long "no source has this path" is remembered.
+    pub negative_ttl: Duration,
+    /// Keep NARs fetched from sources in the local store.
+    pub keep_fetched: bool,
+}
+
+impl Default for GatewayOptions {
+    fn default() -> Self {
+        Self { priority: 30, negative_ttl: Duration::from_secs(30), keep_fetched: true }
+    }
+}
+
+/// Shared state of all requests.
+#[derive(Debug)]
+pub struct AppState {
+    pub store: ChunkStore,
+    pub resolver: Resolver,
+    /// Upstreams for unsigned pass-through (logs, `.ls`).
+    pub upstreams: Vec<Upstream>,
+    pub metrics: Arc<Metrics>,
+    pub options: GatewayOptions,
+    pub cancel: CancellationToken,
+}
+
+/// The gateway: build it, then [`Gateway::serve`] it or use its router.
+#[derive(Debug, Clone)]
+pub struct Gateway {
+    state: Arc<AppState>,
+}
+
+impl Gateway {
+    /// A gateway over `store` that resolves misses through `sources` in order.
+    pub fn new(
+        store: ChunkStore,
+        sources: Vec<Arc<dyn Source>>,
+        upstreams: Vec<Upstream>,
+        keys: Vec<PublicKey>,
+        options: GatewayOptions,
+        cancel: CancellationToken,
+    ) -> Self {
+        let metrics = Metrics::new();
+        let resolver = Resolver::new(sources, keys, options.negative_ttl, metrics.clone());
+        Self { state: Arc::new(AppState { store, resolver, upstreams, metrics, options, cancel }) }
+    }
+
+    /// The axum router (for tests without sockets, or embedding).
+    pub fn router(&self) -> axum::Router {
+        routes::router(self.state.clone())
+    }
+
+    /// The metrics registry.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.state.metrics.clone()
+    }
+
+    /// Serves on `listener` until `cancel` fires.
+    pub async fn serve(self, listener: tokio::net::TcpListener) -> std::io::Result<()> {
+        let cancel = self.state.cancel.clone();
+        axum::serve(listener, self.router()).with_graceful_shutdown(cancel.cancelled_owned()).await
+    }
+}

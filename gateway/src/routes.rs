@@ -1,0 +1,252 @@
+//! The HTTP routes Nix uses: `/nix-cache-info`, `/<hash>.narinfo`,
+//! `/nar/<hash>-<narhash>.nar`, `/log/<drv>`, `/<hash>.ls`; and `/metrics`.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_compression::Level;
+use async_compression::tokio::bufread::ZstdEncoder;
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use futures::StreamExt as _;
+use nixswarm_protocol::{NarInfo, Sha256Hash, StorePath, StorePathHash, nixbase32};
+use tokio_util::io::{ReaderStream, StreamReader};
+
+use crate::AppState;
+use crate::error::GatewayError;
+use crate::range::{self, RangeRequest};
+use crate::source::ByteStream;
+use crate::stream::{self, Verified};
+
+type Result<T> = std::result::Result<T, GatewayError>;
+
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/nix-cache-info", get(cache_info))
+        .route("/metrics", get(metrics))
+        .route("/nar/{file}", get(nar))
+        .route("/log/{drv}", get(log))
+        .route("/{file}", get(by_name))
+        .fallback(|| async { GatewayError::NotFound })
+        .with_state(state)
+}
+
+/// Records a route's latency when dropped.
+struct Timer<'a> {
+    state: &'a AppState,
+    route: &'static str,
+    start: Instant,
+}
+
+impl<'a> Timer<'a> {
+    fn new(state: &'a AppState, route: &'static str) -> Self {
+        Self { state, route, start: Instant::now() }
+    }
+}
+
+impl Drop for Timer<'_> {
+    fn drop(&mut self) {
+        self.state.metrics.observe(self.route, self.start.elapsed().as_secs_f64());
+    }
+}
+
+async fn cache_info(State(state): State<Arc<AppState>>) -> Response {
+    let _t = Timer::new(&state, "nix-cache-info");
+    state.metrics.request("nix-cache-info", "local");
+    let body = format!("StoreDir: /nix/store\nWantMassQuery: 1\nPriority: {}\n", state.options.priority);
+    ([(header::CONTENT_TYPE, "text/x-nix-cache-info")], body).into_response()
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    if let Ok(stats) = state.store.stats() {
+        state.metrics.store_paths.set(stats.paths as i64);
+        state.metrics.store_bytes.set(stats.bytes as i64);
+    }
+    (
+        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        state.metrics.encode(),
+    )
+        .into_response()
+}
+
+/// The NAR URL the gateway hands out: it names the path and the NarHash, so
+/// it stays servable from any source holding that exact NAR.
+pub fn nar_url(info: &NarInfo) -> String {
+    format!("nar/{}-{}.nar", info.store_path.hash(), info.nar_hash.to_nixbase32())
+}
+
+/// A narinfo as the gateway serves it: uncompressed NAR at the gateway's
+/// own URL; everything signed (and the signatures) untouched.
+pub fn rewrite(info: &NarInfo) -> String {
+    let mut out = info.clone();
+    out.url = nar_url(info);
+    out.compression = "none".to_owned();
+    out.file_hash = Some(info.nar_hash);
+    out.file_size = Some(info.nar_size);
+    out.to_text()
+}
+
+async fn by_name(State(state): State<Arc<AppState>>, Path(file): Path<String>) -> Result<Response> {
+    if let Some(h) = file.strip_suffix(".narinfo") {
+        let _t = Timer::new(&state, "narinfo");
+        return narinfo(&state, h).await;
+    }
+    if let Some(h) = file.strip_suffix(".ls") {
+        let _t = Timer::new(&state, "ls");
+        let hash: StorePathHash = h.parse().map_err(|_| GatewayError::NotFound)?;
+        return passthrough(&state, "ls", &format!("{hash}.ls")).await;
+    }
+    Err(GatewayError::NotFound)
+}
+
+async fn narinfo(state: &AppState, h: &str) -> Result<Response> {
+    let hash: StorePathHash = h.parse().map_err(|_| GatewayError::NotFound)?;
+    let (info, source) = if let Some(info) = state.store.narinfo(&hash)? {
+        (info, "local")
+    } else if let Some((idx, info)) = state.resolver.narinfo(&hash).await {
+        (info, state.resolver.sources[idx].kind().as_str())
+    } else {
+        state.metrics.request("narinfo", "none");
+        return Err(GatewayError::NotFound);
+    };
+    state.metrics.request("narinfo", source);
+    Ok(([(header::CONTENT_TYPE, "text/x-nix-narinfo")], rewrite(&info)).into_response())
+}
+
+fn parse_nar_file(file: &str) -> Option<(StorePathHash, Sha256Hash)> {
+    let (hash, nar_hash) = file.strip_suffix(".nar")?.split_once('-')?;
+    let nar_hash = nixbase32::decode_exact(nar_hash, 32).ok()?;
+    Some((hash.parse().ok()?, Sha256Hash(nar_hash.try_into().ok()?)))
+}
+
+async fn nar(State(state): State<Arc<AppState>>, Path(file): Path<String>, headers: HeaderMap) -> Result<Response> {
+    let _t = Timer::new(&state, "nar");
+    let (hash, nar_hash) = parse_nar_file(&file).ok_or(GatewayError::NotFound)?;
+    let range_header = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
+    let zstd = headers
+        .get(header::ACCEPT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|e| e.split(';').next().is_some_and(|e| e.trim() == "zstd")));
+
+    if let Some(handle) = state.store.open_nar(&hash)?
+        && handle.narinfo.nar_hash == nar_hash
+    {
+        let size = handle.narinfo.nar_size;
+        let (start, end, partial) = byte_range(range_header, size)?;
+        state.metrics.request("nar", "local");
+        let store = state.store.clone();
+        let body = stream::local(handle, start, end, state.metrics.clone(), move |why| {
+            tracing::error!(%hash, %why, "stored NAR is damaged: removing it so it is fetched again");
+            let _ = store.remove(&hash);
+        });
+        return Ok(nar_response(body, size, start, end, partial, zstd));
+    }
+
+    for (idx, info) in state.resolver.nar_candidates(&hash, &nar_hash).await {
+        let source = state.resolver.sources[idx].clone();
+        let stream = match source.nar(&info).await {
+            Ok(Some(s)) => s,
+            Ok(None) => continue,
+            Err(e) => {
+                tracing::warn!(error = %e, %hash, "source failed to open NAR");
+                continue;
+            }
+        };
+        let size = info.nar_size;
+        let (start, end, partial) = byte_range(range_header, size)?;
+        let label = source.kind().as_str();
+        state.metrics.request("nar", label);
+        let ingest = if state.options.keep_fetched && !state.store.contains(&hash)? {
+            state
+                .store
+                .begin_ingest(info.clone())
+                .map_err(|e| tracing::info!(%hash, error = %e, "serving without storing"))
+                .ok()
+        } else {
+            None
+        };
+        let st = state.clone();
+        let on_reject = move |why: stream::Rejection| {
+            tracing::warn!(source = source.name(), %hash, %why, "NAR failed verification: aborting the response");
+            st.metrics.reject(label, why.reason());
+            st.resolver.mark_bad(idx, &hash, &nar_hash);
+        };
+        let v = Verified {
+            info,
+            start,
+            end,
+            ingest,
+            source_label: label,
+            metrics: state.metrics.clone(),
+            cancel: state.cancel.clone(),
+        };
+        let body = stream::verified(stream, v, on_reject);
+        return Ok(nar_response(body, size, start, end, partial, zstd));
+    }
+    state.metrics.request("nar", "none");
+    Err(GatewayError::NotFound)
+}
+
+fn byte_range(header: Option<&str>, size: u64) -> Result<(u64, u64, bool)> {
+    match range::parse(header, size) {
+        RangeRequest::Full => Ok((0, size, false)),
+        RangeRequest::Partial { start, end } => Ok((start, end, true)),
+        RangeRequest::Unsatisfiable => Err(GatewayError::RangeNotSatisfiable(size)),
+    }
+}
+
+fn nar_response(body: ByteStream, size: u64, start: u64, end: u64, partial: bool, zstd: bool) -> Response {
+    let mut builder = Response::builder()
+        .header(header::CONTENT_TYPE, "application/x-nix-nar")
+        .header(header::ACCEPT_RANGES, "bytes");
+    let body = if partial {
+        builder = builder
+            .status(StatusCode::PARTIAL_CONTENT)
+            .header(header::CONTENT_RANGE, format!("bytes {start}-{}/{size}", end - 1))
+            .header(header::CONTENT_LENGTH, end - start);
+        Body::from_stream(body)
+    } else if zstd {
+        builder = builder.header(header::CONTENT_ENCODING, "zstd").header(header::VARY, "Accept-Encoding");
+        let encoder = ZstdEncoder::with_quality(StreamReader::new(body), Level::Precise(1));
+        Body::from_stream(ReaderStream::with_capacity(encoder, 64 * 1024))
+    } else {
+        builder = builder.header(header::CONTENT_LENGTH, size);
+        Body::from_stream(body)
+    };
+    builder.body(body).unwrap_or_else(|_| GatewayError::Internal("building NAR response".into()).into_response())
+}
+
+async fn log(State(state): State<Arc<AppState>>, Path(drv): Path<String>) -> Result<Response> {
+    let _t = Timer::new(&state, "log");
+    let drv = StorePath::from_base_name(&drv).map_err(|_| GatewayError::NotFound)?;
+    passthrough(&state, "log", &format!("log/{}", drv.base_name())).await
+}
+
+/// Unsigned extras (build logs, `.ls` listings): the first upstream that has
+/// it, streamed as is.
+async fn passthrough(state: &AppState, route: &'static str, rel: &str) -> Result<Response> {
+    for up in &state.upstreams {
+        match up.get(rel, None).await {
+            Ok(Some(resp)) => {
+                state.metrics.request(route, "upstream");
+                let mut r = Response::builder().status(StatusCode::OK);
+                for name in [header::CONTENT_TYPE, header::CONTENT_ENCODING] {
+                    if let Some(v) = resp.headers().get(&name) {
+                        r = r.header(name, v.clone());
+                    }
+                }
+                let body = Body::from_stream(resp.bytes_stream().map(|r| r.map_err(std::io::Error::other)));
+                return r.body(body).map_err(|e| GatewayError::Internal(e.to_string()));
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "upstream failed"),
+        }
+    }
+    state.metrics.request(route, "none");
+    Err(GatewayError::NotFound)
+}
+

@@ -1,0 +1,52 @@
+//! Where NARs come from besides the local store: a [`Source`] answers
+//! narinfo lookups and streams uncompressed NARs. Upstream binary caches
+//! implement it today ([`crate::upstream::Upstream`]); the peer-to-peer
+//! fetcher slots in as another implementation, ahead of the upstreams.
+//!
+//! A source is untrusted: the resolver verifies every narinfo against the
+//! trusted keys and every NAR against the verified NarHash and NarSize.
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
+use nixswarm_protocol::{NarInfo, StorePathHash};
+use thiserror::Error;
+
+/// An uncompressed NAR as a stream of bytes.
+pub type ByteStream = BoxStream<'static, std::io::Result<Bytes>>;
+
+/// What kind of source answered (for metrics and logs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceKind {
+    Peer,
+    Upstream,
+}
+
+impl SourceKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Peer => "peer",
+            Self::Upstream => "upstream",
+        }
+    }
+}
+
+/// A source failed (as opposed to not having the path).
+#[derive(Debug, Error)]
+pub enum SourceError {
+    #[error("{source_name}: {message}")]
+    Failed { source_name: String, message: String },
+}
+
+/// A place to get narinfos and NARs from.
+pub trait Source: Send + Sync + std::fmt::Debug {
+    /// Peer or upstream.
+    fn kind(&self) -> SourceKind;
+    /// A human-readable name (the URL of an upstream).
+    fn name(&self) -> &str;
+    /// The narinfo for a path hash, unverified; `None` if absent.
+    fn narinfo<'a>(&'a self, hash: &'a StorePathHash) -> BoxFuture<'a, Result<Option<NarInfo>, SourceError>>;
+    /// The uncompressed NAR described by `info` (a narinfo this source
+    /// returned); `None` if absent.
+    fn nar<'a>(&'a self, info: &'a NarInfo) -> BoxFuture<'a, Result<Option<ByteStream>, SourceError>>;
+}

@@ -1,0 +1,232 @@
+//! Moving NAR bytes to the client: from the local store (each chunk verified
+//! before it is sent) or from a source (verified as a whole against NarHash
+//! and NarSize, with the last piece held back until the check passes, and
+//! stored in the chunk store only when it does).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::StreamExt as _;
+use nixswarm_node::{Ingest, NarHandle};
+use nixswarm_protocol::{NarInfo, Sha256Hash};
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
+use crate::source::ByteStream;
+
+/// Pieces in flight between the producer and the HTTP body.
+const BODY_QUEUE: usize = 16;
+/// Pieces in flight between the producer and the chunk store.
+const INGEST_QUEUE: usize = 32;
+
+fn body_stream(rx: mpsc::Receiver<std::io::Result<Bytes>>) -> ByteStream {
+    futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) }).boxed()
+}
+
+/// Streams `start..end` of a stored NAR. On a corrupt or missing chunk the
+/// body fails (so the connection is aborted) and `on_corrupt` runs.
+pub fn local(
+    handle: NarHandle,
+    start: u64,
+    end: u64,
+    metrics: Arc<Metrics>,
+    on_corrupt: impl FnOnce(String) + Send + 'static,
+) -> ByteStream {
+    let (tx, rx) = mpsc::channel(BODY_QUEUE);
+    tokio::task::spawn_blocking(move || {
+        for piece in handle.reader(start, end) {
+            match piece {
+                Ok(b) => {
+                    let n = b.len() as u64;
+                    if tx.blocking_send(Ok(b)).is_err() {
+                        return;
+                    }
+                    metrics.served("local", n);
+                }
+                Err(e) => {
+                    let msg = e.to_string();
+                    let _ = tx.blocking_send(Err(std::io::Error::other(msg.clone())));
+                    on_corrupt(msg);
+                    return;
+                }
+            }
+        }
+    });
+    body_stream(rx)
+}
+
+enum IngestMsg {
+    Data(Bytes),
+    Commit,
+}
+
+fn spawn_ingest(mut ingest: Ingest, path: String) -> mpsc::Sender<IngestMsg> {
+    let (tx, mut rx) = mpsc::channel(INGEST_QUEUE);
+    tokio::task::spawn_blocking(move || {
+        while let Some(msg) = rx.blocking_recv() {
+            match msg {
+                IngestMsg::Data(b) => {
+                    if let Err(e) = ingest.write(&b) {
+                        tracing::warn!(%path, error = %e, "not storing: write failed");
+                        return;
+                    }
+                }
+                IngestMsg::Commit => {
+                    if let Err(e) = ingest.finish() {
+                        tracing::warn!(%path, error = %e, "not storing: commit failed");
+                    }
+                    return;
+                }
+            }
+        }
+    });
+    tx
+}
+
+/// Why a source's NAR was rejected.
+#[derive(Debug, Clone)]
+pub enum Rejection {
+    /// The source's stream failed (connection, decompression).
+    Stream(String),
+    /// More bytes than NarSize.
+    TooLong,
+    /// Fewer bytes than NarSize.
+    TooShort(u64),
+    /// Right size, wrong NarHash.
+    WrongHash(Sha256Hash),
+}
+
+impl Rejection {
+    /// A short label for metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Stream(_) => "stream_error",
+            Self::TooLong => "too_long",
+            Self::TooShort(_) => "too_short",
+            Self::WrongHash(_) => "hash_mismatch",
+        }
+    }
+}
+
+impl std::fmt::Display for Rejection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Stream(e) => write!(f, "stream failed: {e}"),
+            Self::TooLong => f.write_str("more bytes than NarSize"),
+            Self::TooShort(n) => write!(f, "only {n} bytes, fewer than NarSize"),
+            Self::WrongHash(h) => write!(f, "NarHash mismatch (got {h})"),
+        }
+    }
+}
+
+/// Everything [`verified`] needs besides the bytes.
+#[derive(Debug)]
+pub struct Verified {
+    pub info: NarInfo,
+    /// The part of the NAR the client asked for.
+    pub start: u64,
+    pub end: u64,
+    /// Where to store the NAR if it verifies (none if it should not be kept).
+    pub ingest: Option<Ingest>,
+    pub source_label: &'static str,
+    pub metrics: Arc<Metrics>,
+    /// Stops the transfer early (shutdown).
+    pub cancel: CancellationToken,
+}
+
+/// Streams a source's NAR to the client while verifying it. If it fails
+/// verification the body errors (the connection is aborted, never ended
+/// cleanly), nothing is stored, and `on_reject` runs.
+pub fn verified(
+    mut src: ByteStream,
+    v: Verified,
+    on_reject: impl FnOnce(Rejection) + Send + 'static,
+) -> ByteStream {
+    let (tx, rx) = mpsc::channel(BODY_QUEUE);
+    let path = v.info.store_path.to_string();
+    tokio::spawn(async move {
+        let Verified { info, start, end, ingest, source_label, metrics, cancel } = v;
+        let mut ingest_tx = ingest.map(|i| spawn_ingest(i, path.clone()));
+        let mut sha = Sha256::new();
+        let mut size = 0u64;
+        let mut held: Option<(u64, Bytes)> = None;
+        let mut client = Some(tx);
+
+        let emit = |client: &mut Option<mpsc::Sender<std::io::Result<Bytes>>>, at: u64, b: Bytes| {
+            let client = client.clone();
+            let metrics = metrics.clone();
+            async move {
+                let (s, e) = (at.max(start), (at + b.len() as u64).min(end));
+                let Some(tx) = client else { return true };
+                if s >= e {
+                    return true;
+                }
+                let piece = b.slice((s - at) as usize..(e - at) as usize);
+                let n = piece.len() as u64;
+                let ok = tx.send(Ok(piece)).await.is_ok();
+                if ok {
+                    metrics.served(source_label, n);
+                }
+                ok
+            }
+        };
+
+        let outcome = loop {
+            let next = tokio::select! {
+                n = src.next() => n,
+                () = cancel.cancelled() => break Err(Rejection::Stream("gateway shutting down".into())),
+            };
+            match next {
+                Some(Ok(b)) if b.is_empty() => {}
+                Some(Ok(b)) => {
+                    let at = size;
+                    size += b.len() as u64;
+                    if size > info.nar_size {
+                        break Err(Rejection::TooLong);
+                    }
+                    sha.update(&b);
+                    if let Some(itx) = &ingest_tx
+                        && itx.send(IngestMsg::Data(b.clone())).await.is_err()
+                    {
+                        ingest_tx = None;
+                    }
+                    if let Some((pat, prev)) = held.replace((at, b))
+                        && !emit(&mut client, pat, prev).await
+                    {
+                        client = None;
+                        if ingest_tx.is_none() {
+                            return; // nobody wants the rest
+                        }
+                    }
+                }
+                Some(Err(e)) => break Err(Rejection::Stream(e.to_string())),
+                None if size < info.nar_size => break Err(Rejection::TooShort(size)),
+                None => {
+                    let got = Sha256Hash(sha.finalize().into());
+                    break if got == info.nar_hash { Ok(()) } else { Err(Rejection::WrongHash(got)) };
+                }
+            }
+        };
+        match outcome {
+            Ok(()) => {
+                if let Some((pat, prev)) = held.take() {
+                    emit(&mut client, pat, prev).await;
+                }
+                if let Some(itx) = ingest_tx {
+                    let _ = itx.send(IngestMsg::Commit).await;
+                }
+            }
+            Err(why) => {
+                // Dropping `ingest_tx` without Commit discards what was written.
+                drop(ingest_tx);
+                if let Some(tx) = client {
+                    let _ = tx.send(Err(std::io::Error::other(format!("{path}: {why}")))).await;
+                }
+                on_reject(why);
+            }
+        }
+    });
+    body_stream(rx)
+}

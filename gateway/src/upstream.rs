@@ -1,0 +1,142 @@
+//! An upstream binary cache over HTTP(S): cache.nixos.org by default.
+
+use std::time::Duration;
+
+use async_compression::tokio::bufread::{BzDecoder, XzDecoder, ZstdDecoder};
+use futures::future::BoxFuture;
+use futures::{StreamExt as _, TryStreamExt as _};
+use nixswarm_protocol::{NarInfo, StorePathHash};
+use reqwest::{StatusCode, Url};
+use tokio::io::{AsyncRead, BufReader};
+use tokio_util::io::{ReaderStream, StreamReader};
+
+use crate::source::{ByteStream, Source, SourceError, SourceKind};
+
+/// Largest narinfo accepted (real ones are well under 4 KiB).
+const MAX_NARINFO: usize = 64 * 1024;
+/// Read size for decompressed NAR data.
+const READ_SIZE: usize = 64 * 1024;
+
+/// One upstream cache.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    base: Url,
+    client: reqwest::Client,
+    timeout: Duration,
+}
+
+/// Builds the shared HTTP client for upstreams.
+pub fn http_client(connect_timeout: Duration, read_timeout: Duration) -> reqwest::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .connect_timeout(connect_timeout)
+        .read_timeout(read_timeout)
+        .user_agent(concat!("nixswarm/", env!("CARGO_PKG_VERSION")))
+        .build()
+}
+
+impl Upstream {
+    /// An upstream at `base` (`http://` or `https://`). `timeout` bounds a
+    /// whole narinfo request.
+    pub fn new(base: &Url, client: reqwest::Client, timeout: Duration) -> Result<Self, String> {
+        if !matches!(base.scheme(), "http" | "https") {
+            return Err(format!("upstream {base}: only http:// and https:// upstreams are supported"));
+        }
+        let mut base = base.clone();
+        if !base.path().ends_with('/') {
+            base.set_path(&format!("{}/", base.path()));
+        }
+        Ok(Self { base, client, timeout })
+    }
+
+    fn fail(&self, message: impl std::fmt::Display) -> SourceError {
+        SourceError::Failed { source_name: self.base.to_string(), message: message.to_string() }
+    }
+
+    /// GETs `rel` (relative to the cache root). `None` on 404/403/410.
+    pub async fn get(&self, rel: &str, timeout: Option<Duration>) -> Result<Option<reqwest::Response>, SourceError> {
+        let url = self.base.join(rel).map_err(|e| self.fail(format!("bad URL {rel:?}: {e}")))?;
+        if url.origin() != self.base.origin() {
+            return Err(self.fail(format!("{rel:?} points outside the upstream")));
+        }
+        let mut req = self.client.get(url);
+        if let Some(t) = timeout {
+            req = req.timeout(t);
+        }
+        let resp = req.send().await.map_err(|e| self.fail(e))?;
+        match resp.status() {
+            s if s.is_success() => Ok(Some(resp)),
+            StatusCode::NOT_FOUND | StatusCode::FORBIDDEN | StatusCode::GONE => Ok(None),
+            s => Err(self.fail(format!("HTTP {s} for {rel}"))),
+        }
+    }
+}
+
+fn decoder(compression: &str, raw: impl AsyncRead + Send + Unpin + 'static) -> Option<Box<dyn AsyncRead + Send + Unpin>> {
+    let buf = BufReader::with_capacity(READ_SIZE, raw);
+    Some(match compression {
+        "none" => Box::new(buf),
+        "xz" => {
+            let mut d = XzDecoder::new(buf);
+            d.multiple_members(true);
+            Box::new(d)
+        }
+        "zstd" => {
+            let mut d = ZstdDecoder::new(buf);
+            d.multiple_members(true);
+            Box::new(d)
+        }
+        "bzip2" => {
+            let mut d = BzDecoder::new(buf);
+            d.multiple_members(true);
+            Box::new(d)
+        }
+        _ => return None,
+    })
+}
+
+impl Source for Upstream {
+    fn kind(&self) -> SourceKind {
+        SourceKind::Upstream
+    }
+
+    fn name(&self) -> &str {
+        self.base.as_str()
+    }
+
+    fn narinfo<'a>(&'a self, hash: &'a StorePathHash) -> BoxFuture<'a, Result<Option<NarInfo>, SourceError>> {
+        Box::pin(async move {
+            let Some(resp) = self.get(&format!("{hash}.narinfo"), Some(self.timeout)).await? else {
+                return Ok(None);
+            };
+            if resp.content_length().is_some_and(|n| n > MAX_NARINFO as u64) {
+                return Err(self.fail(format!("narinfo for {hash} is larger than {MAX_NARINFO} bytes")));
+            }
+            let mut body = Vec::new();
+            let mut stream = resp.bytes_stream();
+            while let Some(piece) = stream.next().await {
+                body.extend_from_slice(&piece.map_err(|e| self.fail(e))?);
+                if body.len() > MAX_NARINFO {
+                    return Err(self.fail(format!("narinfo for {hash} is larger than {MAX_NARINFO} bytes")));
+                }
+            }
+            let text = String::from_utf8(body).map_err(|_| self.fail(format!("narinfo for {hash} is not UTF-8")))?;
+            NarInfo::parse(&text).map(Some).map_err(|e| self.fail(format!("narinfo for {hash}: {e}")))
+        })
+    }
+
+    fn nar<'a>(&'a self, info: &'a NarInfo) -> BoxFuture<'a, Result<Option<ByteStream>, SourceError>> {
+        Box::pin(async move {
+            if decoder(&info.compression, tokio::io::empty()).is_none() {
+                return Err(self.fail(format!("unsupported compression {:?}", info.compression)));
+            }
+            let Some(resp) = self.get(&info.url, None).await? else {
+                return Ok(None);
+            };
+            let raw = StreamReader::new(resp.bytes_stream().map_err(std::io::Error::other));
+            let Some(reader) = decoder(&info.compression, raw) else {
+                return Err(self.fail(format!("unsupported compression {:?}", info.compression)));
+            };
+            Ok(Some(ReaderStream::with_capacity(reader, READ_SIZE).boxed()))
+        })
+    }
+}

@@ -1,0 +1,277 @@
+//! The configuration: defaults < TOML file (`--config`) < `NIXSWARM_*`
+//! environment < flags. Every key is shown, commented, in
+//! `config.example.toml`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail};
+use clap::Args;
+use nixswarm_protocol::{CACHE_NIXOS_ORG_KEY, PublicKey};
+use serde::{Deserialize, Serialize};
+
+use nixswarm_gateway::Url;
+
+use crate::size::Size;
+
+/// The upstream used when none is configured.
+pub const DEFAULT_UPSTREAM: &str = "https://cache.nixos.org";
+/// The gateway's default address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:37515";
+
+/// The whole configuration file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct Config {
+    /// Where the chunk store (and later the node key) live. Default: the XDG
+    /// data directory, e.g. ~/.local/share/nixswarm.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    /// The HTTP substituter on localhost.
+    pub gateway: GatewaySection,
+    /// Binary caches asked when the local store (and later, peers) lack a path.
+    pub upstream: UpstreamSection,
+    /// The local chunk store.
+    pub store: StoreSection,
+}
+
+/// `[gateway]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct GatewaySection {
+    /// Address to listen on. Keep it on loopback: the gateway is for this machine.
+    pub listen: SocketAddr,
+    /// Priority announced in nix-cache-info (lower is tried first; cache.nixos.org is 40).
+    pub priority: u32,
+    /// How long a path no source has is answered 404 without asking again.
+    #[serde(with = "humantime_serde")]
+    pub negative_ttl: Duration,
+}
+
+/// `[upstream]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct UpstreamSection {
+    /// Upstream caches in priority order (http:// or https://). Empty: none.
+    pub urls: Vec<String>,
+    /// Keys a narinfo must be signed with (`name:base64`), for every upstream.
+    pub trusted_keys: Vec<String>,
+    /// Time allowed for a whole narinfo request to an upstream.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Time allowed to connect to an upstream.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+}
+
+/// `[store]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct StoreSection {
+    /// Most disk space for chunk data; least recently used paths go first.
+    pub cache_size: Size,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: None,
+            gateway: GatewaySection::default(),
+            upstream: UpstreamSection::default(),
+            store: StoreSection::default(),
+        }
+    }
+}
+
+impl Default for GatewaySection {
+    fn default() -> Self {
+        Self {
+            listen: DEFAULT_LISTEN.parse().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 37515))),
+            priority: 30,
+            negative_ttl: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Default for UpstreamSection {
+    fn default() -> Self {
+        Self {
+            urls: vec![DEFAULT_UPSTREAM.to_owned()],
+            trusted_keys: vec![CACHE_NIXOS_ORG_KEY.to_owned()],
+            timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl Default for StoreSection {
+    fn default() -> Self {
+        Self { cache_size: Size(10 << 30) }
+    }
+}
+
+/// The flags shared by every command that reads the configuration. Each
+/// also reads a `NIXSWARM_*` variable.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ConfigArgs {
+    /// TOML configuration file.
+    #[arg(long, env = "NIXSWARM_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Data directory (chunk store, node key).
+    #[arg(long, env = "NIXSWARM_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Gateway listen address.
+    #[arg(long, env = "NIXSWARM_GATEWAY_LISTEN", value_name = "ADDR")]
+    pub gateway_listen: Option<SocketAddr>,
+    /// Upstream cache URL; repeat for several, in priority order. Replaces the default list.
+    #[arg(long = "upstream", env = "NIXSWARM_UPSTREAM", value_delimiter = ',', value_name = "URL")]
+    pub upstreams: Vec<String>,
+    /// Use no upstream at all (serve only what is stored locally).
+    #[arg(long, env = "NIXSWARM_NO_UPSTREAM", conflicts_with = "upstreams")]
+    pub no_upstream: bool,
+    /// Trusted public key NAME:BASE64; repeat for several. Replaces the default (cache.nixos.org-1).
+    #[arg(long = "trusted-key", env = "NIXSWARM_TRUSTED_KEY", value_delimiter = ',', value_name = "NAME:KEY")]
+    pub trusted_keys: Vec<String>,
+    /// Most disk space for the chunk store, e.g. 10G.
+    #[arg(long, env = "NIXSWARM_CACHE_SIZE", value_name = "SIZE")]
+    pub cache_size: Option<Size>,
+}
+
+/// A configuration checked and resolved into the values the program uses.
+#[derive(Debug, Clone)]
+pub struct Effective {
+    pub config: Config,
+    pub data_dir: PathBuf,
+    pub upstreams: Vec<Url>,
+    pub trusted_keys: Vec<PublicKey>,
+}
+
+/// The XDG data directory for nixswarm.
+pub fn default_data_dir() -> Result<PathBuf> {
+    directories::ProjectDirs::from("org", "nixswarm", "nixswarm")
+        .map(|d| d.data_dir().to_owned())
+        .context("cannot find a home directory for the default data directory: pass --data-dir")
+}
+
+impl Config {
+    /// Reads a TOML file.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading config file {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("in config file {}", path.display()))
+    }
+
+    /// Applies flags (and, through clap, the environment) over this config.
+    pub fn apply(mut self, args: &ConfigArgs) -> Self {
+        if let Some(d) = &args.data_dir {
+            self.data_dir = Some(d.clone());
+        }
+        if let Some(l) = args.gateway_listen {
+            self.gateway.listen = l;
+        }
+        if args.no_upstream {
+            self.upstream.urls.clear();
+        } else if !args.upstreams.is_empty() {
+            self.upstream.urls = args.upstreams.clone();
+        }
+        if !args.trusted_keys.is_empty() {
+            self.upstream.trusted_keys = args.trusted_keys.clone();
+        }
+        if let Some(s) = args.cache_size {
+            self.store.cache_size = s;
+        }
+        self
+    }
+
+    /// Loads defaults, the file named by `--config` (if any), then flags.
+    pub fn load(args: &ConfigArgs) -> Result<Self> {
+        let base = match &args.config {
+            Some(path) => Self::from_file(path)?,
+            None => Self::default(),
+        };
+        Ok(base.apply(args))
+    }
+
+    /// Checks every value and resolves defaults.
+    pub fn resolve(self) -> Result<Effective> {
+        let data_dir = match &self.data_dir {
+            Some(d) => d.clone(),
+            None => default_data_dir()?,
+        };
+        let mut upstreams = Vec::new();
+        for u in &self.upstream.urls {
+            let url: Url = u.parse().with_context(|| format!("upstream {u:?} is not a URL"))?;
+            if !matches!(url.scheme(), "http" | "https") {
+                bail!("upstream {u:?}: only http:// and https:// upstreams are supported");
+            }
+            upstreams.push(url);
+        }
+        let trusted_keys = self
+            .upstream
+            .trusted_keys
+            .iter()
+            .map(|k| k.parse::<PublicKey>().with_context(|| format!("trusted key {k:?}")))
+            .collect::<Result<Vec<_>>>()?;
+        if trusted_keys.is_empty() && !upstreams.is_empty() {
+            bail!("no trusted keys: every upstream narinfo would be rejected (set --trusted-key)");
+        }
+        if self.store.cache_size.0 == 0 {
+            bail!("store.cache-size is 0: nothing could be stored");
+        }
+        Ok(Effective { config: self, data_dir, upstreams, trusted_keys })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct T {
+        #[command(flatten)]
+        args: ConfigArgs,
+    }
+
+    #[test]
+    fn the_example_config_is_valid_and_matches_the_defaults() {
+        let example: Config = toml::from_str(include_str!("../config.example.toml")).unwrap();
+        let mut expected = Config::default();
+        expected.data_dir = example.data_dir.clone();
+        assert_eq!(example, expected);
+        example.resolve().unwrap();
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let err = toml::from_str::<Config>("[gateway]\nlisten = \"127.0.0.1:1\"\nlisen = 1\n").unwrap_err();
+        assert!(err.to_string().contains("lisen"), "{err}");
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "[upstream]\nurls = [\"http://127.0.0.1:1\"]\n[store]\ncache-size = \"1G\"\n").unwrap();
+        let t = T::try_parse_from(["t", "--config", file.to_str().unwrap(), "--cache-size", "2G"]).unwrap();
+        let c = Config::load(&t.args).unwrap();
+        assert_eq!(c.upstream.urls, vec!["http://127.0.0.1:1".to_owned()]);
+        assert_eq!(c.store.cache_size, Size(2 << 30));
+        let t = T::try_parse_from(["t", "--config", file.to_str().unwrap(), "--no-upstream"]).unwrap();
+        assert!(Config::load(&t.args).unwrap().upstream.urls.is_empty());
+        let t = T::try_parse_from(["t", "--upstream", "http://127.0.0.1:2", "--upstream", "http://127.0.0.1:3"]).unwrap();
+        assert_eq!(Config::load(&t.args).unwrap().upstream.urls.len(), 2);
+    }
+
+    #[test]
+    fn bad_values_are_explained() {
+        let mut c = Config::default();
+        c.upstream.urls = vec!["file:///x".into()];
+        assert!(c.clone().resolve().unwrap_err().to_string().contains("only http"));
+        c.upstream.urls = vec!["http://127.0.0.1:1".into()];
+        c.upstream.trusted_keys = vec!["nonsense".into()];
+        assert!(format!("{:#}", c.clone().resolve().unwrap_err()).contains("NAME:BASE64"));
+        c.upstream.trusted_keys.clear();
+        assert!(c.resolve().unwrap_err().to_string().contains("no trusted keys"));
+    }
+}
