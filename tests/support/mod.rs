@@ -1,0 +1,258 @@
+//! Shared end-to-end test harness: the fixture cache built by Nix, a real
+//! static HTTP server for it, `nixswarm run` as a child process, and the
+//! real Nix client (Debian's nix-bin) substituting through the gateway.
+#![allow(dead_code)]
+
+use std::io::{BufRead as _, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail, ensure};
+
+/// The signed binary cache the tests substitute from.
+pub struct Fixture {
+    pub dir: PathBuf,
+    pub paths: Vec<String>,
+    pub trusted_pub: String,
+}
+
+impl Fixture {
+    pub fn cache(&self) -> PathBuf {
+        self.dir.join("cache")
+    }
+    pub fn untrusted_cache(&self) -> PathBuf {
+        self.dir.join("cache-untrusted")
+    }
+}
+
+fn require_nix() {
+    let found = Command::new("nix-store").arg("--version").output().is_ok_and(|o| o.status.success());
+    assert!(found, "nix-store not found: the end-to-end tests need Debian's nix-bin (scripts/test.sh installs it)");
+}
+
+/// Builds (once per target dir) the fixture cache with Nix.
+pub fn fixture() -> Fixture {
+    require_nix();
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("fixture-cache-v1");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/make-cache.sh");
+    let status = Command::new("bash").arg(script).arg(&dir).status().expect("running make-cache.sh");
+    assert!(status.success(), "make-cache.sh failed: see the logs in {}", dir.display());
+    let paths = std::fs::read_to_string(dir.join("paths")).expect("fixture paths");
+    let trusted_pub = std::fs::read_to_string(dir.join("keys/trusted.pub")).expect("fixture key");
+    Fixture { paths: paths.lines().map(str::to_owned).collect(), trusted_pub: trusted_pub.trim().to_owned(), dir }
+}
+
+/// A real HTTP server (axum + tower-http) serving a directory, in its own
+/// thread with its own runtime; stopped when dropped.
+pub struct StaticServer {
+    pub url: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl StaticServer {
+    pub fn start(dir: &Path) -> Self {
+        let dir = dir.to_owned();
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                addr_tx.send(listener.local_addr().unwrap()).unwrap();
+                let app = axum::Router::new().fallback_service(tower_http::services::ServeDir::new(dir));
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(async {
+                        let _ = stopped.await;
+                    })
+                    .await
+                    .unwrap();
+            });
+        });
+        let addr = addr_rx.recv().unwrap();
+        Self { url: format!("http://{addr}"), stop: Some(stop), thread: Some(thread) }
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for StaticServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// `nixswarm run` as a child process on 127.0.0.1:0.
+pub struct Gateway {
+    pub url: String,
+    pub data_dir: PathBuf,
+    child: Child,
+}
+
+impl Gateway {
+    /// Starts the gateway with these upstreams, trusting `key`.
+    pub fn start(data_dir: &Path, upstreams: &[&str], key: &str) -> Result<Self> {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_nixswarm"));
+        cmd.args(["run", "--gateway-listen", "127.0.0.1:0", "--trusted-key", key])
+            .arg("--data-dir")
+            .arg(data_dir)
+            .env("RUST_LOG", "info,nixswarm_gateway=debug")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(data_dir.with_extension("log")).context("gateway log")?);
+        if upstreams.is_empty() {
+            cmd.arg("--no-upstream");
+        }
+        for u in upstreams {
+            cmd.args(["--upstream", u]);
+        }
+        let mut child = cmd.spawn().context("starting nixswarm")?;
+        let stdout = child.stdout.take().context("gateway stdout")?;
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line)?;
+        let url = line
+            .trim()
+            .strip_prefix("nixswarm gateway listening on ")
+            .with_context(|| format!("unexpected first line {line:?}; see {}", data_dir.with_extension("log").display()))?
+            .to_owned();
+        Ok(Self { url, data_dir: data_dir.to_owned(), child })
+    }
+
+    /// Stops the gateway with SIGTERM and waits for it.
+    pub fn stop(mut self) -> Result<()> {
+        // SAFETY: plain kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let status = self.child.wait()?;
+        ensure!(status.success(), "gateway exited with {status}");
+        Ok(())
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.data_dir.with_extension("log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A fresh client store (`local?root=DIR`) with its own Nix disk cache.
+pub struct ClientStore {
+    pub root: PathBuf,
+    xdg: PathBuf,
+}
+
+impl ClientStore {
+    pub fn new(dir: &Path) -> Self {
+        Self { root: dir.join("root"), xdg: dir.join("xdg") }
+    }
+
+    fn store(&self) -> String {
+        format!("local?root={}", self.root.display())
+    }
+
+    fn nix(&self, program: &str) -> Command {
+        let mut c = Command::new(program);
+        c.env("XDG_CACHE_HOME", &self.xdg).env("NIX_CONFIG", "build-users-group =\n");
+        c
+    }
+
+    fn common(c: &mut Command, substituter: &str, key: &str) {
+        c.args(["--option", "substituters", substituter])
+            .args(["--option", "trusted-public-keys", key])
+            .args(["--option", "require-sigs", "true"])
+            .args(["--option", "connect-timeout", "5"])
+            .args(["--max-jobs", "16"]);
+    }
+
+    /// `nix-store -r PATHS` substituting only from `substituter`.
+    pub fn realise(&self, substituter: &str, key: &str, paths: &[String], keep_going: bool) -> Output {
+        let mut c = self.nix("nix-store");
+        c.args(["--store", &self.store()]);
+        Self::common(&mut c, substituter, key);
+        if keep_going {
+            c.arg("--keep-going");
+        }
+        c.arg("-r").args(paths).output().expect("running nix-store")
+    }
+
+    /// `nix copy --from SUBSTITUTER --to THIS_STORE PATHS`.
+    pub fn copy_from(&self, substituter: &str, key: &str, paths: &[String]) -> Output {
+        let mut c = self.nix("nix");
+        c.args(["--extra-experimental-features", "nix-command", "copy", "--from", substituter, "--to", &self.store()]);
+        c.args(["--option", "trusted-public-keys", key, "--option", "require-sigs", "true"]);
+        c.args(["--option", "substituters", ""]);
+        c.args(paths).output().expect("running nix copy")
+    }
+
+    /// The subset of `paths` that is valid in this store.
+    pub fn valid(&self, paths: &[String]) -> Vec<String> {
+        paths
+            .iter()
+            .filter(|p| {
+                let mut c = self.nix("nix-store");
+                c.args(["--store", &self.store(), "--check-validity", p]);
+                c.stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// Checks that every valid path's files hash to its registered NarHash.
+    pub fn verify_contents(&self, paths: &[String]) -> Result<()> {
+        if paths.is_empty() {
+            return Ok(());
+        }
+        let mut c = self.nix("nix-store");
+        c.args(["--store", &self.store(), "--verify-path"]).args(paths);
+        let out = c.output()?;
+        if !out.status.success() {
+            bail!("nix-store --verify-path failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(())
+    }
+}
+
+/// Runs `nix-store -r` up to `attempts` times until every path is valid
+/// (Nix's own behaviour is to fail a path whose download broke after bytes
+/// were written; a second run is how a user retries).
+pub fn realise_with_retries(client: &ClientStore, gw: &str, key: &str, paths: &[String], attempts: usize) -> Result<usize> {
+    for attempt in 1..=attempts {
+        let out = client.realise(gw, key, paths, true);
+        if out.status.success() {
+            return Ok(attempt);
+        }
+        eprintln!("attempt {attempt}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    bail!("paths still not valid after {attempts} attempts")
+}
+
+/// Explains a failed Nix command.
+pub fn check(out: &Output, what: &str) -> Result<()> {
+    if !out.status.success() {
+        bail!("{what} failed ({}):\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
+/// Waits until nothing listens on `url` any more.
+pub fn assert_down(url: &str) {
+    let addr = url.trim_start_matches("http://");
+    for _ in 0..50 {
+        if std::net::TcpStream::connect(addr).is_err() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("{url} still accepts connections");
+}
