@@ -21,7 +21,7 @@ pub const DEFAULT_UPSTREAM: &str = "https://cache.nixos.org";
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:37515";
 
 /// The whole configuration file.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
 pub struct Config {
     /// Where the chunk store (and later the node key) live. Default: the XDG
@@ -73,21 +73,12 @@ pub struct StoreSection {
     pub cache_size: Size,
 }
 
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            data_dir: None,
-            gateway: GatewaySection::default(),
-            upstream: UpstreamSection::default(),
-            store: StoreSection::default(),
-        }
-    }
-}
-
 impl Default for GatewaySection {
     fn default() -> Self {
         Self {
-            listen: DEFAULT_LISTEN.parse().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 37515))),
+            listen: DEFAULT_LISTEN
+                .parse()
+                .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 37515))),
             priority: 30,
             negative_ttl: Duration::from_secs(30),
         }
@@ -107,7 +98,9 @@ impl Default for UpstreamSection {
 
 impl Default for StoreSection {
     fn default() -> Self {
-        Self { cache_size: Size(10 << 30) }
+        Self {
+            cache_size: Size(10 << 30),
+        }
     }
 }
 
@@ -125,13 +118,23 @@ pub struct ConfigArgs {
     #[arg(long, env = "NIXSWARM_GATEWAY_LISTEN", value_name = "ADDR")]
     pub gateway_listen: Option<SocketAddr>,
     /// Upstream cache URL; repeat for several, in priority order. Replaces the default list.
-    #[arg(long = "upstream", env = "NIXSWARM_UPSTREAM", value_delimiter = ',', value_name = "URL")]
+    #[arg(
+        long = "upstream",
+        env = "NIXSWARM_UPSTREAM",
+        value_delimiter = ',',
+        value_name = "URL"
+    )]
     pub upstreams: Vec<String>,
     /// Use no upstream at all (serve only what is stored locally).
     #[arg(long, env = "NIXSWARM_NO_UPSTREAM", conflicts_with = "upstreams")]
     pub no_upstream: bool,
     /// Trusted public key NAME:BASE64; repeat for several. Replaces the default (cache.nixos.org-1).
-    #[arg(long = "trusted-key", env = "NIXSWARM_TRUSTED_KEY", value_delimiter = ',', value_name = "NAME:KEY")]
+    #[arg(
+        long = "trusted-key",
+        env = "NIXSWARM_TRUSTED_KEY",
+        value_delimiter = ',',
+        value_name = "NAME:KEY"
+    )]
     pub trusted_keys: Vec<String>,
     /// Most disk space for the chunk store, e.g. 10G.
     #[arg(long, env = "NIXSWARM_CACHE_SIZE", value_name = "SIZE")]
@@ -157,7 +160,8 @@ pub fn default_data_dir() -> Result<PathBuf> {
 impl Config {
     /// Reads a TOML file.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading config file {}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading config file {}", path.display()))?;
         toml::from_str(&text).with_context(|| format!("in config file {}", path.display()))
     }
 
@@ -200,7 +204,9 @@ impl Config {
         };
         let mut upstreams = Vec::new();
         for u in &self.upstream.urls {
-            let url: Url = u.parse().with_context(|| format!("upstream {u:?} is not a URL"))?;
+            let url: Url = u
+                .parse()
+                .with_context(|| format!("upstream {u:?} is not a URL"))?;
             if !matches!(url.scheme(), "http" | "https") {
                 bail!("upstream {u:?}: only http:// and https:// upstreams are supported");
             }
@@ -210,7 +216,10 @@ impl Config {
             .upstream
             .trusted_keys
             .iter()
-            .map(|k| k.parse::<PublicKey>().with_context(|| format!("trusted key {k:?}")))
+            .map(|k| {
+                k.parse::<PublicKey>()
+                    .with_context(|| format!("trusted key {k:?}"))
+            })
             .collect::<Result<Vec<_>>>()?;
         if trusted_keys.is_empty() && !upstreams.is_empty() {
             bail!("no trusted keys: every upstream narinfo would be rejected (set --trusted-key)");
@@ -218,7 +227,12 @@ impl Config {
         if self.store.cache_size.0 == 0 {
             bail!("store.cache-size is 0: nothing could be stored");
         }
-        Ok(Effective { config: self, data_dir, upstreams, trusted_keys })
+        Ok(Effective {
+            config: self,
+            data_dir,
+            upstreams,
+            trusted_keys,
+        })
     }
 }
 
@@ -236,15 +250,18 @@ mod tests {
     #[test]
     fn the_example_config_is_valid_and_matches_the_defaults() {
         let example: Config = toml::from_str(include_str!("../config.example.toml")).unwrap();
-        let mut expected = Config::default();
-        expected.data_dir = example.data_dir.clone();
+        let expected = Config {
+            data_dir: example.data_dir.clone(),
+            ..Config::default()
+        };
         assert_eq!(example, expected);
         example.resolve().unwrap();
     }
 
     #[test]
     fn unknown_keys_are_rejected() {
-        let err = toml::from_str::<Config>("[gateway]\nlisten = \"127.0.0.1:1\"\nlisen = 1\n").unwrap_err();
+        let err = toml::from_str::<Config>("[gateway]\nlisten = \"127.0.0.1:1\"\nlisen = 1\n")
+            .unwrap_err();
         assert!(err.to_string().contains("lisen"), "{err}");
     }
 
@@ -252,14 +269,33 @@ mod tests {
     fn flags_override_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("c.toml");
-        std::fs::write(&file, "[upstream]\nurls = [\"http://127.0.0.1:1\"]\n[store]\ncache-size = \"1G\"\n").unwrap();
-        let t = T::try_parse_from(["t", "--config", file.to_str().unwrap(), "--cache-size", "2G"]).unwrap();
+        std::fs::write(
+            &file,
+            "[upstream]\nurls = [\"http://127.0.0.1:1\"]\n[store]\ncache-size = \"1G\"\n",
+        )
+        .unwrap();
+        let t = T::try_parse_from([
+            "t",
+            "--config",
+            file.to_str().unwrap(),
+            "--cache-size",
+            "2G",
+        ])
+        .unwrap();
         let c = Config::load(&t.args).unwrap();
         assert_eq!(c.upstream.urls, vec!["http://127.0.0.1:1".to_owned()]);
         assert_eq!(c.store.cache_size, Size(2 << 30));
-        let t = T::try_parse_from(["t", "--config", file.to_str().unwrap(), "--no-upstream"]).unwrap();
+        let t =
+            T::try_parse_from(["t", "--config", file.to_str().unwrap(), "--no-upstream"]).unwrap();
         assert!(Config::load(&t.args).unwrap().upstream.urls.is_empty());
-        let t = T::try_parse_from(["t", "--upstream", "http://127.0.0.1:2", "--upstream", "http://127.0.0.1:3"]).unwrap();
+        let t = T::try_parse_from([
+            "t",
+            "--upstream",
+            "http://127.0.0.1:2",
+            "--upstream",
+            "http://127.0.0.1:3",
+        ])
+        .unwrap();
         assert_eq!(Config::load(&t.args).unwrap().upstream.urls.len(), 2);
     }
 
@@ -267,11 +303,22 @@ mod tests {
     fn bad_values_are_explained() {
         let mut c = Config::default();
         c.upstream.urls = vec!["file:///x".into()];
-        assert!(c.clone().resolve().unwrap_err().to_string().contains("only http"));
+        assert!(
+            c.clone()
+                .resolve()
+                .unwrap_err()
+                .to_string()
+                .contains("only http")
+        );
         c.upstream.urls = vec!["http://127.0.0.1:1".into()];
         c.upstream.trusted_keys = vec!["nonsense".into()];
         assert!(format!("{:#}", c.clone().resolve().unwrap_err()).contains("NAME:BASE64"));
         c.upstream.trusted_keys.clear();
-        assert!(c.resolve().unwrap_err().to_string().contains("no trusted keys"));
+        assert!(
+            c.resolve()
+                .unwrap_err()
+                .to_string()
+                .contains("no trusted keys")
+        );
     }
 }

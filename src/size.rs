@@ -14,7 +14,9 @@ impl FromStr for Size {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         let t = s.trim();
-        let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+        let split = t
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(t.len());
         let (num, unit) = t.split_at(split);
         let unit = unit.trim();
         let shift = match unit.trim_end_matches("iB").trim_end_matches('B') {
@@ -23,13 +25,19 @@ impl FromStr for Size {
             "M" | "m" => 20,
             "G" | "g" => 30,
             "T" | "t" => 40,
-            _ => return Err(format!("size {s:?}: unknown unit {unit:?} (use K, M, G or T)")),
+            _ => {
+                return Err(format!(
+                    "size {s:?}: unknown unit {unit:?} (use K, M, G or T)"
+                ));
+            }
         };
         let too_large = || format!("size {s:?} is too large");
         if let Ok(n) = num.parse::<u64>() {
             return n.checked_mul(1 << shift).map(Self).ok_or_else(too_large);
         }
-        let n: f64 = num.parse().map_err(|_| format!("size {s:?}: {num:?} is not a number"))?;
+        let n: f64 = num
+            .parse()
+            .map_err(|_| format!("size {s:?}: {num:?} is not a number"))?;
         let bytes = n * (1u64 << shift) as f64;
         if !bytes.is_finite() || bytes >= u64::MAX as f64 {
             return Err(too_large());
@@ -41,7 +49,7 @@ impl FromStr for Size {
 impl fmt::Display for Size {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (shift, unit) in [(40, "T"), (30, "G"), (20, "M"), (10, "K")] {
-            if self.0 >= 1 << shift && self.0 % (1 << shift) == 0 {
+            if self.0 >= 1 << shift && self.0.is_multiple_of(1 << shift) {
                 return write!(f, "{}{unit}", self.0 >> shift);
             }
         }

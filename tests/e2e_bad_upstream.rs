@@ -15,7 +15,11 @@ use nixswarm_protocol::{NarInfo, PublicKey, Sha256Hash};
 use support::{ClientStore, Fixture, Gateway, StaticServer, fixture, realise_with_retries};
 
 fn path_named<'a>(fx: &'a Fixture, name: &str) -> &'a str {
-    fx.paths.iter().find(|p| p.ends_with(&format!("-{name}"))).map(String::as_str).expect("fixture path")
+    fx.paths
+        .iter()
+        .find(|p| p.ends_with(&format!("-{name}")))
+        .map(String::as_str)
+        .expect("fixture path")
 }
 
 fn hash_of(path: &str) -> &str {
@@ -92,14 +96,23 @@ fn make_bad_cache(fx: &Fixture, dir: &Path) -> Result<Vec<String>> {
     // 2. A narinfo signed by a key the client does not trust.
     let xz2 = bad("xz-2");
     let untrusted = read_narinfo(&fx.untrusted_cache(), &xz2)?;
-    std::fs::copy(fx.untrusted_cache().join(&untrusted.url), dir.join(&untrusted.url))?;
-    std::fs::write(dir.join(format!("{}.narinfo", hash_of(&xz2))), untrusted.to_text())?;
+    std::fs::copy(
+        fx.untrusted_cache().join(&untrusted.url),
+        dir.join(&untrusted.url),
+    )?;
+    std::fs::write(
+        dir.join(format!("{}.narinfo", hash_of(&xz2))),
+        untrusted.to_text(),
+    )?;
 
     // 3. A forged NarHash (the signature no longer verifies).
     let mid5 = bad("mid-5");
     let mut forged = read_narinfo(dir, &mid5)?;
     forged.nar_hash = read_narinfo(dir, &bad("mid-6"))?.nar_hash;
-    std::fs::write(dir.join(format!("{}.narinfo", hash_of(&mid5))), forged.to_text())?;
+    std::fs::write(
+        dir.join(format!("{}.narinfo", hash_of(&mid5))),
+        forged.to_text(),
+    )?;
 
     // 4. Truncated NARs: validly compressed but short, and a cut compressed file.
     mangle_nar(dir, &bad("big-text"), |nar| nar.truncate(nar.len() / 2))?;
@@ -108,9 +121,17 @@ fn make_bad_cache(fx: &Fixture, dir: &Path) -> Result<Vec<String>> {
     std::fs::write(dir.join(&mid7.url), &raw[..raw.len() / 2])?;
 
     // 5. Garbage instead of a narinfo.
-    std::fs::write(dir.join(format!("{}.narinfo", hash_of(&bad("leaf-4")))), "<html>500 oops</html>\n")?;
+    std::fs::write(
+        dir.join(format!("{}.narinfo", hash_of(&bad("leaf-4")))),
+        "<html>500 oops</html>\n",
+    )?;
 
-    Ok(["mid-3", "big-20m", "xz-2", "mid-5", "big-text", "mid-7", "leaf-4"].iter().map(|n| bad(n)).collect())
+    Ok([
+        "mid-3", "big-20m", "xz-2", "mid-5", "big-text", "mid-7", "leaf-4",
+    ]
+    .iter()
+    .map(|n| bad(n))
+    .collect())
 }
 
 /// Opens a stopped gateway's store and checks that every path in it is
@@ -120,13 +141,19 @@ fn audit_gateway_store(data_dir: &Path, key: &PublicKey) -> Result<HashSet<Strin
     let mut seen = HashSet::new();
     for hash in store.list()? {
         let handle = store.open_nar(&hash)?.context("listed but not openable")?;
-        ensure!(handle.narinfo.trust(std::slice::from_ref(key)).is_some(), "stored narinfo for {hash} is untrusted");
+        ensure!(
+            handle.narinfo.trust(std::slice::from_ref(key)).is_some(),
+            "stored narinfo for {hash} is untrusted"
+        );
         let mut sha = <sha2::Sha256 as sha2::Digest>::new();
         for piece in handle.reader(0, u64::MAX) {
             sha2::Digest::update(&mut sha, &piece?);
         }
         let got = Sha256Hash(sha2::Digest::finalize(sha).into());
-        ensure!(got == handle.narinfo.nar_hash, "stored NAR of {hash} does not match its NarHash");
+        ensure!(
+            got == handle.narinfo.nar_hash,
+            "stored NAR of {hash} does not match its NarHash"
+        );
         seen.insert(hash.to_string());
     }
     Ok(seen)
@@ -141,30 +168,53 @@ fn a_lying_upstream_never_wins() -> Result<()> {
     let bad_server = StaticServer::start(&tmp.path().join("bad-cache"));
 
     // Phase A: only the lying upstream.
-    let gw = Gateway::start(&tmp.path().join("gw-a"), &[&bad_server.url], &fx.trusted_pub)?;
+    let gw = Gateway::start(
+        &tmp.path().join("gw-a"),
+        &[&bad_server.url],
+        &fx.trusted_pub,
+    )?;
     let client = ClientStore::new(&tmp.path().join("client-a"));
     let out = client.realise(&gw.url, &fx.trusted_pub, &fx.paths, true);
-    assert!(!out.status.success(), "some paths cannot be had from a lying upstream alone");
+    assert!(
+        !out.status.success(),
+        "some paths cannot be had from a lying upstream alone"
+    );
     let valid = client.valid(&fx.paths);
     client.verify_contents(&valid)?;
     for p in &bad_paths {
-        assert!(!valid.contains(p), "{p} came from a lying upstream but is valid");
+        assert!(
+            !valid.contains(p),
+            "{p} came from a lying upstream but is valid"
+        );
     }
     // The gateway kept serving everything else.
     for name in ["leaf-0", "leaf-9", "mid-0", "mid-9", "xz-0"] {
-        assert!(valid.contains(&path_named(&fx, name).to_owned()), "{name} should have arrived");
+        assert!(
+            valid.contains(&path_named(&fx, name).to_owned()),
+            "{name} should have arrived"
+        );
     }
     let log = gw.log();
     gw.stop()?;
     let stored = audit_gateway_store(&tmp.path().join("gw-a"), &key)?;
     for p in &bad_paths {
-        assert!(!stored.contains(hash_of(p)), "the gateway stored {p} from a lying upstream");
+        assert!(
+            !stored.contains(hash_of(p)),
+            "the gateway stored {p} from a lying upstream"
+        );
     }
-    assert!(log.contains("NAR failed verification"), "rejections are logged:\n{log}");
+    assert!(
+        log.contains("NAR failed verification"),
+        "rejections are logged:\n{log}"
+    );
 
     // Phase B: the lying upstream first, a good one behind it.
     let good_server = StaticServer::start(&fx.cache());
-    let gw = Gateway::start(&tmp.path().join("gw-b"), &[&bad_server.url, &good_server.url], &fx.trusted_pub)?;
+    let gw = Gateway::start(
+        &tmp.path().join("gw-b"),
+        &[&bad_server.url, &good_server.url],
+        &fx.trusted_pub,
+    )?;
     let client = ClientStore::new(&tmp.path().join("client-b"));
     let attempts = realise_with_retries(&client, &gw.url, &fx.trusted_pub, &fx.paths, 3)?;
     eprintln!("every path valid after {attempts} nix-store -r run(s)");

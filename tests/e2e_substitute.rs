@@ -16,13 +16,19 @@ fn nix_substitutes_everything_through_the_gateway_then_from_its_store_alone() ->
 
     // Pull-through: nix-store -r with require-sigs on.
     let a = ClientStore::new(&tmp.path().join("a"));
-    check(&a.realise(&gw.url, &fx.trusted_pub, &fx.paths, false), "nix-store -r via the gateway")?;
+    check(
+        &a.realise(&gw.url, &fx.trusted_pub, &fx.paths, false),
+        "nix-store -r via the gateway",
+    )?;
     assert_eq!(a.valid(&fx.paths), fx.paths, "every path valid");
     a.verify_contents(&fx.paths)?;
 
     // nix copy --from (HEAD requests, narinfo, NAR).
     let b = ClientStore::new(&tmp.path().join("b"));
-    check(&b.copy_from(&gw.url, &fx.trusted_pub, &fx.paths), "nix copy --from the gateway")?;
+    check(
+        &b.copy_from(&gw.url, &fx.trusted_pub, &fx.paths),
+        "nix copy --from the gateway",
+    )?;
     assert_eq!(b.valid(&fx.paths), fx.paths);
     b.verify_contents(&fx.paths)?;
 
@@ -30,7 +36,10 @@ fn nix_substitutes_everything_through_the_gateway_then_from_its_store_alone() ->
     upstream.stop();
     assert_down(&upstream.url);
     let c = ClientStore::new(&tmp.path().join("c"));
-    check(&c.realise(&gw.url, &fx.trusted_pub, &fx.paths, false), "nix-store -r from the local store alone")?;
+    check(
+        &c.realise(&gw.url, &fx.trusted_pub, &fx.paths, false),
+        "nix-store -r from the local store alone",
+    )?;
     assert_eq!(c.valid(&fx.paths), fx.paths);
     c.verify_contents(&fx.paths)?;
 
@@ -39,7 +48,12 @@ fn nix_substitutes_everything_through_the_gateway_then_from_its_store_alone() ->
     let out = c.realise(&gw.url, &fx.trusted_pub, &[missing], false);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("don't know how to build") || err.contains("is not valid") || err.contains("cannot"), "{err}");
+    assert!(
+        err.contains("don't know how to build")
+            || err.contains("is not valid")
+            || err.contains("cannot"),
+        "{err}"
+    );
 
     gw.stop()?;
     Ok(())
@@ -48,7 +62,14 @@ fn nix_substitutes_everything_through_the_gateway_then_from_its_store_alone() ->
 #[test]
 fn the_gateway_refuses_a_trusted_key_it_cannot_parse() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_nixswarm"))
-        .args(["check-config", "--no-upstream", "--data-dir", "/nonexistent", "--trusted-key", "garbage"])
+        .args([
+            "check-config",
+            "--no-upstream",
+            "--data-dir",
+            "/nonexistent",
+            "--trusted-key",
+            "garbage",
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());

@@ -28,9 +28,9 @@ use tokio_util::sync::CancellationToken;
 
 pub use error::GatewayError;
 pub use metrics::Metrics;
+pub use reqwest::Url;
 pub use resolve::Resolver;
 pub use source::{ByteStream, Source, SourceError, SourceKind};
-pub use reqwest::Url;
 pub use upstream::{Upstream, http_client};
 
 /// Gateway behaviour settings.
@@ -46,7 +46,11 @@ pub struct GatewayOptions {
 
 impl Default for GatewayOptions {
     fn default() -> Self {
-        Self { priority: 30, negative_ttl: Duration::from_secs(30), keep_fetched: true }
+        Self {
+            priority: 30,
+            negative_ttl: Duration::from_secs(30),
+            keep_fetched: true,
+        }
     }
 }
 
@@ -80,7 +84,16 @@ impl Gateway {
     ) -> Self {
         let metrics = Metrics::new();
         let resolver = Resolver::new(sources, keys, options.negative_ttl, metrics.clone());
-        Self { state: Arc::new(AppState { store, resolver, upstreams, metrics, options, cancel }) }
+        Self {
+            state: Arc::new(AppState {
+                store,
+                resolver,
+                upstreams,
+                metrics,
+                options,
+                cancel,
+            }),
+        }
     }
 
     /// The axum router (for tests without sockets, or embedding).
@@ -96,6 +109,8 @@ impl Gateway {
     /// Serves on `listener` until `cancel` fires.
     pub async fn serve(self, listener: tokio::net::TcpListener) -> std::io::Result<()> {
         let cancel = self.state.cancel.clone();
-        axum::serve(listener, self.router()).with_graceful_shutdown(cancel.cancelled_owned()).await
+        axum::serve(listener, self.router())
+            .with_graceful_shutdown(cancel.cancelled_owned())
+            .await
     }
 }

@@ -54,34 +54,85 @@ impl Metrics {
         let mut registry = Registry::with_prefix("nixswarm");
         let requests = Family::<RequestLabels, Counter>::default();
         let bytes = Family::<SourceLabels, Counter>::default();
-        let latency =
-            Family::<RouteLabels, Histogram>::new_with_constructor(|| Histogram::new(exponential_buckets(0.0005, 2.0, 16)));
+        let latency = Family::<RouteLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+        });
         let rejected = Family::<RejectLabels, Counter>::default();
         let store_paths = Gauge::default();
         let store_bytes = Gauge::default();
-        registry.register("gateway_requests", "Gateway requests by route and answering source", requests.clone());
-        registry.register("gateway_served_bytes", "NAR bytes served to the client, by source", bytes.clone());
-        registry.register("gateway_request_duration_seconds", "Time to answer (headers), by route", latency.clone());
-        registry.register("gateway_rejected", "Narinfos and NARs rejected by verification, by source and reason", rejected.clone());
-        registry.register("store_paths", "Store paths held in the local chunk store", store_paths.clone());
-        registry.register("store_bytes", "Bytes of chunk data held in the local chunk store", store_bytes.clone());
-        Arc::new(Self { registry, requests, bytes, latency, rejected, store_paths, store_bytes })
+        registry.register(
+            "gateway_requests",
+            "Gateway requests by route and answering source",
+            requests.clone(),
+        );
+        registry.register(
+            "gateway_served_bytes",
+            "NAR bytes served to the client, by source",
+            bytes.clone(),
+        );
+        registry.register(
+            "gateway_request_duration_seconds",
+            "Time to answer (headers), by route",
+            latency.clone(),
+        );
+        registry.register(
+            "gateway_rejected",
+            "Narinfos and NARs rejected by verification, by source and reason",
+            rejected.clone(),
+        );
+        registry.register(
+            "store_paths",
+            "Store paths held in the local chunk store",
+            store_paths.clone(),
+        );
+        registry.register(
+            "store_bytes",
+            "Bytes of chunk data held in the local chunk store",
+            store_bytes.clone(),
+        );
+        Arc::new(Self {
+            registry,
+            requests,
+            bytes,
+            latency,
+            rejected,
+            store_paths,
+            store_bytes,
+        })
     }
 
     pub fn request(&self, route: &str, source: &str) {
-        self.requests.get_or_create(&RequestLabels { route: route.into(), source: source.into() }).inc();
+        self.requests
+            .get_or_create(&RequestLabels {
+                route: route.into(),
+                source: source.into(),
+            })
+            .inc();
     }
 
     pub fn reject(&self, source: &str, reason: &str) {
-        self.rejected.get_or_create(&RejectLabels { source: source.into(), reason: reason.into() }).inc();
+        self.rejected
+            .get_or_create(&RejectLabels {
+                source: source.into(),
+                reason: reason.into(),
+            })
+            .inc();
     }
 
     pub fn served(&self, source: &str, n: u64) {
-        self.bytes.get_or_create(&SourceLabels { source: source.into() }).inc_by(n);
+        self.bytes
+            .get_or_create(&SourceLabels {
+                source: source.into(),
+            })
+            .inc_by(n);
     }
 
     pub fn observe(&self, route: &str, seconds: f64) {
-        self.latency.get_or_create(&RouteLabels { route: route.into() }).observe(seconds);
+        self.latency
+            .get_or_create(&RouteLabels {
+                route: route.into(),
+            })
+            .observe(seconds);
     }
 
     /// The text exposition format.

@@ -28,19 +28,30 @@ struct TtlMap<K, V> {
 
 impl<K: std::hash::Hash + Eq + Clone, V: Clone> TtlMap<K, V> {
     fn new(ttl: Duration) -> Self {
-        Self { ttl, map: Mutex::default() }
+        Self {
+            ttl,
+            map: Mutex::default(),
+        }
     }
 
     fn get(&self, k: &K) -> Option<V> {
-        let map = self.map.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        map.get(k).filter(|(at, _)| at.elapsed() < self.ttl).map(|(_, v)| v.clone())
+        let map = self
+            .map
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.get(k)
+            .filter(|(at, _)| at.elapsed() < self.ttl)
+            .map(|(_, v)| v.clone())
     }
 
     fn insert(&self, k: K, v: V) {
         if self.ttl.is_zero() {
             return;
         }
-        let mut map = self.map.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut map = self
+            .map
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if map.len() >= CACHE_CAP {
             let ttl = self.ttl;
             map.retain(|_, (at, _)| at.elapsed() < ttl);
@@ -52,7 +63,10 @@ impl<K: std::hash::Hash + Eq + Clone, V: Clone> TtlMap<K, V> {
     }
 
     fn remove(&self, k: &K) {
-        self.map.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(k);
+        self.map
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(k);
     }
 }
 
@@ -71,7 +85,12 @@ pub struct Resolver {
 }
 
 impl Resolver {
-    pub fn new(sources: Vec<Arc<dyn Source>>, keys: Vec<PublicKey>, negative_ttl: Duration, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        sources: Vec<Arc<dyn Source>>,
+        keys: Vec<PublicKey>,
+        negative_ttl: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
             sources,
             keys,
@@ -138,7 +157,11 @@ impl Resolver {
 
     /// Sources, in order, whose verified narinfo for `hash` has `nar_hash`
     /// and that have not served a bad copy of it lately.
-    pub async fn nar_candidates(&self, hash: &StorePathHash, nar_hash: &Sha256Hash) -> Vec<(usize, NarInfo)> {
+    pub async fn nar_candidates(
+        &self,
+        hash: &StorePathHash,
+        nar_hash: &Sha256Hash,
+    ) -> Vec<(usize, NarInfo)> {
         let mut out = Vec::new();
         for idx in 0..self.sources.len() {
             if self.bad.get(&(idx, *hash, *nar_hash)).is_some() {

@@ -44,20 +44,29 @@ struct Timer<'a> {
 
 impl<'a> Timer<'a> {
     fn new(state: &'a AppState, route: &'static str) -> Self {
-        Self { state, route, start: Instant::now() }
+        Self {
+            state,
+            route,
+            start: Instant::now(),
+        }
     }
 }
 
 impl Drop for Timer<'_> {
     fn drop(&mut self) {
-        self.state.metrics.observe(self.route, self.start.elapsed().as_secs_f64());
+        self.state
+            .metrics
+            .observe(self.route, self.start.elapsed().as_secs_f64());
     }
 }
 
 async fn cache_info(State(state): State<Arc<AppState>>) -> Response {
     let _t = Timer::new(&state, "nix-cache-info");
     state.metrics.request("nix-cache-info", "local");
-    let body = format!("StoreDir: /nix/store\nWantMassQuery: 1\nPriority: {}\n", state.options.priority);
+    let body = format!(
+        "StoreDir: /nix/store\nWantMassQuery: 1\nPriority: {}\n",
+        state.options.priority
+    );
     ([(header::CONTENT_TYPE, "text/x-nix-cache-info")], body).into_response()
 }
 
@@ -67,7 +76,10 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         state.metrics.store_bytes.set(stats.bytes as i64);
     }
     (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         state.metrics.encode(),
     )
         .into_response()
@@ -76,7 +88,11 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
 /// The NAR URL the gateway hands out: it names the path and the NarHash, so
 /// it stays servable from any source holding that exact NAR.
 pub fn nar_url(info: &NarInfo) -> String {
-    format!("nar/{}-{}.nar", info.store_path.hash(), info.nar_hash.to_nixbase32())
+    format!(
+        "nar/{}-{}.nar",
+        info.store_path.hash(),
+        info.nar_hash.to_nixbase32()
+    )
 }
 
 /// A narinfo as the gateway serves it: uncompressed NAR at the gateway's
@@ -114,7 +130,11 @@ async fn narinfo(state: &AppState, h: &str) -> Result<Response> {
         return Err(GatewayError::NotFound);
     };
     state.metrics.request("narinfo", source);
-    Ok(([(header::CONTENT_TYPE, "text/x-nix-narinfo")], rewrite(&info)).into_response())
+    Ok((
+        [(header::CONTENT_TYPE, "text/x-nix-narinfo")],
+        rewrite(&info),
+    )
+        .into_response())
 }
 
 fn parse_nar_file(file: &str) -> Option<(StorePathHash, Sha256Hash)> {
@@ -123,14 +143,21 @@ fn parse_nar_file(file: &str) -> Option<(StorePathHash, Sha256Hash)> {
     Some((hash.parse().ok()?, Sha256Hash(nar_hash.try_into().ok()?)))
 }
 
-async fn nar(State(state): State<Arc<AppState>>, Path(file): Path<String>, headers: HeaderMap) -> Result<Response> {
+async fn nar(
+    State(state): State<Arc<AppState>>,
+    Path(file): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response> {
     let _t = Timer::new(&state, "nar");
     let (hash, nar_hash) = parse_nar_file(&file).ok_or(GatewayError::NotFound)?;
     let range_header = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
     let zstd = headers
         .get(header::ACCEPT_ENCODING)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|e| e.split(';').next().is_some_and(|e| e.trim() == "zstd")));
+        .is_some_and(|v| {
+            v.split(',')
+                .any(|e| e.split(';').next().is_some_and(|e| e.trim() == "zstd"))
+        });
 
     if let Some(handle) = state.store.open_nar(&hash)?
         && handle.narinfo.nar_hash == nar_hash
@@ -199,25 +226,39 @@ fn byte_range(header: Option<&str>, size: u64) -> Result<(u64, u64, bool)> {
     }
 }
 
-fn nar_response(body: ByteStream, size: u64, start: u64, end: u64, partial: bool, zstd: bool) -> Response {
+fn nar_response(
+    body: ByteStream,
+    size: u64,
+    start: u64,
+    end: u64,
+    partial: bool,
+    zstd: bool,
+) -> Response {
     let mut builder = Response::builder()
         .header(header::CONTENT_TYPE, "application/x-nix-nar")
         .header(header::ACCEPT_RANGES, "bytes");
     let body = if partial {
         builder = builder
             .status(StatusCode::PARTIAL_CONTENT)
-            .header(header::CONTENT_RANGE, format!("bytes {start}-{}/{size}", end - 1))
+            .header(
+                header::CONTENT_RANGE,
+                format!("bytes {start}-{}/{size}", end - 1),
+            )
             .header(header::CONTENT_LENGTH, end - start);
         Body::from_stream(body)
     } else if zstd {
-        builder = builder.header(header::CONTENT_ENCODING, "zstd").header(header::VARY, "Accept-Encoding");
+        builder = builder
+            .header(header::CONTENT_ENCODING, "zstd")
+            .header(header::VARY, "Accept-Encoding");
         let encoder = ZstdEncoder::with_quality(StreamReader::new(body), Level::Precise(1));
         Body::from_stream(ReaderStream::with_capacity(encoder, 64 * 1024))
     } else {
         builder = builder.header(header::CONTENT_LENGTH, size);
         Body::from_stream(body)
     };
-    builder.body(body).unwrap_or_else(|_| GatewayError::Internal("building NAR response".into()).into_response())
+    builder
+        .body(body)
+        .unwrap_or_else(|_| GatewayError::Internal("building NAR response".into()).into_response())
 }
 
 async fn log(State(state): State<Arc<AppState>>, Path(drv): Path<String>) -> Result<Response> {
@@ -239,8 +280,13 @@ async fn passthrough(state: &AppState, route: &'static str, rel: &str) -> Result
                         r = r.header(name, v.clone());
                     }
                 }
-                let body = Body::from_stream(resp.bytes_stream().map(|r| r.map_err(std::io::Error::other)));
-                return r.body(body).map_err(|e| GatewayError::Internal(e.to_string()));
+                let body = Body::from_stream(
+                    resp.bytes_stream()
+                        .map(|r| r.map_err(std::io::Error::other)),
+                );
+                return r
+                    .body(body)
+                    .map_err(|e| GatewayError::Internal(e.to_string()));
             }
             Ok(None) => {}
             Err(e) => tracing::warn!(error = %e, "upstream failed"),
@@ -249,4 +295,3 @@ async fn passthrough(state: &AppState, route: &'static str, rel: &str) -> Result
     state.metrics.request(route, "none");
     Err(GatewayError::NotFound)
 }
-

@@ -22,7 +22,10 @@ const BODY_QUEUE: usize = 16;
 const INGEST_QUEUE: usize = 32;
 
 fn body_stream(rx: mpsc::Receiver<std::io::Result<Bytes>>) -> ByteStream {
-    futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) }).boxed()
+    futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    })
+    .boxed()
 }
 
 /// Streams `start..end` of a stored NAR. On a corrupt or missing chunk the
@@ -147,31 +150,40 @@ pub fn verified(
     let (tx, rx) = mpsc::channel(BODY_QUEUE);
     let path = v.info.store_path.to_string();
     tokio::spawn(async move {
-        let Verified { info, start, end, ingest, source_label, metrics, cancel } = v;
+        let Verified {
+            info,
+            start,
+            end,
+            ingest,
+            source_label,
+            metrics,
+            cancel,
+        } = v;
         let mut ingest_tx = ingest.map(|i| spawn_ingest(i, path.clone()));
         let mut sha = Sha256::new();
         let mut size = 0u64;
         let mut held: Option<(u64, Bytes)> = None;
         let mut client = Some(tx);
 
-        let emit = |client: &mut Option<mpsc::Sender<std::io::Result<Bytes>>>, at: u64, b: Bytes| {
-            let client = client.clone();
-            let metrics = metrics.clone();
-            async move {
-                let (s, e) = (at.max(start), (at + b.len() as u64).min(end));
-                let Some(tx) = client else { return true };
-                if s >= e {
-                    return true;
+        let emit =
+            |client: &mut Option<mpsc::Sender<std::io::Result<Bytes>>>, at: u64, b: Bytes| {
+                let client = client.clone();
+                let metrics = metrics.clone();
+                async move {
+                    let (s, e) = (at.max(start), (at + b.len() as u64).min(end));
+                    let Some(tx) = client else { return true };
+                    if s >= e {
+                        return true;
+                    }
+                    let piece = b.slice((s - at) as usize..(e - at) as usize);
+                    let n = piece.len() as u64;
+                    let ok = tx.send(Ok(piece)).await.is_ok();
+                    if ok {
+                        metrics.served(source_label, n);
+                    }
+                    ok
                 }
-                let piece = b.slice((s - at) as usize..(e - at) as usize);
-                let n = piece.len() as u64;
-                let ok = tx.send(Ok(piece)).await.is_ok();
-                if ok {
-                    metrics.served(source_label, n);
-                }
-                ok
-            }
-        };
+            };
 
         let outcome = loop {
             let next = tokio::select! {
@@ -205,7 +217,11 @@ pub fn verified(
                 None if size < info.nar_size => break Err(Rejection::TooShort(size)),
                 None => {
                     let got = Sha256Hash(sha.finalize().into());
-                    break if got == info.nar_hash { Ok(()) } else { Err(Rejection::WrongHash(got)) };
+                    break if got == info.nar_hash {
+                        Ok(())
+                    } else {
+                        Err(Rejection::WrongHash(got))
+                    };
                 }
             }
         };
@@ -222,7 +238,9 @@ pub fn verified(
                 // Dropping `ingest_tx` without Commit discards what was written.
                 drop(ingest_tx);
                 if let Some(tx) = client {
-                    let _ = tx.send(Err(std::io::Error::other(format!("{path}: {why}")))).await;
+                    let _ = tx
+                        .send(Err(std::io::Error::other(format!("{path}: {why}"))))
+                        .await;
                 }
                 on_reject(why);
             }

@@ -7,4 +7,7 @@
 
 pub mod store;
 
-pub use store::{ChunkStore, Ingest, MemMeta, MetaDb, NarHandle, NarReader, RedbMeta, StoreError, StoreOptions, StoreStats};
+pub use store::{
+    ChunkStore, Ingest, MemMeta, MetaDb, NarHandle, NarReader, RedbMeta, StoreError, StoreOptions,
+    StoreStats,
+};

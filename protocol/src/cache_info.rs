@@ -10,7 +10,11 @@ pub enum CacheInfoError {
     #[error("nix-cache-info line {line}: expected \"Key: value\"")]
     NotKeyValue { line: usize },
     #[error("nix-cache-info line {line}: {field} {value:?} is not a number")]
-    Number { line: usize, field: &'static str, value: String },
+    Number {
+        line: usize,
+        field: &'static str,
+        value: String,
+    },
     #[error("nix-cache-info has no StoreDir")]
     MissingStoreDir,
 }
@@ -30,15 +34,22 @@ impl CacheInfo {
         let mut store_dir = None;
         let mut want_mass_query = false;
         let mut priority = None;
-        for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        for (i, line) in text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+        {
             let line_no = i + 1;
             let (k, v) = line
                 .split_once(':')
                 .map(|(k, v)| (k.trim(), v.trim()))
                 .ok_or(CacheInfoError::NotKeyValue { line: line_no })?;
             let num = |field| {
-                v.parse::<u32>()
-                    .map_err(|_| CacheInfoError::Number { line: line_no, field, value: v.to_owned() })
+                v.parse::<u32>().map_err(|_| CacheInfoError::Number {
+                    line: line_no,
+                    field,
+                    value: v.to_owned(),
+                })
             };
             match k {
                 "StoreDir" => store_dir = Some(v.to_owned()),
@@ -47,7 +58,11 @@ impl CacheInfo {
                 _ => {}
             }
         }
-        Ok(Self { store_dir: store_dir.ok_or(CacheInfoError::MissingStoreDir)?, want_mass_query, priority })
+        Ok(Self {
+            store_dir: store_dir.ok_or(CacheInfoError::MissingStoreDir)?,
+            want_mass_query,
+            priority,
+        })
     }
 }
 
@@ -70,12 +85,30 @@ mod tests {
     #[test]
     fn parses_what_nix_writes() {
         let info = CacheInfo::parse("StoreDir: /nix/store\n").unwrap();
-        assert_eq!(info, CacheInfo { store_dir: "/nix/store".into(), want_mass_query: false, priority: None });
-        let info = CacheInfo::parse("StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 40\n").unwrap();
+        assert_eq!(
+            info,
+            CacheInfo {
+                store_dir: "/nix/store".into(),
+                want_mass_query: false,
+                priority: None
+            }
+        );
+        let info =
+            CacheInfo::parse("StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 40\n").unwrap();
         assert_eq!(info.priority, Some(40));
         assert!(info.want_mass_query);
-        assert_eq!(CacheInfo::parse("Priority: x\n"), Err(CacheInfoError::Number { line: 1, field: "Priority", value: "x".into() }));
-        assert_eq!(CacheInfo::parse("garbage"), Err(CacheInfoError::NotKeyValue { line: 1 }));
+        assert_eq!(
+            CacheInfo::parse("Priority: x\n"),
+            Err(CacheInfoError::Number {
+                line: 1,
+                field: "Priority",
+                value: "x".into()
+            })
+        );
+        assert_eq!(
+            CacheInfo::parse("garbage"),
+            Err(CacheInfoError::NotKeyValue { line: 1 })
+        );
     }
 
     proptest! {

@@ -96,9 +96,13 @@ mod tests {
     #[test]
     fn parses_all_encodings_of_the_same_digest() {
         let h = Sha256Hash::digest(b"");
-        let b32: Sha256Hash = "sha256:0mdqa9w1p6cmli6976v4wi0sw9r4p5prkj7lzfd1877wk11c9c73".parse().unwrap();
+        let b32: Sha256Hash = "sha256:0mdqa9w1p6cmli6976v4wi0sw9r4p5prkj7lzfd1877wk11c9c73"
+            .parse()
+            .unwrap();
         let b16: Sha256Hash = format!("sha256:{}", h.to_hex()).parse().unwrap();
-        let sri: Sha256Hash = "sha256-47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=".parse().unwrap();
+        let sri: Sha256Hash = "sha256-47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU="
+            .parse()
+            .unwrap();
         assert_eq!(h, b32);
         assert_eq!(h, b16);
         assert_eq!(h, sri);
@@ -106,9 +110,18 @@ mod tests {
 
     #[test]
     fn rejects_other_algorithms_and_garbage() {
-        assert!(matches!("md5:abc".parse::<Sha256Hash>(), Err(HashError::UnsupportedAlgorithm(_))));
-        assert!(matches!("abc".parse::<Sha256Hash>(), Err(HashError::MissingAlgorithm(_))));
-        assert!(matches!("sha256:zz".parse::<Sha256Hash>(), Err(HashError::BadEncoding(_))));
+        assert!(matches!(
+            "md5:abc".parse::<Sha256Hash>(),
+            Err(HashError::UnsupportedAlgorithm(_))
+        ));
+        assert!(matches!(
+            "abc".parse::<Sha256Hash>(),
+            Err(HashError::MissingAlgorithm(_))
+        ));
+        assert!(matches!(
+            "sha256:zz".parse::<Sha256Hash>(),
+            Err(HashError::BadEncoding(_))
+        ));
     }
 
     proptest! {

@@ -7,7 +7,7 @@
 //! - [`narinfo`]: `.narinfo` parse/print and the trust decision.
 //! - [`signature`]: ed25519 keys and signatures over narinfo fingerprints.
 //! - [`content_address`]: `CA:` values and the store path they imply.
-//! - [`cache_info`]: `nix-cache-info`.
+//! - [`cache_info`] parses and prints `nix-cache-info`.
 //! - [`manifest`]: chunk manifests (BLAKE3-named content-defined chunks).
 
 pub mod cache_info;
@@ -28,4 +28,5 @@ pub use signature::{PublicKey, SecretKey, Signature, fingerprint};
 pub use store_path::{StorePath, StorePathHash};
 
 /// The public key of cache.nixos.org, the default trusted key.
-pub const CACHE_NIXOS_ORG_KEY: &str = "cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=";
+pub const CACHE_NIXOS_ORG_KEY: &str =
+    "cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=";

@@ -53,7 +53,10 @@ impl FromStr for ChunkId {
         }
         let mut out = [0u8; 32];
         for (i, b) in out.iter_mut().enumerate() {
-            *b = s.get(2 * i..2 * i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()).ok_or_else(bad)?;
+            *b = s
+                .get(2 * i..2 * i + 2)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or_else(bad)?;
         }
         Ok(Self(out))
     }
@@ -76,7 +79,11 @@ pub enum ManifestError {
     #[error("manifest lists {0} chunks, more than the limit of {MAX_CHUNKS}")]
     TooManyChunks(u32),
     #[error("manifest is {actual} bytes, but its {count} chunks need {expected}")]
-    WrongLength { count: u32, actual: usize, expected: usize },
+    WrongLength {
+        count: u32,
+        actual: usize,
+        expected: usize,
+    },
     #[error("manifest chunk {index} has size {size}, outside 1..={MAX_CHUNK_SIZE}")]
     BadChunkSize { index: usize, size: u32 },
     #[error("manifest chunks add up to {sum} bytes, but NarSize is {nar_size}")]
@@ -95,8 +102,16 @@ pub struct ChunkManifest {
 
 impl ChunkManifest {
     /// Builds a manifest, checking that the chunks add up to `nar_size`.
-    pub fn new(nar_hash: Sha256Hash, nar_size: u64, chunks: Vec<ChunkRef>) -> Result<Self, ManifestError> {
-        let m = Self { nar_hash, nar_size, chunks };
+    pub fn new(
+        nar_hash: Sha256Hash,
+        nar_size: u64,
+        chunks: Vec<ChunkRef>,
+    ) -> Result<Self, ManifestError> {
+        let m = Self {
+            nar_hash,
+            nar_size,
+            chunks,
+        };
         m.validate()?;
         Ok(m)
     }
@@ -108,12 +123,18 @@ impl ChunkManifest {
         let mut sum = 0u64;
         for (index, c) in self.chunks.iter().enumerate() {
             if c.size == 0 || c.size > MAX_CHUNK_SIZE {
-                return Err(ManifestError::BadChunkSize { index, size: c.size });
+                return Err(ManifestError::BadChunkSize {
+                    index,
+                    size: c.size,
+                });
             }
             sum += u64::from(c.size);
         }
         if sum != self.nar_size {
-            return Err(ManifestError::SizeMismatch { sum, nar_size: self.nar_size });
+            return Err(ManifestError::SizeMismatch {
+                sum,
+                nar_size: self.nar_size,
+            });
         }
         Ok(())
     }
@@ -153,7 +174,11 @@ impl ChunkManifest {
         }
         let expected = HEADER + ENTRY * count as usize;
         if bytes.len() != expected {
-            return Err(ManifestError::WrongLength { count, actual: bytes.len(), expected });
+            return Err(ManifestError::WrongLength {
+                count,
+                actual: bytes.len(),
+                expected,
+            });
         }
         let chunks = bytes[HEADER..]
             .chunks_exact(ENTRY)
@@ -161,7 +186,10 @@ impl ChunkManifest {
                 let mut id = [0u8; 32];
                 id.copy_from_slice(&e[..32]);
                 let size = u32::from_le_bytes([e[32], e[33], e[34], e[35]]);
-                ChunkRef { id: ChunkId(id), size }
+                ChunkRef {
+                    id: ChunkId(id),
+                    size,
+                }
             })
             .collect();
         Self::new(nar_hash, nar_size, chunks)
@@ -183,26 +211,55 @@ mod tests {
     use proptest::prelude::*;
 
     fn arb_manifest() -> impl Strategy<Value = ChunkManifest> {
-        (any::<[u8; 32]>(), proptest::collection::vec((any::<[u8; 32]>(), 1..=MAX_CHUNK_SIZE), 0..50)).prop_map(
-            |(h, cs)| {
-                let chunks: Vec<ChunkRef> = cs.into_iter().map(|(id, size)| ChunkRef { id: ChunkId(id), size }).collect();
-                let nar_size = chunks.iter().map(|c| u64::from(c.size)).sum();
-                ChunkManifest { nar_hash: Sha256Hash(h), nar_size, chunks }
-            },
+        (
+            any::<[u8; 32]>(),
+            proptest::collection::vec((any::<[u8; 32]>(), 1..=MAX_CHUNK_SIZE), 0..50),
         )
+            .prop_map(|(h, cs)| {
+                let chunks: Vec<ChunkRef> = cs
+                    .into_iter()
+                    .map(|(id, size)| ChunkRef {
+                        id: ChunkId(id),
+                        size,
+                    })
+                    .collect();
+                let nar_size = chunks.iter().map(|c| u64::from(c.size)).sum();
+                ChunkManifest {
+                    nar_hash: Sha256Hash(h),
+                    nar_size,
+                    chunks,
+                }
+            })
     }
 
     #[test]
     fn rejects_inconsistent_manifests() {
-        let c = ChunkRef { id: ChunkId([1; 32]), size: 10 };
+        let c = ChunkRef {
+            id: ChunkId([1; 32]),
+            size: 10,
+        };
         assert_eq!(
             ChunkManifest::new(Sha256Hash([0; 32]), 11, vec![c]),
-            Err(ManifestError::SizeMismatch { sum: 10, nar_size: 11 })
+            Err(ManifestError::SizeMismatch {
+                sum: 10,
+                nar_size: 11
+            })
         );
-        let zero = ChunkRef { id: ChunkId([1; 32]), size: 0 };
-        assert!(matches!(ChunkManifest::new(Sha256Hash([0; 32]), 0, vec![zero]), Err(ManifestError::BadChunkSize { .. })));
-        assert_eq!(ChunkManifest::decode(b"NSM"), Err(ManifestError::Truncated(3)));
-        let mut enc = ChunkManifest::new(Sha256Hash([0; 32]), 10, vec![c]).unwrap().encode();
+        let zero = ChunkRef {
+            id: ChunkId([1; 32]),
+            size: 0,
+        };
+        assert!(matches!(
+            ChunkManifest::new(Sha256Hash([0; 32]), 0, vec![zero]),
+            Err(ManifestError::BadChunkSize { .. })
+        ));
+        assert_eq!(
+            ChunkManifest::decode(b"NSM"),
+            Err(ManifestError::Truncated(3))
+        );
+        let mut enc = ChunkManifest::new(Sha256Hash([0; 32]), 10, vec![c])
+            .unwrap()
+            .encode();
         enc[0] = b'X';
         assert_eq!(ChunkManifest::decode(&enc), Err(ManifestError::BadMagic));
     }

@@ -30,9 +30,15 @@ pub enum NarInfoErrorKind {
     #[error("required field {0} is missing")]
     Missing(&'static str),
     #[error("{field}: {source}")]
-    StorePath { field: &'static str, source: StorePathError },
+    StorePath {
+        field: &'static str,
+        source: StorePathError,
+    },
     #[error("{field}: {source}")]
-    Hash { field: &'static str, source: HashError },
+    Hash {
+        field: &'static str,
+        source: HashError,
+    },
     #[error("{field}: {value:?} is not a non-negative integer")]
     Number { field: &'static str, value: String },
     #[error("Sig: {0}")]
@@ -72,11 +78,15 @@ pub enum Trust {
 }
 
 fn parse_u64(field: &'static str, v: &str) -> Result<u64, NarInfoErrorKind> {
-    v.parse().map_err(|_| NarInfoErrorKind::Number { field, value: v.to_owned() })
+    v.parse().map_err(|_| NarInfoErrorKind::Number {
+        field,
+        value: v.to_owned(),
+    })
 }
 
 fn parse_hash(field: &'static str, v: &str) -> Result<Sha256Hash, NarInfoErrorKind> {
-    v.parse().map_err(|source| NarInfoErrorKind::Hash { field, source })
+    v.parse()
+        .map_err(|source| NarInfoErrorKind::Hash { field, source })
 }
 
 fn set<T>(slot: &mut Option<T>, field: &'static str, v: T) -> Result<(), NarInfoErrorKind> {
@@ -105,13 +115,22 @@ impl NarInfo {
         let mut line_no = 0;
         while !rest.is_empty() {
             line_no += 1;
-            let err = |kind| NarInfoError { line: line_no, kind };
-            let (line, tail) = rest.split_once('\n').ok_or(err(NarInfoErrorKind::Unterminated))?;
+            let err = |kind| NarInfoError {
+                line: line_no,
+                kind,
+            };
+            let (line, tail) = rest
+                .split_once('\n')
+                .ok_or(err(NarInfoErrorKind::Unterminated))?;
             rest = tail;
             let (key, value) = line
                 .split_once(": ")
                 .or_else(|| line.strip_suffix(':').map(|k| (k, "")))
-                .ok_or_else(|| err(NarInfoErrorKind::NotKeyValue(line.chars().take(80).collect())))?;
+                .ok_or_else(|| {
+                    err(NarInfoErrorKind::NotKeyValue(
+                        line.chars().take(80).collect(),
+                    ))
+                })?;
             let path = |field, v: &str| {
                 StorePath::from_base_name(v)
                     .or_else(|_| v.parse())
@@ -119,17 +138,26 @@ impl NarInfo {
             };
             let r = match key {
                 "StorePath" => {
-                    let p = value
-                        .parse()
-                        .map_err(|source| NarInfoErrorKind::StorePath { field: "StorePath", source });
+                    let p = value.parse().map_err(|source| NarInfoErrorKind::StorePath {
+                        field: "StorePath",
+                        source,
+                    });
                     p.and_then(|p| set(&mut store_path, "StorePath", p))
                 }
                 "URL" => set(&mut url, "URL", value.to_owned()),
                 "Compression" => set(&mut compression, "Compression", value.to_owned()),
-                "FileHash" => parse_hash("FileHash", value).and_then(|h| set(&mut file_hash, "FileHash", h)),
-                "FileSize" => parse_u64("FileSize", value).and_then(|n| set(&mut file_size, "FileSize", n)),
-                "NarHash" => parse_hash("NarHash", value).and_then(|h| set(&mut nar_hash, "NarHash", h)),
-                "NarSize" => parse_u64("NarSize", value).and_then(|n| set(&mut nar_size, "NarSize", n)),
+                "FileHash" => {
+                    parse_hash("FileHash", value).and_then(|h| set(&mut file_hash, "FileHash", h))
+                }
+                "FileSize" => {
+                    parse_u64("FileSize", value).and_then(|n| set(&mut file_size, "FileSize", n))
+                }
+                "NarHash" => {
+                    parse_hash("NarHash", value).and_then(|h| set(&mut nar_hash, "NarHash", h))
+                }
+                "NarSize" => {
+                    parse_u64("NarSize", value).and_then(|n| set(&mut nar_size, "NarSize", n))
+                }
                 "References" => value
                     .split(' ')
                     .filter(|s| !s.is_empty())
@@ -147,15 +175,23 @@ impl NarInfo {
             };
             r.map_err(err)?;
         }
-        let missing = |f| NarInfoError { line: 0, kind: NarInfoErrorKind::Missing(f) };
+        let missing = |f| NarInfoError {
+            line: 0,
+            kind: NarInfoErrorKind::Missing(f),
+        };
         let nar_size = nar_size.ok_or(missing("NarSize"))?;
         if nar_size == 0 {
-            return Err(NarInfoError { line: 0, kind: NarInfoErrorKind::EmptyNar });
+            return Err(NarInfoError {
+                line: 0,
+                kind: NarInfoErrorKind::EmptyNar,
+            });
         }
         Ok(Self {
             store_path: store_path.ok_or(missing("StorePath"))?,
             url: url.filter(|u| !u.is_empty()).ok_or(missing("URL"))?,
-            compression: compression.filter(|c| !c.is_empty()).unwrap_or_else(|| "bzip2".to_owned()),
+            compression: compression
+                .filter(|c| !c.is_empty())
+                .unwrap_or_else(|| "bzip2".to_owned()),
             file_hash,
             file_size,
             nar_hash: nar_hash.ok_or(missing("NarHash"))?,
@@ -169,7 +205,12 @@ impl NarInfo {
 
     /// The fingerprint signatures are made over.
     pub fn fingerprint(&self) -> String {
-        fingerprint(&self.store_path, &self.nar_hash, self.nar_size, &self.references)
+        fingerprint(
+            &self.store_path,
+            &self.nar_hash,
+            self.nar_size,
+            &self.references,
+        )
     }
 
     /// Decides whether to trust this narinfo, following Nix's rule: a
@@ -189,7 +230,8 @@ impl NarInfo {
         {
             return None;
         }
-        ca.matches(&self.store_path, &self.references).then_some(Trust::ContentAddressed)
+        ca.matches(&self.store_path, &self.references)
+            .then_some(Trust::ContentAddressed)
     }
 
     /// Prints the narinfo exactly as Nix 2.8 does.

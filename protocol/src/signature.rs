@@ -20,7 +20,12 @@ pub enum KeyError {
     #[error("{what} named {name:?} is not valid base64")]
     BadBase64 { what: &'static str, name: String },
     #[error("{what} named {name:?} has {actual} bytes, expected {expected}")]
-    BadLength { what: &'static str, name: String, actual: usize, expected: usize },
+    BadLength {
+        what: &'static str,
+        name: String,
+        actual: usize,
+        expected: usize,
+    },
     #[error("public key named {0:?} is not a valid ed25519 point")]
     BadPoint(String),
 }
@@ -30,10 +35,14 @@ fn split_named<const N: usize>(what: &'static str, s: &str) -> Result<(String, [
         .trim()
         .split_once(':')
         .filter(|(n, _)| !n.is_empty())
-        .ok_or_else(|| KeyError::MissingName { what, text: s.to_owned() })?;
-    let bytes = STANDARD
-        .decode(b64)
-        .map_err(|_| KeyError::BadBase64 { what, name: name.to_owned() })?;
+        .ok_or_else(|| KeyError::MissingName {
+            what,
+            text: s.to_owned(),
+        })?;
+    let bytes = STANDARD.decode(b64).map_err(|_| KeyError::BadBase64 {
+        what,
+        name: name.to_owned(),
+    })?;
     let actual = bytes.len();
     let arr = <[u8; N]>::try_from(bytes).map_err(|_| KeyError::BadLength {
         what,
@@ -46,7 +55,12 @@ fn split_named<const N: usize>(what: &'static str, s: &str) -> Result<(String, [
 
 /// The text Nix signs: `1;<path>;<NarHash>;<NarSize>;<refs>`, references as
 /// full paths, sorted, comma-joined, and the hash in nixbase32.
-pub fn fingerprint(path: &StorePath, nar_hash: &Sha256Hash, nar_size: u64, references: &[StorePath]) -> String {
+pub fn fingerprint(
+    path: &StorePath,
+    nar_hash: &Sha256Hash,
+    nar_size: u64,
+    references: &[StorePath],
+) -> String {
     let mut refs: Vec<String> = references.iter().map(ToString::to_string).collect();
     refs.sort();
     refs.dedup();
@@ -105,7 +119,10 @@ impl PublicKey {
         sig.key_name == self.name
             && self
                 .key
-                .verify(fingerprint.as_bytes(), &ed25519_dalek::Signature::from_bytes(&sig.bytes))
+                .verify(
+                    fingerprint.as_bytes(),
+                    &ed25519_dalek::Signature::from_bytes(&sig.bytes),
+                )
                 .is_ok()
     }
 }
@@ -141,17 +158,26 @@ pub struct SecretKey {
 impl SecretKey {
     /// A key from a 32-byte seed.
     pub fn from_seed(name: &str, seed: &[u8; 32]) -> Self {
-        Self { name: name.to_owned(), key: SigningKey::from_bytes(seed) }
+        Self {
+            name: name.to_owned(),
+            key: SigningKey::from_bytes(seed),
+        }
     }
 
     /// Signs a fingerprint.
     pub fn sign(&self, fingerprint: &str) -> Signature {
-        Signature { key_name: self.name.clone(), bytes: self.key.sign(fingerprint.as_bytes()).to_bytes() }
+        Signature {
+            key_name: self.name.clone(),
+            bytes: self.key.sign(fingerprint.as_bytes()).to_bytes(),
+        }
     }
 
     /// The matching public key.
     pub fn public_key(&self) -> PublicKey {
-        PublicKey { name: self.name.clone(), key: self.key.verifying_key() }
+        PublicKey {
+            name: self.name.clone(),
+            key: self.key.verifying_key(),
+        }
     }
 }
 
@@ -178,11 +204,26 @@ mod tests {
 
     #[test]
     fn bad_keys_say_what_is_wrong() {
-        assert!(matches!("nocolon".parse::<PublicKey>(), Err(KeyError::MissingName { .. })));
-        assert!(matches!(":abc".parse::<PublicKey>(), Err(KeyError::MissingName { .. })));
-        assert!(matches!("k:!!!".parse::<PublicKey>(), Err(KeyError::BadBase64 { .. })));
-        assert!(matches!("k:AAAA".parse::<PublicKey>(), Err(KeyError::BadLength { actual: 3, .. })));
-        assert!(matches!("k:AAAA".parse::<Signature>(), Err(KeyError::BadLength { expected: 64, .. })));
+        assert!(matches!(
+            "nocolon".parse::<PublicKey>(),
+            Err(KeyError::MissingName { .. })
+        ));
+        assert!(matches!(
+            ":abc".parse::<PublicKey>(),
+            Err(KeyError::MissingName { .. })
+        ));
+        assert!(matches!(
+            "k:!!!".parse::<PublicKey>(),
+            Err(KeyError::BadBase64 { .. })
+        ));
+        assert!(matches!(
+            "k:AAAA".parse::<PublicKey>(),
+            Err(KeyError::BadLength { actual: 3, .. })
+        ));
+        assert!(matches!(
+            "k:AAAA".parse::<Signature>(),
+            Err(KeyError::BadLength { expected: 64, .. })
+        ));
     }
 
     proptest! {

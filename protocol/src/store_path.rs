@@ -89,7 +89,10 @@ pub struct StorePath {
 }
 
 fn validate_name(name: &str) -> Result<(), StorePathError> {
-    let bad = |reason| StorePathError::BadName { name: name.to_owned(), reason };
+    let bad = |reason| StorePathError::BadName {
+        name: name.to_owned(),
+        reason,
+    };
     if name.is_empty() {
         return Err(bad("empty"));
     }
@@ -110,12 +113,17 @@ impl StorePath {
     /// Builds a store path from its parts, validating the name.
     pub fn new(hash: StorePathHash, name: &str) -> Result<Self, StorePathError> {
         validate_name(name)?;
-        Ok(Self { hash, name: name.to_owned() })
+        Ok(Self {
+            hash,
+            name: name.to_owned(),
+        })
     }
 
     /// Parses the base name, `<hash>-<name>` (as in References and Deriver).
     pub fn from_base_name(s: &str) -> Result<Self, StorePathError> {
-        let hash = s.get(..HASH_LEN).ok_or_else(|| StorePathError::BadHash(s.to_owned()))?;
+        let hash = s
+            .get(..HASH_LEN)
+            .ok_or_else(|| StorePathError::BadHash(s.to_owned()))?;
         let hash: StorePathHash = hash.parse()?;
         let name = s
             .get(HASH_LEN..)
@@ -173,23 +181,50 @@ mod tests {
 
     #[test]
     fn parses_real_paths() {
-        let p: StorePath = "/nix/store/iqh7ydji4vh3m6z5bkfk07jvbkfy0sq1-b-dir".parse().unwrap();
+        let p: StorePath = "/nix/store/iqh7ydji4vh3m6z5bkfk07jvbkfy0sq1-b-dir"
+            .parse()
+            .unwrap();
         assert_eq!(p.hash().as_str(), "iqh7ydji4vh3m6z5bkfk07jvbkfy0sq1");
         assert_eq!(p.name(), "b-dir");
-        assert_eq!(p.to_string(), "/nix/store/iqh7ydji4vh3m6z5bkfk07jvbkfy0sq1-b-dir");
+        assert_eq!(
+            p.to_string(),
+            "/nix/store/iqh7ydji4vh3m6z5bkfk07jvbkfy0sq1-b-dir"
+        );
         assert_eq!(StorePath::from_base_name(&p.base_name()).unwrap(), p);
     }
 
     #[test]
     fn rejects_invalid_paths() {
         let err = |s: &str| s.parse::<StorePath>().unwrap_err();
-        assert!(matches!(err("/usr/iqh7ydji4vh3m6z5bkfk07jvbkfy0sq1-x"), StorePathError::NotInStore(_)));
-        assert!(matches!(err("/nix/store/eqh7ydji4vh3m6z5bkfk07jvbkfy0sq1-x"), StorePathError::BadHash(_)));
-        assert!(matches!(err("/nix/store/iqh7ydji4vh3m6z5bkfk07jvbkfy0sq1"), StorePathError::MissingName(_)));
-        assert!(matches!(err("/nix/store/iqh7ydji4vh3m6z5bkfk07jvbkfy0sq1-a/b"), StorePathError::BadName { .. }));
-        assert!(matches!(err("/nix/store/iqh7ydji4vh3m6z5bkfk07jvbkfy0sq1-../x"), StorePathError::BadName { .. }));
-        assert!(matches!(err("/nix/store/iqh7ydji4vh3m6z5bkfk07jvbkfy0sq1-.x"), StorePathError::BadName { .. }));
-        assert!("../../etc/passwd00000000000000000".parse::<StorePathHash>().is_err());
+        assert!(matches!(
+            err("/usr/iqh7ydji4vh3m6z5bkfk07jvbkfy0sq1-x"),
+            StorePathError::NotInStore(_)
+        ));
+        assert!(matches!(
+            err("/nix/store/eqh7ydji4vh3m6z5bkfk07jvbkfy0sq1-x"),
+            StorePathError::BadHash(_)
+        ));
+        assert!(matches!(
+            err("/nix/store/iqh7ydji4vh3m6z5bkfk07jvbkfy0sq1"),
+            StorePathError::MissingName(_)
+        ));
+        assert!(matches!(
+            err("/nix/store/iqh7ydji4vh3m6z5bkfk07jvbkfy0sq1-a/b"),
+            StorePathError::BadName { .. }
+        ));
+        assert!(matches!(
+            err("/nix/store/iqh7ydji4vh3m6z5bkfk07jvbkfy0sq1-../x"),
+            StorePathError::BadName { .. }
+        ));
+        assert!(matches!(
+            err("/nix/store/iqh7ydji4vh3m6z5bkfk07jvbkfy0sq1-.x"),
+            StorePathError::BadName { .. }
+        ));
+        assert!(
+            "../../etc/passwd00000000000000000"
+                .parse::<StorePathHash>()
+                .is_err()
+        );
     }
 
     proptest! {

@@ -1,7 +1,7 @@
 //! Shared end-to-end test harness: the fixture cache built by Nix, a real
 //! static HTTP server for it, `nixswarm run` as a child process, and the
 //! real Nix client (Debian's nix-bin) substituting through the gateway.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used)]
 
 use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
@@ -27,8 +27,14 @@ impl Fixture {
 }
 
 fn require_nix() {
-    let found = Command::new("nix-store").arg("--version").output().is_ok_and(|o| o.status.success());
-    assert!(found, "nix-store not found: the end-to-end tests need Debian's nix-bin (scripts/test.sh installs it)");
+    let found = Command::new("nix-store")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        found,
+        "nix-store not found: the end-to-end tests need Debian's nix-bin (scripts/test.sh installs it)"
+    );
 }
 
 /// Builds (once per target dir) the fixture cache with Nix.
@@ -36,11 +42,23 @@ pub fn fixture() -> Fixture {
     require_nix();
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("fixture-cache-v1");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/make-cache.sh");
-    let status = Command::new("bash").arg(script).arg(&dir).status().expect("running make-cache.sh");
-    assert!(status.success(), "make-cache.sh failed: see the logs in {}", dir.display());
+    let status = Command::new("bash")
+        .arg(script)
+        .arg(&dir)
+        .status()
+        .expect("running make-cache.sh");
+    assert!(
+        status.success(),
+        "make-cache.sh failed: see the logs in {}",
+        dir.display()
+    );
     let paths = std::fs::read_to_string(dir.join("paths")).expect("fixture paths");
     let trusted_pub = std::fs::read_to_string(dir.join("keys/trusted.pub")).expect("fixture key");
-    Fixture { paths: paths.lines().map(str::to_owned).collect(), trusted_pub: trusted_pub.trim().to_owned(), dir }
+    Fixture {
+        paths: paths.lines().map(str::to_owned).collect(),
+        trusted_pub: trusted_pub.trim().to_owned(),
+        dir,
+    }
 }
 
 /// A real HTTP server (axum + tower-http) serving a directory, in its own
@@ -57,11 +75,16 @@ impl StaticServer {
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
             rt.block_on(async move {
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
                 addr_tx.send(listener.local_addr().unwrap()).unwrap();
-                let app = axum::Router::new().fallback_service(tower_http::services::ServeDir::new(dir));
+                let app =
+                    axum::Router::new().fallback_service(tower_http::services::ServeDir::new(dir));
                 axum::serve(listener, app)
                     .with_graceful_shutdown(async {
                         let _ = stopped.await;
@@ -71,7 +94,11 @@ impl StaticServer {
             });
         });
         let addr = addr_rx.recv().unwrap();
-        Self { url: format!("http://{addr}"), stop: Some(stop), thread: Some(thread) }
+        Self {
+            url: format!("http://{addr}"),
+            stop: Some(stop),
+            thread: Some(thread),
+        }
     }
 
     pub fn stop(&mut self) {
@@ -101,12 +128,18 @@ impl Gateway {
     /// Starts the gateway with these upstreams, trusting `key`.
     pub fn start(data_dir: &Path, upstreams: &[&str], key: &str) -> Result<Self> {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_nixswarm"));
-        cmd.args(["run", "--gateway-listen", "127.0.0.1:0", "--trusted-key", key])
-            .arg("--data-dir")
-            .arg(data_dir)
-            .env("RUST_LOG", "info,nixswarm_gateway=debug")
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(data_dir.with_extension("log")).context("gateway log")?);
+        cmd.args([
+            "run",
+            "--gateway-listen",
+            "127.0.0.1:0",
+            "--trusted-key",
+            key,
+        ])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .env("RUST_LOG", "info,nixswarm_gateway=debug")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(data_dir.with_extension("log")).context("gateway log")?);
         if upstreams.is_empty() {
             cmd.arg("--no-upstream");
         }
@@ -120,9 +153,18 @@ impl Gateway {
         let url = line
             .trim()
             .strip_prefix("nixswarm gateway listening on ")
-            .with_context(|| format!("unexpected first line {line:?}; see {}", data_dir.with_extension("log").display()))?
+            .with_context(|| {
+                format!(
+                    "unexpected first line {line:?}; see {}",
+                    data_dir.with_extension("log").display()
+                )
+            })?
             .to_owned();
-        Ok(Self { url, data_dir: data_dir.to_owned(), child })
+        Ok(Self {
+            url,
+            data_dir: data_dir.to_owned(),
+            child,
+        })
     }
 
     /// Stops the gateway with SIGTERM and waits for it.
@@ -154,7 +196,10 @@ pub struct ClientStore {
 
 impl ClientStore {
     pub fn new(dir: &Path) -> Self {
-        Self { root: dir.join("root"), xdg: dir.join("xdg") }
+        Self {
+            root: dir.join("root"),
+            xdg: dir.join("xdg"),
+        }
     }
 
     fn store(&self) -> String {
@@ -163,7 +208,8 @@ impl ClientStore {
 
     fn nix(&self, program: &str) -> Command {
         let mut c = Command::new(program);
-        c.env("XDG_CACHE_HOME", &self.xdg).env("NIX_CONFIG", "build-users-group =\n");
+        c.env("XDG_CACHE_HOME", &self.xdg)
+            .env("NIX_CONFIG", "build-users-group =\n");
         c
     }
 
@@ -176,7 +222,13 @@ impl ClientStore {
     }
 
     /// `nix-store -r PATHS` substituting only from `substituter`.
-    pub fn realise(&self, substituter: &str, key: &str, paths: &[String], keep_going: bool) -> Output {
+    pub fn realise(
+        &self,
+        substituter: &str,
+        key: &str,
+        paths: &[String],
+        keep_going: bool,
+    ) -> Output {
         let mut c = self.nix("nix-store");
         c.args(["--store", &self.store()]);
         Self::common(&mut c, substituter, key);
@@ -189,8 +241,23 @@ impl ClientStore {
     /// `nix copy --from SUBSTITUTER --to THIS_STORE PATHS`.
     pub fn copy_from(&self, substituter: &str, key: &str, paths: &[String]) -> Output {
         let mut c = self.nix("nix");
-        c.args(["--extra-experimental-features", "nix-command", "copy", "--from", substituter, "--to", &self.store()]);
-        c.args(["--option", "trusted-public-keys", key, "--option", "require-sigs", "true"]);
+        c.args([
+            "--extra-experimental-features",
+            "nix-command",
+            "copy",
+            "--from",
+            substituter,
+            "--to",
+            &self.store(),
+        ]);
+        c.args([
+            "--option",
+            "trusted-public-keys",
+            key,
+            "--option",
+            "require-sigs",
+            "true",
+        ]);
         c.args(["--option", "substituters", ""]);
         c.args(paths).output().expect("running nix copy")
     }
@@ -214,10 +281,14 @@ impl ClientStore {
             return Ok(());
         }
         let mut c = self.nix("nix-store");
-        c.args(["--store", &self.store(), "--verify-path"]).args(paths);
+        c.args(["--store", &self.store(), "--verify-path"])
+            .args(paths);
         let out = c.output()?;
         if !out.status.success() {
-            bail!("nix-store --verify-path failed: {}", String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "nix-store --verify-path failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         Ok(())
     }
@@ -226,13 +297,22 @@ impl ClientStore {
 /// Runs `nix-store -r` up to `attempts` times until every path is valid
 /// (Nix's own behaviour is to fail a path whose download broke after bytes
 /// were written; a second run is how a user retries).
-pub fn realise_with_retries(client: &ClientStore, gw: &str, key: &str, paths: &[String], attempts: usize) -> Result<usize> {
+pub fn realise_with_retries(
+    client: &ClientStore,
+    gw: &str,
+    key: &str,
+    paths: &[String],
+    attempts: usize,
+) -> Result<usize> {
     for attempt in 1..=attempts {
         let out = client.realise(gw, key, paths, true);
         if out.status.success() {
             return Ok(attempt);
         }
-        eprintln!("attempt {attempt}: {}", String::from_utf8_lossy(&out.stderr));
+        eprintln!(
+            "attempt {attempt}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     bail!("paths still not valid after {attempts} attempts")
 }
@@ -240,7 +320,11 @@ pub fn realise_with_retries(client: &ClientStore, gw: &str, key: &str, paths: &[
 /// Explains a failed Nix command.
 pub fn check(out: &Output, what: &str) -> Result<()> {
     if !out.status.success() {
-        bail!("{what} failed ({}):\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "{what} failed ({}):\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(())
 }

@@ -21,7 +21,11 @@ pub struct Chunker {
 
 impl Chunker {
     /// Adds bytes; calls `emit` for every chunk now complete.
-    pub fn push<E>(&mut self, data: &[u8], emit: impl FnMut(&[u8]) -> Result<(), E>) -> Result<(), E> {
+    pub fn push<E>(
+        &mut self,
+        data: &[u8],
+        emit: impl FnMut(&[u8]) -> Result<(), E>,
+    ) -> Result<(), E> {
         self.buf.extend_from_slice(data);
         if self.buf.len() >= 2 * MAX as usize {
             self.drain(false, emit)?;
@@ -34,7 +38,11 @@ impl Chunker {
         self.drain(true, emit)
     }
 
-    fn drain<E>(&mut self, at_end: bool, mut emit: impl FnMut(&[u8]) -> Result<(), E>) -> Result<(), E> {
+    fn drain<E>(
+        &mut self,
+        at_end: bool,
+        mut emit: impl FnMut(&[u8]) -> Result<(), E>,
+    ) -> Result<(), E> {
         let len = self.buf.len();
         let mut consumed = 0;
         for c in FastCDC::new(&self.buf, MIN, AVG, MAX) {
@@ -70,9 +78,17 @@ mod tests {
         let mut out = Vec::new();
         let mut c = Chunker::default();
         for p in data.chunks(piece.max(1)) {
-            c.push::<()>(p, |ch| Ok(out.push(ch.to_vec()))).unwrap();
+            c.push::<()>(p, |ch| {
+                out.push(ch.to_vec());
+                Ok(())
+            })
+            .unwrap();
         }
-        c.finish::<()>(|ch| Ok(out.push(ch.to_vec()))).unwrap();
+        c.finish::<()>(|ch| {
+            out.push(ch.to_vec());
+            Ok(())
+        })
+        .unwrap();
         out
     }
 

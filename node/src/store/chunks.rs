@@ -34,7 +34,11 @@ impl ChunkDir {
             fs::remove_dir_all(&tmp).map_err(io(format!("clearing {}", tmp.display())))?;
         }
         fs::create_dir_all(&tmp).map_err(io(format!("creating {}", tmp.display())))?;
-        Ok(Self { root, tmp, counter: AtomicU64::new(0) })
+        Ok(Self {
+            root,
+            tmp,
+            counter: AtomicU64::new(0),
+        })
     }
 
     /// Where a chunk's file is.
@@ -55,7 +59,8 @@ impl ChunkDir {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         let tmp = self.tmp.join(format!("{}-{n}", std::process::id()));
         let mut f = fs::File::create(&tmp).map_err(io(format!("creating {}", tmp.display())))?;
-        f.write_all(data).map_err(io(format!("writing {}", tmp.display())))?;
+        f.write_all(data)
+            .map_err(io(format!("writing {}", tmp.display())))?;
         drop(f);
         let parent = dest.parent().unwrap_or(&self.root);
         fs::create_dir_all(parent).map_err(io(format!("creating {}", parent.display())))?;
@@ -87,9 +92,13 @@ impl ChunkDir {
     /// Every chunk file present (for the orphan sweep).
     pub fn list(&self) -> Result<Vec<ChunkId>> {
         let mut out = Vec::new();
-        for sub in fs::read_dir(&self.root).map_err(io(format!("listing {}", self.root.display())))? {
+        for sub in
+            fs::read_dir(&self.root).map_err(io(format!("listing {}", self.root.display())))?
+        {
             let sub = sub.map_err(io("listing chunks"))?.path();
-            let Ok(entries) = fs::read_dir(&sub) else { continue };
+            let Ok(entries) = fs::read_dir(&sub) else {
+                continue;
+            };
             for e in entries.flatten() {
                 if let Some(id) = e.file_name().to_str().and_then(|n| n.parse().ok()) {
                     out.push(id);
@@ -101,7 +110,8 @@ impl ChunkDir {
 
     /// Flushes everything written so far to disk (one `syncfs`).
     pub fn sync(&self) -> Result<()> {
-        let dir = fs::File::open(&self.root).map_err(io(format!("opening {}", self.root.display())))?;
+        let dir =
+            fs::File::open(&self.root).map_err(io(format!("opening {}", self.root.display())))?;
         syncfs(&dir).map_err(io("syncing the chunk store's filesystem"))
     }
 }
@@ -110,5 +120,9 @@ fn syncfs(f: &fs::File) -> std::io::Result<()> {
     use std::os::fd::AsRawFd as _;
     // SAFETY: `f` is an open file descriptor for the duration of the call.
     let r = unsafe { libc::syncfs(f.as_raw_fd()) };
-    if r == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }

@@ -47,17 +47,33 @@ impl Ingest {
             });
         }
         self.sha.update(data);
-        let Self { chunker, store, chunks, pending, .. } = self;
+        let Self {
+            chunker,
+            store,
+            chunks,
+            pending,
+            ..
+        } = self;
         chunker.push(data, |c| store_chunk(store, chunks, pending, c))
     }
 
     /// Verifies the NAR and makes the path visible.
     pub fn finish(mut self) -> Result<()> {
         let path = self.narinfo.store_path.to_string();
-        let Self { chunker, store, chunks, pending, .. } = &mut self;
+        let Self {
+            chunker,
+            store,
+            chunks,
+            pending,
+            ..
+        } = &mut self;
         chunker.finish(|c| store_chunk(store, chunks, pending, c))?;
         if self.size != self.narinfo.nar_size {
-            return Err(StoreError::WrongSize { path, actual: self.size, expected: self.narinfo.nar_size });
+            return Err(StoreError::WrongSize {
+                path,
+                actual: self.size,
+                expected: self.narinfo.nar_size,
+            });
         }
         let actual = Sha256Hash(std::mem::take(&mut self.sha).finalize().into());
         if actual != self.narinfo.nar_hash {
@@ -70,16 +86,30 @@ impl Ingest {
         let manifest = ChunkManifest::new(actual, self.size, std::mem::take(&mut self.chunks))
             .map_err(|e| StoreError::Database(e.to_string()))?;
         self.store.inner.chunks.sync()?;
-        let record = PathRecord { narinfo: self.narinfo.to_text(), manifest };
-        self.store.inner.meta.insert(self.narinfo.store_path.hash().as_str(), &record, now())?;
+        let record = PathRecord {
+            narinfo: self.narinfo.to_text(),
+            manifest,
+        };
+        self.store
+            .inner
+            .meta
+            .insert(self.narinfo.store_path.hash().as_str(), &record, now())?;
         tracing::debug!(path = %self.narinfo.store_path, "stored");
         Ok(())
     }
 }
 
-fn store_chunk(store: &ChunkStore, chunks: &mut Vec<ChunkRef>, pending: &mut Vec<ChunkId>, data: &[u8]) -> Result<()> {
+fn store_chunk(
+    store: &ChunkStore,
+    chunks: &mut Vec<ChunkRef>,
+    pending: &mut Vec<ChunkId>,
+    data: &[u8],
+) -> Result<()> {
     let id = ChunkId(*blake3::hash(data).as_bytes());
-    chunks.push(ChunkRef { id, size: data.len() as u32 });
+    chunks.push(ChunkRef {
+        id,
+        size: data.len() as u32,
+    });
     *store.state().pending.entry(id).or_insert(0) += 1;
     pending.push(id);
     // Another ingest may be writing the same chunk right now; the rename is
@@ -97,7 +127,9 @@ impl Drop for Ingest {
         // another path uses them: remove those now.
         let state = self.store.state();
         for id in &self.pending {
-            if !state.pending.contains_key(id) && self.store.inner.meta.chunk_refs(id).unwrap_or(1) == 0 {
+            if !state.pending.contains_key(id)
+                && self.store.inner.meta.chunk_refs(id).unwrap_or(1) == 0
+            {
                 let _ = self.store.inner.chunks.delete(id);
             }
         }

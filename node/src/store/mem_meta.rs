@@ -22,7 +22,9 @@ pub struct MemMeta(Mutex<State>);
 
 impl MemMeta {
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
-        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -74,7 +76,11 @@ impl MetaDb for MemMeta {
 
     fn touch(&self, hash: &str, now: u64) -> Result<()> {
         let mut s = self.state();
-        let Some(old) = s.paths.get_mut(hash).map(|e| std::mem::replace(&mut e.1, now)) else {
+        let Some(old) = s
+            .paths
+            .get_mut(hash)
+            .map(|e| std::mem::replace(&mut e.1, now))
+        else {
             return Ok(());
         };
         s.lru.remove(&(old, hash.to_owned()));
@@ -83,7 +89,13 @@ impl MetaDb for MemMeta {
     }
 
     fn lru(&self, limit: usize) -> Result<Vec<String>> {
-        Ok(self.state().lru.iter().take(limit).map(|(_, h)| h.clone()).collect())
+        Ok(self
+            .state()
+            .lru
+            .iter()
+            .take(limit)
+            .map(|(_, h)| h.clone())
+            .collect())
     }
 
     fn chunk_refs(&self, id: &ChunkId) -> Result<u32> {

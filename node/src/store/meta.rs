@@ -50,7 +50,11 @@ pub trait MetaDb: Send + Sync + std::fmt::Debug + 'static {
 /// Distinct chunks of a manifest with their sizes, in first-seen order.
 pub(crate) fn distinct_chunks(m: &ChunkManifest) -> Vec<(ChunkId, u32)> {
     let mut seen = std::collections::HashSet::new();
-    m.chunks.iter().filter(|c| seen.insert(c.id)).map(|c| (c.id, c.size)).collect()
+    m.chunks
+        .iter()
+        .filter(|c| seen.insert(c.id))
+        .map(|c| (c.id, c.size))
+        .collect()
 }
 
 /// The conformance test every [`MetaDb`] backend must pass.
@@ -58,7 +62,10 @@ pub(crate) fn distinct_chunks(m: &ChunkManifest) -> Vec<(ChunkId, u32)> {
 pub(crate) fn conformance(db: &dyn MetaDb) {
     use nixswarm_protocol::{ChunkRef, Sha256Hash};
 
-    let chunk = |b: u8, size: u32| ChunkRef { id: ChunkId([b; 32]), size };
+    let chunk = |b: u8, size: u32| ChunkRef {
+        id: ChunkId([b; 32]),
+        size,
+    };
     let rec = |chunks: Vec<ChunkRef>| {
         let size = chunks.iter().map(|c| u64::from(c.size)).sum();
         PathRecord {
@@ -72,15 +79,26 @@ pub(crate) fn conformance(db: &dyn MetaDb) {
     assert_eq!(db.get("a").unwrap(), None);
     assert!(!db.contains("a").unwrap());
     assert!(db.insert("a", &a, 100).unwrap());
-    assert!(!db.insert("a", &a, 101).unwrap(), "a second insert is a no-op");
+    assert!(
+        !db.insert("a", &a, 101).unwrap(),
+        "a second insert is a no-op"
+    );
     assert_eq!(db.get("a").unwrap(), Some(a.clone()));
     assert!(db.contains("a").unwrap());
-    assert_eq!(db.chunk_refs(&ChunkId([1; 32])).unwrap(), 1, "a chunk repeated in one NAR counts once");
+    assert_eq!(
+        db.chunk_refs(&ChunkId([1; 32])).unwrap(),
+        1,
+        "a chunk repeated in one NAR counts once"
+    );
     assert_eq!(db.total_bytes().unwrap(), 30);
 
     assert!(db.insert("b", &b, 200).unwrap());
     assert_eq!(db.chunk_refs(&ChunkId([2; 32])).unwrap(), 2);
-    assert_eq!(db.total_bytes().unwrap(), 60, "shared chunks are counted once");
+    assert_eq!(
+        db.total_bytes().unwrap(),
+        60,
+        "shared chunks are counted once"
+    );
     assert_eq!(db.path_count().unwrap(), 2);
     assert_eq!(db.lru(10).unwrap(), vec!["a".to_owned(), "b".to_owned()]);
 
@@ -88,7 +106,11 @@ pub(crate) fn conformance(db: &dyn MetaDb) {
     assert_eq!(db.lru(10).unwrap(), vec!["b".to_owned(), "a".to_owned()]);
     assert_eq!(db.lru(1).unwrap(), vec!["b".to_owned()]);
     db.touch("missing", 400).unwrap();
-    assert_eq!(db.path_count().unwrap(), 2, "touching a missing path stores nothing");
+    assert_eq!(
+        db.path_count().unwrap(),
+        2,
+        "touching a missing path stores nothing"
+    );
 
     let mut freed = db.remove("b").unwrap();
     freed.sort();

@@ -39,7 +39,10 @@ use chunks::ChunkDir;
 #[derive(Debug, Error)]
 pub enum StoreError {
     #[error("{context}: {source}")]
-    Io { context: String, source: std::io::Error },
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
     #[error("metadata database: {0}")]
     Database(String),
     #[error("the store database {0} is in use by another nixswarm process")]
@@ -51,9 +54,17 @@ pub enum StoreError {
     #[error("NAR of {path} is larger than its NarSize {expected}")]
     TooLong { path: String, expected: u64 },
     #[error("NAR of {path} has {actual} bytes, NarSize says {expected}")]
-    WrongSize { path: String, actual: u64, expected: u64 },
+    WrongSize {
+        path: String,
+        actual: u64,
+        expected: u64,
+    },
     #[error("NAR of {path} has hash {actual}, NarHash says {expected}")]
-    WrongHash { path: String, actual: String, expected: String },
+    WrongHash {
+        path: String,
+        actual: String,
+        expected: String,
+    },
     #[error("no room for {needed} bytes within the {quota}-byte quota (everything else is in use)")]
     QuotaFull { needed: u64, quota: u64 },
     #[error("stored narinfo of {0} is unreadable: {1}")]
@@ -103,14 +114,18 @@ pub struct ChunkStore {
 }
 
 fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
 }
 
 impl ChunkStore {
     /// Opens the store in `dir` with the redb backend (`dir/meta.redb`).
     pub fn open(dir: &Path, options: StoreOptions) -> Result<Self> {
-        std::fs::create_dir_all(dir)
-            .map_err(|source| StoreError::Io { context: format!("creating {}", dir.display()), source })?;
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
+            context: format!("creating {}", dir.display()),
+            source,
+        })?;
         let meta = RedbMeta::open(&dir.join("meta.redb"))?;
         Self::open_with(dir, Box::new(meta), options)
     }
@@ -119,13 +134,21 @@ impl ChunkStore {
     pub fn open_with(dir: &Path, meta: Box<dyn MetaDb>, options: StoreOptions) -> Result<Self> {
         let chunks = ChunkDir::open(dir)?;
         let store = Self {
-            inner: Arc::new(Inner { meta, chunks, quota: options.quota, state: Mutex::default() }),
+            inner: Arc::new(Inner {
+                meta,
+                chunks,
+                quota: options.quota,
+                state: Mutex::default(),
+            }),
         };
         Ok(store)
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
-        self.inner.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.inner
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The stored narinfo of a path, as received.
@@ -153,7 +176,11 @@ impl ChunkStore {
         self.inner.meta.touch(hash.as_str(), now())?;
         let narinfo = NarInfo::parse(&rec.narinfo)
             .map_err(|e| StoreError::BadNarInfo(hash.to_string(), e.to_string()))?;
-        Ok(Some(NarHandle { narinfo, manifest: Arc::new(rec.manifest), guard: Arc::new(guard) }))
+        Ok(Some(NarHandle {
+            narinfo,
+            manifest: Arc::new(rec.manifest),
+            guard: Arc::new(guard),
+        }))
     }
 
     /// Starts storing the NAR of `narinfo`. Returns [`StoreError::QuotaFull`]
@@ -173,7 +200,13 @@ impl ChunkStore {
 
     /// Every stored path hash.
     pub fn list(&self) -> Result<Vec<StorePathHash>> {
-        Ok(self.inner.meta.list()?.iter().filter_map(|h| h.parse().ok()).collect())
+        Ok(self
+            .inner
+            .meta
+            .list()?
+            .iter()
+            .filter_map(|h| h.parse().ok())
+            .collect())
     }
 
     /// Counts and sizes.
@@ -228,7 +261,10 @@ impl ChunkStore {
                 .meta
                 .lru(state.in_use.len() + 1)?
                 .into_iter()
-                .find(|h| h.parse().is_ok_and(|h: StorePathHash| !state.in_use.contains_key(&h)))
+                .find(|h| {
+                    h.parse()
+                        .is_ok_and(|h: StorePathHash| !state.in_use.contains_key(&h))
+                })
                 .ok_or_else(full)?;
             tracing::debug!(path = %victim, "evicting least recently used path");
             self.remove_locked(&state, &victim)?;
@@ -286,7 +322,13 @@ pub struct NarHandle {
 impl NarHandle {
     /// A reader over bytes `start..end` of the NAR (clamped to its size).
     pub fn reader(&self, start: u64, end: u64) -> NarReader {
-        NarReader::new(self.guard.store.clone(), self.manifest.clone(), start, end, self.guard.clone())
+        NarReader::new(
+            self.guard.store.clone(),
+            self.manifest.clone(),
+            start,
+            end,
+            self.guard.clone(),
+        )
     }
 }
 

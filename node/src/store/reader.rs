@@ -22,7 +22,13 @@ pub struct NarReader {
 }
 
 impl NarReader {
-    pub(super) fn new(store: ChunkStore, manifest: Arc<ChunkManifest>, start: u64, end: u64, guard: Arc<InUse>) -> Self {
+    pub(super) fn new(
+        store: ChunkStore,
+        manifest: Arc<ChunkManifest>,
+        start: u64,
+        end: u64,
+        guard: Arc<InUse>,
+    ) -> Self {
         let end = end.min(manifest.nar_size);
         let start = start.min(end);
         // Skip whole chunks before `start`.
@@ -35,7 +41,15 @@ impl NarReader {
             chunk_start += u64::from(c.size);
             next_chunk += 1;
         }
-        Self { store, manifest, next_chunk, chunk_start, start, end, _guard: guard }
+        Self {
+            store,
+            manifest,
+            next_chunk,
+            chunk_start,
+            start,
+            end,
+            _guard: guard,
+        }
     }
 
     /// Bytes this reader will yield in total.

@@ -58,7 +58,8 @@ impl RedbMeta {
 
 fn add(t: &mut redb::Table<&str, u64>, name: &str, delta: i64) -> Result<()> {
     let cur = t.get(name).map_err(db_err)?.map_or(0, |v| v.value());
-    t.insert(name, cur.saturating_add_signed(delta)).map_err(db_err)?;
+    t.insert(name, cur.saturating_add_signed(delta))
+        .map_err(db_err)?;
     Ok(())
 }
 
@@ -70,17 +71,25 @@ impl MetaDb for RedbMeta {
             return Ok(None);
         };
         let manifests = tx.open_table(MANIFEST).map_err(db_err)?;
-        let bytes = manifests
-            .get(hash)
-            .map_err(db_err)?
-            .ok_or_else(|| StoreError::Database(format!("path {hash} has a narinfo but no manifest")))?;
-        let manifest = ChunkManifest::decode(bytes.value()).map_err(|e| StoreError::Database(format!("{hash}: {e}")))?;
-        Ok(Some(PathRecord { narinfo: text.value().to_owned(), manifest }))
+        let bytes = manifests.get(hash).map_err(db_err)?.ok_or_else(|| {
+            StoreError::Database(format!("path {hash} has a narinfo but no manifest"))
+        })?;
+        let manifest = ChunkManifest::decode(bytes.value())
+            .map_err(|e| StoreError::Database(format!("{hash}: {e}")))?;
+        Ok(Some(PathRecord {
+            narinfo: text.value().to_owned(),
+            manifest,
+        }))
     }
 
     fn contains(&self, hash: &str) -> Result<bool> {
         let tx = self.db.begin_read().map_err(db_err)?;
-        Ok(tx.open_table(NARINFO).map_err(db_err)?.get(hash).map_err(db_err)?.is_some())
+        Ok(tx
+            .open_table(NARINFO)
+            .map_err(db_err)?
+            .get(hash)
+            .map_err(db_err)?
+            .is_some())
     }
 
     fn insert(&self, hash: &str, record: &PathRecord, now: u64) -> Result<bool> {
@@ -90,11 +99,21 @@ impl MetaDb for RedbMeta {
             if narinfo.get(hash).map_err(db_err)?.is_some() {
                 return Ok(false);
             }
-            narinfo.insert(hash, record.narinfo.as_str()).map_err(db_err)?;
+            narinfo
+                .insert(hash, record.narinfo.as_str())
+                .map_err(db_err)?;
             let mut manifests = tx.open_table(MANIFEST).map_err(db_err)?;
-            manifests.insert(hash, record.manifest.encode().as_slice()).map_err(db_err)?;
-            tx.open_table(ACCESS).map_err(db_err)?.insert(hash, now).map_err(db_err)?;
-            tx.open_table(LRU).map_err(db_err)?.insert((now, hash), ()).map_err(db_err)?;
+            manifests
+                .insert(hash, record.manifest.encode().as_slice())
+                .map_err(db_err)?;
+            tx.open_table(ACCESS)
+                .map_err(db_err)?
+                .insert(hash, now)
+                .map_err(db_err)?;
+            tx.open_table(LRU)
+                .map_err(db_err)?
+                .insert((now, hash), ())
+                .map_err(db_err)?;
             let mut chunks = tx.open_table(CHUNKS).map_err(db_err)?;
             let mut added = 0u64;
             for (id, size) in distinct_chunks(&record.manifest) {
@@ -126,9 +145,17 @@ impl MetaDb for RedbMeta {
                 .remove(hash)
                 .map_err(db_err)?
                 .map(|v| ChunkManifest::decode(v.value()));
-            let access = tx.open_table(ACCESS).map_err(db_err)?.remove(hash).map_err(db_err)?.map(|v| v.value());
+            let access = tx
+                .open_table(ACCESS)
+                .map_err(db_err)?
+                .remove(hash)
+                .map_err(db_err)?
+                .map(|v| v.value());
             if let Some(at) = access {
-                tx.open_table(LRU).map_err(db_err)?.remove((at, hash)).map_err(db_err)?;
+                tx.open_table(LRU)
+                    .map_err(db_err)?
+                    .remove((at, hash))
+                    .map_err(db_err)?;
             }
             let mut chunks = tx.open_table(CHUNKS).map_err(db_err)?;
             let mut dropped = 0u64;
@@ -224,7 +251,8 @@ mod tests {
         let path = dir.path().join("meta.redb");
         let rec = PathRecord {
             narinfo: "x\n".into(),
-            manifest: ChunkManifest::new(nixswarm_protocol::Sha256Hash([1; 32]), 0, vec![]).unwrap(),
+            manifest: ChunkManifest::new(nixswarm_protocol::Sha256Hash([1; 32]), 0, vec![])
+                .unwrap(),
         };
         RedbMeta::open(&path).unwrap().insert("h", &rec, 5).unwrap();
         let db = RedbMeta::open(&path).unwrap();

@@ -43,7 +43,9 @@ fn put(store: &ChunkStore, bytes: &[u8], n: u8) -> Result<()> {
 }
 
 fn read_all(store: &ChunkStore, n: u8, start: u64, end: u64) -> Result<Vec<u8>> {
-    let handle = store.open_nar(&StorePathHash::from_bytes(&[n; 20]))?.expect("stored");
+    let handle = store
+        .open_nar(&StorePathHash::from_bytes(&[n; 20]))?
+        .expect("stored");
     let mut out = Vec::new();
     for piece in handle.reader(start, end) {
         out.extend_from_slice(&piece?);
@@ -65,11 +67,25 @@ fn stores_and_reads_back_with_ranges() {
     let store = open(dir.path(), 1 << 30);
     let bytes = data(3_000_000, 1);
     put(&store, &bytes, 1).unwrap();
-    assert_eq!(store.narinfo(&hash(1)).unwrap().unwrap(), info_for(&bytes, 1));
+    assert_eq!(
+        store.narinfo(&hash(1)).unwrap().unwrap(),
+        info_for(&bytes, 1)
+    );
     assert_eq!(read_all(&store, 1, 0, u64::MAX).unwrap(), bytes);
-    for (s, e) in [(0, 1), (1, 70_000), (65_535, 2_000_001), (2_999_999, 3_000_000), (100, 100), (5_000_000, 6_000_000)] {
+    for (s, e) in [
+        (0, 1),
+        (1, 70_000),
+        (65_535, 2_000_001),
+        (2_999_999, 3_000_000),
+        (100, 100),
+        (5_000_000, 6_000_000),
+    ] {
         let (su, eu) = ((s as usize).min(bytes.len()), (e as usize).min(bytes.len()));
-        assert_eq!(read_all(&store, 1, s, e).unwrap(), &bytes[su..eu.max(su)], "range {s}..{e}");
+        assert_eq!(
+            read_all(&store, 1, s, e).unwrap(),
+            &bytes[su..eu.max(su)],
+            "range {s}..{e}"
+        );
     }
     let stats = store.stats().unwrap();
     assert_eq!((stats.paths, stats.bytes), (1, 3_000_000));
@@ -85,9 +101,17 @@ fn identical_chunks_are_stored_once() {
     put(&store, &a, 1).unwrap();
     put(&store, &b, 2).unwrap();
     let stats = store.stats().unwrap();
-    assert!(stats.bytes < 2_000_000 + 1_000_000, "shared prefix deduplicated: {}", stats.bytes);
+    assert!(
+        stats.bytes < 2_000_000 + 1_000_000,
+        "shared prefix deduplicated: {}",
+        stats.bytes
+    );
     assert!(store.remove(&hash(1)).unwrap());
-    assert_eq!(read_all(&store, 2, 0, u64::MAX).unwrap(), b, "shared chunks survive removing one path");
+    assert_eq!(
+        read_all(&store, 2, 0, u64::MAX).unwrap(),
+        b,
+        "shared chunks survive removing one path"
+    );
 }
 
 #[test]
@@ -131,9 +155,15 @@ fn corrupt_chunk_on_disk_is_detected() {
     on_disk[10] ^= 1;
     std::fs::write(&path, on_disk).unwrap();
     let err = read_all(&store, 1, 0, u64::MAX).unwrap_err();
-    assert!(matches!(err, StoreError::ChunkCorrupt(id) if id == victim), "{err}");
+    assert!(
+        matches!(err, StoreError::ChunkCorrupt(id) if id == victim),
+        "{err}"
+    );
     std::fs::remove_file(&path).unwrap();
-    assert!(matches!(read_all(&store, 1, 0, u64::MAX), Err(StoreError::ChunkMissing(_))));
+    assert!(matches!(
+        read_all(&store, 1, 0, u64::MAX),
+        Err(StoreError::ChunkMissing(_))
+    ));
 }
 
 #[test]
@@ -150,20 +180,39 @@ fn evicts_least_recently_used_and_never_what_is_in_use() {
     drop(store.open_nar(&hash(2)).unwrap());
     put(&store, &nars[3], 3).unwrap();
     assert!(store.contains(&hash(0)).unwrap(), "in use: kept");
-    assert!(!store.contains(&hash(1)).unwrap(), "least recently used and free: evicted");
+    assert!(
+        !store.contains(&hash(1)).unwrap(),
+        "least recently used and free: evicted"
+    );
     assert!(store.stats().unwrap().bytes <= 3_500_000);
     drop(held);
     put(&store, &nars[4], 4).unwrap();
-    assert!(!store.contains(&hash(0)).unwrap(), "released, and now least recently used");
-    assert!(store.contains(&hash(2)).unwrap() && store.contains(&hash(3)).unwrap() && store.contains(&hash(4)).unwrap());
+    assert!(
+        !store.contains(&hash(0)).unwrap(),
+        "released, and now least recently used"
+    );
+    assert!(
+        store.contains(&hash(2)).unwrap()
+            && store.contains(&hash(3)).unwrap()
+            && store.contains(&hash(4)).unwrap()
+    );
     assert!(store.stats().unwrap().bytes <= 3_500_000);
     assert_eq!(read_all(&store, 4, 0, u64::MAX).unwrap(), nars[4]);
 
     // Larger than the quota: refused up front.
-    assert!(matches!(store.begin_ingest(info_for(&data(4_000_000, 1), 9)), Err(StoreError::QuotaFull { .. })));
+    assert!(matches!(
+        store.begin_ingest(info_for(&data(4_000_000, 1), 9)),
+        Err(StoreError::QuotaFull { .. })
+    ));
     // Everything in use: refused rather than evicting a reader's path.
-    let _h: Vec<_> = [2, 3, 4].iter().map(|&n| store.open_nar(&hash(n)).unwrap().unwrap()).collect();
-    assert!(matches!(store.begin_ingest(info_for(&nars[1], 1)), Err(StoreError::QuotaFull { .. })));
+    let _h: Vec<_> = [2, 3, 4]
+        .iter()
+        .map(|&n| store.open_nar(&hash(n)).unwrap().unwrap())
+        .collect();
+    assert!(matches!(
+        store.begin_ingest(info_for(&nars[1], 1)),
+        Err(StoreError::QuotaFull { .. })
+    ));
 }
 
 #[test]
@@ -176,7 +225,9 @@ fn a_crash_before_commit_leaves_nothing_visible_and_orphans_are_swept() {
         // What a crash mid-ingest leaves: chunk files, no metadata.
         let chunks = ChunkDir::open(dir.path()).unwrap();
         for piece in bytes.chunks(64 * 1024) {
-            chunks.write(&ChunkId(*blake3::hash(piece).as_bytes()), piece).unwrap();
+            chunks
+                .write(&ChunkId(*blake3::hash(piece).as_bytes()), piece)
+                .unwrap();
         }
     }
     assert!(chunk_files(dir.path()) > 5);
@@ -184,7 +235,11 @@ fn a_crash_before_commit_leaves_nothing_visible_and_orphans_are_swept() {
     assert!(!store.contains(&hash(1)).unwrap());
     assert!(store.sweep_orphans().unwrap() > 0);
     assert_eq!(store.sweep_orphans().unwrap(), 0);
-    assert_eq!(read_all(&store, 2, 0, u64::MAX).unwrap(), data(300_000, 7), "committed path intact");
+    assert_eq!(
+        read_all(&store, 2, 0, u64::MAX).unwrap(),
+        data(300_000, 7),
+        "committed path intact"
+    );
     put(&store, &bytes, 1).unwrap();
     assert_eq!(read_all(&store, 1, 0, u64::MAX).unwrap(), bytes);
 }

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The whole test suite. Installs what the tests need (Debian's nix-bin for the
+# end-to-end tests, cargo-nextest), then runs every test in the workspace.
+# Run as root on Debian: the end-to-end tests drive Nix in single-user mode
+# with chroot stores, and building the fixture cache uses Nix's sandbox.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+need=()
+command -v nix-store >/dev/null || need+=(nix-bin)
+command -v flock >/dev/null || need+=(util-linux)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "installing: ${need[*]}" >&2
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+if ! cargo nextest --version >/dev/null 2>&1; then
+  cargo install --locked cargo-nextest
+fi
+
+cargo nextest run --workspace --no-fail-fast "$@"
