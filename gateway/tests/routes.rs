@@ -1,0 +1,373 @@
+//! The gateway's routes through `Router::oneshot` (no sockets), with
+//! in-memory sources: verification, fallback between sources, bad-source
+//! memory, Range, zstd, 404s, and request paths that try to escape.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::HashMap;
+use std::io::Read as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use bytes::Bytes;
+use futures::StreamExt as _;
+use futures::future::BoxFuture;
+use nixswarm_gateway::{ByteStream, Gateway, GatewayOptions, Source, SourceError, SourceKind};
+use nixswarm_node::{ChunkStore, StoreOptions};
+use nixswarm_protocol::{NarInfo, SecretKey, Sha256Hash, StorePath, StorePathHash};
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt as _;
+
+fn key() -> SecretKey {
+    SecretKey::from_seed("test-1", &[7; 32])
+}
+
+fn nar_bytes(n: u8, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(n))
+        .collect()
+}
+
+fn signed(n: u8, nar: &[u8], by: &SecretKey) -> NarInfo {
+    let mut info = NarInfo {
+        store_path: StorePath::new(StorePathHash::from_bytes(&[n; 20]), &format!("pkg-{n}"))
+            .unwrap(),
+        url: format!("nar/{n}.nar"),
+        compression: "none".into(),
+        file_hash: None,
+        file_size: None,
+        nar_hash: Sha256Hash::digest(nar),
+        nar_size: nar.len() as u64,
+        references: vec![],
+        deriver: None,
+        sigs: vec![],
+        ca: None,
+    };
+    info.sigs = vec![by.sign(&info.fingerprint())];
+    info
+}
+
+/// A source held in memory; `nar` may differ from what the narinfo says.
+#[derive(Debug, Default)]
+struct MemSource {
+    entries: HashMap<StorePathHash, (NarInfo, Vec<u8>)>,
+    down: bool,
+    nar_requests: AtomicUsize,
+}
+
+impl MemSource {
+    fn with(mut self, info: NarInfo, nar: Vec<u8>) -> Self {
+        self.entries.insert(info.store_path.hash(), (info, nar));
+        self
+    }
+}
+
+impl Source for MemSource {
+    fn kind(&self) -> SourceKind {
+        SourceKind::Upstream
+    }
+    fn name(&self) -> &str {
+        "memory"
+    }
+    fn narinfo<'a>(
+        &'a self,
+        hash: &'a StorePathHash,
+    ) -> BoxFuture<'a, Result<Option<NarInfo>, SourceError>> {
+        Box::pin(async move {
+            if self.down {
+                return Err(SourceError::Failed {
+                    source_name: "memory".into(),
+                    message: "down".into(),
+                });
+            }
+            Ok(self.entries.get(hash).map(|(i, _)| i.clone()))
+        })
+    }
+    fn nar<'a>(
+        &'a self,
+        info: &'a NarInfo,
+    ) -> BoxFuture<'a, Result<Option<ByteStream>, SourceError>> {
+        Box::pin(async move {
+            self.nar_requests.fetch_add(1, Ordering::SeqCst);
+            let Some((_, nar)) = self.entries.get(&info.store_path.hash()) else {
+                return Ok(None);
+            };
+            let pieces: Vec<std::io::Result<Bytes>> = nar
+                .chunks(10_000)
+                .map(|c| Ok(Bytes::copy_from_slice(c)))
+                .collect();
+            Ok(Some(futures::stream::iter(pieces).boxed()))
+        })
+    }
+}
+
+struct Setup {
+    gateway: Gateway,
+    store: ChunkStore,
+    _dir: tempfile::TempDir,
+}
+
+fn setup(sources: Vec<Arc<dyn Source>>) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let store = ChunkStore::open(dir.path(), StoreOptions { quota: 1 << 30 }).unwrap();
+    let gateway = Gateway::new(
+        store.clone(),
+        sources,
+        vec![],
+        vec![key().public_key()],
+        GatewayOptions::default(),
+        CancellationToken::new(),
+    );
+    Setup {
+        gateway,
+        store,
+        _dir: dir,
+    }
+}
+
+async fn get(
+    g: &Gateway,
+    uri: &str,
+    headers: &[(&str, &str)],
+) -> (StatusCode, axum::http::HeaderMap, Result<Bytes, String>) {
+    let mut req = Request::get(uri);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = g
+        .router()
+        .oneshot(req.body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let (parts, body) = resp.into_parts();
+    let body = axum::body::to_bytes(body, usize::MAX)
+        .await
+        .map_err(|e| e.to_string());
+    (parts.status, parts.headers, body)
+}
+
+fn nar_uri(info: &NarInfo) -> String {
+    format!(
+        "/nar/{}-{}.nar",
+        info.store_path.hash(),
+        info.nar_hash.to_nixbase32()
+    )
+}
+
+/// Waits until the gateway's background ingest has stored `hash`.
+async fn stored(store: &ChunkStore, hash: &StorePathHash) -> bool {
+    for _ in 0..200 {
+        if store.contains(hash).unwrap() {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    false
+}
+
+#[tokio::test]
+async fn serves_a_verified_narinfo_with_its_own_url_and_the_original_signature() {
+    let nar = nar_bytes(1, 300_000);
+    let info = signed(1, &nar, &key());
+    let s = setup(vec![Arc::new(
+        MemSource::default().with(info.clone(), nar.clone()),
+    )]);
+    let (status, headers, body) = get(
+        &s.gateway,
+        &format!("/{}.narinfo", info.store_path.hash()),
+        &[],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers[header::CONTENT_TYPE], "text/x-nix-narinfo");
+    let served = NarInfo::parse(std::str::from_utf8(&body.unwrap()).unwrap()).unwrap();
+    assert_eq!(served.url, nar_uri(&info)[1..]);
+    assert_eq!(served.compression, "none");
+    assert_eq!(served.sigs, info.sigs);
+    assert!(served.trust(&[key().public_key()]).is_some());
+
+    let (status, headers, body) = get(&s.gateway, &nar_uri(&info), &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers[header::CONTENT_LENGTH], "300000");
+    assert_eq!(body.unwrap(), nar);
+    assert!(
+        stored(&s.store, &info.store_path.hash()).await,
+        "a verified NAR is kept"
+    );
+
+    let (_, _, metrics) = get(&s.gateway, "/metrics", &[]).await;
+    let metrics = String::from_utf8(metrics.unwrap().to_vec()).unwrap();
+    assert!(
+        metrics.contains(r#"nixswarm_gateway_requests_total{route="nar",source="upstream"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"nixswarm_gateway_served_bytes_total{source="upstream"} 300000"#),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn untrusted_or_mislabelled_narinfos_fall_through_to_the_next_source() {
+    let nar = nar_bytes(2, 1000);
+    let good = signed(2, &nar, &key());
+    let by_stranger = signed(2, &nar, &SecretKey::from_seed("test-1", &[8; 32]));
+    let mut other_path = signed(3, &nar, &key());
+    other_path.store_path = StorePath::new(StorePathHash::from_bytes(&[4; 20]), "pkg-4").unwrap();
+    let mut unsigned = good.clone();
+    unsigned.sigs.clear();
+
+    let first = MemSource::default().with(by_stranger, nar.clone());
+    let mislabelled = MemSource {
+        entries: HashMap::from([(good.store_path.hash(), (other_path, nar.clone()))]),
+        ..Default::default()
+    };
+    let unsigned = MemSource::default().with(unsigned, nar.clone());
+    let down = MemSource {
+        down: true,
+        ..Default::default()
+    };
+    let last = MemSource::default().with(good.clone(), nar.clone());
+    let s = setup(vec![
+        Arc::new(first),
+        Arc::new(mislabelled),
+        Arc::new(unsigned),
+        Arc::new(down),
+        Arc::new(last),
+    ]);
+    let (status, _, body) = get(
+        &s.gateway,
+        &format!("/{}.narinfo", good.store_path.hash()),
+        &[],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let served = NarInfo::parse(std::str::from_utf8(&body.unwrap()).unwrap()).unwrap();
+    assert_eq!(served.sigs, good.sigs);
+}
+
+#[tokio::test]
+async fn a_bad_nar_aborts_the_body_is_not_kept_and_the_retry_uses_the_next_source() {
+    let nar = nar_bytes(5, 500_000);
+    let info = signed(5, &nar, &key());
+    let mut altered = nar.clone();
+    altered[400_000] ^= 1;
+    let liar = Arc::new(MemSource::default().with(info.clone(), altered));
+    let honest = Arc::new(MemSource::default().with(info.clone(), nar.clone()));
+    let s = setup(vec![liar.clone(), honest.clone()]);
+
+    let (status, _, body) = get(&s.gateway, &nar_uri(&info), &[]).await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "headers go out before the body is verified"
+    );
+    assert!(
+        body.is_err(),
+        "the body must fail, never end cleanly with wrong bytes"
+    );
+    // A rejected NAR is never committed (no Commit is ever sent), so no wait is needed.
+    assert!(
+        !s.store.contains(&info.store_path.hash()).unwrap(),
+        "nothing wrong is kept"
+    );
+
+    let (status, _, body) = get(&s.gateway, &nar_uri(&info), &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body.unwrap(), nar, "the retry comes from the honest source");
+    assert_eq!(
+        liar.nar_requests.load(Ordering::SeqCst),
+        1,
+        "the liar is skipped for this NAR"
+    );
+    assert!(stored(&s.store, &info.store_path.hash()).await);
+
+    // Short and long bodies are rejected too.
+    for (n, body_len) in [(6u8, 999usize), (7, 1001)] {
+        let good = nar_bytes(n, 1000);
+        let info = signed(n, &good, &key());
+        let wrong = nar_bytes(n, body_len);
+        let s = setup(vec![Arc::new(
+            MemSource::default().with(info.clone(), wrong),
+        )]);
+        let (_, _, body) = get(&s.gateway, &nar_uri(&info), &[]).await;
+        assert!(
+            body.is_err(),
+            "{body_len}-byte body for a 1000-byte NAR must fail"
+        );
+        assert!(!s.store.contains(&info.store_path.hash()).unwrap());
+    }
+}
+
+#[tokio::test]
+async fn local_nars_honour_range_and_zstd() {
+    let nar = nar_bytes(9, 400_000);
+    let info = signed(9, &nar, &key());
+    let s = setup(vec![Arc::new(
+        MemSource::default().with(info.clone(), nar.clone()),
+    )]);
+    get(&s.gateway, &nar_uri(&info), &[]).await.2.unwrap();
+    assert!(stored(&s.store, &info.store_path.hash()).await);
+
+    let (status, headers, body) = get(
+        &s.gateway,
+        &nar_uri(&info),
+        &[("range", "bytes=100000-200099")],
+    )
+    .await;
+    assert_eq!(status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(headers[header::CONTENT_RANGE], "bytes 100000-200099/400000");
+    assert_eq!(body.unwrap(), nar[100_000..200_100]);
+
+    let (status, headers, _) =
+        get(&s.gateway, &nar_uri(&info), &[("range", "bytes=400000-")]).await;
+    assert_eq!(status, StatusCode::RANGE_NOT_SATISFIABLE);
+    assert_eq!(headers[header::CONTENT_RANGE], "bytes */400000");
+
+    let (status, headers, body) = get(
+        &s.gateway,
+        &nar_uri(&info),
+        &[("accept-encoding", "gzip, zstd")],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers[header::CONTENT_ENCODING], "zstd");
+    let mut plain = Vec::new();
+    zstd::stream::read::Decoder::new(&body.unwrap()[..])
+        .unwrap()
+        .read_to_end(&mut plain)
+        .unwrap();
+    assert_eq!(plain, nar);
+}
+
+#[tokio::test]
+async fn misses_are_404_and_paths_cannot_escape() {
+    let down = MemSource {
+        down: true,
+        ..Default::default()
+    };
+    let s = setup(vec![Arc::new(down)]);
+    for uri in [
+        "/00000000000000000000000000000000.narinfo",
+        "/nar/00000000000000000000000000000000-0000000000000000000000000000000000000000000000000000.nar",
+        "/../../etc/passwd",
+        "/%2e%2e/%2e%2e/etc/passwd",
+        "/nar/..%2f..%2fmeta.redb",
+        "/nar/../store/meta.redb",
+        "/store/meta.redb",
+        "/chunks",
+        "/log/..%2f..%2fetc%2fpasswd",
+        "/e0000000000000000000000000000000.narinfo",
+        "/x.narinfo",
+    ] {
+        let (status, _, _) = get(&s.gateway, uri, &[]).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{uri}");
+    }
+    let (status, _, body) = get(&s.gateway, "/nix-cache-info", &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        body.unwrap(),
+        "StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 30\n"
+    );
+}
