@@ -58,20 +58,3 @@ fn nix_substitutes_everything_through_the_gateway_then_from_its_store_alone() ->
     gw.stop()?;
     Ok(())
 }
-
-#[test]
-fn the_gateway_refuses_a_trusted_key_it_cannot_parse() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_nixswarm"))
-        .args([
-            "check-config",
-            "--no-upstream",
-            "--data-dir",
-            "/nonexistent",
-            "--trusted-key",
-            "garbage",
-        ])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("NAME:BASE64"));
-}
