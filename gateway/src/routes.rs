@@ -188,11 +188,16 @@ async fn nar(
         let label = source.kind().as_str();
         state.metrics.request("nar", label);
         let ingest = if state.options.keep_fetched && !state.store.contains(&hash)? {
-            state
-                .store
-                .begin_ingest(info.clone())
-                .map_err(|e| tracing::info!(%hash, error = %e, "serving without storing"))
-                .ok()
+            // Making room may evict paths (file deletes, a database write).
+            let (store, for_store) = (state.store.clone(), info.clone());
+            match tokio::task::spawn_blocking(move || store.begin_ingest(for_store)).await {
+                Ok(Ok(ingest)) => Some(ingest),
+                Ok(Err(e)) => {
+                    tracing::info!(%hash, error = %e, "serving without storing");
+                    None
+                }
+                Err(e) => return Err(GatewayError::Internal(e.to_string())),
+            }
         } else {
             None
         };
