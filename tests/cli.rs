@@ -1,11 +1,15 @@
 //! The `nixswarm` binary's configuration: defaults < TOML file < NIXSWARM_*
 //! environment < flags, checked through `nixswarm check-config`.
+#![allow(clippy::unwrap_used)]
 
 use std::process::{Command, Output};
 
 fn check_config(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut c = Command::new(env!("CARGO_BIN_EXE_nixswarm"));
-    c.arg("check-config").args(args).env_clear().env("HOME", "/home/someone");
+    c.arg("check-config")
+        .args(args)
+        .env_clear()
+        .env("HOME", "/home/someone");
     for (k, v) in env {
         c.env(k, v);
     }
@@ -20,7 +24,10 @@ fn stdout(o: &Output) -> String {
 #[test]
 fn defaults_use_the_xdg_data_dir_and_cache_nixos_org() {
     let out = stdout(&check_config(&[], &[]));
-    assert!(out.contains("data-dir = \"/home/someone/.local/share/nixswarm\""), "{out}");
+    assert!(
+        out.contains("data-dir = \"/home/someone/.local/share/nixswarm\""),
+        "{out}"
+    );
     assert!(out.contains("https://cache.nixos.org"), "{out}");
     assert!(out.contains("listen = \"127.0.0.1:37515\""), "{out}");
     let out = stdout(&check_config(&[], &[("XDG_DATA_HOME", "/xdg")]));
@@ -31,16 +38,40 @@ fn defaults_use_the_xdg_data_dir_and_cache_nixos_org() {
 fn file_then_environment_then_flags() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("c.toml");
-    std::fs::write(&file, "[store]\ncache-size = \"1G\"\n[upstream]\nurls = [\"http://127.0.0.1:9\"]\n").unwrap();
+    std::fs::write(
+        &file,
+        "[store]\ncache-size = \"1G\"\n[upstream]\nurls = [\"http://127.0.0.1:9\"]\n",
+    )
+    .unwrap();
     let f = file.to_str().unwrap();
     let out = stdout(&check_config(&["--config", f], &[]));
-    assert!(out.contains("cache-size = \"1G\"") && out.contains("http://127.0.0.1:9"), "{out}");
-    let out = stdout(&check_config(&["--config", f], &[("NIXSWARM_CACHE_SIZE", "2G")]));
+    assert!(
+        out.contains("cache-size = \"1G\"") && out.contains("http://127.0.0.1:9"),
+        "{out}"
+    );
+    let out = stdout(&check_config(
+        &["--config", f],
+        &[("NIXSWARM_CACHE_SIZE", "2G")],
+    ));
     assert!(out.contains("cache-size = \"2G\""), "{out}");
-    let out = stdout(&check_config(&["--config", f, "--cache-size", "3G"], &[("NIXSWARM_CACHE_SIZE", "2G")]));
+    let out = stdout(&check_config(
+        &["--config", f, "--cache-size", "3G"],
+        &[("NIXSWARM_CACHE_SIZE", "2G")],
+    ));
     assert!(out.contains("cache-size = \"3G\""), "{out}");
-    let out = stdout(&check_config(&[], &[("NIXSWARM_CONFIG", f), ("NIXSWARM_UPSTREAM", "http://127.0.0.1:7,http://127.0.0.1:8")]));
-    assert!(out.contains("\"http://127.0.0.1:7\"") && out.contains("\"http://127.0.0.1:8\"") && !out.contains(":9\""), "{out}");
+    let out = stdout(&check_config(
+        &[],
+        &[
+            ("NIXSWARM_CONFIG", f),
+            ("NIXSWARM_UPSTREAM", "http://127.0.0.1:7,http://127.0.0.1:8"),
+        ],
+    ));
+    assert!(
+        out.contains("\"http://127.0.0.1:7\"")
+            && out.contains("\"http://127.0.0.1:8\"")
+            && !out.contains(":9\""),
+        "{out}"
+    );
     let out = stdout(&check_config(&["--no-upstream"], &[]));
     assert!(out.contains("urls = []"), "{out}");
 }
@@ -71,11 +102,20 @@ fn run_fails_clearly_when_the_port_is_taken() {
     let addr = taken.local_addr().unwrap().to_string();
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_nixswarm"))
-        .args(["run", "--no-upstream", "--gateway-listen", &addr, "--data-dir"])
+        .args([
+            "run",
+            "--no-upstream",
+            "--gateway-listen",
+            &addr,
+            "--data-dir",
+        ])
         .arg(dir.path())
         .output()
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("binding the gateway") && err.contains(&addr), "{err}");
+    assert!(
+        err.contains("binding the gateway") && err.contains(&addr),
+        "{err}"
+    );
 }
