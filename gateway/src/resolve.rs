@@ -61,13 +61,6 @@ impl<K: std::hash::Hash + Eq + Clone, V: Clone> TtlMap<K, V> {
         }
         map.insert(k, (Instant::now(), v));
     }
-
-    fn remove(&self, k: &K) {
-        self.map
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(k);
-    }
 }
 
 /// The sources in priority order and what is known about them.
@@ -179,10 +172,5 @@ impl Resolver {
     /// Remembers that source `idx` served a bad NAR for this path.
     pub fn mark_bad(&self, idx: usize, hash: &StorePathHash, nar_hash: &Sha256Hash) {
         self.bad.insert((idx, *hash, *nar_hash), ());
-    }
-
-    /// Forgets the negative answer for `hash` (e.g. it was just stored).
-    pub fn forget_missing(&self, hash: &StorePathHash) {
-        self.missing.remove(hash);
     }
 }

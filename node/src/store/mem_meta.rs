@@ -33,6 +33,10 @@ impl MetaDb for MemMeta {
         Ok(self.state().paths.get(hash).map(|(r, _)| r.clone()))
     }
 
+    fn narinfo(&self, hash: &str) -> Result<Option<String>> {
+        Ok(self.state().paths.get(hash).map(|(r, _)| r.narinfo.clone()))
+    }
+
     fn contains(&self, hash: &str) -> Result<bool> {
         Ok(self.state().paths.contains_key(hash))
     }

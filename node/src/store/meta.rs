@@ -25,6 +25,8 @@ pub struct PathRecord {
 pub trait MetaDb: Send + Sync + std::fmt::Debug + 'static {
     /// The record for a path hash, if stored.
     fn get(&self, hash: &str) -> Result<Option<PathRecord>>;
+    /// The narinfo text alone (cheaper than [`MetaDb::get`]: no manifest).
+    fn narinfo(&self, hash: &str) -> Result<Option<String>>;
     /// True if the path is stored (cheaper than [`MetaDb::get`]).
     fn contains(&self, hash: &str) -> Result<bool>;
     /// Stores a path and takes a reference on each distinct chunk of its
@@ -84,6 +86,8 @@ pub(crate) fn conformance(db: &dyn MetaDb) {
         "a second insert is a no-op"
     );
     assert_eq!(db.get("a").unwrap(), Some(a.clone()));
+    assert_eq!(db.narinfo("a").unwrap(), Some(a.narinfo.clone()));
+    assert_eq!(db.narinfo("b").unwrap(), None);
     assert!(db.contains("a").unwrap());
     assert_eq!(
         db.chunk_refs(&ChunkId([1; 32])).unwrap(),

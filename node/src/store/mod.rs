@@ -153,10 +153,10 @@ impl ChunkStore {
 
     /// The stored narinfo of a path, as received.
     pub fn narinfo(&self, hash: &StorePathHash) -> Result<Option<NarInfo>> {
-        let Some(rec) = self.inner.meta.get(hash.as_str())? else {
+        let Some(text) = self.inner.meta.narinfo(hash.as_str())? else {
             return Ok(None);
         };
-        NarInfo::parse(&rec.narinfo)
+        NarInfo::parse(&text)
             .map(Some)
             .map_err(|e| StoreError::BadNarInfo(hash.to_string(), e.to_string()))
     }

@@ -82,6 +82,12 @@ impl MetaDb for RedbMeta {
         }))
     }
 
+    fn narinfo(&self, hash: &str) -> Result<Option<String>> {
+        let tx = self.db.begin_read().map_err(db_err)?;
+        let t = tx.open_table(NARINFO).map_err(db_err)?;
+        Ok(t.get(hash).map_err(db_err)?.map(|v| v.value().to_owned()))
+    }
+
     fn contains(&self, hash: &str) -> Result<bool> {
         let tx = self.db.begin_read().map_err(db_err)?;
         Ok(tx
