@@ -160,8 +160,7 @@ pub fn default_data_dir() -> Result<PathBuf> {
 impl Config {
     /// Reads a TOML file.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading config file {}", path.display()))?;
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading config file {}", path.display()))?;
         toml::from_str(&text).with_context(|| format!("in config file {}", path.display()))
     }
 
@@ -204,9 +203,7 @@ impl Config {
         };
         let mut upstreams = Vec::new();
         for u in &self.upstream.urls {
-            let url: Url = u
-                .parse()
-                .with_context(|| format!("upstream {u:?} is not a URL"))?;
+            let url: Url = u.parse().with_context(|| format!("upstream {u:?} is not a URL"))?;
             if !matches!(url.scheme(), "http" | "https") {
                 bail!("upstream {u:?}: only http:// and https:// upstreams are supported");
             }
@@ -216,10 +213,7 @@ impl Config {
             .upstream
             .trusted_keys
             .iter()
-            .map(|k| {
-                k.parse::<PublicKey>()
-                    .with_context(|| format!("trusted key {k:?}"))
-            })
+            .map(|k| k.parse::<PublicKey>().with_context(|| format!("trusted key {k:?}")))
             .collect::<Result<Vec<_>>>()?;
         if trusted_keys.is_empty() && !upstreams.is_empty() {
             bail!("no trusted keys: every upstream narinfo would be rejected (set --trusted-key)");
@@ -260,8 +254,7 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_rejected() {
-        let err = toml::from_str::<Config>("[gateway]\nlisten = \"127.0.0.1:1\"\nlisen = 1\n")
-            .unwrap_err();
+        let err = toml::from_str::<Config>("[gateway]\nlisten = \"127.0.0.1:1\"\nlisen = 1\n").unwrap_err();
         assert!(err.to_string().contains("lisen"), "{err}");
     }
 
@@ -274,19 +267,11 @@ mod tests {
             "[upstream]\nurls = [\"http://127.0.0.1:1\"]\n[store]\ncache-size = \"1G\"\n",
         )
         .unwrap();
-        let t = T::try_parse_from([
-            "t",
-            "--config",
-            file.to_str().unwrap(),
-            "--cache-size",
-            "2G",
-        ])
-        .unwrap();
+        let t = T::try_parse_from(["t", "--config", file.to_str().unwrap(), "--cache-size", "2G"]).unwrap();
         let c = Config::load(&t.args).unwrap();
         assert_eq!(c.upstream.urls, vec!["http://127.0.0.1:1".to_owned()]);
         assert_eq!(c.store.cache_size, Size(2 << 30));
-        let t =
-            T::try_parse_from(["t", "--config", file.to_str().unwrap(), "--no-upstream"]).unwrap();
+        let t = T::try_parse_from(["t", "--config", file.to_str().unwrap(), "--no-upstream"]).unwrap();
         assert!(Config::load(&t.args).unwrap().upstream.urls.is_empty());
         let t = T::try_parse_from([
             "t",
@@ -303,22 +288,11 @@ mod tests {
     fn bad_values_are_explained() {
         let mut c = Config::default();
         c.upstream.urls = vec!["file:///x".into()];
-        assert!(
-            c.clone()
-                .resolve()
-                .unwrap_err()
-                .to_string()
-                .contains("only http")
-        );
+        assert!(c.clone().resolve().unwrap_err().to_string().contains("only http"));
         c.upstream.urls = vec!["http://127.0.0.1:1".into()];
         c.upstream.trusted_keys = vec!["nonsense".into()];
         assert!(format!("{:#}", c.clone().resolve().unwrap_err()).contains("NAME:BASE64"));
         c.upstream.trusted_keys.clear();
-        assert!(
-            c.resolve()
-                .unwrap_err()
-                .to_string()
-                .contains("no trusted keys")
-        );
+        assert!(c.resolve().unwrap_err().to_string().contains("no trusted keys"));
     }
 }

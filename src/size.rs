@@ -14,9 +14,7 @@ impl FromStr for Size {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         let t = s.trim();
-        let split = t
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(t.len());
+        let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
         let (num, unit) = t.split_at(split);
         let unit = unit.trim();
         let shift = match unit.trim_end_matches("iB").trim_end_matches('B') {
@@ -26,9 +24,7 @@ impl FromStr for Size {
             "G" | "g" => 30,
             "T" | "t" => 40,
             _ => {
-                return Err(format!(
-                    "size {s:?}: unknown unit {unit:?} (use K, M, G or T)"
-                ));
+                return Err(format!("size {s:?}: unknown unit {unit:?} (use K, M, G or T)"));
             }
         };
         let too_large = || format!("size {s:?} is too large");

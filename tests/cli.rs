@@ -49,10 +49,7 @@ fn file_then_environment_then_flags() {
         out.contains("cache-size = \"1G\"") && out.contains("http://127.0.0.1:9"),
         "{out}"
     );
-    let out = stdout(&check_config(
-        &["--config", f],
-        &[("NIXSWARM_CACHE_SIZE", "2G")],
-    ));
+    let out = stdout(&check_config(&["--config", f], &[("NIXSWARM_CACHE_SIZE", "2G")]));
     assert!(out.contains("cache-size = \"2G\""), "{out}");
     let out = stdout(&check_config(
         &["--config", f, "--cache-size", "3G"],
@@ -67,9 +64,7 @@ fn file_then_environment_then_flags() {
         ],
     ));
     assert!(
-        out.contains("\"http://127.0.0.1:7\"")
-            && out.contains("\"http://127.0.0.1:8\"")
-            && !out.contains(":9\""),
+        out.contains("\"http://127.0.0.1:7\"") && out.contains("\"http://127.0.0.1:8\"") && !out.contains(":9\""),
         "{out}"
     );
     let out = stdout(&check_config(&["--no-upstream"], &[]));
@@ -102,20 +97,11 @@ fn run_fails_clearly_when_the_port_is_taken() {
     let addr = taken.local_addr().unwrap().to_string();
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_nixswarm"))
-        .args([
-            "run",
-            "--no-upstream",
-            "--gateway-listen",
-            &addr,
-            "--data-dir",
-        ])
+        .args(["run", "--no-upstream", "--gateway-listen", &addr, "--data-dir"])
         .arg(dir.path())
         .output()
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("binding the gateway") && err.contains(&addr),
-        "{err}"
-    );
+    assert!(err.contains("binding the gateway") && err.contains(&addr), "{err}");
 }

@@ -96,23 +96,14 @@ fn make_bad_cache(fx: &Fixture, dir: &Path) -> Result<Vec<String>> {
     // 2. A narinfo signed by a key the client does not trust.
     let xz2 = bad("xz-2");
     let untrusted = read_narinfo(&fx.untrusted_cache(), &xz2)?;
-    std::fs::copy(
-        fx.untrusted_cache().join(&untrusted.url),
-        dir.join(&untrusted.url),
-    )?;
-    std::fs::write(
-        dir.join(format!("{}.narinfo", hash_of(&xz2))),
-        untrusted.to_text(),
-    )?;
+    std::fs::copy(fx.untrusted_cache().join(&untrusted.url), dir.join(&untrusted.url))?;
+    std::fs::write(dir.join(format!("{}.narinfo", hash_of(&xz2))), untrusted.to_text())?;
 
     // 3. A forged NarHash (the signature no longer verifies).
     let mid5 = bad("mid-5");
     let mut forged = read_narinfo(dir, &mid5)?;
     forged.nar_hash = read_narinfo(dir, &bad("mid-6"))?.nar_hash;
-    std::fs::write(
-        dir.join(format!("{}.narinfo", hash_of(&mid5))),
-        forged.to_text(),
-    )?;
+    std::fs::write(dir.join(format!("{}.narinfo", hash_of(&mid5))), forged.to_text())?;
 
     // 4. Truncated NARs: validly compressed but short, and a cut compressed file.
     mangle_nar(dir, &bad("big-text"), |nar| nar.truncate(nar.len() / 2))?;
@@ -126,12 +117,10 @@ fn make_bad_cache(fx: &Fixture, dir: &Path) -> Result<Vec<String>> {
         "<html>500 oops</html>\n",
     )?;
 
-    Ok([
-        "mid-3", "big-20m", "xz-2", "mid-5", "big-text", "mid-7", "leaf-4",
-    ]
-    .iter()
-    .map(|n| bad(n))
-    .collect())
+    Ok(["mid-3", "big-20m", "xz-2", "mid-5", "big-text", "mid-7", "leaf-4"]
+        .iter()
+        .map(|n| bad(n))
+        .collect())
 }
 
 /// Opens a stopped gateway's store and checks that every path in it is
@@ -168,11 +157,7 @@ fn a_lying_upstream_never_wins() -> Result<()> {
     let bad_server = StaticServer::start(&tmp.path().join("bad-cache"));
 
     // Phase A: only the lying upstream.
-    let gw = Gateway::start(
-        &tmp.path().join("gw-a"),
-        &[&bad_server.url],
-        &fx.trusted_pub,
-    )?;
+    let gw = Gateway::start(&tmp.path().join("gw-a"), &[&bad_server.url], &fx.trusted_pub)?;
     let client = ClientStore::new(&tmp.path().join("client-a"));
     let out = client.realise(&gw.url, &fx.trusted_pub, &fx.paths, true);
     assert!(
@@ -182,10 +167,7 @@ fn a_lying_upstream_never_wins() -> Result<()> {
     let valid = client.valid(&fx.paths);
     client.verify_contents(&valid)?;
     for p in &bad_paths {
-        assert!(
-            !valid.contains(p),
-            "{p} came from a lying upstream but is valid"
-        );
+        assert!(!valid.contains(p), "{p} came from a lying upstream but is valid");
     }
     // The gateway kept serving everything else.
     for name in ["leaf-0", "leaf-9", "mid-0", "mid-9", "xz-0"] {
@@ -203,10 +185,7 @@ fn a_lying_upstream_never_wins() -> Result<()> {
             "the gateway stored {p} from a lying upstream"
         );
     }
-    assert!(
-        log.contains("NAR failed verification"),
-        "rejections are logged:\n{log}"
-    );
+    assert!(log.contains("NAR failed verification"), "rejections are logged:\n{log}");
 
     // Phase B: the lying upstream first, a good one behind it.
     let good_server = StaticServer::start(&fx.cache());

@@ -49,9 +49,7 @@ fn nix_substitutes_everything_through_the_gateway_then_from_its_store_alone() ->
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("don't know how to build")
-            || err.contains("is not valid")
-            || err.contains("cannot"),
+        err.contains("don't know how to build") || err.contains("is not valid") || err.contains("cannot"),
         "{err}"
     );
 

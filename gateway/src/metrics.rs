@@ -121,17 +121,13 @@ impl Metrics {
 
     pub fn served(&self, source: &str, n: u64) {
         self.bytes
-            .get_or_create(&SourceLabels {
-                source: source.into(),
-            })
+            .get_or_create(&SourceLabels { source: source.into() })
             .inc_by(n);
     }
 
     pub fn observe(&self, route: &str, seconds: f64) {
         self.latency
-            .get_or_create(&RouteLabels {
-                route: route.into(),
-            })
+            .get_or_create(&RouteLabels { route: route.into() })
             .observe(seconds);
     }
 

@@ -24,11 +24,7 @@ pub fn parse(header: Option<&str>, size: u64) -> RangeRequest {
         return RangeRequest::Full;
     };
     let (a, b) = (a.trim(), b.trim());
-    let num = |s: &str| {
-        s.parse::<u64>()
-            .ok()
-            .filter(|_| s.bytes().all(|c| c.is_ascii_digit()))
-    };
+    let num = |s: &str| s.parse::<u64>().ok().filter(|_| s.bytes().all(|c| c.is_ascii_digit()));
     let (start, end) = match (a.is_empty(), b.is_empty()) {
         // bytes=-N: the last N bytes.
         (true, false) => match num(b) {
@@ -63,18 +59,9 @@ mod tests {
     #[test]
     fn examples() {
         assert_eq!(parse(None, 10), RangeRequest::Full);
-        assert_eq!(
-            parse(Some("bytes=2-4"), 10),
-            RangeRequest::Partial { start: 2, end: 5 }
-        );
-        assert_eq!(
-            parse(Some("bytes=2-"), 10),
-            RangeRequest::Partial { start: 2, end: 10 }
-        );
-        assert_eq!(
-            parse(Some("bytes=-3"), 10),
-            RangeRequest::Partial { start: 7, end: 10 }
-        );
+        assert_eq!(parse(Some("bytes=2-4"), 10), RangeRequest::Partial { start: 2, end: 5 });
+        assert_eq!(parse(Some("bytes=2-"), 10), RangeRequest::Partial { start: 2, end: 10 });
+        assert_eq!(parse(Some("bytes=-3"), 10), RangeRequest::Partial { start: 7, end: 10 });
         assert_eq!(parse(Some("bytes=-30"), 10), RangeRequest::Full);
         assert_eq!(parse(Some("bytes=0-100"), 10), RangeRequest::Full);
         assert_eq!(parse(Some("bytes=10-"), 10), RangeRequest::Unsatisfiable);

@@ -35,10 +35,7 @@ impl<K: std::hash::Hash + Eq + Clone, V: Clone> TtlMap<K, V> {
     }
 
     fn get(&self, k: &K) -> Option<V> {
-        let map = self
-            .map
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let map = self.map.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         map.get(k)
             .filter(|(at, _)| at.elapsed() < self.ttl)
             .map(|(_, v)| v.clone())
@@ -48,10 +45,7 @@ impl<K: std::hash::Hash + Eq + Clone, V: Clone> TtlMap<K, V> {
         if self.ttl.is_zero() {
             return;
         }
-        let mut map = self
-            .map
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut map = self.map.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if map.len() >= CACHE_CAP {
             let ttl = self.ttl;
             map.retain(|_, (at, _)| at.elapsed() < ttl);
@@ -150,11 +144,7 @@ impl Resolver {
 
     /// Sources, in order, whose verified narinfo for `hash` has `nar_hash`
     /// and that have not served a bad copy of it lately.
-    pub async fn nar_candidates(
-        &self,
-        hash: &StorePathHash,
-        nar_hash: &Sha256Hash,
-    ) -> Vec<(usize, NarInfo)> {
+    pub async fn nar_candidates(&self, hash: &StorePathHash, nar_hash: &Sha256Hash) -> Vec<(usize, NarInfo)> {
         let mut out = Vec::new();
         for idx in 0..self.sources.len() {
             if self.bad.get(&(idx, *hash, *nar_hash)).is_some() {

@@ -88,11 +88,7 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
 /// The NAR URL the gateway hands out: it names the path and the NarHash, so
 /// it stays servable from any source holding that exact NAR.
 pub fn nar_url(info: &NarInfo) -> String {
-    format!(
-        "nar/{}-{}.nar",
-        info.store_path.hash(),
-        info.nar_hash.to_nixbase32()
-    )
+    format!("nar/{}-{}.nar", info.store_path.hash(), info.nar_hash.to_nixbase32())
 }
 
 /// A narinfo as the gateway serves it: uncompressed NAR at the gateway's
@@ -130,11 +126,7 @@ async fn narinfo(state: &AppState, h: &str) -> Result<Response> {
         return Err(GatewayError::NotFound);
     };
     state.metrics.request("narinfo", source);
-    Ok((
-        [(header::CONTENT_TYPE, "text/x-nix-narinfo")],
-        rewrite(&info),
-    )
-        .into_response())
+    Ok(([(header::CONTENT_TYPE, "text/x-nix-narinfo")], rewrite(&info)).into_response())
 }
 
 fn parse_nar_file(file: &str) -> Option<(StorePathHash, Sha256Hash)> {
@@ -143,11 +135,7 @@ fn parse_nar_file(file: &str) -> Option<(StorePathHash, Sha256Hash)> {
     Some((hash.parse().ok()?, Sha256Hash(nar_hash.try_into().ok()?)))
 }
 
-async fn nar(
-    State(state): State<Arc<AppState>>,
-    Path(file): Path<String>,
-    headers: HeaderMap,
-) -> Result<Response> {
+async fn nar(State(state): State<Arc<AppState>>, Path(file): Path<String>, headers: HeaderMap) -> Result<Response> {
     let _t = Timer::new(&state, "nar");
     let (hash, nar_hash) = parse_nar_file(&file).ok_or(GatewayError::NotFound)?;
     let range_header = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
@@ -231,24 +219,14 @@ fn byte_range(header: Option<&str>, size: u64) -> Result<(u64, u64, bool)> {
     }
 }
 
-fn nar_response(
-    body: ByteStream,
-    size: u64,
-    start: u64,
-    end: u64,
-    partial: bool,
-    zstd: bool,
-) -> Response {
+fn nar_response(body: ByteStream, size: u64, start: u64, end: u64, partial: bool, zstd: bool) -> Response {
     let mut builder = Response::builder()
         .header(header::CONTENT_TYPE, "application/x-nix-nar")
         .header(header::ACCEPT_RANGES, "bytes");
     let body = if partial {
         builder = builder
             .status(StatusCode::PARTIAL_CONTENT)
-            .header(
-                header::CONTENT_RANGE,
-                format!("bytes {start}-{}/{size}", end - 1),
-            )
+            .header(header::CONTENT_RANGE, format!("bytes {start}-{}/{size}", end - 1))
             .header(header::CONTENT_LENGTH, end - start);
         Body::from_stream(body)
     } else if zstd {
@@ -285,13 +263,8 @@ async fn passthrough(state: &AppState, route: &'static str, rel: &str) -> Result
                         r = r.header(name, v.clone());
                     }
                 }
-                let body = Body::from_stream(
-                    resp.bytes_stream()
-                        .map(|r| r.map_err(std::io::Error::other)),
-                );
-                return r
-                    .body(body)
-                    .map_err(|e| GatewayError::Internal(e.to_string()));
+                let body = Body::from_stream(resp.bytes_stream().map(|r| r.map_err(std::io::Error::other)));
+                return r.body(body).map_err(|e| GatewayError::Internal(e.to_string()));
             }
             Ok(None) => {}
             Err(e) => tracing::warn!(error = %e, "upstream failed"),

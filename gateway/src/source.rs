@@ -35,10 +35,7 @@ impl SourceKind {
 #[derive(Debug, Error)]
 pub enum SourceError {
     #[error("{source_name}: {message}")]
-    Failed {
-        source_name: String,
-        message: String,
-    },
+    Failed { source_name: String, message: String },
 }
 
 /// A place to get narinfos and NARs from.
@@ -48,14 +45,8 @@ pub trait Source: Send + Sync + std::fmt::Debug {
     /// A human-readable name (the URL of an upstream).
     fn name(&self) -> &str;
     /// The narinfo for a path hash, unverified; `None` if absent.
-    fn narinfo<'a>(
-        &'a self,
-        hash: &'a StorePathHash,
-    ) -> BoxFuture<'a, Result<Option<NarInfo>, SourceError>>;
+    fn narinfo<'a>(&'a self, hash: &'a StorePathHash) -> BoxFuture<'a, Result<Option<NarInfo>, SourceError>>;
     /// The uncompressed NAR described by `info` (a narinfo this source
     /// returned); `None` if absent.
-    fn nar<'a>(
-        &'a self,
-        info: &'a NarInfo,
-    ) -> BoxFuture<'a, Result<Option<ByteStream>, SourceError>>;
+    fn nar<'a>(&'a self, info: &'a NarInfo) -> BoxFuture<'a, Result<Option<ByteStream>, SourceError>>;
 }

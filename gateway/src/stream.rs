@@ -22,10 +22,7 @@ const BODY_QUEUE: usize = 16;
 const INGEST_QUEUE: usize = 32;
 
 fn body_stream(rx: mpsc::Receiver<std::io::Result<Bytes>>) -> ByteStream {
-    futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
-    })
-    .boxed()
+    futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) }).boxed()
 }
 
 /// Streams `start..end` of a stored NAR. On a corrupt or missing chunk the
@@ -142,11 +139,7 @@ pub struct Verified {
 /// Streams a source's NAR to the client while verifying it. If it fails
 /// verification the body errors (the connection is aborted, never ended
 /// cleanly), nothing is stored, and `on_reject` runs.
-pub fn verified(
-    mut src: ByteStream,
-    v: Verified,
-    on_reject: impl FnOnce(Rejection) + Send + 'static,
-) -> ByteStream {
+pub fn verified(mut src: ByteStream, v: Verified, on_reject: impl FnOnce(Rejection) + Send + 'static) -> ByteStream {
     let (tx, rx) = mpsc::channel(BODY_QUEUE);
     let path = v.info.store_path.to_string();
     tokio::spawn(async move {
@@ -165,25 +158,24 @@ pub fn verified(
         let mut held: Option<(u64, Bytes)> = None;
         let mut client = Some(tx);
 
-        let emit =
-            |client: &mut Option<mpsc::Sender<std::io::Result<Bytes>>>, at: u64, b: Bytes| {
-                let client = client.clone();
-                let metrics = metrics.clone();
-                async move {
-                    let (s, e) = (at.max(start), (at + b.len() as u64).min(end));
-                    let Some(tx) = client else { return true };
-                    if s >= e {
-                        return true;
-                    }
-                    let piece = b.slice((s - at) as usize..(e - at) as usize);
-                    let n = piece.len() as u64;
-                    let ok = tx.send(Ok(piece)).await.is_ok();
-                    if ok {
-                        metrics.served(source_label, n);
-                    }
-                    ok
+        let emit = |client: &mut Option<mpsc::Sender<std::io::Result<Bytes>>>, at: u64, b: Bytes| {
+            let client = client.clone();
+            let metrics = metrics.clone();
+            async move {
+                let (s, e) = (at.max(start), (at + b.len() as u64).min(end));
+                let Some(tx) = client else { return true };
+                if s >= e {
+                    return true;
                 }
-            };
+                let piece = b.slice((s - at) as usize..(e - at) as usize);
+                let n = piece.len() as u64;
+                let ok = tx.send(Ok(piece)).await.is_ok();
+                if ok {
+                    metrics.served(source_label, n);
+                }
+                ok
+            }
+        };
 
         let outcome = loop {
             let next = tokio::select! {
@@ -238,9 +230,7 @@ pub fn verified(
                 // Dropping `ingest_tx` without Commit discards what was written.
                 drop(ingest_tx);
                 if let Some(tx) = client {
-                    let _ = tx
-                        .send(Err(std::io::Error::other(format!("{path}: {why}"))))
-                        .await;
+                    let _ = tx.send(Err(std::io::Error::other(format!("{path}: {why}")))).await;
                 }
                 on_reject(why);
             }

@@ -26,10 +26,7 @@ pub struct Upstream {
 }
 
 /// Builds the shared HTTP client for upstreams.
-pub fn http_client(
-    connect_timeout: Duration,
-    read_timeout: Duration,
-) -> reqwest::Result<reqwest::Client> {
+pub fn http_client(connect_timeout: Duration, read_timeout: Duration) -> reqwest::Result<reqwest::Client> {
     reqwest::Client::builder()
         .connect_timeout(connect_timeout)
         .read_timeout(read_timeout)
@@ -50,11 +47,7 @@ impl Upstream {
         if !base.path().ends_with('/') {
             base.set_path(&format!("{}/", base.path()));
         }
-        Ok(Self {
-            base,
-            client,
-            timeout,
-        })
+        Ok(Self { base, client, timeout })
     }
 
     fn fail(&self, message: impl std::fmt::Display) -> SourceError {
@@ -65,11 +58,7 @@ impl Upstream {
     }
 
     /// GETs `rel` (relative to the cache root). `None` on 404/403/410.
-    pub async fn get(
-        &self,
-        rel: &str,
-        timeout: Option<Duration>,
-    ) -> Result<Option<reqwest::Response>, SourceError> {
+    pub async fn get(&self, rel: &str, timeout: Option<Duration>) -> Result<Option<reqwest::Response>, SourceError> {
         let url = self
             .base
             .join(rel)
@@ -125,47 +114,30 @@ impl Source for Upstream {
         self.base.as_str()
     }
 
-    fn narinfo<'a>(
-        &'a self,
-        hash: &'a StorePathHash,
-    ) -> BoxFuture<'a, Result<Option<NarInfo>, SourceError>> {
+    fn narinfo<'a>(&'a self, hash: &'a StorePathHash) -> BoxFuture<'a, Result<Option<NarInfo>, SourceError>> {
         Box::pin(async move {
-            let Some(resp) = self
-                .get(&format!("{hash}.narinfo"), Some(self.timeout))
-                .await?
-            else {
+            let Some(resp) = self.get(&format!("{hash}.narinfo"), Some(self.timeout)).await? else {
                 return Ok(None);
             };
-            if resp
-                .content_length()
-                .is_some_and(|n| n > MAX_NARINFO as u64)
-            {
-                return Err(self.fail(format!(
-                    "narinfo for {hash} is larger than {MAX_NARINFO} bytes"
-                )));
+            if resp.content_length().is_some_and(|n| n > MAX_NARINFO as u64) {
+                return Err(self.fail(format!("narinfo for {hash} is larger than {MAX_NARINFO} bytes")));
             }
             let mut body = Vec::new();
             let mut stream = resp.bytes_stream();
             while let Some(piece) = stream.next().await {
                 body.extend_from_slice(&piece.map_err(|e| self.fail(e))?);
                 if body.len() > MAX_NARINFO {
-                    return Err(self.fail(format!(
-                        "narinfo for {hash} is larger than {MAX_NARINFO} bytes"
-                    )));
+                    return Err(self.fail(format!("narinfo for {hash} is larger than {MAX_NARINFO} bytes")));
                 }
             }
-            let text = String::from_utf8(body)
-                .map_err(|_| self.fail(format!("narinfo for {hash} is not UTF-8")))?;
+            let text = String::from_utf8(body).map_err(|_| self.fail(format!("narinfo for {hash} is not UTF-8")))?;
             NarInfo::parse(&text)
                 .map(Some)
                 .map_err(|e| self.fail(format!("narinfo for {hash}: {e}")))
         })
     }
 
-    fn nar<'a>(
-        &'a self,
-        info: &'a NarInfo,
-    ) -> BoxFuture<'a, Result<Option<ByteStream>, SourceError>> {
+    fn nar<'a>(&'a self, info: &'a NarInfo) -> BoxFuture<'a, Result<Option<ByteStream>, SourceError>> {
         Box::pin(async move {
             if decoder(&info.compression, tokio::io::empty()).is_none() {
                 return Err(self.fail(format!("unsupported compression {:?}", info.compression)));

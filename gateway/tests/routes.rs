@@ -24,15 +24,12 @@ fn key() -> SecretKey {
 }
 
 fn nar_bytes(n: u8, len: usize) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(n))
-        .collect()
+    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(n)).collect()
 }
 
 fn signed(n: u8, nar: &[u8], by: &SecretKey) -> NarInfo {
     let mut info = NarInfo {
-        store_path: StorePath::new(StorePathHash::from_bytes(&[n; 20]), &format!("pkg-{n}"))
-            .unwrap(),
+        store_path: StorePath::new(StorePathHash::from_bytes(&[n; 20]), &format!("pkg-{n}")).unwrap(),
         url: format!("nar/{n}.nar"),
         compression: "none".into(),
         file_hash: None,
@@ -70,10 +67,7 @@ impl Source for MemSource {
     fn name(&self) -> &str {
         "memory"
     }
-    fn narinfo<'a>(
-        &'a self,
-        hash: &'a StorePathHash,
-    ) -> BoxFuture<'a, Result<Option<NarInfo>, SourceError>> {
+    fn narinfo<'a>(&'a self, hash: &'a StorePathHash) -> BoxFuture<'a, Result<Option<NarInfo>, SourceError>> {
         Box::pin(async move {
             if self.down {
                 return Err(SourceError::Failed {
@@ -84,19 +78,14 @@ impl Source for MemSource {
             Ok(self.entries.get(hash).map(|(i, _)| i.clone()))
         })
     }
-    fn nar<'a>(
-        &'a self,
-        info: &'a NarInfo,
-    ) -> BoxFuture<'a, Result<Option<ByteStream>, SourceError>> {
+    fn nar<'a>(&'a self, info: &'a NarInfo) -> BoxFuture<'a, Result<Option<ByteStream>, SourceError>> {
         Box::pin(async move {
             self.nar_requests.fetch_add(1, Ordering::SeqCst);
             let Some((_, nar)) = self.entries.get(&info.store_path.hash()) else {
                 return Ok(None);
             };
-            let pieces: Vec<std::io::Result<Bytes>> = nar
-                .chunks(10_000)
-                .map(|c| Ok(Bytes::copy_from_slice(c)))
-                .collect();
+            let pieces: Vec<std::io::Result<Bytes>> =
+                nar.chunks(10_000).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
             Ok(Some(futures::stream::iter(pieces).boxed()))
         })
     }
@@ -135,24 +124,14 @@ async fn get(
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    let resp = g
-        .router()
-        .oneshot(req.body(Body::empty()).unwrap())
-        .await
-        .unwrap();
+    let resp = g.router().oneshot(req.body(Body::empty()).unwrap()).await.unwrap();
     let (parts, body) = resp.into_parts();
-    let body = axum::body::to_bytes(body, usize::MAX)
-        .await
-        .map_err(|e| e.to_string());
+    let body = axum::body::to_bytes(body, usize::MAX).await.map_err(|e| e.to_string());
     (parts.status, parts.headers, body)
 }
 
 fn nar_uri(info: &NarInfo) -> String {
-    format!(
-        "/nar/{}-{}.nar",
-        info.store_path.hash(),
-        info.nar_hash.to_nixbase32()
-    )
+    format!("/nar/{}-{}.nar", info.store_path.hash(), info.nar_hash.to_nixbase32())
 }
 
 /// Waits until the gateway's background ingest has stored `hash`.
@@ -170,15 +149,8 @@ async fn stored(store: &ChunkStore, hash: &StorePathHash) -> bool {
 async fn serves_a_verified_narinfo_with_its_own_url_and_the_original_signature() {
     let nar = nar_bytes(1, 300_000);
     let info = signed(1, &nar, &key());
-    let s = setup(vec![Arc::new(
-        MemSource::default().with(info.clone(), nar.clone()),
-    )]);
-    let (status, headers, body) = get(
-        &s.gateway,
-        &format!("/{}.narinfo", info.store_path.hash()),
-        &[],
-    )
-    .await;
+    let s = setup(vec![Arc::new(MemSource::default().with(info.clone(), nar.clone()))]);
+    let (status, headers, body) = get(&s.gateway, &format!("/{}.narinfo", info.store_path.hash()), &[]).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(headers[header::CONTENT_TYPE], "text/x-nix-narinfo");
     let served = NarInfo::parse(std::str::from_utf8(&body.unwrap()).unwrap()).unwrap();
@@ -236,12 +208,7 @@ async fn untrusted_or_mislabelled_narinfos_fall_through_to_the_next_source() {
         Arc::new(down),
         Arc::new(last),
     ]);
-    let (status, _, body) = get(
-        &s.gateway,
-        &format!("/{}.narinfo", good.store_path.hash()),
-        &[],
-    )
-    .await;
+    let (status, _, body) = get(&s.gateway, &format!("/{}.narinfo", good.store_path.hash()), &[]).await;
     assert_eq!(status, StatusCode::OK);
     let served = NarInfo::parse(std::str::from_utf8(&body.unwrap()).unwrap()).unwrap();
     assert_eq!(served.sigs, good.sigs);
@@ -258,15 +225,8 @@ async fn a_bad_nar_aborts_the_body_is_not_kept_and_the_retry_uses_the_next_sourc
     let s = setup(vec![liar.clone(), honest.clone()]);
 
     let (status, _, body) = get(&s.gateway, &nar_uri(&info), &[]).await;
-    assert_eq!(
-        status,
-        StatusCode::OK,
-        "headers go out before the body is verified"
-    );
-    assert!(
-        body.is_err(),
-        "the body must fail, never end cleanly with wrong bytes"
-    );
+    assert_eq!(status, StatusCode::OK, "headers go out before the body is verified");
+    assert!(body.is_err(), "the body must fail, never end cleanly with wrong bytes");
     // A rejected NAR is never committed (no Commit is ever sent), so no wait is needed.
     assert!(
         !s.store.contains(&info.store_path.hash()).unwrap(),
@@ -288,14 +248,9 @@ async fn a_bad_nar_aborts_the_body_is_not_kept_and_the_retry_uses_the_next_sourc
         let good = nar_bytes(n, 1000);
         let info = signed(n, &good, &key());
         let wrong = nar_bytes(n, body_len);
-        let s = setup(vec![Arc::new(
-            MemSource::default().with(info.clone(), wrong),
-        )]);
+        let s = setup(vec![Arc::new(MemSource::default().with(info.clone(), wrong))]);
         let (_, _, body) = get(&s.gateway, &nar_uri(&info), &[]).await;
-        assert!(
-            body.is_err(),
-            "{body_len}-byte body for a 1000-byte NAR must fail"
-        );
+        assert!(body.is_err(), "{body_len}-byte body for a 1000-byte NAR must fail");
         assert!(!s.store.contains(&info.store_path.hash()).unwrap());
     }
 }
@@ -304,33 +259,20 @@ async fn a_bad_nar_aborts_the_body_is_not_kept_and_the_retry_uses_the_next_sourc
 async fn local_nars_honour_range_and_zstd() {
     let nar = nar_bytes(9, 400_000);
     let info = signed(9, &nar, &key());
-    let s = setup(vec![Arc::new(
-        MemSource::default().with(info.clone(), nar.clone()),
-    )]);
+    let s = setup(vec![Arc::new(MemSource::default().with(info.clone(), nar.clone()))]);
     get(&s.gateway, &nar_uri(&info), &[]).await.2.unwrap();
     assert!(stored(&s.store, &info.store_path.hash()).await);
 
-    let (status, headers, body) = get(
-        &s.gateway,
-        &nar_uri(&info),
-        &[("range", "bytes=100000-200099")],
-    )
-    .await;
+    let (status, headers, body) = get(&s.gateway, &nar_uri(&info), &[("range", "bytes=100000-200099")]).await;
     assert_eq!(status, StatusCode::PARTIAL_CONTENT);
     assert_eq!(headers[header::CONTENT_RANGE], "bytes 100000-200099/400000");
     assert_eq!(body.unwrap(), nar[100_000..200_100]);
 
-    let (status, headers, _) =
-        get(&s.gateway, &nar_uri(&info), &[("range", "bytes=400000-")]).await;
+    let (status, headers, _) = get(&s.gateway, &nar_uri(&info), &[("range", "bytes=400000-")]).await;
     assert_eq!(status, StatusCode::RANGE_NOT_SATISFIABLE);
     assert_eq!(headers[header::CONTENT_RANGE], "bytes */400000");
 
-    let (status, headers, body) = get(
-        &s.gateway,
-        &nar_uri(&info),
-        &[("accept-encoding", "gzip, zstd")],
-    )
-    .await;
+    let (status, headers, body) = get(&s.gateway, &nar_uri(&info), &[("accept-encoding", "gzip, zstd")]).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(headers[header::CONTENT_ENCODING], "zstd");
     let mut plain = Vec::new();
@@ -366,8 +308,5 @@ async fn misses_are_404_and_paths_cannot_escape() {
     }
     let (status, _, body) = get(&s.gateway, "/nix-cache-info", &[]).await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(
-        body.unwrap(),
-        "StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 30\n"
-    );
+    assert_eq!(body.unwrap(), "StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 30\n");
 }

@@ -1,13 +1,17 @@
-//! The nixswarm node. Today: the chunk store that holds NARs as
-//! content-defined, BLAKE3-named chunks. Next: the libp2p swarm that
-//! announces and serves them.
+//! The nixswarm node: the chunk store that holds NARs as content-defined,
+//! BLAKE3-named chunks, and the libp2p swarm that announces them on a
+//! private Kademlia DHT and serves and fetches them as verified chunks.
 //!
 //! - [`store`]: [`ChunkStore`] (ingest, verified reads, LRU quota), behind the
 //!   [`MetaDb`] trait with redb and in-memory backends.
+//! - [`p2p`]: [`Node`] (swarm task, server, announcer) and the
+//!   [`p2p::Fetcher`] that stripes chunk downloads across providers.
 
+pub mod p2p;
 pub mod store;
 
+pub use p2p::{Node, NodeConfig, NodeError, NodeHandle, NodeStatus};
+pub use store::StoreEvent;
 pub use store::{
-    ChunkStore, Ingest, MemMeta, MetaDb, NarHandle, NarReader, RedbMeta, StoreError, StoreOptions,
-    StoreStats,
+    ChunkStore, Ingest, MemMeta, MetaDb, NarHandle, NarReader, RedbMeta, StoreError, StoreOptions, StoreStats,
 };

@@ -34,11 +34,7 @@ impl CacheInfo {
         let mut store_dir = None;
         let mut want_mass_query = false;
         let mut priority = None;
-        for (i, line) in text
-            .lines()
-            .enumerate()
-            .filter(|(_, l)| !l.trim().is_empty())
-        {
+        for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
             let line_no = i + 1;
             let (k, v) = line
                 .split_once(':')
@@ -93,8 +89,7 @@ mod tests {
                 priority: None
             }
         );
-        let info =
-            CacheInfo::parse("StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 40\n").unwrap();
+        let info = CacheInfo::parse("StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 40\n").unwrap();
         assert_eq!(info.priority, Some(40));
         assert!(info.want_mass_query);
         assert_eq!(

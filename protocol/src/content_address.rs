@@ -88,27 +88,14 @@ impl ContentAddress {
     /// path called `name` with the given references (which may include the
     /// path itself, as a self-reference). `None` where Nix forbids the
     /// combination (references on a flat fixed-output path).
-    pub fn implied_hash(
-        &self,
-        name: &str,
-        path: &StorePath,
-        references: &[StorePath],
-    ) -> Option<String> {
+    pub fn implied_hash(&self, name: &str, path: &StorePath, references: &[StorePath]) -> Option<String> {
         let self_ref = references.iter().any(|r| r == path);
         let others: Vec<&StorePath> = references.iter().filter(|r| *r != path).collect();
         let hex = |h: &Sha256Hash| format!("sha256:{}", h.to_hex());
         match self {
-            Self::Text(h) if !self_ref => Some(make_store_path(
-                &make_type("text", &others, false),
-                &hex(h),
-                name,
-            )),
+            Self::Text(h) if !self_ref => Some(make_store_path(&make_type("text", &others, false), &hex(h), name)),
             Self::Text(_) => None,
-            Self::Recursive(h) => Some(make_store_path(
-                &make_type("source", &others, self_ref),
-                &hex(h),
-                name,
-            )),
+            Self::Recursive(h) => Some(make_store_path(&make_type("source", &others, self_ref), &hex(h), name)),
             Self::Flat(h) if references.is_empty() => {
                 let inner = Sha256Hash::digest(format!("fixed:out:{}:", hex(h)).as_bytes());
                 Some(make_store_path("output:out", &hex(&inner), name))

@@ -100,9 +100,7 @@ mod tests {
             .parse()
             .unwrap();
         let b16: Sha256Hash = format!("sha256:{}", h.to_hex()).parse().unwrap();
-        let sri: Sha256Hash = "sha256-47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU="
-            .parse()
-            .unwrap();
+        let sri: Sha256Hash = "sha256-47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=".parse().unwrap();
         assert_eq!(h, b32);
         assert_eq!(h, b16);
         assert_eq!(h, sri);

@@ -9,6 +9,7 @@
 //! - [`content_address`]: `CA:` values and the store path they imply.
 //! - [`cache_info`] parses and prints `nix-cache-info`.
 //! - [`manifest`]: chunk manifests (BLAKE3-named content-defined chunks).
+//! - [`wire`]: transfer-protocol messages and the DHT key of a path.
 
 pub mod cache_info;
 pub mod content_address;
@@ -18,6 +19,7 @@ pub mod narinfo;
 pub mod nixbase32;
 pub mod signature;
 pub mod store_path;
+pub mod wire;
 
 pub use cache_info::CacheInfo;
 pub use content_address::ContentAddress;
@@ -28,5 +30,4 @@ pub use signature::{PublicKey, SecretKey, Signature, fingerprint};
 pub use store_path::{StorePath, StorePathHash};
 
 /// The public key of cache.nixos.org, the default trusted key.
-pub const CACHE_NIXOS_ORG_KEY: &str =
-    "cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=";
+pub const CACHE_NIXOS_ORG_KEY: &str = "cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=";

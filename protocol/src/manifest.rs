@@ -79,11 +79,7 @@ pub enum ManifestError {
     #[error("manifest lists {0} chunks, more than the limit of {MAX_CHUNKS}")]
     TooManyChunks(u32),
     #[error("manifest is {actual} bytes, but its {count} chunks need {expected}")]
-    WrongLength {
-        count: u32,
-        actual: usize,
-        expected: usize,
-    },
+    WrongLength { count: u32, actual: usize, expected: usize },
     #[error("manifest chunk {index} has size {size}, outside 1..={MAX_CHUNK_SIZE}")]
     BadChunkSize { index: usize, size: u32 },
     #[error("manifest chunks add up to {sum} bytes, but NarSize is {nar_size}")]
@@ -102,11 +98,7 @@ pub struct ChunkManifest {
 
 impl ChunkManifest {
     /// Builds a manifest, checking that the chunks add up to `nar_size`.
-    pub fn new(
-        nar_hash: Sha256Hash,
-        nar_size: u64,
-        chunks: Vec<ChunkRef>,
-    ) -> Result<Self, ManifestError> {
+    pub fn new(nar_hash: Sha256Hash, nar_size: u64, chunks: Vec<ChunkRef>) -> Result<Self, ManifestError> {
         let m = Self {
             nar_hash,
             nar_size,
@@ -123,10 +115,7 @@ impl ChunkManifest {
         let mut sum = 0u64;
         for (index, c) in self.chunks.iter().enumerate() {
             if c.size == 0 || c.size > MAX_CHUNK_SIZE {
-                return Err(ManifestError::BadChunkSize {
-                    index,
-                    size: c.size,
-                });
+                return Err(ManifestError::BadChunkSize { index, size: c.size });
             }
             sum += u64::from(c.size);
         }
@@ -186,10 +175,7 @@ impl ChunkManifest {
                 let mut id = [0u8; 32];
                 id.copy_from_slice(&e[..32]);
                 let size = u32::from_le_bytes([e[32], e[33], e[34], e[35]]);
-                ChunkRef {
-                    id: ChunkId(id),
-                    size,
-                }
+                ChunkRef { id: ChunkId(id), size }
             })
             .collect();
         Self::new(nar_hash, nar_size, chunks)
@@ -218,10 +204,7 @@ mod tests {
             .prop_map(|(h, cs)| {
                 let chunks: Vec<ChunkRef> = cs
                     .into_iter()
-                    .map(|(id, size)| ChunkRef {
-                        id: ChunkId(id),
-                        size,
-                    })
+                    .map(|(id, size)| ChunkRef { id: ChunkId(id), size })
                     .collect();
                 let nar_size = chunks.iter().map(|c| u64::from(c.size)).sum();
                 ChunkManifest {
@@ -240,10 +223,7 @@ mod tests {
         };
         assert_eq!(
             ChunkManifest::new(Sha256Hash([0; 32]), 11, vec![c]),
-            Err(ManifestError::SizeMismatch {
-                sum: 10,
-                nar_size: 11
-            })
+            Err(ManifestError::SizeMismatch { sum: 10, nar_size: 11 })
         );
         let zero = ChunkRef {
             id: ChunkId([1; 32]),
@@ -253,13 +233,8 @@ mod tests {
             ChunkManifest::new(Sha256Hash([0; 32]), 0, vec![zero]),
             Err(ManifestError::BadChunkSize { .. })
         ));
-        assert_eq!(
-            ChunkManifest::decode(b"NSM"),
-            Err(ManifestError::Truncated(3))
-        );
-        let mut enc = ChunkManifest::new(Sha256Hash([0; 32]), 10, vec![c])
-            .unwrap()
-            .encode();
+        assert_eq!(ChunkManifest::decode(b"NSM"), Err(ManifestError::Truncated(3)));
+        let mut enc = ChunkManifest::new(Sha256Hash([0; 32]), 10, vec![c]).unwrap().encode();
         enc[0] = b'X';
         assert_eq!(ChunkManifest::decode(&enc), Err(ManifestError::BadMagic));
     }

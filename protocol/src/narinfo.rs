@@ -35,10 +35,7 @@ pub enum NarInfoErrorKind {
         source: StorePathError,
     },
     #[error("{field}: {source}")]
-    Hash {
-        field: &'static str,
-        source: HashError,
-    },
+    Hash { field: &'static str, source: HashError },
     #[error("{field}: {value:?} is not a non-negative integer")]
     Number { field: &'static str, value: String },
     #[error("Sig: {0}")]
@@ -85,8 +82,7 @@ fn parse_u64(field: &'static str, v: &str) -> Result<u64, NarInfoErrorKind> {
 }
 
 fn parse_hash(field: &'static str, v: &str) -> Result<Sha256Hash, NarInfoErrorKind> {
-    v.parse()
-        .map_err(|source| NarInfoErrorKind::Hash { field, source })
+    v.parse().map_err(|source| NarInfoErrorKind::Hash { field, source })
 }
 
 fn set<T>(slot: &mut Option<T>, field: &'static str, v: T) -> Result<(), NarInfoErrorKind> {
@@ -115,22 +111,13 @@ impl NarInfo {
         let mut line_no = 0;
         while !rest.is_empty() {
             line_no += 1;
-            let err = |kind| NarInfoError {
-                line: line_no,
-                kind,
-            };
-            let (line, tail) = rest
-                .split_once('\n')
-                .ok_or(err(NarInfoErrorKind::Unterminated))?;
+            let err = |kind| NarInfoError { line: line_no, kind };
+            let (line, tail) = rest.split_once('\n').ok_or(err(NarInfoErrorKind::Unterminated))?;
             rest = tail;
             let (key, value) = line
                 .split_once(": ")
                 .or_else(|| line.strip_suffix(':').map(|k| (k, "")))
-                .ok_or_else(|| {
-                    err(NarInfoErrorKind::NotKeyValue(
-                        line.chars().take(80).collect(),
-                    ))
-                })?;
+                .ok_or_else(|| err(NarInfoErrorKind::NotKeyValue(line.chars().take(80).collect())))?;
             let path = |field, v: &str| {
                 StorePath::from_base_name(v)
                     .or_else(|_| v.parse())
@@ -146,18 +133,10 @@ impl NarInfo {
                 }
                 "URL" => set(&mut url, "URL", value.to_owned()),
                 "Compression" => set(&mut compression, "Compression", value.to_owned()),
-                "FileHash" => {
-                    parse_hash("FileHash", value).and_then(|h| set(&mut file_hash, "FileHash", h))
-                }
-                "FileSize" => {
-                    parse_u64("FileSize", value).and_then(|n| set(&mut file_size, "FileSize", n))
-                }
-                "NarHash" => {
-                    parse_hash("NarHash", value).and_then(|h| set(&mut nar_hash, "NarHash", h))
-                }
-                "NarSize" => {
-                    parse_u64("NarSize", value).and_then(|n| set(&mut nar_size, "NarSize", n))
-                }
+                "FileHash" => parse_hash("FileHash", value).and_then(|h| set(&mut file_hash, "FileHash", h)),
+                "FileSize" => parse_u64("FileSize", value).and_then(|n| set(&mut file_size, "FileSize", n)),
+                "NarHash" => parse_hash("NarHash", value).and_then(|h| set(&mut nar_hash, "NarHash", h)),
+                "NarSize" => parse_u64("NarSize", value).and_then(|n| set(&mut nar_size, "NarSize", n)),
                 "References" => value
                     .split(' ')
                     .filter(|s| !s.is_empty())
@@ -166,10 +145,7 @@ impl NarInfo {
                     .and_then(|refs| set(&mut references, "References", refs)),
                 "Deriver" if value == "unknown-deriver" => Ok(()),
                 "Deriver" => path("Deriver", value).and_then(|d| set(&mut deriver, "Deriver", d)),
-                "Sig" => value
-                    .parse()
-                    .map(|s| sigs.push(s))
-                    .map_err(NarInfoErrorKind::Signature),
+                "Sig" => value.parse().map(|s| sigs.push(s)).map_err(NarInfoErrorKind::Signature),
                 "CA" => set(&mut ca, "CA", value.to_owned()),
                 _ => Ok(()),
             };
@@ -205,12 +181,7 @@ impl NarInfo {
 
     /// The fingerprint signatures are made over.
     pub fn fingerprint(&self) -> String {
-        fingerprint(
-            &self.store_path,
-            &self.nar_hash,
-            self.nar_size,
-            &self.references,
-        )
+        fingerprint(&self.store_path, &self.nar_hash, self.nar_size, &self.references)
     }
 
     /// Decides whether to trust this narinfo, following Nix's rule: a

@@ -37,9 +37,7 @@ pub fn encode(bytes: &[u8]) -> String {
         let i = b / 8;
         let j = b % 8;
         let low = u16::from(bytes[i]) >> j;
-        let high = bytes
-            .get(i + 1)
-            .map_or(0, |&next| u16::from(next) << (8 - j));
+        let high = bytes.get(i + 1).map_or(0, |&next| u16::from(next) << (8 - j));
         out.push(char::from(ALPHABET[usize::from((low | high) & 0x1f)]));
     }
     out
@@ -102,10 +100,7 @@ mod tests {
         let bytes: Vec<u8> = (0..32)
             .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap())
             .collect();
-        assert_eq!(
-            encode(&bytes),
-            "0mdqa9w1p6cmli6976v4wi0sw9r4p5prkj7lzfd1877wk11c9c73"
-        );
+        assert_eq!(encode(&bytes), "0mdqa9w1p6cmli6976v4wi0sw9r4p5prkj7lzfd1877wk11c9c73");
         assert_eq!(encode(&[]), "");
         assert_eq!(encode(&[0x1f]), "0z");
     }
@@ -121,10 +116,7 @@ mod tests {
         );
         assert_eq!(
             decode_exact("000", 1),
-            Err(DecodeError::InvalidLength {
-                actual: 3,
-                expected: 2
-            })
+            Err(DecodeError::InvalidLength { actual: 3, expected: 2 })
         );
         // "z0" would need 10 bits for an 8-bit value.
         assert_eq!(decode_exact("z0", 1), Err(DecodeError::NonZeroPadding));

@@ -55,12 +55,7 @@ fn split_named<const N: usize>(what: &'static str, s: &str) -> Result<(String, [
 
 /// The text Nix signs: `1;<path>;<NarHash>;<NarSize>;<refs>`, references as
 /// full paths, sorted, comma-joined, and the hash in nixbase32.
-pub fn fingerprint(
-    path: &StorePath,
-    nar_hash: &Sha256Hash,
-    nar_size: u64,
-    references: &[StorePath],
-) -> String {
+pub fn fingerprint(path: &StorePath, nar_hash: &Sha256Hash, nar_size: u64, references: &[StorePath]) -> String {
     let mut refs: Vec<String> = references.iter().map(ToString::to_string).collect();
     refs.sort();
     refs.dedup();
@@ -208,14 +203,8 @@ mod tests {
             "nocolon".parse::<PublicKey>(),
             Err(KeyError::MissingName { .. })
         ));
-        assert!(matches!(
-            ":abc".parse::<PublicKey>(),
-            Err(KeyError::MissingName { .. })
-        ));
-        assert!(matches!(
-            "k:!!!".parse::<PublicKey>(),
-            Err(KeyError::BadBase64 { .. })
-        ));
+        assert!(matches!(":abc".parse::<PublicKey>(), Err(KeyError::MissingName { .. })));
+        assert!(matches!("k:!!!".parse::<PublicKey>(), Err(KeyError::BadBase64 { .. })));
         assert!(matches!(
             "k:AAAA".parse::<PublicKey>(),
             Err(KeyError::BadLength { actual: 3, .. })

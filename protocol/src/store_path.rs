@@ -121,9 +121,7 @@ impl StorePath {
 
     /// Parses the base name, `<hash>-<name>` (as in References and Deriver).
     pub fn from_base_name(s: &str) -> Result<Self, StorePathError> {
-        let hash = s
-            .get(..HASH_LEN)
-            .ok_or_else(|| StorePathError::BadHash(s.to_owned()))?;
+        let hash = s.get(..HASH_LEN).ok_or_else(|| StorePathError::BadHash(s.to_owned()))?;
         let hash: StorePathHash = hash.parse()?;
         let name = s
             .get(HASH_LEN..)
@@ -181,15 +179,10 @@ mod tests {
 
     #[test]
     fn parses_real_paths() {
-        let p: StorePath = "/nix/store/iqh7ydji4vh3m6z5bkfk07jvbkfy0sq1-b-dir"
-            .parse()
-            .unwrap();
+        let p: StorePath = "/nix/store/iqh7ydji4vh3m6z5bkfk07jvbkfy0sq1-b-dir".parse().unwrap();
         assert_eq!(p.hash().as_str(), "iqh7ydji4vh3m6z5bkfk07jvbkfy0sq1");
         assert_eq!(p.name(), "b-dir");
-        assert_eq!(
-            p.to_string(),
-            "/nix/store/iqh7ydji4vh3m6z5bkfk07jvbkfy0sq1-b-dir"
-        );
+        assert_eq!(p.to_string(), "/nix/store/iqh7ydji4vh3m6z5bkfk07jvbkfy0sq1-b-dir");
         assert_eq!(StorePath::from_base_name(&p.base_name()).unwrap(), p);
     }
 
@@ -220,11 +213,7 @@ mod tests {
             err("/nix/store/iqh7ydji4vh3m6z5bkfk07jvbkfy0sq1-.x"),
             StorePathError::BadName { .. }
         ));
-        assert!(
-            "../../etc/passwd00000000000000000"
-                .parse::<StorePathHash>()
-                .is_err()
-        );
+        assert!("../../etc/passwd00000000000000000".parse::<StorePathHash>().is_err());
     }
 
     proptest! {

@@ -52,9 +52,7 @@ fn nix_secret_key_signs_like_nix() {
 
 #[test]
 fn tampering_breaks_the_signature() {
-    let other_key: PublicKey = "test-1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="
-        .parse()
-        .unwrap();
+    let other_key: PublicKey = "test-1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".parse().unwrap();
     let info = NarInfo::parse(WITH_REF).unwrap();
     assert_eq!(info.trust(&[other_key]), None);
     assert_eq!(info.trust(&[]), None);
@@ -67,24 +65,14 @@ fn tampering_breaks_the_signature() {
     assert_eq!(NarInfo::parse(&forged_hash).unwrap().trust(&[key()]), None);
     let forged_size = WITH_REF.replace("NarSize: 100712", "NarSize: 100713");
     assert_eq!(NarInfo::parse(&forged_size).unwrap().trust(&[key()]), None);
-    let dropped_ref = WITH_REF.replace(
-        "References: 1g10pyjvgvxciw9qmziz7w578899g11y-a-small",
-        "References: ",
-    );
+    let dropped_ref = WITH_REF.replace("References: 1g10pyjvgvxciw9qmziz7w578899g11y-a-small", "References: ");
     assert_eq!(NarInfo::parse(&dropped_ref).unwrap().trust(&[key()]), None);
     // URL, Compression, FileHash and FileSize are not signed.
-    let rewritten = WITH_REF
-        .replace("Compression: xz", "Compression: none")
-        .replace(
-            "URL: nar/0va98q1nnhgmjhbz96ykn35mqxs4m9hbbw2xv2yr6907a79v2a8b.nar.xz",
-            "URL: nar/x.nar",
-        );
-    assert!(
-        NarInfo::parse(&rewritten)
-            .unwrap()
-            .trust(&[key()])
-            .is_some()
+    let rewritten = WITH_REF.replace("Compression: xz", "Compression: none").replace(
+        "URL: nar/0va98q1nnhgmjhbz96ykn35mqxs4m9hbbw2xv2yr6907a79v2a8b.nar.xz",
+        "URL: nar/x.nar",
     );
+    assert!(NarInfo::parse(&rewritten).unwrap().trust(&[key()]).is_some());
 }
 
 #[test]
@@ -92,11 +80,7 @@ fn content_addressed_paths_are_trusted_only_when_the_path_matches() {
     for text in [CA_FLAT, CA_REC, CA_TEXT] {
         let info = NarInfo::parse(text).unwrap();
         assert!(info.sigs.is_empty());
-        assert_eq!(
-            info.trust(&[key()]),
-            Some(Trust::ContentAddressed),
-            "{text}"
-        );
+        assert_eq!(info.trust(&[key()]), Some(Trust::ContentAddressed), "{text}");
     }
     // Same CA, another path: rejected.
     let moved = CA_REC.replace(
@@ -111,27 +95,16 @@ fn content_addressed_paths_are_trusted_only_when_the_path_matches() {
     );
     assert_eq!(NarInfo::parse(&wrong_nar).unwrap().trust(&[key()]), None);
     // Adding a reference to a text path changes its address.
-    let with_ref = CA_TEXT.replace(
-        "References: ",
-        "References: 1g10pyjvgvxciw9qmziz7w578899g11y-a-small",
-    );
+    let with_ref = CA_TEXT.replace("References: ", "References: 1g10pyjvgvxciw9qmziz7w578899g11y-a-small");
     assert_eq!(NarInfo::parse(&with_ref).unwrap().trust(&[key()]), None);
 }
 
 #[test]
 fn parse_errors_say_what_and_where() {
-    let e = NarInfo::parse(
-        "StorePath: /nix/store/iqh7ydji4vh3m6z5bkfk07jvbkfy0sq1-b-dir\nNarSize: many\n",
-    )
-    .unwrap_err();
+    let e =
+        NarInfo::parse("StorePath: /nix/store/iqh7ydji4vh3m6z5bkfk07jvbkfy0sq1-b-dir\nNarSize: many\n").unwrap_err();
     assert_eq!(e.line, 2);
-    assert!(matches!(
-        e.kind,
-        NarInfoErrorKind::Number {
-            field: "NarSize",
-            ..
-        }
-    ));
+    assert!(matches!(e.kind, NarInfoErrorKind::Number { field: "NarSize", .. }));
     assert!(e.to_string().contains("line 2"), "{e}");
 
     let e = NarInfo::parse("<html>not a narinfo</html>\n").unwrap_err();
@@ -150,15 +123,8 @@ fn parse_errors_say_what_and_where() {
     let e = NarInfo::parse(&LEAF.replace("Sig: test-1:", "Sig: test-1:!")).unwrap_err();
     assert!(matches!(e.kind, NarInfoErrorKind::Signature(_)));
 
-    let e =
-        NarInfo::parse(&LEAF.replace("StorePath: /nix/store/", "StorePath: /etc/")).unwrap_err();
-    assert!(matches!(
-        e.kind,
-        NarInfoErrorKind::StorePath {
-            field: "StorePath",
-            ..
-        }
-    ));
+    let e = NarInfo::parse(&LEAF.replace("StorePath: /nix/store/", "StorePath: /etc/")).unwrap_err();
+    assert!(matches!(e.kind, NarInfoErrorKind::StorePath { field: "StorePath", .. }));
 }
 
 #[test]
@@ -169,8 +135,7 @@ fn missing_compression_means_bzip2_like_nix() {
 
 fn arb_narinfo() -> impl Strategy<Value = NarInfo> {
     let path = (any::<[u8; 20]>(), "[a-z0-9][a-z0-9.+_-]{0,20}").prop_map(|(h, n)| {
-        nixswarm_protocol::StorePath::new(nixswarm_protocol::StorePathHash::from_bytes(&h), &n)
-            .unwrap()
+        nixswarm_protocol::StorePath::new(nixswarm_protocol::StorePathHash::from_bytes(&h), &n).unwrap()
     });
     (
         path.clone(),
@@ -186,19 +151,7 @@ fn arb_narinfo() -> impl Strategy<Value = NarInfo> {
         proptest::option::of("fixed:r:sha256:[0-9a-df-np-sv-z]{52}"),
     )
         .prop_map(
-            |(
-                store_path,
-                url,
-                compression,
-                fh,
-                fs,
-                nh,
-                nar_size,
-                references,
-                deriver,
-                seeds,
-                ca,
-            )| {
+            |(store_path, url, compression, fh, fs, nh, nar_size, references, deriver, seeds, ca)| {
                 let mut info = NarInfo {
                     store_path,
                     url,
@@ -213,10 +166,7 @@ fn arb_narinfo() -> impl Strategy<Value = NarInfo> {
                     ca,
                 };
                 let fp = info.fingerprint();
-                info.sigs = seeds
-                    .iter()
-                    .map(|s| SecretKey::from_seed("k-1", s).sign(&fp))
-                    .collect();
+                info.sigs = seeds.iter().map(|s| SecretKey::from_seed("k-1", s).sign(&fp)).collect();
                 info
             },
         )

@@ -44,8 +44,7 @@ async fn serve(eff: crate::config::Effective) -> Result<()> {
     });
 
     let up = &eff.config.upstream;
-    let client = http_client(up.connect_timeout, Duration::from_secs(60))
-        .context("building the HTTP client")?;
+    let client = http_client(up.connect_timeout, Duration::from_secs(60)).context("building the HTTP client")?;
     let upstreams = eff
         .upstreams
         .iter()
@@ -73,21 +72,14 @@ async fn serve(eff: crate::config::Effective) -> Result<()> {
     let listen = eff.config.gateway.listen;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
-        .with_context(|| {
-            format!("binding the gateway to {listen} (is another nixswarm running?)")
-        })?;
-    let addr = listener
-        .local_addr()
-        .context("reading the gateway address")?;
+        .with_context(|| format!("binding the gateway to {listen} (is another nixswarm running?)"))?;
+    let addr = listener.local_addr().context("reading the gateway address")?;
     tracing::info!(data_dir = %eff.data_dir.display(), upstreams = ?eff.config.upstream.urls, "started");
     // One line on stdout, for scripts and tests that start us on port 0.
     println!("nixswarm gateway listening on http://{addr}");
 
     tokio::spawn(shutdown_signal(cancel.clone()));
-    gateway
-        .serve(listener)
-        .await
-        .context("serving the gateway")?;
+    gateway.serve(listener).await.context("serving the gateway")?;
     tracing::info!("stopped");
     Ok(())
 }

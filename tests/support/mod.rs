@@ -83,8 +83,7 @@ impl StaticServer {
             rt.block_on(async move {
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
                 addr_tx.send(listener.local_addr().unwrap()).unwrap();
-                let app =
-                    axum::Router::new().fallback_service(tower_http::services::ServeDir::new(dir));
+                let app = axum::Router::new().fallback_service(tower_http::services::ServeDir::new(dir));
                 axum::serve(listener, app)
                     .with_graceful_shutdown(async {
                         let _ = stopped.await;
@@ -128,18 +127,12 @@ impl Gateway {
     /// Starts the gateway with these upstreams, trusting `key`.
     pub fn start(data_dir: &Path, upstreams: &[&str], key: &str) -> Result<Self> {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_nixswarm"));
-        cmd.args([
-            "run",
-            "--gateway-listen",
-            "127.0.0.1:0",
-            "--trusted-key",
-            key,
-        ])
-        .arg("--data-dir")
-        .arg(data_dir)
-        .env("RUST_LOG", "info,nixswarm_gateway=debug")
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(data_dir.with_extension("log")).context("gateway log")?);
+        cmd.args(["run", "--gateway-listen", "127.0.0.1:0", "--trusted-key", key])
+            .arg("--data-dir")
+            .arg(data_dir)
+            .env("RUST_LOG", "info,nixswarm_gateway=debug")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(data_dir.with_extension("log")).context("gateway log")?);
         if upstreams.is_empty() {
             cmd.arg("--no-upstream");
         }
@@ -222,13 +215,7 @@ impl ClientStore {
     }
 
     /// `nix-store -r PATHS` substituting only from `substituter`.
-    pub fn realise(
-        &self,
-        substituter: &str,
-        key: &str,
-        paths: &[String],
-        keep_going: bool,
-    ) -> Output {
+    pub fn realise(&self, substituter: &str, key: &str, paths: &[String], keep_going: bool) -> Output {
         let mut c = self.nix("nix-store");
         c.args(["--store", &self.store()]);
         Self::common(&mut c, substituter, key);
@@ -281,8 +268,7 @@ impl ClientStore {
             return Ok(());
         }
         let mut c = self.nix("nix-store");
-        c.args(["--store", &self.store(), "--verify-path"])
-            .args(paths);
+        c.args(["--store", &self.store(), "--verify-path"]).args(paths);
         let out = c.output()?;
         if !out.status.success() {
             bail!(
@@ -309,10 +295,7 @@ pub fn realise_with_retries(
         if out.status.success() {
             return Ok(attempt);
         }
-        eprintln!(
-            "attempt {attempt}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        eprintln!("attempt {attempt}: {}", String::from_utf8_lossy(&out.stderr));
     }
     bail!("paths still not valid after {attempts} attempts")
 }

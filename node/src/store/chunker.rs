@@ -21,11 +21,7 @@ pub struct Chunker {
 
 impl Chunker {
     /// Adds bytes; calls `emit` for every chunk now complete.
-    pub fn push<E>(
-        &mut self,
-        data: &[u8],
-        emit: impl FnMut(&[u8]) -> Result<(), E>,
-    ) -> Result<(), E> {
+    pub fn push<E>(&mut self, data: &[u8], emit: impl FnMut(&[u8]) -> Result<(), E>) -> Result<(), E> {
         self.buf.extend_from_slice(data);
         if self.buf.len() >= 2 * MAX as usize {
             self.drain(false, emit)?;
@@ -38,11 +34,7 @@ impl Chunker {
         self.drain(true, emit)
     }
 
-    fn drain<E>(
-        &mut self,
-        at_end: bool,
-        mut emit: impl FnMut(&[u8]) -> Result<(), E>,
-    ) -> Result<(), E> {
+    fn drain<E>(&mut self, at_end: bool, mut emit: impl FnMut(&[u8]) -> Result<(), E>) -> Result<(), E> {
         let len = self.buf.len();
         let mut consumed = 0;
         for c in FastCDC::new(&self.buf, MIN, AVG, MAX) {

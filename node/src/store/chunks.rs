@@ -59,8 +59,7 @@ impl ChunkDir {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         let tmp = self.tmp.join(format!("{}-{n}", std::process::id()));
         let mut f = fs::File::create(&tmp).map_err(io(format!("creating {}", tmp.display())))?;
-        f.write_all(data)
-            .map_err(io(format!("writing {}", tmp.display())))?;
+        f.write_all(data).map_err(io(format!("writing {}", tmp.display())))?;
         drop(f);
         let parent = dest.parent().unwrap_or(&self.root);
         fs::create_dir_all(parent).map_err(io(format!("creating {}", parent.display())))?;
@@ -92,9 +91,7 @@ impl ChunkDir {
     /// Every chunk file present (for the orphan sweep).
     pub fn list(&self) -> Result<Vec<ChunkId>> {
         let mut out = Vec::new();
-        for sub in
-            fs::read_dir(&self.root).map_err(io(format!("listing {}", self.root.display())))?
-        {
+        for sub in fs::read_dir(&self.root).map_err(io(format!("listing {}", self.root.display())))? {
             let sub = sub.map_err(io("listing chunks"))?.path();
             let Ok(entries) = fs::read_dir(&sub) else {
                 continue;
@@ -110,8 +107,7 @@ impl ChunkDir {
 
     /// Flushes everything written so far to disk (one `syncfs`).
     pub fn sync(&self) -> Result<()> {
-        let dir =
-            fs::File::open(&self.root).map_err(io(format!("opening {}", self.root.display())))?;
+        let dir = fs::File::open(&self.root).map_err(io(format!("opening {}", self.root.display())))?;
         syncfs(&dir).map_err(io("syncing the chunk store's filesystem"))
     }
 }

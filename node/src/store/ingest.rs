@@ -90,21 +90,16 @@ impl Ingest {
             narinfo: self.narinfo.to_text(),
             manifest,
         };
-        self.store
-            .inner
-            .meta
-            .insert(self.narinfo.store_path.hash().as_str(), &record, now())?;
+        let hash = self.narinfo.store_path.hash();
+        if self.store.inner.meta.insert(hash.as_str(), &record, now())? {
+            self.store.notify(super::StoreEvent::Added(hash));
+        }
         tracing::debug!(path = %self.narinfo.store_path, "stored");
         Ok(())
     }
 }
 
-fn store_chunk(
-    store: &ChunkStore,
-    chunks: &mut Vec<ChunkRef>,
-    pending: &mut Vec<ChunkId>,
-    data: &[u8],
-) -> Result<()> {
+fn store_chunk(store: &ChunkStore, chunks: &mut Vec<ChunkRef>, pending: &mut Vec<ChunkId>, data: &[u8]) -> Result<()> {
     let id = ChunkId(*blake3::hash(data).as_bytes());
     chunks.push(ChunkRef {
         id,
@@ -127,9 +122,7 @@ impl Drop for Ingest {
         // another path uses them: remove those now.
         let state = self.store.state();
         for id in &self.pending {
-            if !state.pending.contains_key(id)
-                && self.store.inner.meta.chunk_refs(id).unwrap_or(1) == 0
-            {
+            if !state.pending.contains_key(id) && self.store.inner.meta.chunk_refs(id).unwrap_or(1) == 0 {
                 let _ = self.store.inner.chunks.delete(id);
             }
         }

@@ -22,9 +22,7 @@ pub struct MemMeta(Mutex<State>);
 
 impl MemMeta {
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -80,11 +78,7 @@ impl MetaDb for MemMeta {
 
     fn touch(&self, hash: &str, now: u64) -> Result<()> {
         let mut s = self.state();
-        let Some(old) = s
-            .paths
-            .get_mut(hash)
-            .map(|e| std::mem::replace(&mut e.1, now))
-        else {
+        let Some(old) = s.paths.get_mut(hash).map(|e| std::mem::replace(&mut e.1, now)) else {
             return Ok(());
         };
         s.lru.remove(&(old, hash.to_owned()));
@@ -93,17 +87,15 @@ impl MetaDb for MemMeta {
     }
 
     fn lru(&self, limit: usize) -> Result<Vec<String>> {
-        Ok(self
-            .state()
-            .lru
-            .iter()
-            .take(limit)
-            .map(|(_, h)| h.clone())
-            .collect())
+        Ok(self.state().lru.iter().take(limit).map(|(_, h)| h.clone()).collect())
     }
 
     fn chunk_refs(&self, id: &ChunkId) -> Result<u32> {
         Ok(self.state().chunks.get(id).map_or(0, |e| e.0))
+    }
+
+    fn chunk_size(&self, id: &ChunkId) -> Result<Option<u32>> {
+        Ok(self.state().chunks.get(id).map(|e| e.1))
     }
 
     fn total_bytes(&self) -> Result<u64> {

@@ -41,6 +41,8 @@ pub trait MetaDb: Send + Sync + std::fmt::Debug + 'static {
     fn lru(&self, limit: usize) -> Result<Vec<String>>;
     /// How many stored paths reference a chunk.
     fn chunk_refs(&self, id: &ChunkId) -> Result<u32>;
+    /// The size of a chunk some stored path references.
+    fn chunk_size(&self, id: &ChunkId) -> Result<Option<u32>>;
     /// Total bytes of all referenced chunks (each counted once).
     fn total_bytes(&self) -> Result<u64>;
     /// Number of stored paths.
@@ -81,10 +83,7 @@ pub(crate) fn conformance(db: &dyn MetaDb) {
     assert_eq!(db.get("a").unwrap(), None);
     assert!(!db.contains("a").unwrap());
     assert!(db.insert("a", &a, 100).unwrap());
-    assert!(
-        !db.insert("a", &a, 101).unwrap(),
-        "a second insert is a no-op"
-    );
+    assert!(!db.insert("a", &a, 101).unwrap(), "a second insert is a no-op");
     assert_eq!(db.get("a").unwrap(), Some(a.clone()));
     assert_eq!(db.narinfo("a").unwrap(), Some(a.narinfo.clone()));
     assert_eq!(db.narinfo("b").unwrap(), None);
@@ -98,11 +97,7 @@ pub(crate) fn conformance(db: &dyn MetaDb) {
 
     assert!(db.insert("b", &b, 200).unwrap());
     assert_eq!(db.chunk_refs(&ChunkId([2; 32])).unwrap(), 2);
-    assert_eq!(
-        db.total_bytes().unwrap(),
-        60,
-        "shared chunks are counted once"
-    );
+    assert_eq!(db.total_bytes().unwrap(), 60, "shared chunks are counted once");
     assert_eq!(db.path_count().unwrap(), 2);
     assert_eq!(db.lru(10).unwrap(), vec!["a".to_owned(), "b".to_owned()]);
 
@@ -110,11 +105,7 @@ pub(crate) fn conformance(db: &dyn MetaDb) {
     assert_eq!(db.lru(10).unwrap(), vec!["b".to_owned(), "a".to_owned()]);
     assert_eq!(db.lru(1).unwrap(), vec!["b".to_owned()]);
     db.touch("missing", 400).unwrap();
-    assert_eq!(
-        db.path_count().unwrap(),
-        2,
-        "touching a missing path stores nothing"
-    );
+    assert_eq!(db.path_count().unwrap(), 2, "touching a missing path stores nothing");
 
     let mut freed = db.remove("b").unwrap();
     freed.sort();

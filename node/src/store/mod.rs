@@ -39,10 +39,7 @@ use chunks::ChunkDir;
 #[derive(Debug, Error)]
 pub enum StoreError {
     #[error("{context}: {source}")]
-    Io {
-        context: String,
-        source: std::io::Error,
-    },
+    Io { context: String, source: std::io::Error },
     #[error("metadata database: {0}")]
     Database(String),
     #[error("the store database {0} is in use by another nixswarm process")]
@@ -54,11 +51,7 @@ pub enum StoreError {
     #[error("NAR of {path} is larger than its NarSize {expected}")]
     TooLong { path: String, expected: u64 },
     #[error("NAR of {path} has {actual} bytes, NarSize says {expected}")]
-    WrongSize {
-        path: String,
-        actual: u64,
-        expected: u64,
-    },
+    WrongSize { path: String, actual: u64, expected: u64 },
     #[error("NAR of {path} has hash {actual}, NarHash says {expected}")]
     WrongHash {
         path: String,
@@ -99,8 +92,16 @@ struct State {
     reserved: u64,
 }
 
+/// A change to the set of stored paths.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreEvent {
+    Added(StorePathHash),
+    Removed(StorePathHash),
+}
+
 #[derive(Debug)]
 struct Inner {
+    events: tokio::sync::broadcast::Sender<StoreEvent>,
     meta: Box<dyn MetaDb>,
     chunks: ChunkDir,
     quota: u64,
@@ -135,6 +136,7 @@ impl ChunkStore {
         let chunks = ChunkDir::open(dir)?;
         let store = Self {
             inner: Arc::new(Inner {
+                events: tokio::sync::broadcast::channel(4096).0,
                 meta,
                 chunks,
                 quota: options.quota,
@@ -161,6 +163,34 @@ impl ChunkStore {
             .map_err(|e| StoreError::BadNarInfo(hash.to_string(), e.to_string()))
     }
 
+    /// Changes to the stored paths from now on. A receiver that falls more
+    /// than 4,096 events behind is told it lagged.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<StoreEvent> {
+        self.inner.events.subscribe()
+    }
+
+    pub(crate) fn notify(&self, ev: StoreEvent) {
+        let _ = self.inner.events.send(ev);
+    }
+
+    /// The narinfo text and manifest of a stored path (for serving peers).
+    pub fn record(&self, hash: &StorePathHash) -> Result<Option<PathRecord>> {
+        self.inner.meta.get(hash.as_str())
+    }
+
+    /// True if a stored path references this chunk.
+    pub fn has_chunk(&self, id: &ChunkId) -> Result<bool> {
+        Ok(self.inner.meta.chunk_size(id)?.is_some())
+    }
+
+    /// Reads one chunk that a stored path references, verified.
+    pub fn read_chunk(&self, id: &ChunkId) -> Result<Option<bytes::Bytes>> {
+        let Some(size) = self.inner.meta.chunk_size(id)? else {
+            return Ok(None);
+        };
+        self.inner.chunks.read(id, size).map(Some)
+    }
+
     /// True if the path is stored.
     pub fn contains(&self, hash: &StorePathHash) -> Result<bool> {
         self.inner.meta.contains(hash.as_str())
@@ -174,8 +204,8 @@ impl ChunkStore {
             return Ok(None);
         };
         self.inner.meta.touch(hash.as_str(), now())?;
-        let narinfo = NarInfo::parse(&rec.narinfo)
-            .map_err(|e| StoreError::BadNarInfo(hash.to_string(), e.to_string()))?;
+        let narinfo =
+            NarInfo::parse(&rec.narinfo).map_err(|e| StoreError::BadNarInfo(hash.to_string(), e.to_string()))?;
         Ok(Some(NarHandle {
             narinfo,
             manifest: Arc::new(rec.manifest),
@@ -200,13 +230,7 @@ impl ChunkStore {
 
     /// Every stored path hash.
     pub fn list(&self) -> Result<Vec<StorePathHash>> {
-        Ok(self
-            .inner
-            .meta
-            .list()?
-            .iter()
-            .filter_map(|h| h.parse().ok())
-            .collect())
+        Ok(self.inner.meta.list()?.iter().filter_map(|h| h.parse().ok()).collect())
     }
 
     /// Counts and sizes.
@@ -233,6 +257,11 @@ impl ChunkStore {
     }
 
     fn remove_locked(&self, state: &State, hash: &str) -> Result<()> {
+        if self.inner.meta.contains(hash)?
+            && let Ok(h) = hash.parse()
+        {
+            self.notify(StoreEvent::Removed(h));
+        }
         for id in self.inner.meta.remove(hash)? {
             if !state.pending.contains_key(&id) {
                 self.inner.chunks.delete(&id)?;
@@ -261,10 +290,7 @@ impl ChunkStore {
                 .meta
                 .lru(state.in_use.len() + 1)?
                 .into_iter()
-                .find(|h| {
-                    h.parse()
-                        .is_ok_and(|h: StorePathHash| !state.in_use.contains_key(&h))
-                })
+                .find(|h| h.parse().is_ok_and(|h: StorePathHash| !state.in_use.contains_key(&h)))
                 .ok_or_else(full)?;
             tracing::debug!(path = %victim, "evicting least recently used path");
             self.remove_locked(&state, &victim)?;

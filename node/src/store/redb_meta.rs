@@ -58,8 +58,7 @@ impl RedbMeta {
 
 fn add(t: &mut redb::Table<&str, u64>, name: &str, delta: i64) -> Result<()> {
     let cur = t.get(name).map_err(db_err)?.map_or(0, |v| v.value());
-    t.insert(name, cur.saturating_add_signed(delta))
-        .map_err(db_err)?;
+    t.insert(name, cur.saturating_add_signed(delta)).map_err(db_err)?;
     Ok(())
 }
 
@@ -71,11 +70,12 @@ impl MetaDb for RedbMeta {
             return Ok(None);
         };
         let manifests = tx.open_table(MANIFEST).map_err(db_err)?;
-        let bytes = manifests.get(hash).map_err(db_err)?.ok_or_else(|| {
-            StoreError::Database(format!("path {hash} has a narinfo but no manifest"))
-        })?;
-        let manifest = ChunkManifest::decode(bytes.value())
-            .map_err(|e| StoreError::Database(format!("{hash}: {e}")))?;
+        let bytes = manifests
+            .get(hash)
+            .map_err(db_err)?
+            .ok_or_else(|| StoreError::Database(format!("path {hash} has a narinfo but no manifest")))?;
+        let manifest =
+            ChunkManifest::decode(bytes.value()).map_err(|e| StoreError::Database(format!("{hash}: {e}")))?;
         Ok(Some(PathRecord {
             narinfo: text.value().to_owned(),
             manifest,
@@ -105,9 +105,7 @@ impl MetaDb for RedbMeta {
             if narinfo.get(hash).map_err(db_err)?.is_some() {
                 return Ok(false);
             }
-            narinfo
-                .insert(hash, record.narinfo.as_str())
-                .map_err(db_err)?;
+            narinfo.insert(hash, record.narinfo.as_str()).map_err(db_err)?;
             let mut manifests = tx.open_table(MANIFEST).map_err(db_err)?;
             manifests
                 .insert(hash, record.manifest.encode().as_slice())
@@ -158,10 +156,7 @@ impl MetaDb for RedbMeta {
                 .map_err(db_err)?
                 .map(|v| v.value());
             if let Some(at) = access {
-                tx.open_table(LRU)
-                    .map_err(db_err)?
-                    .remove((at, hash))
-                    .map_err(db_err)?;
+                tx.open_table(LRU).map_err(db_err)?.remove((at, hash)).map_err(db_err)?;
             }
             let mut chunks = tx.open_table(CHUNKS).map_err(db_err)?;
             let mut dropped = 0u64;
@@ -222,6 +217,12 @@ impl MetaDb for RedbMeta {
         Ok(chunks.get(id.0).map_err(db_err)?.map_or(0, |v| v.value().0))
     }
 
+    fn chunk_size(&self, id: &ChunkId) -> Result<Option<u32>> {
+        let tx = self.db.begin_read().map_err(db_err)?;
+        let chunks = tx.open_table(CHUNKS).map_err(db_err)?;
+        Ok(chunks.get(id.0).map_err(db_err)?.map(|v| v.value().1))
+    }
+
     fn total_bytes(&self) -> Result<u64> {
         self.counter(TOTAL_BYTES)
     }
@@ -257,8 +258,7 @@ mod tests {
         let path = dir.path().join("meta.redb");
         let rec = PathRecord {
             narinfo: "x\n".into(),
-            manifest: ChunkManifest::new(nixswarm_protocol::Sha256Hash([1; 32]), 0, vec![])
-                .unwrap(),
+            manifest: ChunkManifest::new(nixswarm_protocol::Sha256Hash([1; 32]), 0, vec![]).unwrap(),
         };
         RedbMeta::open(&path).unwrap().insert("h", &rec, 5).unwrap();
         let db = RedbMeta::open(&path).unwrap();

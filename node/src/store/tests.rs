@@ -43,9 +43,7 @@ fn put(store: &ChunkStore, bytes: &[u8], n: u8) -> Result<()> {
 }
 
 fn read_all(store: &ChunkStore, n: u8, start: u64, end: u64) -> Result<Vec<u8>> {
-    let handle = store
-        .open_nar(&StorePathHash::from_bytes(&[n; 20]))?
-        .expect("stored");
+    let handle = store.open_nar(&StorePathHash::from_bytes(&[n; 20]))?.expect("stored");
     let mut out = Vec::new();
     for piece in handle.reader(start, end) {
         out.extend_from_slice(&piece?);
@@ -67,10 +65,7 @@ fn stores_and_reads_back_with_ranges() {
     let store = open(dir.path(), 1 << 30);
     let bytes = data(3_000_000, 1);
     put(&store, &bytes, 1).unwrap();
-    assert_eq!(
-        store.narinfo(&hash(1)).unwrap().unwrap(),
-        info_for(&bytes, 1)
-    );
+    assert_eq!(store.narinfo(&hash(1)).unwrap().unwrap(), info_for(&bytes, 1));
     assert_eq!(read_all(&store, 1, 0, u64::MAX).unwrap(), bytes);
     for (s, e) in [
         (0, 1),
@@ -155,10 +150,7 @@ fn corrupt_chunk_on_disk_is_detected() {
     on_disk[10] ^= 1;
     std::fs::write(&path, on_disk).unwrap();
     let err = read_all(&store, 1, 0, u64::MAX).unwrap_err();
-    assert!(
-        matches!(err, StoreError::ChunkCorrupt(id) if id == victim),
-        "{err}"
-    );
+    assert!(matches!(err, StoreError::ChunkCorrupt(id) if id == victim), "{err}");
     std::fs::remove_file(&path).unwrap();
     assert!(matches!(
         read_all(&store, 1, 0, u64::MAX),
@@ -192,9 +184,7 @@ fn evicts_least_recently_used_and_never_what_is_in_use() {
         "released, and now least recently used"
     );
     assert!(
-        store.contains(&hash(2)).unwrap()
-            && store.contains(&hash(3)).unwrap()
-            && store.contains(&hash(4)).unwrap()
+        store.contains(&hash(2)).unwrap() && store.contains(&hash(3)).unwrap() && store.contains(&hash(4)).unwrap()
     );
     assert!(store.stats().unwrap().bytes <= 3_500_000);
     assert_eq!(read_all(&store, 4, 0, u64::MAX).unwrap(), nars[4]);
@@ -225,9 +215,7 @@ fn a_crash_before_commit_leaves_nothing_visible_and_orphans_are_swept() {
         // What a crash mid-ingest leaves: chunk files, no metadata.
         let chunks = ChunkDir::open(dir.path()).unwrap();
         for piece in bytes.chunks(64 * 1024) {
-            chunks
-                .write(&ChunkId(*blake3::hash(piece).as_bytes()), piece)
-                .unwrap();
+            chunks.write(&ChunkId(*blake3::hash(piece).as_bytes()), piece).unwrap();
         }
     }
     assert!(chunk_files(dir.path()) > 5);

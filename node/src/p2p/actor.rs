@@ -1,0 +1,282 @@
+//! The one task that owns the libp2p `Swarm`. Everything else talks to it
+//! through [`NodeHandle`] over a bounded command channel; each command that
+//! needs an answer carries a oneshot. Pending queries and requests wait in
+//! maps keyed by their ids.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use futures::StreamExt as _;
+use libp2p::kad::{self, GetProvidersOk, QueryId, QueryResult, RecordKey};
+use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
+use libp2p::swarm::SwarmEvent;
+use libp2p::{Multiaddr, PeerId, Swarm, identify, mdns};
+use nixswarm_protocol::wire::{Request, Response};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use super::behaviour::{Behaviour, BehaviourEvent};
+use super::{NodeStats, NodeStatus};
+
+/// A request from another node, for the server task.
+#[derive(Debug)]
+pub struct Inbound {
+    pub peer: PeerId,
+    pub request: Request,
+    pub channel: ResponseChannel<Response>,
+}
+
+/// What callers can ask of the swarm task.
+#[derive(Debug)]
+pub enum Command {
+    /// Announce a key; `done` fires when the provide query ends.
+    Provide { key: RecordKey, done: oneshot::Sender<()> },
+    /// Stop announcing a key.
+    Withdraw { key: RecordKey },
+    /// Stream the providers of a key as they are found; closed when the lookup ends.
+    FindProviders {
+        key: RecordKey,
+        found: mpsc::Sender<PeerId>,
+    },
+    /// Send a transfer request.
+    Request {
+        peer: PeerId,
+        request: Request,
+        reply: oneshot::Sender<Result<Response, String>>,
+    },
+    /// Answer an inbound request.
+    Respond {
+        channel: ResponseChannel<Response>,
+        response: Response,
+    },
+    /// Dial an address (bootstrap).
+    Dial { addr: Multiaddr },
+    /// Connected peers.
+    Peers { reply: oneshot::Sender<Vec<PeerId>> },
+    /// Status for `nixswarm status`.
+    Status { reply: oneshot::Sender<NodeStatus> },
+}
+
+pub(super) struct Actor {
+    pub swarm: Swarm<Behaviour>,
+    pub commands: mpsc::Receiver<Command>,
+    pub inbound: mpsc::Sender<Inbound>,
+    pub stats: Arc<NodeStats>,
+    pub cancel: CancellationToken,
+    pub bootstrap: Vec<Multiaddr>,
+    provides: HashMap<QueryId, oneshot::Sender<()>>,
+    finds: HashMap<QueryId, (mpsc::Sender<PeerId>, HashSet<PeerId>)>,
+    requests: HashMap<OutboundRequestId, oneshot::Sender<Result<Response, String>>>,
+    addresses: HashMap<PeerId, Vec<Multiaddr>>,
+}
+
+impl Actor {
+    pub(super) fn new(
+        swarm: Swarm<Behaviour>,
+        commands: mpsc::Receiver<Command>,
+        inbound: mpsc::Sender<Inbound>,
+        stats: Arc<NodeStats>,
+        cancel: CancellationToken,
+        bootstrap: Vec<Multiaddr>,
+    ) -> Self {
+        Self {
+            swarm,
+            commands,
+            inbound,
+            stats,
+            cancel,
+            bootstrap,
+            provides: HashMap::new(),
+            finds: HashMap::new(),
+            requests: HashMap::new(),
+            addresses: HashMap::new(),
+        }
+    }
+
+    pub(super) async fn run(mut self) {
+        for addr in std::mem::take(&mut self.bootstrap) {
+            if let Err(e) = self.swarm.dial(addr.clone()) {
+                tracing::warn!(%addr, error = %e, "cannot dial bootstrap peer");
+            }
+        }
+        let mut bootstrap_tick = tokio::time::interval(std::time::Duration::from_secs(300));
+        loop {
+            tokio::select! {
+                () = self.cancel.cancelled() => break,
+                ev = self.swarm.select_next_some() => self.on_swarm_event(ev),
+                cmd = self.commands.recv() => match cmd {
+                    Some(cmd) => self.on_command(cmd),
+                    None => break,
+                },
+                _ = bootstrap_tick.tick() => {
+                    let _ = self.swarm.behaviour_mut().kad.bootstrap();
+                }
+            }
+        }
+        tracing::debug!("swarm task stopped");
+    }
+
+    fn on_command(&mut self, cmd: Command) {
+        let b = self.swarm.behaviour_mut();
+        match cmd {
+            Command::Provide { key, done } => match b.kad.start_providing(key) {
+                Ok(id) => {
+                    self.provides.insert(id, done);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot record a provided key");
+                    let _ = done.send(());
+                }
+            },
+            Command::Withdraw { key } => b.kad.stop_providing(&key),
+            Command::FindProviders { key, found } => {
+                let id = b.kad.get_providers(key);
+                self.finds.insert(id, (found, HashSet::new()));
+            }
+            Command::Request { peer, request, reply } => {
+                let addrs = self.addresses.get(&peer).cloned().unwrap_or_default();
+                let id = b.transfer.send_request_with_addresses(&peer, request, addrs);
+                self.requests.insert(id, reply);
+            }
+            Command::Respond { channel, response } => {
+                if let Response::Chunks { chunks } = &response {
+                    let n: usize = chunks.iter().map(|c| c.data.len()).sum();
+                    self.stats.bytes_served.fetch_add(n as u64, Ordering::Relaxed);
+                }
+                let _ = b.transfer.send_response(channel, response);
+            }
+            Command::Dial { addr } => {
+                if let Err(e) = self.swarm.dial(addr.clone()) {
+                    tracing::warn!(%addr, error = %e, "cannot dial");
+                }
+            }
+            Command::Peers { reply } => {
+                let _ = reply.send(self.swarm.connected_peers().copied().collect());
+            }
+            Command::Status { reply } => {
+                let status = NodeStatus {
+                    peer_id: self.swarm.local_peer_id().to_string(),
+                    listen_addrs: self.swarm.listeners().map(ToString::to_string).collect(),
+                    peers: self.swarm.connected_peers().count(),
+                    provided_keys: self.swarm.behaviour_mut().kad.store_mut().provided_count(),
+                    provider_records: self.swarm.behaviour_mut().kad.store_mut().provider_records(),
+                    bytes_served: self.stats.bytes_served.load(Ordering::Relaxed),
+                    bytes_fetched: self.stats.bytes_fetched.load(Ordering::Relaxed),
+                };
+                let _ = reply.send(status);
+            }
+        }
+    }
+
+    fn learn(&mut self, peer: PeerId, addrs: impl IntoIterator<Item = Multiaddr>) {
+        let known = self.addresses.entry(peer).or_default();
+        for a in addrs {
+            if !known.contains(&a) {
+                known.push(a.clone());
+                self.swarm.behaviour_mut().kad.add_address(&peer, a);
+            }
+        }
+        known.truncate(16);
+    }
+
+    fn on_swarm_event(&mut self, ev: SwarmEvent<BehaviourEvent>) {
+        match ev {
+            SwarmEvent::NewListenAddr { address, .. } => tracing::info!(%address, "p2p listening"),
+            SwarmEvent::ConnectionEstablished { peer_id, endpoint, .. } => {
+                tracing::debug!(peer = %peer_id, addr = %endpoint.get_remote_address(), "connected");
+                if endpoint.is_dialer() {
+                    self.learn(peer_id, [endpoint.get_remote_address().clone()]);
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) => {
+                // Without this, inbound peers never enter the routing table.
+                if info.protocols.iter().any(|p| *p == super::behaviour::KAD_PROTOCOL) {
+                    self.learn(peer_id, info.listen_addrs);
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(list))) => {
+                for (peer, addr) in list {
+                    self.learn(peer, [addr]);
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
+                id,
+                result,
+                step,
+                ..
+            })) => {
+                self.on_query(id, result, step.last);
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Transfer(ev)) => self.on_transfer(ev),
+            _ => {}
+        }
+    }
+
+    fn on_query(&mut self, id: QueryId, result: QueryResult, last: bool) {
+        match result {
+            QueryResult::StartProviding(_) => {
+                if let Some(done) = self.provides.remove(&id) {
+                    let _ = done.send(());
+                }
+            }
+            QueryResult::GetProviders(r) => {
+                if let Some((tx, seen)) = self.finds.get_mut(&id) {
+                    if let Ok(GetProvidersOk::FoundProviders { providers, .. }) = r {
+                        let local = *self.swarm.local_peer_id();
+                        for p in providers {
+                            if p != local && seen.insert(p) && tx.try_send(p).is_err() {
+                                break;
+                            }
+                        }
+                    }
+                    if last || tx.is_closed() {
+                        self.finds.remove(&id);
+                        if let Some(mut q) = self.swarm.behaviour_mut().kad.query_mut(&id) {
+                            q.finish();
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_transfer(&mut self, ev: request_response::Event<Request, Response>) {
+        match ev {
+            request_response::Event::Message { peer, message, .. } => match message {
+                request_response::Message::Request { request, channel, .. } => {
+                    if let Err(mpsc::error::TrySendError::Full(inb) | mpsc::error::TrySendError::Closed(inb)) =
+                        self.inbound.try_send(Inbound { peer, request, channel })
+                    {
+                        let _ = self
+                            .swarm
+                            .behaviour_mut()
+                            .transfer
+                            .send_response(inb.channel, Response::Busy);
+                    }
+                }
+                request_response::Message::Response { request_id, response } => {
+                    if let Some(reply) = self.requests.remove(&request_id) {
+                        let _ = reply.send(Ok(response));
+                    }
+                }
+            },
+            request_response::Event::OutboundFailure {
+                request_id,
+                error,
+                peer,
+                ..
+            } => {
+                tracing::debug!(%peer, %error, "transfer request failed");
+                if let Some(reply) = self.requests.remove(&request_id) {
+                    let _ = reply.send(Err(error.to_string()));
+                }
+            }
+            request_response::Event::InboundFailure { peer, error, .. } => {
+                tracing::debug!(%peer, %error, "answering a transfer request failed");
+            }
+            request_response::Event::ResponseSent { .. } => {}
+        }
+    }
+}

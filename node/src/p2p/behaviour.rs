@@ -1,0 +1,102 @@
+//! The libp2p behaviour and swarm construction: TCP and QUIC, noise, yamux,
+//! identify, ping, a private Kademlia DHT, optional mDNS, and the transfer
+//! protocol (request-response).
+
+use std::time::Duration;
+
+use libp2p::swarm::NetworkBehaviour;
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::{StreamProtocol, Swarm, identify, identity, kad, mdns, noise, ping, request_response, tcp, yamux};
+
+use super::codec::{PROTOCOL, TransferCodec};
+use super::records::PersistentStore;
+
+/// Our private DHT's protocol name: nixswarm nodes never join the IPFS DHT.
+pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/nixswarm/kad/1.0.0");
+/// identify's protocol version string.
+pub const IDENTIFY_VERSION: &str = "/nixswarm/1.0.0";
+
+/// Every protocol a node speaks.
+#[allow(missing_debug_implementations)]
+#[derive(NetworkBehaviour)]
+pub struct Behaviour {
+    pub kad: kad::Behaviour<PersistentStore>,
+    pub identify: identify::Behaviour,
+    pub ping: ping::Behaviour,
+    pub mdns: Toggle<mdns::tokio::Behaviour>,
+    pub transfer: request_response::Behaviour<TransferCodec>,
+}
+
+/// Settings that shape the swarm.
+#[derive(Debug, Clone)]
+pub struct SwarmSettings {
+    pub mdns: bool,
+    /// Kademlia server mode (answers DHT queries, stores records).
+    pub server: bool,
+    /// Time allowed for one transfer request.
+    pub request_timeout: Duration,
+    /// Concurrent transfer streams per connection.
+    pub max_streams: usize,
+    /// How long announcements live on other nodes.
+    pub provider_ttl: Duration,
+}
+
+/// Builds the swarm.
+pub fn build(
+    key: identity::Keypair,
+    store: PersistentStore,
+    s: &SwarmSettings,
+) -> anyhow_like::Result<Swarm<Behaviour>> {
+    let local = key.public().to_peer_id();
+    let swarm = libp2p::SwarmBuilder::with_existing_identity(key)
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .map_err(|e| anyhow_like::Error(format!("TCP transport: {e}")))?
+        .with_quic()
+        .with_behaviour(|key| {
+            let mut kcfg = kad::Config::new(KAD_PROTOCOL);
+            kcfg.set_query_timeout(Duration::from_secs(30));
+            kcfg.set_provider_record_ttl(Some(s.provider_ttl));
+            // nixswarm re-announces its own keys in bounded batches (see
+            // announce.rs) instead of one DHT walk per key from kad's job.
+            kcfg.set_provider_publication_interval(None);
+            kcfg.set_record_filtering(kad::StoreInserts::Unfiltered);
+            let mut kad = kad::Behaviour::with_config(local, store, kcfg);
+            kad.set_mode(Some(if s.server { kad::Mode::Server } else { kad::Mode::Client }));
+            let mdns = if s.mdns {
+                Some(mdns::tokio::Behaviour::new(mdns::Config::default(), local)?)
+            } else {
+                None
+            };
+            let rr = request_response::Config::default()
+                .with_request_timeout(s.request_timeout)
+                .with_max_concurrent_streams(s.max_streams);
+            Ok(Behaviour {
+                kad,
+                identify: identify::Behaviour::new(
+                    identify::Config::new(IDENTIFY_VERSION.into(), key.public())
+                        .with_agent_version(concat!("nixswarm/", env!("CARGO_PKG_VERSION")).into()),
+                ),
+                ping: ping::Behaviour::default(),
+                mdns: Toggle::from(mdns),
+                transfer: request_response::Behaviour::new([(PROTOCOL, request_response::ProtocolSupport::Full)], rr),
+            })
+        })
+        .map_err(|e| anyhow_like::Error(format!("behaviour: {e}")))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
+        .build();
+    Ok(swarm)
+}
+
+/// A minimal error for swarm construction.
+pub mod anyhow_like {
+    /// Swarm construction failed.
+    #[derive(Debug, thiserror::Error)]
+    #[error("{0}")]
+    pub struct Error(pub String);
+    pub type Result<T> = std::result::Result<T, Error>;
+}

@@ -1,0 +1,317 @@
+//! The peer-to-peer node: one swarm task ([`actor`]), a server answering
+//! transfer requests from the chunk store ([`serve`]), an announcer keeping
+//! the DHT in step with the store ([`announce`]) and a fetcher that stripes
+//! chunk downloads across providers ([`fetch`]).
+
+mod actor;
+mod announce;
+pub mod behaviour;
+mod codec;
+mod fetch;
+mod ratelimit;
+pub mod records;
+mod serve;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use libp2p::kad::RecordKey;
+use libp2p::{Multiaddr, PeerId, identity};
+use nixswarm_protocol::StorePathHash;
+use nixswarm_protocol::wire::{Request, Response, path_key};
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+pub use actor::Command;
+pub use fetch::{FetchSettings, Fetcher, PeerPath};
+pub use ratelimit::RateLimiter;
+
+use crate::store::ChunkStore;
+
+/// Errors starting or talking to the node.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("node key {path}: {message}")]
+    Key { path: String, message: String },
+    #[error("record store: {0}")]
+    Records(String),
+    #[error("swarm: {0}")]
+    Swarm(String),
+    #[error("cannot listen on {addr}: {message}")]
+    Listen { addr: Multiaddr, message: String },
+    #[error("the node has stopped")]
+    Stopped,
+    #[error("peer {peer}: {message}")]
+    Peer { peer: PeerId, message: String },
+}
+
+/// Node settings.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub listen: Vec<Multiaddr>,
+    pub bootstrap: Vec<Multiaddr>,
+    pub mdns: bool,
+    /// Answer DHT queries and serve chunks (a contributing node).
+    pub server: bool,
+    pub request_timeout: Duration,
+    /// Upload limit in bytes/s (`None`: unlimited).
+    pub upload_limit: Option<u64>,
+    /// Most provide queries in flight.
+    pub max_provides_in_flight: usize,
+    /// How often own keys are announced again.
+    pub reprovide_interval: Duration,
+    /// How long announcements live on other nodes.
+    pub provider_ttl: Duration,
+    /// Test builds only: serve corrupted chunks (a lying peer).
+    #[cfg(feature = "test-corrupt")]
+    pub corrupt_chunks: bool,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self {
+            listen: vec![],
+            bootstrap: vec![],
+            mdns: false,
+            server: true,
+            request_timeout: Duration::from_secs(10),
+            upload_limit: None,
+            max_provides_in_flight: 256,
+            reprovide_interval: Duration::from_secs(12 * 3600),
+            provider_ttl: Duration::from_secs(48 * 3600),
+            #[cfg(feature = "test-corrupt")]
+            corrupt_chunks: false,
+        }
+    }
+}
+
+/// Counters shared with the swarm task.
+#[derive(Debug, Default)]
+pub struct NodeStats {
+    pub bytes_served: AtomicU64,
+    pub bytes_fetched: AtomicU64,
+}
+
+/// What `nixswarm status` shows about the node.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct NodeStatus {
+    pub peer_id: String,
+    pub listen_addrs: Vec<String>,
+    pub peers: usize,
+    pub provided_keys: usize,
+    pub provider_records: usize,
+    pub bytes_served: u64,
+    pub bytes_fetched: u64,
+}
+
+/// A cheap, cloneable handle to the running node.
+#[derive(Debug, Clone)]
+pub struct NodeHandle {
+    pub(crate) tx: mpsc::Sender<Command>,
+    peer_id: PeerId,
+    pub stats: Arc<NodeStats>,
+}
+
+/// The DHT key of a store path.
+pub fn dht_key(hash: &StorePathHash) -> RecordKey {
+    RecordKey::new(&path_key(hash))
+}
+
+impl NodeHandle {
+    pub fn peer_id(&self) -> PeerId {
+        self.peer_id
+    }
+
+    async fn send(&self, cmd: Command) -> Result<(), NodeError> {
+        self.tx.send(cmd).await.map_err(|_| NodeError::Stopped)
+    }
+
+    /// Announces a path; returns when the provide query ended.
+    pub async fn provide(&self, hash: &StorePathHash) -> Result<(), NodeError> {
+        let (done, wait) = oneshot::channel();
+        self.send(Command::Provide {
+            key: dht_key(hash),
+            done,
+        })
+        .await?;
+        wait.await.map_err(|_| NodeError::Stopped)
+    }
+
+    /// Stops announcing a path.
+    pub async fn withdraw(&self, hash: &StorePathHash) -> Result<(), NodeError> {
+        self.send(Command::Withdraw { key: dht_key(hash) }).await
+    }
+
+    /// Providers of a path as the DHT finds them.
+    pub async fn find_providers(&self, hash: &StorePathHash) -> Result<mpsc::Receiver<PeerId>, NodeError> {
+        let (found, rx) = mpsc::channel(64);
+        self.send(Command::FindProviders {
+            key: dht_key(hash),
+            found,
+        })
+        .await?;
+        Ok(rx)
+    }
+
+    /// Sends one transfer request and waits for its answer.
+    pub async fn request(&self, peer: PeerId, request: Request) -> Result<Response, NodeError> {
+        let (reply, wait) = oneshot::channel();
+        self.send(Command::Request { peer, request, reply }).await?;
+        wait.await
+            .map_err(|_| NodeError::Stopped)?
+            .map_err(|message| NodeError::Peer { peer, message })
+    }
+
+    /// Connected peers.
+    pub async fn peers(&self) -> Result<Vec<PeerId>, NodeError> {
+        let (reply, wait) = oneshot::channel();
+        self.send(Command::Peers { reply }).await?;
+        wait.await.map_err(|_| NodeError::Stopped)
+    }
+
+    /// Node status.
+    pub async fn status(&self) -> Result<NodeStatus, NodeError> {
+        let (reply, wait) = oneshot::channel();
+        self.send(Command::Status { reply }).await?;
+        wait.await.map_err(|_| NodeError::Stopped)
+    }
+
+    /// Dials an address.
+    pub async fn dial(&self, addr: Multiaddr) -> Result<(), NodeError> {
+        self.send(Command::Dial { addr }).await
+    }
+}
+
+/// Loads the node key from `path`, creating it (mode 0600) if missing.
+pub fn load_or_create_key(path: &Path) -> Result<identity::Keypair, NodeError> {
+    let err = |message: String| NodeError::Key {
+        path: path.display().to_string(),
+        message,
+    };
+    match std::fs::read(path) {
+        Ok(bytes) => identity::Keypair::from_protobuf_encoding(&bytes).map_err(|e| err(e.to_string())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key = identity::Keypair::generate_ed25519();
+            let bytes = key.to_protobuf_encoding().map_err(|e| err(e.to_string()))?;
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
+            }
+            let tmp = path.with_extension("tmp");
+            {
+                use std::io::Write as _;
+                use std::os::unix::fs::OpenOptionsExt as _;
+                let mut f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .mode(0o600)
+                    .open(&tmp)
+                    .map_err(|e| err(e.to_string()))?;
+                f.write_all(&bytes)
+                    .and_then(|()| f.sync_all())
+                    .map_err(|e| err(e.to_string()))?;
+            }
+            std::fs::rename(&tmp, path).map_err(|e| err(e.to_string()))?;
+            Ok(key)
+        }
+        Err(e) => Err(err(e.to_string())),
+    }
+}
+
+/// A running node.
+#[derive(Debug)]
+pub struct Node {
+    pub handle: NodeHandle,
+    pub listen_addrs: Vec<Multiaddr>,
+}
+
+impl Node {
+    /// Starts the swarm, the server and the announcer. `data_dir` holds the
+    /// node key and the provider record database.
+    pub async fn start(
+        data_dir: &Path,
+        key: identity::Keypair,
+        store: ChunkStore,
+        config: NodeConfig,
+        cancel: CancellationToken,
+    ) -> Result<Self, NodeError> {
+        let peer_id = key.public().to_peer_id();
+        std::fs::create_dir_all(data_dir).map_err(|e| NodeError::Records(e.to_string()))?;
+        let records = records::PersistentStore::open(
+            &data_dir.join("records.redb"),
+            peer_id,
+            records::RecordLimits::default(),
+        )
+        .map_err(|e| NodeError::Records(e.to_string()))?;
+        let settings = behaviour::SwarmSettings {
+            mdns: config.mdns,
+            server: config.server,
+            request_timeout: config.request_timeout,
+            max_streams: 64,
+            provider_ttl: config.provider_ttl,
+        };
+        let mut swarm = behaviour::build(key, records, &settings).map_err(|e| NodeError::Swarm(e.to_string()))?;
+        for addr in &config.listen {
+            swarm.listen_on(addr.clone()).map_err(|e| NodeError::Listen {
+                addr: addr.clone(),
+                message: e.to_string(),
+            })?;
+        }
+        // Wait for the listeners so callers (and tests) know the real ports.
+        let mut listen_addrs = Vec::new();
+        while listen_addrs.len() < config.listen.len() {
+            match tokio::time::timeout(
+                Duration::from_secs(10),
+                futures::StreamExt::select_next_some(&mut swarm),
+            )
+            .await
+            {
+                Ok(libp2p::swarm::SwarmEvent::NewListenAddr { address, .. }) => listen_addrs.push(address),
+                Ok(libp2p::swarm::SwarmEvent::ListenerError { error, .. }) => {
+                    return Err(NodeError::Swarm(error.to_string()));
+                }
+                Ok(_) => {}
+                Err(_) => return Err(NodeError::Swarm("timed out waiting for listeners".into())),
+            }
+        }
+        for a in &listen_addrs {
+            swarm.add_external_address(a.clone());
+        }
+        let (tx, rx) = mpsc::channel(1024);
+        let (inbound_tx, inbound_rx) = mpsc::channel(256);
+        let stats = Arc::new(NodeStats::default());
+        let handle = NodeHandle {
+            tx,
+            peer_id,
+            stats: stats.clone(),
+        };
+        let actor = actor::Actor::new(swarm, rx, inbound_tx, stats, cancel.clone(), config.bootstrap.clone());
+        tokio::spawn(actor.run());
+        let limiter = Arc::new(RateLimiter::new(config.upload_limit));
+        #[cfg(feature = "test-corrupt")]
+        let corrupt = config.corrupt_chunks;
+        #[cfg(not(feature = "test-corrupt"))]
+        let corrupt = false;
+        tokio::spawn(serve::run(
+            handle.clone(),
+            store.clone(),
+            inbound_rx,
+            limiter,
+            corrupt,
+            cancel.clone(),
+        ));
+        if config.server {
+            tokio::spawn(announce::run(
+                handle.clone(),
+                store,
+                config.max_provides_in_flight,
+                config.reprovide_interval,
+                cancel,
+            ));
+        }
+        Ok(Self { handle, listen_addrs })
+    }
+}

@@ -1,0 +1,136 @@
+//! Answering transfer requests from other nodes out of the chunk store:
+//! bounded concurrency overall and per peer, the upload limit, and zstd on
+//! the wire where it helps.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use libp2p::PeerId;
+use nixswarm_protocol::wire::{MAX_BATCH, Request, Response, WireChunk};
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use super::actor::{Command, Inbound};
+use super::{NodeHandle, RateLimiter};
+use crate::store::ChunkStore;
+
+/// Requests answered at once, in total.
+const MAX_CONCURRENT: usize = 32;
+/// Requests answered at once for one peer.
+const MAX_PER_PEER: usize = 8;
+
+/// Builds the answer to one request (blocking: reads the store).
+/// `corrupt` exists only in test builds (feature `test-corrupt`): it makes
+/// this node lie, to test that fetchers catch it.
+pub fn answer(store: &ChunkStore, request: &Request, corrupt: bool) -> Response {
+    match request {
+        Request::PathInfo { hash } => match store.record(hash) {
+            Ok(Some(rec)) => Response::PathInfo {
+                narinfo: rec.narinfo,
+                manifest: rec.manifest,
+            },
+            Ok(None) => Response::NotFound,
+            Err(e) => {
+                tracing::warn!(%hash, error = %e, "cannot read a stored path for a peer");
+                Response::NotFound
+            }
+        },
+        Request::Chunks { ids } => {
+            let mut chunks = Vec::with_capacity(ids.len().min(MAX_BATCH));
+            for id in ids.iter().take(MAX_BATCH) {
+                match store.read_chunk(id) {
+                    Ok(Some(data)) => {
+                        let mut data = data.to_vec();
+                        if corrupt && !data.is_empty() {
+                            data[0] ^= 0xff;
+                        }
+                        chunks.push(compress(*id, data));
+                    }
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!(chunk = %id, error = %e, "cannot read a chunk for a peer"),
+                }
+            }
+            Response::Chunks { chunks }
+        }
+    }
+}
+
+fn compress(id: nixswarm_protocol::ChunkId, data: Vec<u8>) -> WireChunk {
+    match zstd::bulk::compress(&data, 1) {
+        Ok(c) if c.len() + 64 < data.len() => WireChunk {
+            id,
+            compressed: true,
+            data: c,
+        },
+        _ => WireChunk {
+            id,
+            compressed: false,
+            data,
+        },
+    }
+}
+
+fn wire_len(r: &Response) -> u64 {
+    match r {
+        Response::Chunks { chunks } => chunks.iter().map(|c| c.data.len() as u64).sum(),
+        _ => 0,
+    }
+}
+
+pub(super) async fn run(
+    handle: NodeHandle,
+    store: ChunkStore,
+    mut inbound: mpsc::Receiver<Inbound>,
+    limiter: Arc<RateLimiter>,
+    corrupt: bool,
+    cancel: CancellationToken,
+) {
+    let slots = Arc::new(Semaphore::new(MAX_CONCURRENT));
+    let per_peer: Arc<Mutex<HashMap<PeerId, usize>>> = Arc::default();
+    loop {
+        let inb = tokio::select! {
+            () = cancel.cancelled() => return,
+            i = inbound.recv() => match i { Some(i) => i, None => return },
+        };
+        let busy = {
+            let mut m = per_peer.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let n = m.entry(inb.peer).or_insert(0);
+            if *n >= MAX_PER_PEER {
+                true
+            } else {
+                *n += 1;
+                false
+            }
+        };
+        if busy {
+            let _ = handle
+                .tx
+                .send(Command::Respond {
+                    channel: inb.channel,
+                    response: Response::Busy,
+                })
+                .await;
+            continue;
+        }
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let (handle, store, limiter, per_peer) = (handle.clone(), store.clone(), limiter.clone(), per_peer.clone());
+        tokio::spawn(async move {
+            let Inbound { peer, request, channel } = inb;
+            let response = tokio::task::spawn_blocking(move || answer(&store, &request, corrupt))
+                .await
+                .unwrap_or(Response::Busy);
+            limiter.acquire(wire_len(&response)).await;
+            let _ = handle.tx.send(Command::Respond { channel, response }).await;
+            drop(permit);
+            let mut m = per_peer.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(n) = m.get_mut(&peer) {
+                *n -= 1;
+                if *n == 0 {
+                    m.remove(&peer);
+                }
+            }
+        });
+    }
+}

@@ -1,0 +1,296 @@
+//! Five real nodes on 127.0.0.1 in one process, bootstrapped off node 0:
+//! announce, find providers, fetch and verify; a provider stopped
+//! mid-transfer; a peer that serves corrupted chunks; withdrawal after
+//! eviction.
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use futures::StreamExt as _;
+use libp2p::Multiaddr;
+use nixswarm_node::p2p::{FetchSettings, Fetcher, PeerPath, load_or_create_key};
+use nixswarm_node::{ChunkStore, Node, NodeConfig, StoreOptions};
+use nixswarm_protocol::wire::{Request, Response};
+use nixswarm_protocol::{NarInfo, SecretKey, Sha256Hash, StorePath, StorePathHash};
+use sha2::Digest as _;
+use tokio_util::sync::CancellationToken;
+
+fn key() -> SecretKey {
+    SecretKey::from_seed("test-1", &[7; 32])
+}
+
+fn nar(n: u8, len: usize) -> Vec<u8> {
+    let mut x = u64::from(n).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn info(n: u8, bytes: &[u8]) -> NarInfo {
+    let mut i = NarInfo {
+        store_path: StorePath::new(StorePathHash::from_bytes(&[n; 20]), &format!("pkg-{n}")).unwrap(),
+        url: "nar/x.nar".into(),
+        compression: "none".into(),
+        file_hash: None,
+        file_size: None,
+        nar_hash: Sha256Hash::digest(bytes),
+        nar_size: bytes.len() as u64,
+        references: vec![],
+        deriver: None,
+        sigs: vec![],
+        ca: None,
+    };
+    i.sigs = vec![key().sign(&i.fingerprint())];
+    i
+}
+
+struct TestNode {
+    node: Node,
+    store: ChunkStore,
+    cancel: CancellationToken,
+    fetcher: Fetcher,
+    _dir: tempfile::TempDir,
+}
+
+impl TestNode {
+    async fn start(bootstrap: Option<Multiaddr>, tweak: impl FnOnce(&mut NodeConfig)) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ChunkStore::open(&dir.path().join("store"), StoreOptions { quota: 1 << 30 }).unwrap();
+        let mut config = NodeConfig {
+            listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+            bootstrap: bootstrap.into_iter().collect(),
+            mdns: false,
+            ..NodeConfig::default()
+        };
+        tweak(&mut config);
+        let cancel = CancellationToken::new();
+        let keypair = load_or_create_key(&dir.path().join("node.key")).unwrap();
+        let node = Node::start(dir.path(), keypair, store.clone(), config, cancel.clone())
+            .await
+            .unwrap();
+        let settings = FetchSettings {
+            lookup_timeout: Duration::from_secs(3),
+            ..FetchSettings::default()
+        };
+        let fetcher = Fetcher::new(node.handle.clone(), store.clone(), vec![key().public_key()], settings);
+        Self {
+            node,
+            store,
+            cancel,
+            fetcher,
+            _dir: dir,
+        }
+    }
+
+    fn addr(&self) -> Multiaddr {
+        self.node.listen_addrs[0]
+            .clone()
+            .with(libp2p::multiaddr::Protocol::P2p(self.node.handle.peer_id()))
+    }
+
+    fn put(&self, n: u8, bytes: &[u8]) {
+        let mut ingest = self.store.begin_ingest(info(n, bytes)).unwrap();
+        ingest.write(bytes).unwrap();
+        ingest.finish().unwrap();
+    }
+}
+
+async fn swarm(n: usize, tweak: impl Fn(usize, &mut NodeConfig)) -> Vec<TestNode> {
+    let first = TestNode::start(None, |c| tweak(0, c)).await;
+    let boot = first.addr();
+    let mut nodes = vec![first];
+    for i in 1..n {
+        nodes.push(TestNode::start(Some(boot.clone()), |c| tweak(i, c)).await);
+    }
+    // Wait until every node is connected to the swarm.
+    for node in &nodes {
+        wait(|| async { !node.node.handle.peers().await.unwrap().is_empty() }).await;
+    }
+    nodes
+}
+
+/// Polls a condition until it holds (10 s at most).
+async fn wait<F, Fut>(mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..200 {
+        if cond().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("condition not met within 10 s");
+}
+
+async fn collect(
+    mut s: futures::stream::BoxStream<'static, std::io::Result<bytes::Bytes>>,
+) -> (Vec<u8>, Option<String>) {
+    let mut out = Vec::new();
+    while let Some(piece) = s.next().await {
+        match piece {
+            Ok(b) => out.extend_from_slice(&b),
+            Err(e) => return (out, Some(e.to_string())),
+        }
+    }
+    (out, None)
+}
+
+/// Looks a path up until the answer satisfies `ok` (10 s at most).
+async fn lookup_until(f: &Fetcher, h: StorePathHash, ok: impl Fn(&PeerPath) -> bool) -> PeerPath {
+    for _ in 0..100 {
+        let r = f.lookup(&h).await;
+        if let Some(p) = r.filter(|p| ok(p)) {
+            return p;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("no satisfying lookup for {h} within 10 s");
+}
+
+fn hash(n: u8) -> StorePathHash {
+    StorePathHash::from_bytes(&[n; 20])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_nodes_announce_find_and_fetch_verified() {
+    let nodes = swarm(5, |_, _| {}).await;
+    let bytes = nar(1, 3_000_000);
+    nodes[1].put(1, &bytes);
+    nodes[2].put(1, &bytes);
+    let (p1, p2) = (nodes[1].node.handle.peer_id(), nodes[2].node.handle.peer_id());
+    let fetcher = &nodes[4].fetcher;
+    let found = Some(
+        lookup_until(&fetcher, hash(1), |p| {
+            p.providers.contains(&p1) && p.providers.contains(&p2)
+        })
+        .await,
+    );
+    let path = found.unwrap();
+    assert_eq!(path.info, info(1, &bytes));
+    let (got, err) = collect(fetcher.stream(path)).await;
+    assert_eq!(err, None);
+    assert_eq!(Sha256Hash(sha2::Sha256::digest(&got).into()), info(1, &bytes).nar_hash);
+    let status = nodes[4].node.handle.status().await.unwrap();
+    assert_eq!(status.bytes_fetched, 3_000_000);
+    let served: u64 = [&nodes[1], &nodes[2]]
+        .iter()
+        .map(|n| {
+            n.node
+                .handle
+                .stats
+                .bytes_served
+                .load(std::sync::atomic::Ordering::Relaxed)
+        })
+        .sum();
+    assert!(served > 0);
+    // A path nobody has: no answer, quickly.
+    assert!(fetcher.lookup(&hash(99)).await.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_stopped_mid_transfer_is_replaced_by_another() {
+    // Slow uploads so the transfer is still running when node 1 stops.
+    let nodes = swarm(4, |i, c| {
+        if i > 0 {
+            c.upload_limit = Some(6 << 20);
+        }
+    })
+    .await;
+    let bytes = nar(2, 12 << 20);
+    nodes[1].put(2, &bytes);
+    nodes[2].put(2, &bytes);
+    let p1 = nodes[1].node.handle.peer_id();
+    let fetcher = nodes[3].fetcher.clone();
+    let found = Some(lookup_until(&fetcher, hash(2), |p| p.providers.len() >= 2).await);
+    let path = found.unwrap();
+    assert!(path.providers.contains(&p1));
+    let mut stream = fetcher.stream(path);
+    let mut got = Vec::new();
+    while got.len() < 2 << 20 {
+        got.extend_from_slice(&stream.next().await.unwrap().unwrap());
+    }
+    nodes[1].cancel.cancel();
+    let (rest, err) = collect(stream).await;
+    assert_eq!(err, None, "the other provider finishes the transfer");
+    got.extend_from_slice(&rest);
+    assert_eq!(got, bytes);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_serving_corrupt_chunks_is_caught_dropped_and_banned() {
+    let nodes = swarm(4, |i, c| c.corrupt_chunks = i == 3).await;
+    let liar = nodes[3].node.handle.peer_id();
+    for n in [3u8, 4] {
+        let bytes = nar(n, 4_000_000);
+        nodes[2].put(n, &bytes);
+        nodes[3].put(n, &bytes);
+    }
+    let fetcher = nodes[1].fetcher.clone();
+    for n in [3u8, 4] {
+        let found = Some(lookup_until(&fetcher, hash(n), |p| p.providers.len() >= 2).await);
+        let (got, err) = collect(fetcher.stream(found.unwrap())).await;
+        assert_eq!(err, None);
+        assert_eq!(got, nar(n, 4_000_000), "every byte verified, the honest peer filled in");
+    }
+    assert!(fetcher.is_banned(&liar), "two bad transfers: banned");
+    let again = fetcher.lookup(&hash(3)).await.unwrap();
+    assert!(!again.providers.contains(&liar), "a banned peer is not asked");
+
+    // With only the liar holding a path, the transfer fails, and whatever
+    // came out before the failure is a correct prefix.
+    let bytes = nar(5, 2_000_000);
+    nodes[3].put(5, &bytes);
+    let fresh = Fetcher::new(
+        nodes[1].node.handle.clone(),
+        nodes[1].store.clone(),
+        vec![key().public_key()],
+        FetchSettings::default(),
+    );
+    let found = Some(lookup_until(&fresh, hash(5), |_| true).await);
+    let (got, err) = collect(fresh.stream(found.unwrap())).await;
+    assert!(err.is_some_and(|e| e.contains("every peer failed")));
+    assert_eq!(got, bytes[..got.len()]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_evicted_path_is_withdrawn_and_refused() {
+    let nodes = swarm(3, |_, _| {}).await;
+    let bytes = nar(6, 500_000);
+    nodes[1].put(6, &bytes);
+    let fetcher = nodes[2].fetcher.clone();
+    wait(|| {
+        let f = fetcher.clone();
+        async move { f.lookup(&hash(6)).await.is_some() }
+    })
+    .await;
+    let h1 = nodes[1].node.handle.clone();
+    wait(|| {
+        let h = h1.clone();
+        async move { h.status().await.unwrap().provided_keys == 1 }
+    })
+    .await;
+    assert!(nodes[1].store.remove(&hash(6)).unwrap());
+    wait(|| {
+        let h = h1.clone();
+        async move { h.status().await.unwrap().provided_keys == 0 }
+    })
+    .await;
+    let answer = nodes[2]
+        .node
+        .handle
+        .request(h1.peer_id(), Request::PathInfo { hash: hash(6) })
+        .await
+        .unwrap();
+    assert_eq!(answer, Response::NotFound);
+    assert!(
+        fetcher.lookup(&hash(6)).await.is_none(),
+        "no verified provider any more"
+    );
+}

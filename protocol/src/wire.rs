@@ -1,0 +1,342 @@
+//! Messages of the transfer protocol between nodes, and the DHT key of a
+//! store path.
+//!
+//! Every message is a tag byte followed by its fields; integers are
+//! little-endian, byte strings and texts are u32-length-prefixed. Decoding
+//! checks every length against the limits below before allocating.
+
+use sha2::{Digest, Sha256};
+use thiserror::Error;
+
+use crate::manifest::{ChunkId, ChunkManifest, MAX_CHUNK_SIZE, ManifestError};
+use crate::store_path::StorePathHash;
+
+/// Most chunk ids in one request.
+pub const MAX_BATCH: usize = 32;
+/// Largest encoded request.
+pub const MAX_REQUEST: usize = 64 * 1024;
+/// Largest encoded response (a full batch of maximal chunks plus framing).
+pub const MAX_RESPONSE: usize = MAX_BATCH * (MAX_CHUNK_SIZE as usize + 64) + 1024 * 1024;
+/// Largest narinfo text carried.
+pub const MAX_NARINFO: usize = 64 * 1024;
+
+/// The DHT key under which providers of a store path are announced:
+/// sha256 of `nixswarm-path:<hash>` (32 bytes).
+pub fn path_key(hash: &StorePathHash) -> [u8; 32] {
+    Sha256::digest(format!("nixswarm-path:{hash}").as_bytes()).into()
+}
+
+/// A request from one node to another.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    /// The signed narinfo and chunk manifest of a path.
+    PathInfo { hash: StorePathHash },
+    /// Chunk bytes by BLAKE3 id.
+    Chunks { ids: Vec<ChunkId> },
+}
+
+/// One chunk on the wire, zstd-compressed when that made it smaller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WireChunk {
+    pub id: ChunkId,
+    pub compressed: bool,
+    pub data: Vec<u8>,
+}
+
+/// An answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Response {
+    PathInfo {
+        narinfo: String,
+        manifest: ChunkManifest,
+    },
+    /// The node does not hold (or will not serve) the path.
+    NotFound,
+    /// The chunks it has, in request order; ids it lacks are left out.
+    Chunks {
+        chunks: Vec<WireChunk>,
+    },
+    /// The node refuses for now (too many requests, shutting down).
+    Busy,
+}
+
+/// Why bytes are not a valid message.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum WireError {
+    #[error("message is truncated (needed {needed} more bytes at offset {at})")]
+    Truncated { at: usize, needed: usize },
+    #[error("unknown message tag {0}")]
+    UnknownTag(u8),
+    #[error("{what} is {len}, over the limit of {max}")]
+    TooLarge { what: &'static str, len: usize, max: usize },
+    #[error("{0} bytes after the end of the message")]
+    Trailing(usize),
+    #[error("store path hash is invalid")]
+    BadHash,
+    #[error("narinfo text is not UTF-8")]
+    BadText,
+    #[error("manifest: {0}")]
+    Manifest(#[from] ManifestError),
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], WireError> {
+        let rest = self.buf.len() - self.at;
+        if n > rest {
+            return Err(WireError::Truncated {
+                at: self.at,
+                needed: n - rest,
+            });
+        }
+        let s = &self.buf[self.at..self.at + n];
+        self.at += n;
+        Ok(s)
+    }
+    fn u8(&mut self) -> Result<u8, WireError> {
+        Ok(self.take(1)?[0])
+    }
+    fn u32(&mut self) -> Result<u32, WireError> {
+        let b = self.take(4)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    fn bytes(&mut self, what: &'static str, max: usize) -> Result<&'a [u8], WireError> {
+        let len = self.u32()? as usize;
+        if len > max {
+            return Err(WireError::TooLarge { what, len, max });
+        }
+        self.take(len)
+    }
+    fn id(&mut self) -> Result<ChunkId, WireError> {
+        let mut id = [0u8; 32];
+        id.copy_from_slice(self.take(32)?);
+        Ok(ChunkId(id))
+    }
+    fn finish(self) -> Result<(), WireError> {
+        match self.buf.len() - self.at {
+            0 => Ok(()),
+            n => Err(WireError::Trailing(n)),
+        }
+    }
+}
+
+fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
+    out.extend_from_slice(&(b.len() as u32).to_le_bytes());
+    out.extend_from_slice(b);
+}
+
+impl Request {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        match self {
+            Self::PathInfo { hash } => {
+                out.push(1);
+                out.extend_from_slice(hash.as_str().as_bytes());
+            }
+            Self::Chunks { ids } => {
+                out.push(2);
+                out.extend_from_slice(&(ids.len() as u32).to_le_bytes());
+                for id in ids {
+                    out.extend_from_slice(&id.0);
+                }
+            }
+        }
+        out
+    }
+
+    pub fn decode(buf: &[u8]) -> Result<Self, WireError> {
+        let mut r = Reader { buf, at: 0 };
+        let msg = match r.u8()? {
+            1 => {
+                let h = std::str::from_utf8(r.take(32)?).map_err(|_| WireError::BadHash)?;
+                Self::PathInfo {
+                    hash: h.parse().map_err(|_| WireError::BadHash)?,
+                }
+            }
+            2 => {
+                let n = r.u32()? as usize;
+                if n > MAX_BATCH {
+                    return Err(WireError::TooLarge {
+                        what: "chunk batch",
+                        len: n,
+                        max: MAX_BATCH,
+                    });
+                }
+                Self::Chunks {
+                    ids: (0..n).map(|_| r.id()).collect::<Result<_, _>>()?,
+                }
+            }
+            t => return Err(WireError::UnknownTag(t)),
+        };
+        r.finish()?;
+        Ok(msg)
+    }
+}
+
+impl Response {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        match self {
+            Self::PathInfo { narinfo, manifest } => {
+                out.push(1);
+                put_bytes(&mut out, narinfo.as_bytes());
+                put_bytes(&mut out, &manifest.encode());
+            }
+            Self::NotFound => out.push(2),
+            Self::Chunks { chunks } => {
+                out.push(3);
+                out.extend_from_slice(&(chunks.len() as u32).to_le_bytes());
+                for c in chunks {
+                    out.extend_from_slice(&c.id.0);
+                    out.push(u8::from(c.compressed));
+                    put_bytes(&mut out, &c.data);
+                }
+            }
+            Self::Busy => out.push(4),
+        }
+        out
+    }
+
+    pub fn decode(buf: &[u8]) -> Result<Self, WireError> {
+        let mut r = Reader { buf, at: 0 };
+        let msg = match r.u8()? {
+            1 => {
+                let text = r.bytes("narinfo", MAX_NARINFO)?;
+                let narinfo = std::str::from_utf8(text).map_err(|_| WireError::BadText)?.to_owned();
+                let manifest = ChunkManifest::decode(r.bytes("manifest", MAX_RESPONSE)?)?;
+                Self::PathInfo { narinfo, manifest }
+            }
+            2 => Self::NotFound,
+            3 => {
+                let n = r.u32()? as usize;
+                if n > MAX_BATCH {
+                    return Err(WireError::TooLarge {
+                        what: "chunk batch",
+                        len: n,
+                        max: MAX_BATCH,
+                    });
+                }
+                let mut chunks = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let id = r.id()?;
+                    let compressed = r.u8()? != 0;
+                    let data = r.bytes("chunk", MAX_CHUNK_SIZE as usize + 1024)?.to_vec();
+                    chunks.push(WireChunk { id, compressed, data });
+                }
+                Self::Chunks { chunks }
+            }
+            4 => Self::Busy,
+            t => return Err(WireError::UnknownTag(t)),
+        };
+        r.finish()?;
+        Ok(msg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hash::Sha256Hash;
+    use crate::manifest::ChunkRef;
+    use proptest::prelude::*;
+
+    fn arb_request() -> impl Strategy<Value = Request> {
+        prop_oneof![
+            any::<[u8; 20]>().prop_map(|b| Request::PathInfo {
+                hash: StorePathHash::from_bytes(&b)
+            }),
+            proptest::collection::vec(any::<[u8; 32]>(), 0..=MAX_BATCH).prop_map(|ids| Request::Chunks {
+                ids: ids.into_iter().map(ChunkId).collect()
+            }),
+        ]
+    }
+
+    fn arb_response() -> impl Strategy<Value = Response> {
+        prop_oneof![
+            Just(Response::NotFound),
+            Just(Response::Busy),
+            (
+                "\\PC{0,200}",
+                proptest::collection::vec((any::<[u8; 32]>(), 1u32..5000), 0..10)
+            )
+                .prop_map(|(t, cs)| {
+                    let chunks: Vec<ChunkRef> = cs
+                        .into_iter()
+                        .map(|(id, size)| ChunkRef { id: ChunkId(id), size })
+                        .collect();
+                    let size = chunks.iter().map(|c| u64::from(c.size)).sum();
+                    Response::PathInfo {
+                        narinfo: t,
+                        manifest: ChunkManifest::new(Sha256Hash([3; 32]), size, chunks).unwrap(),
+                    }
+                }),
+            proptest::collection::vec(
+                (
+                    any::<[u8; 32]>(),
+                    any::<bool>(),
+                    proptest::collection::vec(any::<u8>(), 0..300)
+                ),
+                0..8
+            )
+            .prop_map(|cs| Response::Chunks {
+                chunks: cs
+                    .into_iter()
+                    .map(|(id, compressed, data)| WireChunk {
+                        id: ChunkId(id),
+                        compressed,
+                        data
+                    })
+                    .collect()
+            }),
+        ]
+    }
+
+    #[test]
+    fn limits_are_enforced_before_allocating() {
+        let mut big = vec![2u8];
+        big.extend_from_slice(&(MAX_BATCH as u32 + 1).to_le_bytes());
+        assert!(matches!(Request::decode(&big), Err(WireError::TooLarge { .. })));
+        let mut huge = vec![1u8];
+        huge.extend_from_slice(&u32::MAX.to_le_bytes());
+        assert!(matches!(Response::decode(&huge), Err(WireError::TooLarge { .. })));
+        assert_eq!(Request::decode(&[9]), Err(WireError::UnknownTag(9)));
+        assert_eq!(Response::decode(&[2, 0]), Err(WireError::Trailing(1)));
+    }
+
+    #[test]
+    fn path_keys_differ_per_path() {
+        let a = StorePathHash::from_bytes(&[1; 20]);
+        let b = StorePathHash::from_bytes(&[2; 20]);
+        assert_ne!(path_key(&a), path_key(&b));
+        assert_eq!(path_key(&a), path_key(&a));
+    }
+
+    proptest! {
+        #[test]
+        fn requests_round_trip(r in arb_request()) {
+            prop_assert_eq!(Request::decode(&r.encode()).unwrap(), r);
+        }
+
+        #[test]
+        fn responses_round_trip(r in arb_response()) {
+            prop_assert_eq!(Response::decode(&r.encode()).unwrap(), r);
+        }
+
+        #[test]
+        fn truncated_messages_are_rejected(r in arb_response(), cut in 1usize..50) {
+            let enc = r.encode();
+            let cut = cut.min(enc.len());
+            prop_assert!(Response::decode(&enc[..enc.len() - cut]).is_err());
+        }
+
+        #[test]
+        fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let _ = Request::decode(&bytes);
+            let _ = Response::decode(&bytes);
+        }
+    }
+}
