@@ -11,12 +11,17 @@ use clap::Args;
 use nixswarm_protocol::{CACHE_NIXOS_ORG_KEY, PublicKey};
 use serde::{Deserialize, Serialize};
 
+use libp2p::Multiaddr;
 use nixswarm_gateway::Url;
 
 use crate::size::Size;
 
 /// The upstream used when none is configured.
 pub const DEFAULT_UPSTREAM: &str = "https://cache.nixos.org";
+/// The node's default TCP listen address.
+pub const DEFAULT_P2P_TCP: &str = "/ip4/0.0.0.0/tcp/37516";
+/// The node's default QUIC listen address.
+pub const DEFAULT_P2P_QUIC: &str = "/ip4/0.0.0.0/udp/37516/quic-v1";
 /// The gateway's default address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:37515";
 
@@ -34,6 +39,56 @@ pub struct Config {
     pub upstream: UpstreamSection,
     /// The local chunk store.
     pub store: StoreSection,
+    /// The peer-to-peer node.
+    pub p2p: P2pSection,
+}
+
+/// `[p2p]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct P2pSection {
+    /// Run the peer-to-peer node. Off: the gateway uses its store and upstreams only.
+    pub enable: bool,
+    /// Multiaddrs to listen on (TCP and QUIC).
+    pub listen: Vec<String>,
+    /// Multiaddrs (with /p2p/<peer id>) of nodes to join the swarm through.
+    pub bootstrap: Vec<String>,
+    /// Find peers on the local network with mDNS.
+    pub mdns: bool,
+    /// "server": answer DHT queries and serve chunks (contributing); "client": fetch only.
+    pub mode: P2pMode,
+    /// Time allowed for one request to a peer.
+    #[serde(with = "humantime_serde")]
+    pub peer_timeout: Duration,
+    /// Upload limit per second for serving peers (e.g. "20M"); unset: unlimited.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upload_limit: Option<Size>,
+    /// How long peers get to answer a narinfo lookup before upstreams are asked too.
+    #[serde(with = "humantime_serde")]
+    pub lookup_budget: Duration,
+}
+
+/// Kademlia mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum P2pMode {
+    Server,
+    Client,
+}
+
+impl Default for P2pSection {
+    fn default() -> Self {
+        Self {
+            enable: true,
+            listen: vec![DEFAULT_P2P_TCP.to_owned(), DEFAULT_P2P_QUIC.to_owned()],
+            bootstrap: vec![],
+            mdns: true,
+            mode: P2pMode::Server,
+            peer_timeout: Duration::from_secs(10),
+            upload_limit: None,
+            lookup_budget: Duration::from_millis(50),
+        }
+    }
 }
 
 /// `[gateway]`
@@ -139,6 +194,45 @@ pub struct ConfigArgs {
     /// Most disk space for the chunk store, e.g. 10G.
     #[arg(long, env = "NIXSWARM_CACHE_SIZE", value_name = "SIZE")]
     pub cache_size: Option<Size>,
+    /// Peer-to-peer listen multiaddr; repeat for several. Replaces the default (TCP and QUIC on port 37516).
+    #[arg(
+        long = "p2p-listen",
+        env = "NIXSWARM_P2P_LISTEN",
+        value_delimiter = ',',
+        value_name = "MULTIADDR"
+    )]
+    pub p2p_listen: Vec<String>,
+    /// Node to join the swarm through (multiaddr with /p2p/<peer id>); repeatable.
+    #[arg(
+        long = "bootstrap",
+        env = "NIXSWARM_BOOTSTRAP",
+        value_delimiter = ',',
+        value_name = "MULTIADDR"
+    )]
+    pub bootstrap: Vec<String>,
+    /// Do not look for peers on the local network.
+    #[arg(long, env = "NIXSWARM_NO_MDNS")]
+    pub no_mdns: bool,
+    /// Run the gateway only, without the peer-to-peer node.
+    #[arg(long, env = "NIXSWARM_NO_P2P")]
+    pub no_p2p: bool,
+    /// server: contribute (answer the DHT, serve chunks); client: fetch only.
+    #[arg(long, env = "NIXSWARM_P2P_MODE", value_name = "MODE")]
+    pub p2p_mode: Option<P2pMode>,
+    /// Time allowed for one request to a peer, e.g. 10s.
+    #[arg(long, env = "NIXSWARM_PEER_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub peer_timeout: Option<Duration>,
+    /// Upload limit for serving peers, per second, e.g. 20M or 20M/s.
+    #[arg(long, env = "NIXSWARM_UPLOAD_LIMIT", value_name = "RATE", value_parser = parse_rate)]
+    pub upload_limit: Option<Size>,
+    /// How long peers get before upstreams are asked too, e.g. 50ms.
+    #[arg(long, env = "NIXSWARM_LOOKUP_BUDGET", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub lookup_budget: Option<Duration>,
+}
+
+/// Parses a rate: a size per second, with an optional "/s".
+pub fn parse_rate(s: &str) -> Result<Size, String> {
+    s.trim().trim_end_matches("/s").parse()
 }
 
 /// A configuration checked and resolved into the values the program uses.
@@ -146,6 +240,8 @@ pub struct ConfigArgs {
 pub struct Effective {
     pub config: Config,
     pub data_dir: PathBuf,
+    pub p2p_listen: Vec<Multiaddr>,
+    pub bootstrap: Vec<Multiaddr>,
     pub upstreams: Vec<Url>,
     pub trusted_keys: Vec<PublicKey>,
 }
@@ -182,6 +278,30 @@ impl Config {
         }
         if let Some(s) = args.cache_size {
             self.store.cache_size = s;
+        }
+        if !args.p2p_listen.is_empty() {
+            self.p2p.listen = args.p2p_listen.clone();
+        }
+        if !args.bootstrap.is_empty() {
+            self.p2p.bootstrap = args.bootstrap.clone();
+        }
+        if args.no_mdns {
+            self.p2p.mdns = false;
+        }
+        if args.no_p2p {
+            self.p2p.enable = false;
+        }
+        if let Some(m) = args.p2p_mode {
+            self.p2p.mode = m;
+        }
+        if let Some(t) = args.peer_timeout {
+            self.p2p.peer_timeout = t;
+        }
+        if let Some(r) = args.upload_limit {
+            self.p2p.upload_limit = Some(r);
+        }
+        if let Some(b) = args.lookup_budget {
+            self.p2p.lookup_budget = b;
         }
         self
     }
@@ -221,9 +341,29 @@ impl Config {
         if self.store.cache_size.0 == 0 {
             bail!("store.cache-size is 0: nothing could be stored");
         }
+        let multiaddrs = |what: &str, list: &[String]| -> Result<Vec<Multiaddr>> {
+            list.iter()
+                .map(|a| {
+                    a.parse::<Multiaddr>()
+                        .with_context(|| format!("{what} {a:?} is not a multiaddr"))
+                })
+                .collect()
+        };
+        let p2p_listen = multiaddrs("p2p listen address", &self.p2p.listen)?;
+        let bootstrap = multiaddrs("bootstrap address", &self.p2p.bootstrap)?;
+        for b in &bootstrap {
+            if !b.iter().any(|p| matches!(p, libp2p::multiaddr::Protocol::P2p(_))) {
+                bail!("bootstrap address {b} has no /p2p/<peer id> part");
+            }
+        }
+        if self.p2p.enable && p2p_listen.is_empty() && self.p2p.mode == P2pMode::Server {
+            bail!("p2p.listen is empty: a contributing (server) node needs an address");
+        }
         Ok(Effective {
             config: self,
             data_dir,
+            p2p_listen,
+            bootstrap,
             upstreams,
             trusted_keys,
         })

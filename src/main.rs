@@ -18,8 +18,12 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the gateway (and, later, the node).
+    /// Run the peer-to-peer node and the gateway.
     Run(cli::run::RunArgs),
+    /// Load a binary cache into the node's store (it is announced by `run`).
+    Import(cli::import::ImportArgs),
+    /// Show the running node's peers, store and traffic.
+    Status(cli::status::StatusArgs),
     /// Check the configuration (file, environment and flags) and print it.
     CheckConfig(config::ConfigArgs),
 }
@@ -35,6 +39,8 @@ fn main() -> anyhow::Result<()> {
         .init();
     match cli.command {
         Command::Run(args) => cli::run::run(args),
+        Command::Import(args) => cli::import::run(&args),
+        Command::Status(args) => cli::status::run(&args),
         Command::CheckConfig(args) => cli::check_config::run(&args),
     }
 }

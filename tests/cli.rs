@@ -97,7 +97,14 @@ fn run_fails_clearly_when_the_port_is_taken() {
     let addr = taken.local_addr().unwrap().to_string();
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_nixswarm"))
-        .args(["run", "--no-upstream", "--gateway-listen", &addr, "--data-dir"])
+        .args([
+            "run",
+            "--no-upstream",
+            "--no-p2p",
+            "--gateway-listen",
+            &addr,
+            "--data-dir",
+        ])
         .arg(dir.path())
         .output()
         .unwrap();

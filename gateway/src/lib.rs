@@ -11,7 +11,9 @@
 //! - [`range`]: `Range` header parsing. [`metrics`]: Prometheus metrics.
 
 pub mod error;
+pub mod file_source;
 pub mod metrics;
+pub mod peers;
 pub mod range;
 pub mod resolve;
 pub mod routes;
@@ -27,7 +29,9 @@ use nixswarm_protocol::PublicKey;
 use tokio_util::sync::CancellationToken;
 
 pub use error::GatewayError;
+pub use file_source::FileSource;
 pub use metrics::Metrics;
+pub use peers::PeerSource;
 pub use reqwest::Url;
 pub use resolve::Resolver;
 pub use source::{ByteStream, Source, SourceError, SourceKind};
@@ -42,6 +46,9 @@ pub struct GatewayOptions {
     pub negative_ttl: Duration,
     /// Keep NARs fetched from sources in the local store.
     pub keep_fetched: bool,
+    /// How long peers get to answer a narinfo lookup before the upstreams
+    /// are asked as well.
+    pub lookup_budget: Duration,
 }
 
 impl Default for GatewayOptions {
@@ -50,6 +57,7 @@ impl Default for GatewayOptions {
             priority: 30,
             negative_ttl: Duration::from_secs(30),
             keep_fetched: true,
+            lookup_budget: Duration::from_millis(50),
         }
     }
 }
@@ -64,6 +72,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub options: GatewayOptions,
     pub cancel: CancellationToken,
+    /// The peer-to-peer node, if this gateway runs one (for `/status`).
+    pub node: Option<nixswarm_node::NodeHandle>,
 }
 
 /// The gateway: build it, then [`Gateway::serve`] it or use its router.
@@ -83,7 +93,13 @@ impl Gateway {
         cancel: CancellationToken,
     ) -> Self {
         let metrics = Metrics::new();
-        let resolver = Resolver::new(sources, keys, options.negative_ttl, metrics.clone());
+        let resolver = Resolver::new(
+            sources,
+            keys,
+            options.negative_ttl,
+            options.lookup_budget,
+            metrics.clone(),
+        );
         Self {
             state: Arc::new(AppState {
                 store,
@@ -92,8 +108,17 @@ impl Gateway {
                 metrics,
                 options,
                 cancel,
+                node: None,
             }),
         }
+    }
+
+    /// Reports this node's status on `/status`. Call before serving.
+    pub fn with_node(mut self, node: nixswarm_node::NodeHandle) -> Self {
+        if let Some(state) = Arc::get_mut(&mut self.state) {
+            state.node = Some(node);
+        }
+        self
     }
 
     /// The axum router (for tests without sockets, or embedding).

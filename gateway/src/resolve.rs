@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use nixswarm_protocol::{NarInfo, PublicKey, Sha256Hash, StorePathHash};
 
 use crate::metrics::Metrics;
-use crate::source::Source;
+use crate::source::{Source, SourceKind};
 
 /// How long a source stays skipped for a NAR after it served a bad one.
 const BAD_SOURCE_TTL: Duration = Duration::from_secs(600);
@@ -63,6 +63,8 @@ pub struct Resolver {
     pub sources: Vec<Arc<dyn Source>>,
     keys: Vec<PublicKey>,
     metrics: Arc<Metrics>,
+    /// How long peers get before the upstreams are asked as well.
+    lookup_budget: Duration,
     /// Verified narinfo (or a verified absence) per (source, path).
     found: TtlMap<(usize, StorePathHash), Option<NarInfo>>,
     /// Paths no source had.
@@ -76,12 +78,14 @@ impl Resolver {
         sources: Vec<Arc<dyn Source>>,
         keys: Vec<PublicKey>,
         negative_ttl: Duration,
+        lookup_budget: Duration,
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             sources,
             keys,
             metrics,
+            lookup_budget,
             found: TtlMap::new(FOUND_TTL),
             missing: TtlMap::new(negative_ttl),
             bad: TtlMap::new(BAD_SOURCE_TTL),
@@ -124,34 +128,81 @@ impl Resolver {
                 return None;
             }
         };
-        self.found.insert((idx, *hash), result.clone());
+        // A peer that lacks a path now may have it soon: remember only hits.
+        if result.is_some() || source.kind() == SourceKind::Upstream {
+            self.found.insert((idx, *hash), result.clone());
+        }
         result
     }
 
-    /// The first verified narinfo for `hash`, and which source gave it.
-    pub async fn narinfo(&self, hash: &StorePathHash) -> Option<(usize, NarInfo)> {
-        if self.missing.get(hash).is_some() {
-            return None;
-        }
-        for idx in 0..self.sources.len() {
+    /// The first verified answer among `idxs`, asked in order.
+    async fn first(&self, idxs: &[usize], hash: &StorePathHash) -> Option<(usize, NarInfo)> {
+        for &idx in idxs {
             if let Some(info) = self.narinfo_from(idx, hash).await {
                 return Some((idx, info));
             }
         }
-        self.missing.insert(*hash, ());
         None
     }
 
+    /// The first verified narinfo for `hash`, and which source gave it.
+    /// Peers are asked first; if they have not answered within the lookup
+    /// budget, the upstreams are asked too, and whichever verified answer
+    /// comes first wins.
+    pub async fn narinfo(&self, hash: &StorePathHash) -> Option<(usize, NarInfo)> {
+        if self.missing.get(hash).is_some() {
+            return None;
+        }
+        let (peers, ups): (Vec<usize>, Vec<usize>) =
+            (0..self.sources.len()).partition(|&i| self.sources[i].kind() == SourceKind::Peer);
+        let result = if peers.is_empty() {
+            self.first(&ups, hash).await
+        } else {
+            let peer_answer = self.first(&peers, hash);
+            let up_answer = self.first(&ups, hash);
+            tokio::pin!(peer_answer, up_answer);
+            let budget = tokio::time::sleep(self.lookup_budget);
+            tokio::pin!(budget);
+            let early = tokio::select! {
+                biased;
+                r = &mut peer_answer => Some(r),
+                () = &mut budget => None,
+            };
+            match early {
+                Some(Some(found)) => Some(found),
+                Some(None) => up_answer.await,
+                None => tokio::select! {
+                    r = &mut peer_answer => match r { Some(found) => Some(found), None => up_answer.await },
+                    r = &mut up_answer => match r { Some(found) => Some(found), None => peer_answer.await },
+                },
+            }
+        };
+        if result.is_none() {
+            self.missing.insert(*hash, ());
+        }
+        result
+    }
+
     /// Sources, in order, whose verified narinfo for `hash` has `nar_hash`
-    /// and that have not served a bad copy of it lately.
+    /// and that have not served a bad copy of it lately. Answers already
+    /// known are used first; only if there are none are sources asked.
     pub async fn nar_candidates(&self, hash: &StorePathHash, nar_hash: &Sha256Hash) -> Vec<(usize, NarInfo)> {
+        let usable =
+            |idx: usize, info: &NarInfo| info.nar_hash == *nar_hash && self.bad.get(&(idx, *hash, *nar_hash)).is_none();
+        let known: Vec<(usize, NarInfo)> = (0..self.sources.len())
+            .filter_map(|idx| self.found.get(&(idx, *hash)).flatten().map(|i| (idx, i)))
+            .filter(|(idx, i)| usable(*idx, i))
+            .collect();
+        if !known.is_empty() {
+            return known;
+        }
         let mut out = Vec::new();
         for idx in 0..self.sources.len() {
             if self.bad.get(&(idx, *hash, *nar_hash)).is_some() {
                 continue;
             }
             if let Some(info) = self.narinfo_from(idx, hash).await
-                && info.nar_hash == *nar_hash
+                && usable(idx, &info)
             {
                 out.push((idx, info));
             }

@@ -28,6 +28,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/nix-cache-info", get(cache_info))
         .route("/metrics", get(metrics))
+        .route("/status", get(status))
         .route("/nar/{file}", get(nar))
         .route("/log/{drv}", get(log))
         .route("/{file}", get(by_name))
@@ -83,6 +84,20 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         state.metrics.encode(),
     )
         .into_response()
+}
+
+/// `nixswarm status`: the node and the store, as JSON.
+async fn status(State(state): State<Arc<AppState>>) -> Result<Response> {
+    let store = state.store.stats()?;
+    let node = match &state.node {
+        Some(n) => n.status().await.ok(),
+        None => None,
+    };
+    let body = serde_json::json!({
+        "node": node,
+        "store": { "paths": store.paths, "bytes": store.bytes, "quota": store.quota },
+    });
+    Ok(([(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response())
 }
 
 /// The NAR URL the gateway hands out: it names the path and the NarHash, so

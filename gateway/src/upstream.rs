@@ -79,7 +79,7 @@ impl Upstream {
     }
 }
 
-fn decoder(
+pub(crate) fn decoder(
     compression: &str,
     raw: impl AsyncRead + Send + Unpin + 'static,
 ) -> Option<Box<dyn AsyncRead + Send + Unpin>> {

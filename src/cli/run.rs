@@ -1,21 +1,27 @@
-//! `nixswarm run`: open the store and serve the gateway until SIGINT/SIGTERM.
+//! `nixswarm run`: open the store, start the peer-to-peer node, and serve
+//! the gateway until SIGINT/SIGTERM.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use clap::Args;
-use nixswarm_gateway::{Gateway, GatewayOptions, Source, Upstream, http_client};
-use nixswarm_node::{ChunkStore, StoreOptions};
+use nixswarm_gateway::{Gateway, GatewayOptions, PeerSource, Source, Upstream, http_client};
+use nixswarm_node::p2p::{FetchSettings, Fetcher, load_or_create_key};
+use nixswarm_node::{ChunkStore, Node, NodeConfig, StoreOptions};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, ConfigArgs};
+use crate::config::{Config, ConfigArgs, Effective, P2pMode};
 
 /// Flags of `nixswarm run`.
 #[derive(Debug, Clone, Args)]
 pub struct RunArgs {
     #[command(flatten)]
     pub config: ConfigArgs,
+    /// Test builds only: serve corrupted chunks to peers (a lying peer).
+    #[cfg(feature = "test-corrupt")]
+    #[arg(long, hide = true)]
+    pub test_corrupt_chunks: bool,
 }
 
 pub fn run(args: RunArgs) -> Result<()> {
@@ -24,18 +30,55 @@ pub fn run(args: RunArgs) -> Result<()> {
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    rt.block_on(serve(eff))
+    #[cfg(feature = "test-corrupt")]
+    let corrupt = args.test_corrupt_chunks;
+    #[cfg(not(feature = "test-corrupt"))]
+    let corrupt = false;
+    rt.block_on(serve(eff, corrupt))
 }
 
-async fn serve(eff: crate::config::Effective) -> Result<()> {
-    let store_dir = eff.data_dir.join("store");
-    let store = ChunkStore::open(
-        &store_dir,
+/// Opens the chunk store under the data directory.
+pub fn open_store(eff: &Effective) -> Result<ChunkStore> {
+    let dir = eff.data_dir.join("store");
+    ChunkStore::open(
+        &dir,
         StoreOptions {
             quota: eff.config.store.cache_size.0,
         },
     )
-    .with_context(|| format!("opening the store in {}", store_dir.display()))?;
+    .with_context(|| format!("opening the store in {}", dir.display()))
+}
+
+async fn start_node(eff: &Effective, store: &ChunkStore, corrupt: bool, cancel: &CancellationToken) -> Result<Node> {
+    let p2p = &eff.config.p2p;
+    let key = load_or_create_key(&eff.data_dir.join("node.key"))?;
+    #[allow(unused_mut)]
+    let mut config = NodeConfig {
+        listen: eff.p2p_listen.clone(),
+        bootstrap: eff.bootstrap.clone(),
+        mdns: p2p.mdns,
+        server: p2p.mode == P2pMode::Server,
+        request_timeout: p2p.peer_timeout,
+        upload_limit: p2p.upload_limit.map(|s| s.0),
+        ..NodeConfig::default()
+    };
+    #[cfg(feature = "test-corrupt")]
+    {
+        config.corrupt_chunks = corrupt;
+    }
+    let _ = corrupt;
+    let node = Node::start(&eff.data_dir.join("p2p"), key, store.clone(), config, cancel.clone())
+        .await
+        .context("starting the peer-to-peer node")?;
+    for addr in &node.listen_addrs {
+        // For scripts and tests: the addresses other nodes bootstrap from.
+        println!("nixswarm node listening on {addr}/p2p/{}", node.handle.peer_id());
+    }
+    Ok(node)
+}
+
+async fn serve(eff: Effective, corrupt: bool) -> Result<()> {
+    let store = open_store(&eff)?;
     let sweeper = store.clone();
     tokio::task::spawn_blocking(move || match sweeper.sweep_orphans() {
         Ok(0) => {}
@@ -50,18 +93,38 @@ async fn serve(eff: crate::config::Effective) -> Result<()> {
         .iter()
         .map(|u| Upstream::new(u, client.clone(), up.timeout).map_err(anyhow::Error::msg))
         .collect::<Result<Vec<_>>>()?;
-    let sources: Vec<Arc<dyn Source>> = upstreams
+    let upstream_sources: Vec<Arc<dyn Source>> = upstreams
         .iter()
         .map(|u| Arc::new(u.clone()) as Arc<dyn Source>)
         .collect();
 
     let cancel = CancellationToken::new();
+    tokio::spawn(shutdown_signal(cancel.clone()));
+    let node = if eff.config.p2p.enable {
+        Some(start_node(&eff, &store, corrupt, &cancel).await?)
+    } else {
+        None
+    };
+
+    let mut sources = Vec::new();
+    if let Some(node) = &node {
+        let fetcher = Fetcher::new(
+            node.handle.clone(),
+            store.clone(),
+            eff.trusted_keys.clone(),
+            FetchSettings::default(),
+        );
+        sources.push(Arc::new(PeerSource::new(fetcher, upstream_sources.clone())) as Arc<dyn Source>);
+    }
+    sources.extend(upstream_sources);
+
     let options = GatewayOptions {
         priority: eff.config.gateway.priority,
         negative_ttl: eff.config.gateway.negative_ttl,
         keep_fetched: true,
+        lookup_budget: eff.config.p2p.lookup_budget,
     };
-    let gateway = Gateway::new(
+    let mut gateway = Gateway::new(
         store,
         sources,
         upstreams,
@@ -69,16 +132,18 @@ async fn serve(eff: crate::config::Effective) -> Result<()> {
         options,
         cancel.clone(),
     );
+    if let Some(node) = &node {
+        gateway = gateway.with_node(node.handle.clone());
+    }
     let listen = eff.config.gateway.listen;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding the gateway to {listen} (is another nixswarm running?)"))?;
     let addr = listener.local_addr().context("reading the gateway address")?;
     tracing::info!(data_dir = %eff.data_dir.display(), upstreams = ?eff.config.upstream.urls, "started");
-    // One line on stdout, for scripts and tests that start us on port 0.
+    // The last start-up line on stdout, for scripts and tests on port 0.
     println!("nixswarm gateway listening on http://{addr}");
 
-    tokio::spawn(shutdown_signal(cancel.clone()));
     gateway.serve(listener).await.context("serving the gateway")?;
     tracing::info!("stopped");
     Ok(())
@@ -86,7 +151,6 @@ async fn serve(eff: crate::config::Effective) -> Result<()> {
 
 async fn shutdown_signal(cancel: CancellationToken) {
     let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
     let term = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(mut s) => {

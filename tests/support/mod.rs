@@ -116,21 +116,31 @@ impl Drop for StaticServer {
     }
 }
 
-/// `nixswarm run` as a child process on 127.0.0.1:0.
+/// `nixswarm run` as a child process: gateway on 127.0.0.1:0, node on
+/// 127.0.0.1 TCP port 0, mDNS off.
 pub struct Gateway {
     pub url: String,
     pub data_dir: PathBuf,
+    /// The node's addresses, with /p2p/<peer id>.
+    pub node_addrs: Vec<String>,
     child: Child,
 }
 
 impl Gateway {
     /// Starts the gateway with these upstreams, trusting `key`.
     pub fn start(data_dir: &Path, upstreams: &[&str], key: &str) -> Result<Self> {
+        Self::start_with(data_dir, upstreams, key, &[])
+    }
+
+    /// Same, with extra flags for `nixswarm run`.
+    pub fn start_with(data_dir: &Path, upstreams: &[&str], key: &str, extra: &[&str]) -> Result<Self> {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_nixswarm"));
         cmd.args(["run", "--gateway-listen", "127.0.0.1:0", "--trusted-key", key])
+            .args(["--no-mdns", "--p2p-listen", "/ip4/127.0.0.1/tcp/0"])
             .arg("--data-dir")
             .arg(data_dir)
-            .env("RUST_LOG", "info,nixswarm_gateway=debug")
+            .args(extra)
+            .env("RUST_LOG", "info,nixswarm_gateway=debug,nixswarm_node=debug")
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(data_dir.with_extension("log")).context("gateway log")?);
         if upstreams.is_empty() {
@@ -141,23 +151,40 @@ impl Gateway {
         }
         let mut child = cmd.spawn().context("starting nixswarm")?;
         let stdout = child.stdout.take().context("gateway stdout")?;
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line)?;
-        let url = line
-            .trim()
-            .strip_prefix("nixswarm gateway listening on ")
-            .with_context(|| {
-                format!(
-                    "unexpected first line {line:?}; see {}",
+        let mut reader = BufReader::new(stdout);
+        let mut node_addrs = Vec::new();
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line)? == 0 {
+                bail!(
+                    "nixswarm exited during start-up; see {}",
                     data_dir.with_extension("log").display()
-                )
-            })?
-            .to_owned();
-        Ok(Self {
-            url,
-            data_dir: data_dir.to_owned(),
-            child,
-        })
+                );
+            }
+            if let Some(a) = line.trim().strip_prefix("nixswarm node listening on ") {
+                node_addrs.push(a.to_owned());
+            } else if let Some(url) = line.trim().strip_prefix("nixswarm gateway listening on ") {
+                return Ok(Self {
+                    url: url.to_owned(),
+                    data_dir: data_dir.to_owned(),
+                    node_addrs,
+                    child,
+                });
+            }
+        }
+    }
+
+    /// JSON from `/status`.
+    pub fn status(&self) -> Result<String> {
+        let out = Command::new(env!("CARGO_BIN_EXE_nixswarm"))
+            .args(["status", "--json", "--gateway", &self.url])
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "nixswarm status: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8(out.stdout)?)
     }
 
     /// Stops the gateway with SIGTERM and waits for it.

@@ -332,7 +332,11 @@ impl Fetcher {
             let mut drop_peer = false;
             // A peer already dropped from this transfer is not heard again
             // (and not penalised twice for one transfer).
-            let result = if peers.contains(&peer) { result } else { Ok(Response::Busy) };
+            let result = if peers.contains(&peer) {
+                result
+            } else {
+                Ok(Response::Busy)
+            };
             match result {
                 Ok(Response::Chunks { chunks: got }) => {
                     let asked: HashSet<ChunkId> = batch.iter().copied().collect();

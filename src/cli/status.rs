@@ -1,0 +1,78 @@
+//! `nixswarm status`: asks the running gateway for its node's and store's
+//! status and prints it (or the JSON with `--json`).
+
+use anyhow::{Context as _, Result};
+use clap::Args;
+
+use crate::config::{Config, ConfigArgs};
+
+/// Flags of `nixswarm status`.
+#[derive(Debug, Clone, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// The gateway to ask (default: the configured gateway address).
+    #[arg(long, value_name = "URL")]
+    pub gateway: Option<String>,
+    /// Print the raw JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+pub fn run(args: &StatusArgs) -> Result<()> {
+    let config = Config::load(&args.config)?;
+    let base = args
+        .gateway
+        .clone()
+        .unwrap_or_else(|| format!("http://{}", config.gateway.listen));
+    let url = format!("{}/status", base.trim_end_matches('/'));
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let body: serde_json::Value = rt.block_on(async {
+        let resp = reqwest::get(&url)
+            .await
+            .with_context(|| format!("asking {url} (is `nixswarm run` running?)"))?;
+        let text = resp.error_for_status()?.text().await.context("reading the status")?;
+        serde_json::from_str(&text).context("parsing the status")
+    })?;
+    if args.json {
+        println!("{body}");
+        return Ok(());
+    }
+    let n = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
+    let node = &body["node"];
+    if node.is_null() {
+        println!("node:           not running (gateway only)");
+    } else {
+        println!("node id:        {}", node["peer_id"].as_str().unwrap_or("?"));
+        for a in node["listen_addrs"].as_array().into_iter().flatten() {
+            println!("listening on:   {}", a.as_str().unwrap_or("?"));
+        }
+        println!("peers:          {}", n(&node["peers"]));
+        println!("provided keys:  {}", n(&node["provided_keys"]));
+        println!("bytes served:   {}", bytes(n(&node["bytes_served"])));
+        println!("bytes fetched:  {}", bytes(n(&node["bytes_fetched"])));
+    }
+    let store = &body["store"];
+    println!("stored paths:   {}", n(&store["paths"]));
+    println!(
+        "store size:     {} of {}",
+        bytes(n(&store["bytes"])),
+        bytes(n(&store["quota"]))
+    );
+    Ok(())
+}
