@@ -20,4 +20,6 @@ if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install --locked cargo-nextest
 fi
 
-cargo nextest run --workspace --no-fail-fast "$@"
+# test-corrupt compiles in the hidden --test-corrupt-chunks flag (a lying
+# peer) for the tests; release builds never have it.
+cargo nextest run --workspace --features nixswarm/test-corrupt --no-fail-fast "$@"

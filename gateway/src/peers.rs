@@ -79,6 +79,25 @@ impl Source for PeerSource {
             Ok(Some(with_fallback(peers, info.clone(), self.fallback.clone())))
         })
     }
+
+    fn rejected(&self, info: &NarInfo, wrong_nar: bool) -> bool {
+        let hash = info.store_path.hash();
+        let path = self
+            .found
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&hash);
+        if wrong_nar && let Some((_, path)) = path {
+            // Their chunks matched their manifest, but the NAR did not match
+            // the signed NarHash: every provider of that manifest lied.
+            for peer in path.providers {
+                self.fetcher
+                    .penalise(peer, "served a manifest that does not add up to the NarHash");
+            }
+        }
+        // The next request looks the path up afresh, without the banned peers.
+        true
+    }
 }
 
 /// Forwards `primary`; if it fails, continues from the first fallback

@@ -205,10 +205,14 @@ async fn nar(State(state): State<Arc<AppState>>, Path(file): Path<String>, heade
             None
         };
         let st = state.clone();
+        let rejected_info = info.clone();
         let on_reject = move |why: stream::Rejection| {
             tracing::warn!(source = source.name(), %hash, %why, "NAR failed verification: aborting the response");
             st.metrics.reject(label, why.reason());
-            st.resolver.mark_bad(idx, &hash, &nar_hash);
+            let wrong_nar = !matches!(why, stream::Rejection::Stream(_));
+            if !source.rejected(&rejected_info, wrong_nar) {
+                st.resolver.mark_bad(idx, &hash, &nar_hash);
+            }
         };
         let v = Verified {
             info,

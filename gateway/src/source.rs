@@ -49,4 +49,13 @@ pub trait Source: Send + Sync + std::fmt::Debug {
     /// The uncompressed NAR described by `info` (a narinfo this source
     /// returned); `None` if absent.
     fn nar<'a>(&'a self, info: &'a NarInfo) -> BoxFuture<'a, Result<Option<ByteStream>, SourceError>>;
+
+    /// Told when a NAR from this source failed verification; `wrong_nar`
+    /// is true if the bytes arrived but did not match NarHash/NarSize.
+    /// Returns true if the source dealt with it itself (peers score the
+    /// providers involved); false to have the gateway skip this source for
+    /// this NAR for a while.
+    fn rejected(&self, _info: &NarInfo, _wrong_nar: bool) -> bool {
+        false
+    }
 }

@@ -166,13 +166,10 @@ async fn five_nodes_announce_find_and_fetch_verified() {
     nodes[2].put(1, &bytes);
     let (p1, p2) = (nodes[1].node.handle.peer_id(), nodes[2].node.handle.peer_id());
     let fetcher = &nodes[4].fetcher;
-    let found = Some(
-        lookup_until(&fetcher, hash(1), |p| {
-            p.providers.contains(&p1) && p.providers.contains(&p2)
-        })
-        .await,
-    );
-    let path = found.unwrap();
+    let path = lookup_until(fetcher, hash(1), |p| {
+        p.providers.contains(&p1) && p.providers.contains(&p2)
+    })
+    .await;
     assert_eq!(path.info, info(1, &bytes));
     let (got, err) = collect(fetcher.stream(path)).await;
     assert_eq!(err, None);
@@ -208,8 +205,7 @@ async fn a_provider_stopped_mid_transfer_is_replaced_by_another() {
     nodes[2].put(2, &bytes);
     let p1 = nodes[1].node.handle.peer_id();
     let fetcher = nodes[3].fetcher.clone();
-    let found = Some(lookup_until(&fetcher, hash(2), |p| p.providers.len() >= 2).await);
-    let path = found.unwrap();
+    let path = lookup_until(&fetcher, hash(2), |p| p.providers.len() >= 2).await;
     assert!(path.providers.contains(&p1));
     let mut stream = fetcher.stream(path);
     let mut got = Vec::new();
@@ -234,8 +230,8 @@ async fn a_peer_serving_corrupt_chunks_is_caught_dropped_and_banned() {
     }
     let fetcher = nodes[1].fetcher.clone();
     for n in [3u8, 4] {
-        let found = Some(lookup_until(&fetcher, hash(n), |p| p.providers.len() >= 2).await);
-        let (got, err) = collect(fetcher.stream(found.unwrap())).await;
+        let found = lookup_until(&fetcher, hash(n), |p| p.providers.len() >= 2).await;
+        let (got, err) = collect(fetcher.stream(found)).await;
         assert_eq!(err, None);
         assert_eq!(got, nar(n, 4_000_000), "every byte verified, the honest peer filled in");
     }
@@ -253,8 +249,8 @@ async fn a_peer_serving_corrupt_chunks_is_caught_dropped_and_banned() {
         vec![key().public_key()],
         FetchSettings::default(),
     );
-    let found = Some(lookup_until(&fresh, hash(5), |_| true).await);
-    let (got, err) = collect(fresh.stream(found.unwrap())).await;
+    let found = lookup_until(&fresh, hash(5), |_| true).await;
+    let (got, err) = collect(fresh.stream(found)).await;
     assert!(err.is_some_and(|e| e.contains("every peer failed")));
     assert_eq!(got, bytes[..got.len()]);
 }

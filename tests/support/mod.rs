@@ -187,6 +187,28 @@ impl Gateway {
         Ok(String::from_utf8(out.stdout)?)
     }
 
+    /// A number from `/status` (e.g. "peers", "provider_records").
+    pub fn status_number(&self, field: &str) -> Result<u64> {
+        let status = self.status()?;
+        Ok(status
+            .split(&format!("\"{field}\":"))
+            .nth(1)
+            .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|d| d.parse().ok())
+            .unwrap_or(0))
+    }
+
+    /// Waits until a `/status` number reaches `n` (20 s at most).
+    pub fn wait_for(&self, field: &str, n: u64) -> Result<()> {
+        for _ in 0..200 {
+            if self.status_number(field)? >= n {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        bail!("{field} never reached {n}: {}", self.status()?)
+    }
+
     /// Stops the gateway with SIGTERM and waits for it.
     pub fn stop(mut self) -> Result<()> {
         // SAFETY: plain kill(2) on our own child's pid.

@@ -189,15 +189,23 @@ impl Actor {
                     self.learn(peer_id, [endpoint.get_remote_address().clone()]);
                 }
             }
-            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) => {
-                // Without this, inbound peers never enter the routing table.
-                if info.protocols.iter().any(|p| *p == super::behaviour::KAD_PROTOCOL) {
-                    self.learn(peer_id, info.listen_addrs);
-                }
+            // Without this, inbound peers never enter the routing table.
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }))
+                if info.protocols.contains(&super::behaviour::KAD_PROTOCOL) =>
+            {
+                self.learn(peer_id, info.listen_addrs);
             }
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(list))) => {
                 for (peer, addr) in list {
                     self.learn(peer, [addr]);
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::RoutingUpdated { is_new_peer: true, .. })) => {
+                // The first entry in the routing table: what was announced
+                // while it was empty reached nobody.
+                let entries: usize = self.swarm.behaviour_mut().kad.kbuckets().map(|b| b.num_entries()).sum();
+                if entries == 1 {
+                    self.stats.joined.notify_one();
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {

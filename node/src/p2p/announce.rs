@@ -53,6 +53,14 @@ pub(super) async fn run(
                 }
                 Err(RecvError::Closed) => return,
             },
+            () = handle.stats.joined.notified() => {
+                tracing::info!("connected to the swarm: announcing stored paths again");
+                for h in store.list().unwrap_or_default() {
+                    if !queue.contains(&h) {
+                        queue.push_back(h);
+                    }
+                }
+            }
             _ = tick.tick() => {
                 for h in store.list().unwrap_or_default() {
                     if !queue.contains(&h) {

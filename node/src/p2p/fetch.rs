@@ -145,7 +145,16 @@ impl Fetcher {
             candidates.extend(peers.into_iter().filter(|p| seen.insert(*p)));
         }
         let deadline = tokio::time::Instant::now() + self.settings.lookup_timeout;
-        let mut asking = FuturesUnordered::new();
+        type Asked = futures::future::BoxFuture<'static, (PeerId, Result<Response, super::NodeError>)>;
+        let ask = |peer: PeerId, delay: Duration| -> Asked {
+            let (h, hash) = (self.handle.clone(), *hash);
+            Box::pin(async move {
+                tokio::time::sleep(delay).await;
+                (peer, h.request(peer, Request::PathInfo { hash }).await)
+            })
+        };
+        let mut asking: FuturesUnordered<Asked> = FuturesUnordered::new();
+        let mut busy_retries = 8u32;
         let mut providers: Vec<PeerId> = Vec::new();
         let mut best: Option<(NarInfo, Arc<ChunkManifest>)> = None;
         let mut dht_done = false;
@@ -156,9 +165,7 @@ impl Fetcher {
                 if self.banned(&peer) {
                     continue;
                 }
-                let h = self.handle.clone();
-                let hash = *hash;
-                asking.push(async move { (peer, h.request(peer, Request::PathInfo { hash }).await) });
+                asking.push(ask(peer, Duration::ZERO));
             }
             if dht_done && asking.is_empty() && candidates.is_empty() {
                 break;
@@ -186,6 +193,11 @@ impl Fetcher {
                         }
                         Err(why) => self.penalise(peer, why),
                     },
+                    Ok(Response::Busy) if busy_retries > 0 => {
+                        // Ask again shortly rather than take "busy" for "absent".
+                        busy_retries -= 1;
+                        asking.push(ask(peer, Duration::from_millis(50)));
+                    }
                     Ok(_) | Err(_) => {}
                 },
                 () = tokio::time::sleep_until(deadline) => break,

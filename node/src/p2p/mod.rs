@@ -93,6 +93,9 @@ impl Default for NodeConfig {
 pub struct NodeStats {
     pub bytes_served: AtomicU64,
     pub bytes_fetched: AtomicU64,
+    /// Fires when the node goes from no connections to some: what it
+    /// announced while alone reached nobody, so it announces again.
+    pub joined: tokio::sync::Notify,
 }
 
 /// What `nixswarm status` shows about the node.

@@ -92,7 +92,10 @@ pub(super) async fn run(
             () = cancel.cancelled() => return,
             i = inbound.recv() => match i { Some(i) => i, None => return },
         };
-        let busy = {
+        // Path lookups are small database reads; only chunk requests (the
+        // upload) are limited per peer.
+        let counted = matches!(inb.request, Request::Chunks { .. });
+        let busy = counted && {
             let mut m = per_peer.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             let n = m.entry(inb.peer).or_insert(0);
             if *n >= MAX_PER_PEER {
@@ -124,6 +127,9 @@ pub(super) async fn run(
             limiter.acquire(wire_len(&response)).await;
             let _ = handle.tx.send(Command::Respond { channel, response }).await;
             drop(permit);
+            if !counted {
+                return;
+            }
             let mut m = per_peer.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             if let Some(n) = m.get_mut(&peer) {
                 *n -= 1;

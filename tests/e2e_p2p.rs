@@ -1,0 +1,127 @@
+//! Separate `nixswarm` processes and the real Nix client: node A imports a
+//! signed cache built by Nix; node C knows only node B, and its upstream is
+//! down; `nix-store -r` through C's gateway gets every path from peers.
+//! Then a lying peer joins the providers: nothing wrong becomes valid and
+//! everything arrives.
+
+mod support;
+
+use anyhow::{Result, ensure};
+use support::{ClientStore, Gateway, check, fixture};
+
+/// An upstream URL where nothing listens.
+fn down_upstream() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+    let addr = l.local_addr().expect("its address");
+    drop(l);
+    format!("http://{addr}")
+}
+
+fn import(data_dir: &std::path::Path, cache: &std::path::Path, key: &str) -> Result<()> {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_nixswarm"))
+        .args([
+            "import",
+            &format!("file://{}", cache.display()),
+            "--trusted-key",
+            key,
+            "--data-dir",
+        ])
+        .arg(data_dir)
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "import failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    ensure!(stdout.contains("imported 29 paths"), "{stdout}");
+    Ok(())
+}
+
+#[test]
+fn nix_substitutes_from_peers_through_a_node_that_knows_one_peer_and_has_no_upstream() -> Result<()> {
+    let fx = fixture();
+    let tmp = tempfile::tempdir()?;
+    let key = fx.trusted_pub.as_str();
+    let down = down_upstream();
+
+    import(&tmp.path().join("a"), &fx.cache(), key)?;
+    let a = Gateway::start(&tmp.path().join("a"), &[], key)?;
+    let b = Gateway::start_with(&tmp.path().join("b"), &[], key, &["--bootstrap", &a.node_addrs[0]])?;
+    // A announced while alone, and again once B connected: wait for B to
+    // hold those announcements, as it would in a swarm that has settled.
+    b.wait_for("provider_records", 29)?;
+    let c = Gateway::start_with(&tmp.path().join("c"), &[&down], key, &["--bootstrap", &b.node_addrs[0]])?;
+    c.wait_for("peers", 1)?;
+
+    let client = ClientStore::new(&tmp.path().join("client"));
+    check(
+        &client.realise(&c.url, key, &fx.paths, false),
+        "nix-store -r through C from peers",
+    )?;
+    assert_eq!(client.valid(&fx.paths), fx.paths);
+    client.verify_contents(&fx.paths)?;
+
+    let status = c.status()?;
+    assert!(status.contains("\"bytes_fetched\":"), "{status}");
+    assert!(
+        !status.contains("\"bytes_fetched\":0"),
+        "C fetched from peers: {status}"
+    );
+    let a_status = a.status()?;
+    assert!(!a_status.contains("\"bytes_served\":0"), "A served: {a_status}");
+    assert!(
+        a_status.contains("\"provided_keys\":29"),
+        "A announced every path: {a_status}"
+    );
+
+    for g in [c, b, a] {
+        g.stop()?;
+    }
+    Ok(())
+}
+
+#[cfg(feature = "test-corrupt")]
+#[test]
+fn a_lying_peer_among_the_providers_changes_nothing() -> Result<()> {
+    let fx = fixture();
+    let tmp = tempfile::tempdir()?;
+    let key = fx.trusted_pub.as_str();
+    let down = down_upstream();
+
+    import(&tmp.path().join("honest"), &fx.cache(), key)?;
+    import(&tmp.path().join("liar"), &fx.cache(), key)?;
+    let honest = Gateway::start(&tmp.path().join("honest"), &[], key)?;
+    let liar = Gateway::start_with(
+        &tmp.path().join("liar"),
+        &[],
+        key,
+        &["--bootstrap", &honest.node_addrs[0], "--test-corrupt-chunks"],
+    )?;
+    let d = Gateway::start_with(
+        &tmp.path().join("d"),
+        &[&down],
+        key,
+        &["--bootstrap", &liar.node_addrs[0]],
+    )?;
+    // D learns of the honest node through the DHT (it only knows the liar).
+    d.wait_for("peers", 2)?;
+
+    let client = ClientStore::new(&tmp.path().join("client"));
+    let out = client.realise(&d.url, key, &fx.paths, true);
+    let valid = client.valid(&fx.paths);
+    client.verify_contents(&valid)?;
+    check(&out, "nix-store -r through D with a lying peer among the providers")?;
+    assert_eq!(valid, fx.paths);
+    let log = d.log();
+    eprintln!("lies caught: {}", log.matches("peer misbehaved").count());
+    assert!(
+        !liar.status()?.contains("\"bytes_served\":0"),
+        "the liar was asked, and caught"
+    );
+    assert!(log.contains("peer misbehaved"), "D noticed the lies");
+    for g in [d, liar, honest] {
+        g.stop()?;
+    }
+    Ok(())
+}
