@@ -237,7 +237,8 @@ impl RecordStore for PersistentStore {
 
     fn providers(&self, key: &RecordKey) -> Vec<ProviderRecord> {
         let klen = key.as_ref().len();
-        self.scan(key)
+        let mut all: Vec<ProviderRecord> = self
+            .scan(key)
             .into_iter()
             .filter(|(_, e, _)| !expired(*e))
             .filter_map(|(k, e, a)| {
@@ -249,8 +250,11 @@ impl RecordStore for PersistentStore {
                     addresses: decode_addrs(&a),
                 })
             })
-            .take(self.limits.max_providers_per_key)
-            .collect()
+            .collect();
+        // Our own record first: it is the one we can vouch for.
+        all.sort_by_key(|r| r.provider != self.local);
+        all.truncate(self.limits.max_providers_per_key);
+        all
     }
 
     fn provided(&self) -> Self::ProvidedIter<'_> {
