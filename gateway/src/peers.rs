@@ -161,3 +161,80 @@ fn with_fallback(primary: ByteStream, info: NarInfo, fallback: Vec<Arc<dyn Sourc
     })
     .boxed()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use nixswarm_protocol::{Sha256Hash, StorePath};
+
+    #[derive(Debug)]
+    struct Whole(NarInfo, Vec<u8>);
+
+    impl Source for Whole {
+        fn kind(&self) -> SourceKind {
+            SourceKind::Upstream
+        }
+        fn name(&self) -> &str {
+            "whole"
+        }
+        fn narinfo<'a>(&'a self, _: &'a StorePathHash) -> BoxFuture<'a, Result<Option<NarInfo>, SourceError>> {
+            Box::pin(async move { Ok(Some(self.0.clone())) })
+        }
+        fn nar<'a>(&'a self, _: &'a NarInfo) -> BoxFuture<'a, Result<Option<ByteStream>, SourceError>> {
+            let pieces: Vec<std::io::Result<Bytes>> =
+                self.1.chunks(7000).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
+            Box::pin(async move { Ok(Some(futures::stream::iter(pieces).boxed())) })
+        }
+    }
+
+    fn info(nar: &[u8]) -> NarInfo {
+        NarInfo {
+            store_path: StorePath::new(StorePathHash::from_bytes(&[3; 20]), "x").unwrap(),
+            url: "nar/x.nar".into(),
+            compression: "none".into(),
+            file_hash: None,
+            file_size: None,
+            nar_hash: Sha256Hash::digest(nar),
+            nar_size: nar.len() as u64,
+            references: vec![],
+            deriver: None,
+            sigs: vec![],
+            ca: None,
+        }
+    }
+
+    async fn collect(mut s: ByteStream) -> Result<Vec<u8>, String> {
+        let mut out = Vec::new();
+        while let Some(p) = s.next().await {
+            out.extend_from_slice(&p.map_err(|e| e.to_string())?);
+        }
+        Ok(out)
+    }
+
+    fn failing_after(nar: &[u8], n: usize) -> ByteStream {
+        let mut pieces: Vec<std::io::Result<Bytes>> =
+            nar[..n].chunks(5000).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
+        pieces.push(Err(std::io::Error::other("every peer failed")));
+        futures::stream::iter(pieces).boxed()
+    }
+
+    #[tokio::test]
+    async fn when_every_peer_fails_the_rest_comes_from_an_upstream() {
+        let nar: Vec<u8> = (0..100_000u32).map(|i| (i * 7) as u8).collect();
+        let i = info(&nar);
+        for cut in [0, 1, 4999, 5000, 63_001, 99_999] {
+            let up: Arc<dyn Source> = Arc::new(Whole(i.clone(), nar.clone()));
+            let got = collect(with_fallback(failing_after(&nar, cut), i.clone(), vec![up]))
+                .await
+                .unwrap();
+            assert_eq!(got, nar, "peers failed after {cut} bytes");
+        }
+        // A fallback with another NAR for the path is not used; with none left the error stands.
+        let mut other = nar.clone();
+        other[0] ^= 1;
+        let wrong: Arc<dyn Source> = Arc::new(Whole(info(&other), other));
+        let r = collect(with_fallback(failing_after(&nar, 10), i, vec![wrong])).await;
+        assert!(r.unwrap_err().contains("every peer failed"));
+    }
+}

@@ -37,6 +37,11 @@ fn require_nix() {
     );
 }
 
+/// Fails the test with a clear message if Nix is not installed.
+pub fn fixture_nix_available() {
+    require_nix();
+}
+
 /// Builds (once per target dir) the fixture cache with Nix.
 pub fn fixture() -> Fixture {
     require_nix();
@@ -140,7 +145,11 @@ impl Gateway {
             .arg("--data-dir")
             .arg(data_dir)
             .args(extra)
-            .env("RUST_LOG", "info,nixswarm_gateway=debug,nixswarm_node=debug")
+            .env(
+                "RUST_LOG",
+                std::env::var("NIXSWARM_CHILD_LOG")
+                    .unwrap_or_else(|_| "info,nixswarm_gateway=debug,nixswarm_node=debug".into()),
+            )
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(data_dir.with_extension("log")).context("gateway log")?);
         if upstreams.is_empty() {

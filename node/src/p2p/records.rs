@@ -371,3 +371,36 @@ mod tests {
         ));
     }
 }
+
+#[cfg(test)]
+mod scale {
+    use super::*;
+
+    /// The MemoryStore stops at 1,024 keys; this store must hold 100k.
+    #[test]
+    fn holds_100k_provider_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let local = PeerId::random();
+        let mut s = PersistentStore::open(&dir.path().join("r.redb"), local, RecordLimits::default()).unwrap();
+        let remote = PeerId::random();
+        for i in 0..100_000u32 {
+            let key = RecordKey::new(&nixswarm_protocol::wire::path_key(
+                &nixswarm_protocol::StorePathHash::from_bytes(&{
+                    let mut b = [0u8; 20];
+                    b[..4].copy_from_slice(&i.to_le_bytes());
+                    b
+                }),
+            ));
+            let provider = if i % 2 == 0 { local } else { remote };
+            s.add_provider(ProviderRecord {
+                key,
+                provider,
+                expires: None,
+                addresses: vec![],
+            })
+            .unwrap();
+        }
+        assert_eq!(s.provider_records(), 100_000);
+        assert_eq!(s.provided_count(), 50_000);
+    }
+}

@@ -1,0 +1,460 @@
+//! The peer-to-peer benchmark. Everything runs on 127.0.0.1 with mDNS off,
+//! and prints one Markdown table:
+//! 1. a 256 MiB NAR through a gateway from 1 peer, against nginx serving the
+//!    same file directly;
+//! 2. the same NAR with every provider's upload limited to 20 MiB/s, from
+//!    1, 2 and 4 providers;
+//! 3. DHT provider lookup latency, p50/p99, in a 20-node swarm (in process);
+//! 4. the extra latency of a narinfo no peer has, before the upstream
+//!    answers, against asking the upstream directly;
+//! 5. the real Nix client substituting the test cache via peers vs from
+//!    nginx.
+//!
+//! Run with `scripts/bench-p2p.sh` (installs nginx, builds release).
+#![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, ensure};
+use nixswarm_protocol::{NarInfo, SecretKey, Sha256Hash, StorePath, StorePathHash};
+use support::{ClientStore, Gateway, fixture};
+
+const BIG: usize = 256 << 20;
+
+fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(len);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+fn signed(key: &SecretKey, n: u32, nar: &[u8]) -> NarInfo {
+    let mut h = [0u8; 20];
+    h[..4].copy_from_slice(&n.to_le_bytes());
+    h[19] = 0xbe;
+    let nar_hash = Sha256Hash::digest(nar);
+    let mut info = NarInfo {
+        store_path: StorePath::new(StorePathHash::from_bytes(&h), &format!("bench-{n}")).unwrap(),
+        url: format!("nar/{}.nar", nar_hash.to_nixbase32()),
+        compression: "none".into(),
+        file_hash: Some(nar_hash),
+        file_size: Some(nar.len() as u64),
+        nar_hash,
+        nar_size: nar.len() as u64,
+        references: vec![],
+        deriver: None,
+        sigs: vec![],
+        ca: None,
+    };
+    info.sigs = vec![key.sign(&info.fingerprint())];
+    info
+}
+
+/// Writes a binary cache of the given NARs.
+fn write_cache(dir: &Path, items: &[(NarInfo, Option<&[u8]>)]) -> Result<()> {
+    std::fs::create_dir_all(dir.join("nar"))?;
+    std::fs::write(dir.join("nix-cache-info"), "StoreDir: /nix/store\n")?;
+    for (info, nar) in items {
+        std::fs::write(dir.join(format!("{}.narinfo", info.store_path.hash())), info.to_text())?;
+        if let Some(nar) = nar {
+            std::fs::write(dir.join(&info.url), nar)?;
+        }
+    }
+    Ok(())
+}
+
+struct Nginx {
+    child: Child,
+    url: String,
+}
+
+impl Nginx {
+    fn start(root: &Path, work: &Path) -> Result<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let dir = work.join("nginx");
+        std::fs::create_dir_all(&dir)?;
+        let user = if unsafe { libc::geteuid() } == 0 {
+            "user root root;"
+        } else {
+            ""
+        };
+        let d = dir.display();
+        let conf = format!(
+            "{user}\ndaemon off;\nworker_processes 2;\nerror_log {d}/error.log;\npid {d}/nginx.pid;\n\
+             events {{ worker_connections 1024; }}\nhttp {{ access_log off; sendfile on; tcp_nopush on;\n\
+             types {{ text/x-nix-narinfo narinfo; }} default_type application/octet-stream;\n\
+             client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};\n\
+             server {{ listen 127.0.0.1:{port}; root {}; disable_symlinks off; }} }}\n",
+            root.display()
+        );
+        std::fs::write(dir.join("nginx.conf"), conf)?;
+        let nginx = if Path::new("/usr/sbin/nginx").exists() {
+            "/usr/sbin/nginx"
+        } else {
+            "nginx"
+        };
+        let child = Command::new(nginx)
+            .arg("-c")
+            .arg(dir.join("nginx.conf"))
+            .arg("-p")
+            .arg(&dir)
+            .spawn()?;
+        let url = format!("http://127.0.0.1:{port}");
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Ok(Self { child, url });
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        anyhow::bail!("nginx did not start")
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// GETs `url` with curl; returns (seconds, bytes).
+fn curl(url: &str) -> Result<(f64, u64)> {
+    let out = Command::new("curl")
+        .args(["-sf", "-o", "/dev/null", "-w", "%{time_total} %{size_download}", url])
+        .output()?;
+    ensure!(out.status.success(), "curl {url} failed");
+    let s = String::from_utf8(out.stdout)?;
+    let mut it = s.split_whitespace();
+    Ok((it.next().context("time")?.parse()?, it.next().context("size")?.parse()?))
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[((v.len() - 1) as f64 * p).round() as usize]
+}
+
+fn import(data_dir: &Path, cache: &Path, key: &str) -> Result<()> {
+    let out = Command::new(env!("CARGO_BIN_EXE_nixswarm"))
+        .args([
+            "import",
+            &format!("file://{}", cache.display()),
+            "--trusted-key",
+            key,
+            "--no-mdns",
+            "--data-dir",
+        ])
+        .arg(data_dir)
+        .output()?;
+    ensure!(out.status.success(), "import: {}", String::from_utf8_lossy(&out.stderr));
+    Ok(())
+}
+
+fn down_upstream() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    format!("http://{}", l.local_addr().unwrap())
+}
+
+/// Starts `n` seeds holding `cache` and a client gateway bootstrapped from
+/// them; returns MiB/s of fetching `path`'s NAR through the client.
+fn through_peers(work: &Path, seeded: &Path, n: usize, limit: Option<&str>, info: &NarInfo, key: &str) -> Result<f64> {
+    let run = work.join(format!("run-{n}-{}", limit.unwrap_or("none")));
+    let mut seeds = Vec::new();
+    for i in 0..n {
+        let dir = run.join(format!("seed{i}"));
+        copy_dir(seeded, &dir)?;
+        let mut extra = vec![];
+        if let Some(l) = limit {
+            extra.extend(["--upload-limit", l]);
+        }
+        let boot;
+        if let Some(first) = seeds.first() {
+            let first: &Gateway = first;
+            boot = first.node_addrs[0].clone();
+            extra.extend(["--bootstrap", boot.as_str()]);
+        }
+        seeds.push(Gateway::start_with(&dir, &[], key, &extra)?);
+    }
+    for s in &seeds {
+        s.wait_for("provided_keys", 1)?;
+    }
+    // Flush the seed copies so their writeback is not measured below.
+    Command::new("sync").status()?;
+    let down = down_upstream();
+    let client = Gateway::start_with(
+        &run.join("client"),
+        &[&down],
+        key,
+        &["--bootstrap", &seeds[0].node_addrs[0]],
+    )?;
+    client.wait_for("peers", n as u64)?;
+    seeds[0].wait_for("provider_records", n as u64)?;
+    let narinfo = Command::new("curl")
+        .args(["-sf", &format!("{}/{}.narinfo", client.url, info.store_path.hash())])
+        .output()?;
+    let text = String::from_utf8(narinfo.stdout)?;
+    let url = text
+        .lines()
+        .find_map(|l| l.strip_prefix("URL: "))
+        .context("gateway narinfo")?
+        .to_owned();
+    let (secs, bytes) = curl(&format!("{}/{url}", client.url))?;
+    ensure!(bytes == info.nar_size, "got {bytes} bytes");
+    let speed = bytes as f64 / secs / f64::from(1 << 20);
+    eprintln!("  {n} provider(s), limit {limit:?}: {speed:.0} MiB/s");
+    client.stop()?;
+    for s in seeds {
+        s.stop()?;
+    }
+    let _ = std::fs::remove_dir_all(&run);
+    Ok(speed)
+}
+
+fn copy_dir(from: &Path, to: &Path) -> Result<()> {
+    if let Some(parent) = to.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let st = Command::new("cp").arg("-a").arg(from).arg(to).status()?;
+    ensure!(st.success(), "cp -a failed");
+    Ok(())
+}
+
+/// DHT lookup latency in an in-process swarm of `n` nodes.
+fn dht_lookups(n: usize, keys_per_node: usize) -> Result<[f64; 4]> {
+    use nixswarm_node::p2p::load_or_create_key;
+    use nixswarm_node::{ChunkStore, Node, NodeConfig, StoreOptions};
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async {
+        let tmp = tempfile::tempdir()?;
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let mut nodes = Vec::new();
+        let mut boot = None;
+        for i in 0..n {
+            let dir = tmp.path().join(format!("n{i}"));
+            let store = ChunkStore::open(&dir.join("store"), StoreOptions { quota: 1 << 30 })?;
+            let config = NodeConfig {
+                listen: vec!["/ip4/127.0.0.1/tcp/0".parse()?],
+                bootstrap: boot.clone().into_iter().collect(),
+                ..NodeConfig::default()
+            };
+            let node = Node::start(
+                &dir,
+                load_or_create_key(&dir.join("node.key"))?,
+                store.clone(),
+                config,
+                cancel.clone(),
+            )
+            .await?;
+            if boot.is_none() {
+                boot = Some(
+                    node.listen_addrs[0]
+                        .clone()
+                        .with(libp2p::multiaddr::Protocol::P2p(node.handle.peer_id())),
+                );
+            }
+            nodes.push((node, store));
+        }
+        let key = SecretKey::from_seed("k", &[1; 32]);
+        let mut hashes = Vec::new();
+        for (i, (_, store)) in nodes.iter().enumerate().skip(1) {
+            for k in 0..keys_per_node {
+                let nar = pseudo_random(200, (i * 1000 + k) as u64);
+                let info = signed(&key, (i * 1000 + k) as u32, &nar);
+                hashes.push((i, info.store_path.hash()));
+                let mut ing = store.begin_ingest(info)?;
+                ing.write(&nar)?;
+                ing.finish()?;
+            }
+        }
+        // Let announcements settle: every node provides its keys.
+        for _ in 0..600 {
+            let mut done = true;
+            for (node, _) in nodes.iter().skip(1) {
+                if node.handle.status().await?.provided_keys < keys_per_node {
+                    done = false;
+                }
+            }
+            if done {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let (mut first, mut walk) = (Vec::new(), Vec::new());
+        for (j, (owner, hash)) in hashes.iter().enumerate() {
+            let asker = &nodes[(owner + 1 + j % (n - 2)) % n].0.handle;
+            let start = Instant::now();
+            let mut rx = asker.find_providers(hash).await?;
+            let found = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+                .await
+                .ok()
+                .flatten();
+            ensure!(found.is_some(), "lookup {j} found nobody");
+            first.push(start.elapsed().as_secs_f64() * 1000.0);
+            // The whole walk: until the query has asked the closest peers.
+            while tokio::time::timeout(Duration::from_secs(30), rx.recv())
+                .await
+                .ok()
+                .flatten()
+                .is_some()
+            {}
+            walk.push(start.elapsed().as_secs_f64() * 1000.0);
+        }
+        cancel.cancel();
+        Ok([
+            percentile(first.clone(), 0.5),
+            percentile(first, 0.99),
+            percentile(walk.clone(), 0.5),
+            percentile(walk, 0.99),
+        ])
+    })
+}
+
+fn main() -> Result<()> {
+    if std::env::args().any(|a| a == "--list") {
+        return Ok(()); // `cargo bench -- --list`: nothing to list
+    }
+    // SAFETY: set before any thread is spawned.
+    unsafe { std::env::set_var("NIXSWARM_CHILD_LOG", "warn") };
+    let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR"))?;
+    let work = tmp.path().to_owned();
+    let key = SecretKey::from_seed("nixswarm-bench-1", &[42; 32]);
+    let pubk = key.public_key().to_string();
+    let mut rows: Vec<String> = Vec::new();
+
+    // Caches served by nginx: one big NAR, and narinfos nobody's peers have.
+    eprintln!("writing the benchmark caches...");
+    let big = pseudo_random(BIG, 7);
+    let big_info = signed(&key, 1, &big);
+    write_cache(&work.join("www/big"), &[(big_info.clone(), Some(&big))])?;
+    drop(big);
+    let misses: Vec<NarInfo> = (0..200u32)
+        .map(|i| signed(&key, 10_000 + i, &i.to_le_bytes()))
+        .collect();
+    write_cache(
+        &work.join("www/miss"),
+        &misses.iter().map(|i| (i.clone(), None)).collect::<Vec<_>>(),
+    )?;
+    let fx = fixture();
+    std::os::unix::fs::symlink(fx.cache(), work.join("www/fixture"))?;
+    let nginx = Nginx::start(&work.join("www"), &work)?;
+
+    // 1 and 2: the big NAR.
+    eprintln!("1-2/5 a 256 MiB NAR through a gateway from peers...");
+    let direct = median(
+        (0..3)
+            .map(|_| {
+                curl(&format!("{}/big/{}", nginx.url, big_info.url)).map(|(s, b)| b as f64 / s / f64::from(1 << 20))
+            })
+            .collect::<Result<Vec<_>>>()?,
+    );
+    let seeded = work.join("seeded");
+    import(&seeded, &work.join("www/big"), &pubk)?;
+    let one = through_peers(&work, &seeded, 1, None, &big_info, &pubk)?;
+    rows.push(format!(
+        "| 256 MiB NAR: gateway from 1 peer vs nginx direct, MiB/s | {direct:.0} | {one:.0} | {:.2} | >= 0.5 |",
+        one / direct
+    ));
+    let l1 = through_peers(&work, &seeded, 1, Some("20M"), &big_info, &pubk)?;
+    let l2 = through_peers(&work, &seeded, 2, Some("20M"), &big_info, &pubk)?;
+    let l4 = through_peers(&work, &seeded, 4, Some("20M"), &big_info, &pubk)?;
+    rows.push(format!("| upload limited to 20 MiB/s per provider: 1 / 2 / 4 providers, MiB/s | | {l1:.1} / {l2:.1} / {l4:.1} | 4 vs 1: {:.2} | 4 vs 1 >= 3.2 |", l4 / l1));
+
+    // 3: DHT lookups.
+    eprintln!("3/5 DHT provider lookups in a 20-node swarm...");
+    let [f50, f99, w50, w99] = dht_lookups(20, 10)?;
+    rows.push(format!(
+        "| DHT provider lookup, 20 nodes, 190 keys, ms: first provider p50 / p99; whole walk p50 / p99 | | {f50:.1} / {f99:.1}; {w50:.1} / {w99:.1} | | |"
+    ));
+
+    // 4: a path no peer has.
+    eprintln!("4/5 narinfo misses on peers, answered by the upstream...");
+    let seed = Gateway::start_with(&work.join("miss-seed"), &[], &pubk, &[])?;
+    let client = Gateway::start_with(
+        &work.join("miss-client"),
+        &[&format!("{}/miss", nginx.url)],
+        &pubk,
+        &["--bootstrap", &seed.node_addrs[0]],
+    )?;
+    client.wait_for("peers", 1)?;
+    let (mut via, mut straight) = (Vec::new(), Vec::new());
+    for info in &misses {
+        let h = info.store_path.hash();
+        straight.push(curl(&format!("{}/miss/{h}.narinfo", nginx.url))?.0 * 1000.0);
+        via.push(curl(&format!("{}/{h}.narinfo", client.url))?.0 * 1000.0);
+    }
+    let extra: Vec<f64> = via.iter().zip(&straight).map(|(a, b)| a - b).collect();
+    rows.push(format!(
+        "| narinfo no peer has: upstream direct p50 / gateway p50 / extra p50, p99 ms | {:.1} | {:.1} | +{:.1}, +{:.1} | extra p50 <= 50 |",
+        median(straight),
+        median(via),
+        percentile(extra.clone(), 0.5),
+        percentile(extra, 0.99)
+    ));
+    client.stop()?;
+    seed.stop()?;
+
+    // 5: the real Nix client.
+    eprintln!("5/5 nix-store -r via peers vs nginx...");
+    let fseed = work.join("fixture-seed");
+    import(&fseed, &fx.cache(), &fx.trusted_pub)?;
+    let seed = Gateway::start_with(&fseed, &[], &fx.trusted_pub, &[])?;
+    seed.wait_for("provided_keys", fx.paths.len() as u64)?;
+    let mut nginx_times = Vec::new();
+    let mut peer_times = Vec::new();
+    let down = down_upstream();
+    for i in 0..3 {
+        let c = ClientStore::new(&work.join(format!("nix-nginx-{i}")));
+        let t = Instant::now();
+        support::check(
+            &c.realise(&format!("{}/fixture", nginx.url), &fx.trusted_pub, &fx.paths, false),
+            "nix via nginx",
+        )?;
+        nginx_times.push(t.elapsed().as_secs_f64());
+        let g = Gateway::start_with(
+            &work.join(format!("nix-gw-{i}")),
+            &[&down],
+            &fx.trusted_pub,
+            &["--bootstrap", &seed.node_addrs[0]],
+        )?;
+        g.wait_for("peers", 1)?;
+        let c = ClientStore::new(&work.join(format!("nix-peers-{i}")));
+        let t = Instant::now();
+        support::check(&c.realise(&g.url, &fx.trusted_pub, &fx.paths, false), "nix via peers")?;
+        peer_times.push(t.elapsed().as_secs_f64());
+        g.stop()?;
+    }
+    seed.stop()?;
+    let (n, p) = (median(nginx_times), median(peer_times));
+    rows.push(format!(
+        "| nix-store -r, {} paths: nginx direct vs gateway via 1 peer, s | {n:.2} | {p:.2} | {:.2} | |",
+        fx.paths.len(),
+        p / n
+    ));
+
+    let table = format!(
+        "| measurement | nginx / upstream | nixswarm | ratio | target |\n|---|---|---|---|---|\n{}\n",
+        rows.join("\n")
+    );
+    println!("{table}");
+    if let Ok(out) = std::env::var("BENCH_OUT") {
+        std::fs::write(PathBuf::from(out), &table)?;
+    }
+    drop(nginx);
+    Ok(())
+}

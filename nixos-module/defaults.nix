@@ -1,0 +1,13 @@
+# Defaults of the nixpkgsCache options, in one place: used by the module's
+# option declarations and by the test that checks the generated settings
+# with `nixswarm check-config` (it evaluates this without nixpkgs).
+{
+  amount = "10G";
+  location = "/var/lib/nixswarm";
+  uploadLimit = null;
+  listenPort = 37516;
+  openFirewall = false;
+  bootstrapPeers = [ ];
+  gatewayPort = 37515;
+  gatewayPriority = 30;
+}

@@ -1,0 +1,42 @@
+# The nixswarm configuration (TOML, as an attribute set) that the module's
+# options produce. Pure: builtins only, so a test can evaluate it with
+# `nix-instantiate --eval --json` and no nixpkgs.
+{
+  contribute,
+  amount,
+  location,
+  uploadLimit,
+  listenPort,
+  bootstrapPeers,
+  gatewayPort,
+  gatewayPriority,
+}:
+let
+  port = toString listenPort;
+in
+{
+  data-dir = location;
+  gateway = {
+    listen = "127.0.0.1:${toString gatewayPort}";
+    priority = gatewayPriority;
+  };
+  store.cache-size = amount;
+  p2p =
+    {
+      # A contributing node answers the DHT and serves chunks; a
+      # download-only machine runs its node as a client and listens nowhere.
+      mode = if contribute then "server" else "client";
+      listen =
+        if contribute then
+          [
+            "/ip4/0.0.0.0/tcp/${port}"
+            "/ip6/::/tcp/${port}"
+            "/ip4/0.0.0.0/udp/${port}/quic-v1"
+            "/ip6/::/udp/${port}/quic-v1"
+          ]
+        else
+          [ ];
+      bootstrap = bootstrapPeers;
+    }
+    // (if uploadLimit == null then { } else { upload-limit = uploadLimit; });
+}
