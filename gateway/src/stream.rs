@@ -18,8 +18,12 @@ use crate::source::ByteStream;
 
 /// Pieces in flight between the producer and the HTTP body.
 const BODY_QUEUE: usize = 16;
-/// Pieces in flight between the producer and the chunk store.
-const INGEST_QUEUE: usize = 32;
+/// Pieces queued for the chunk store (64 KiB each: 32 MiB). Most NARs fit
+/// whole, so the store never slows their download. A larger one is paced by
+/// the store once it is this far behind: what is fetched must be kept (that
+/// is how the swarm fills up), and fetching it twice would spend donors'
+/// upload, the swarm's scarcest resource.
+const INGEST_QUEUE: usize = 512;
 
 fn body_stream(rx: mpsc::Receiver<std::io::Result<Bytes>>) -> ByteStream {
     futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) }).boxed()
