@@ -111,6 +111,19 @@ impl<'a> Reader<'a> {
         }
         self.take(len)
     }
+    /// A chunk count, checked against [`MAX_BATCH`] before anything is allocated.
+    fn batch_len(&mut self) -> Result<usize, WireError> {
+        let len = self.u32()? as usize;
+        if len > MAX_BATCH {
+            return Err(WireError::TooLarge {
+                what: "chunk batch",
+                len,
+                max: MAX_BATCH,
+            });
+        }
+        Ok(len)
+    }
+
     fn id(&mut self) -> Result<ChunkId, WireError> {
         let mut id = [0u8; 32];
         id.copy_from_slice(self.take(32)?);
@@ -158,14 +171,7 @@ impl Request {
                 }
             }
             2 => {
-                let n = r.u32()? as usize;
-                if n > MAX_BATCH {
-                    return Err(WireError::TooLarge {
-                        what: "chunk batch",
-                        len: n,
-                        max: MAX_BATCH,
-                    });
-                }
+                let n = r.batch_len()?;
                 Self::Chunks {
                     ids: (0..n).map(|_| r.id()).collect::<Result<_, _>>()?,
                 }
@@ -212,14 +218,7 @@ impl Response {
             }
             2 => Self::NotFound,
             3 => {
-                let n = r.u32()? as usize;
-                if n > MAX_BATCH {
-                    return Err(WireError::TooLarge {
-                        what: "chunk batch",
-                        len: n,
-                        max: MAX_BATCH,
-                    });
-                }
+                let n = r.batch_len()?;
                 let mut chunks = Vec::with_capacity(n);
                 for _ in 0..n {
                     let id = r.id()?;

@@ -257,6 +257,7 @@ impl Fetcher {
         let mut have: HashMap<ChunkId, Bytes> = HashMap::new();
         let mut outstanding: Vec<(Vec<ChunkId>, usize)> = Vec::new(); // batch, copies in flight
         let mut in_flight = FuturesUnordered::new();
+        let mut cool: HashMap<PeerId, Instant> = HashMap::new();
         let mut next = 0usize;
         let mut ahead: u64 = 0;
 
@@ -293,7 +294,9 @@ impl Fetcher {
             }
             // Schedule batches within the window on the least loaded peers.
             loop {
-                if ahead > self.settings.window {
+                // The window bounds memory, but never blocks the only way
+                // forward: with nothing in flight, the next batch always goes.
+                if ahead > self.settings.window && !in_flight.is_empty() {
                     break;
                 }
                 let Some(peer) = peers
@@ -322,7 +325,13 @@ impl Fetcher {
                 };
                 *load.entry(peer).or_insert(0) += 1;
                 let h = self.handle.clone();
+                let wait = cool
+                    .get(&peer)
+                    .map(|t| t.saturating_duration_since(Instant::now()))
+                    .unwrap_or_default();
                 in_flight.push(async move {
+                    // A peer that just said Busy gets a moment before the next request.
+                    tokio::time::sleep(wait).await;
                     let r = h.request(peer, Request::Chunks { ids: batch.clone() }).await;
                     (peer, batch, r)
                 });
@@ -387,7 +396,9 @@ impl Fetcher {
                         drop_peer = true; // it does not have the path (any more)
                     }
                 }
-                Ok(Response::Busy) => {}
+                Ok(Response::Busy) => {
+                    cool.insert(peer, Instant::now() + Duration::from_millis(50));
+                }
                 Ok(_) => drop_peer = true,
                 Err(e) => {
                     tracing::debug!(%peer, error = %e, "chunk request failed");
