@@ -55,12 +55,13 @@ in
       '';
 
       amount = mkOption {
-        type = types.strMatching "[0-9]+(\\.[0-9]+)?[KMGTkmgt]?(i?B)?";
+        type = types.strMatching "[0-9]+(\\.[0-9]+)?([KMGTkmgt]?(i?B)?|%)";
         default = defaults.amount;
-        example = "20G";
+        example = "10%";
         description = ''
-          Most disk space nixswarm keeps, as a size (K, M, G and T are
-          powers of 1024). Least recently used paths are evicted first.
+          Most disk space nixswarm keeps: a size (K, M, G and T are powers
+          of 1024) or a percentage of the filesystem holding `location`.
+          Least recently used paths are evicted first.
         '';
       };
 

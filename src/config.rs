@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use libp2p::Multiaddr;
 use nixswarm_gateway::Url;
 
-use crate::size::Size;
+use crate::size::{Amount, Size};
 
 /// The upstream used when none is configured.
 pub const DEFAULT_UPSTREAM: &str = "https://cache.nixos.org";
@@ -124,8 +124,9 @@ pub struct UpstreamSection {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
 pub struct StoreSection {
-    /// Most disk space for chunk data; least recently used paths go first.
-    pub cache_size: Size,
+    /// Most disk space for chunk data, as a size or a percentage of the
+    /// filesystem holding the data directory; least recently used paths go first.
+    pub cache_size: Amount,
 }
 
 impl Default for GatewaySection {
@@ -154,7 +155,7 @@ impl Default for UpstreamSection {
 impl Default for StoreSection {
     fn default() -> Self {
         Self {
-            cache_size: Size(10 << 30),
+            cache_size: Amount::Bytes(Size(10 << 30)),
         }
     }
 }
@@ -191,9 +192,9 @@ pub struct ConfigArgs {
         value_name = "NAME:KEY"
     )]
     pub trusted_keys: Vec<String>,
-    /// Most disk space for the chunk store, e.g. 10G.
-    #[arg(long, env = "NIXSWARM_CACHE_SIZE", value_name = "SIZE")]
-    pub cache_size: Option<Size>,
+    /// Most disk space for the chunk store: a size (10G) or a percentage of its filesystem (10%).
+    #[arg(long, env = "NIXSWARM_CACHE_SIZE", value_name = "SIZE|PERCENT")]
+    pub cache_size: Option<Amount>,
     /// Peer-to-peer listen multiaddr; repeat for several. Replaces the default (TCP and QUIC on port 37516).
     #[arg(
         long = "p2p-listen",
@@ -338,7 +339,7 @@ impl Config {
         if trusted_keys.is_empty() && !upstreams.is_empty() {
             bail!("no trusted keys: every upstream narinfo would be rejected (set --trusted-key)");
         }
-        if self.store.cache_size.0 == 0 {
+        if self.store.cache_size == Amount::Bytes(Size(0)) {
             bail!("store.cache-size is 0: nothing could be stored");
         }
         let multiaddrs = |what: &str, list: &[String]| -> Result<Vec<Multiaddr>> {
@@ -410,7 +411,7 @@ mod tests {
         let t = T::try_parse_from(["t", "--config", file.to_str().unwrap(), "--cache-size", "2G"]).unwrap();
         let c = Config::load(&t.args).unwrap();
         assert_eq!(c.upstream.urls, vec!["http://127.0.0.1:1".to_owned()]);
-        assert_eq!(c.store.cache_size, Size(2 << 30));
+        assert_eq!(c.store.cache_size, Amount::Bytes(Size(2 << 30)));
         let t = T::try_parse_from(["t", "--config", file.to_str().unwrap(), "--no-upstream"]).unwrap();
         assert!(Config::load(&t.args).unwrap().upstream.urls.is_empty());
         let t = T::try_parse_from([

@@ -105,3 +105,120 @@ mod tests {
         }
     }
 }
+
+/// How much disk to use: a size, or a percentage of the filesystem that
+/// holds the data directory (`10%`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Amount {
+    Bytes(Size),
+    Percent(f64),
+}
+
+impl FromStr for Amount {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim().strip_suffix('%') {
+            Some(p) => {
+                let v: f64 = p
+                    .trim()
+                    .parse()
+                    .map_err(|_| format!("amount {s:?}: {p:?} is not a number"))?;
+                if !(v > 0.0 && v <= 100.0) {
+                    return Err(format!("amount {s:?}: a percentage must be above 0 and at most 100"));
+                }
+                Ok(Self::Percent(v))
+            }
+            None => s.parse().map(Self::Bytes),
+        }
+    }
+}
+
+impl fmt::Display for Amount {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Bytes(b) => b.fmt(f),
+            Self::Percent(p) => write!(f, "{p}%"),
+        }
+    }
+}
+
+impl Serialize for Amount {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Amount {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(u64),
+            S(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::N(n) => Ok(Self::Bytes(Size(n))),
+            Raw::S(s) => s.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+impl Amount {
+    /// Bytes, resolving a percentage against the size of the filesystem
+    /// holding `dir` (or its nearest existing parent).
+    pub fn bytes(&self, dir: &std::path::Path) -> std::io::Result<u64> {
+        match self {
+            Self::Bytes(b) => Ok(b.0),
+            Self::Percent(p) => Ok((filesystem_size(dir)? as f64 * p / 100.0) as u64),
+        }
+    }
+}
+
+fn filesystem_size(dir: &std::path::Path) -> std::io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let existing = dir
+        .ancestors()
+        .find(|a| a.exists())
+        .unwrap_or(std::path::Path::new("/"));
+    let c = std::ffi::CString::new(existing.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid NUL-terminated path and `st` a valid out-pointer.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(st.f_blocks as u64 * st.f_frsize as u64)
+}
+
+#[cfg(test)]
+mod amount_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn sizes_and_percentages() {
+        assert_eq!("20G".parse(), Ok(Amount::Bytes(Size(20 << 30))));
+        assert_eq!("10%".parse(), Ok(Amount::Percent(10.0)));
+        assert_eq!(" 2.5 %".parse(), Ok(Amount::Percent(2.5)));
+        assert!("0%".parse::<Amount>().is_err());
+        assert!("101%".parse::<Amount>().is_err());
+        assert!("x%".parse::<Amount>().is_err());
+        let dir = std::path::Path::new("/nonexistent/below/root");
+        let ten = Amount::Percent(10.0).bytes(dir).unwrap();
+        let twenty = Amount::Percent(20.0).bytes(dir).unwrap();
+        assert!(ten > 0 && twenty >= 2 * ten - 1, "{ten} {twenty}");
+        assert_eq!(Amount::Bytes(Size(5)).bytes(dir).unwrap(), 5);
+    }
+
+    proptest! {
+        #[test]
+        fn display_round_trips(p in 1u32..=1000) {
+            let a = Amount::Percent(f64::from(p) / 10.0);
+            prop_assert_eq!(a.to_string().parse::<Amount>(), Ok(a));
+        }
+
+        #[test]
+        fn parse_never_panics(s in "\\PC{0,20}") {
+            let _ = s.parse::<Amount>();
+        }
+    }
+}

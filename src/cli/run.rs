@@ -40,13 +40,11 @@ pub fn run(args: RunArgs) -> Result<()> {
 /// Opens the chunk store under the data directory.
 pub fn open_store(eff: &Effective) -> Result<ChunkStore> {
     let dir = eff.data_dir.join("store");
-    ChunkStore::open(
-        &dir,
-        StoreOptions {
-            quota: eff.config.store.cache_size.0,
-        },
-    )
-    .with_context(|| format!("opening the store in {}", dir.display()))
+    let amount = eff.config.store.cache_size;
+    let quota = amount
+        .bytes(&eff.data_dir)
+        .with_context(|| format!("sizing store.cache-size {amount} against {}", eff.data_dir.display()))?;
+    ChunkStore::open(&dir, StoreOptions { quota }).with_context(|| format!("opening the store in {}", dir.display()))
 }
 
 async fn start_node(eff: &Effective, store: &ChunkStore, corrupt: bool, cancel: &CancellationToken) -> Result<Node> {
