@@ -173,6 +173,19 @@ fn down_upstream() -> String {
 /// Starts `n` seeds holding `cache` and a client gateway bootstrapped from
 /// them; returns MiB/s of fetching `path`'s NAR through the client.
 fn through_peers(work: &Path, seeded: &Path, n: usize, limit: Option<&str>, info: &NarInfo, key: &str) -> Result<f64> {
+    through_peers_into(work, seeded, n, limit, info, key, None)
+}
+
+/// Same, with the client's data directory under `client_root` (e.g. tmpfs).
+fn through_peers_into(
+    work: &Path,
+    seeded: &Path,
+    n: usize,
+    limit: Option<&str>,
+    info: &NarInfo,
+    key: &str,
+    client_root: Option<&Path>,
+) -> Result<f64> {
     let run = work.join(format!("run-{n}-{}", limit.unwrap_or("none")));
     let mut seeds = Vec::new();
     for i in 0..n {
@@ -196,12 +209,8 @@ fn through_peers(work: &Path, seeded: &Path, n: usize, limit: Option<&str>, info
     // Flush the seed copies so their writeback is not measured below.
     Command::new("sync").status()?;
     let down = down_upstream();
-    let client = Gateway::start_with(
-        &run.join("client"),
-        &[&down],
-        key,
-        &["--bootstrap", &seeds[0].node_addrs[0]],
-    )?;
+    let client_dir = client_root.map_or_else(|| run.join("client"), |r| r.join("client"));
+    let client = Gateway::start_with(&client_dir, &[&down], key, &["--bootstrap", &seeds[0].node_addrs[0]])?;
     client.wait_for("peers", n as u64)?;
     seeds[0].wait_for("provider_records", n as u64)?;
     let narinfo = Command::new("curl")
@@ -222,6 +231,7 @@ fn through_peers(work: &Path, seeded: &Path, n: usize, limit: Option<&str>, info
         s.stop()?;
     }
     let _ = std::fs::remove_dir_all(&run);
+    let _ = std::fs::remove_dir_all(&client_dir);
     Ok(speed)
 }
 
@@ -370,6 +380,16 @@ fn main() -> Result<()> {
         "| 256 MiB NAR: gateway from 1 peer vs nginx direct, MiB/s | {direct:.0} | {one:.0} | {:.2} | >= 0.5 |",
         one / direct
     ));
+    // The same with the client's store in memory: the network path without this disk.
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir() {
+        let root = tempfile::tempdir_in(shm)?;
+        let mem = through_peers_into(&work, &seeded, 1, None, &big_info, &pubk, Some(root.path()))?;
+        rows.push(format!(
+            "| same, client store on tmpfs, MiB/s | {direct:.0} | {mem:.0} | {:.2} | |",
+            mem / direct
+        ));
+    }
     let l1 = through_peers(&work, &seeded, 1, Some("20M"), &big_info, &pubk)?;
     let l2 = through_peers(&work, &seeded, 2, Some("20M"), &big_info, &pubk)?;
     let l4 = through_peers(&work, &seeded, 4, Some("20M"), &big_info, &pubk)?;
