@@ -4,9 +4,11 @@
 //!
 //! - [`store`]: [`ChunkStore`] (ingest, verified reads, LRU quota), behind the
 //!   [`MetaDb`] trait with redb and in-memory backends.
+//! - [`nar`]: canonical NAR serialisation of a path on disk.
 //! - [`p2p`]: [`Node`] (swarm task, server, announcer) and the
 //!   [`p2p::Fetcher`] that stripes chunk downloads across providers.
 
+pub mod nar;
 pub mod p2p;
 pub mod store;
 
