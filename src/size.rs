@@ -59,18 +59,23 @@ impl Serialize for Size {
     }
 }
 
+/// Deserializes a number of bytes, or a string parsed with `FromStr`.
+fn bytes_or_str<'de, D: Deserializer<'de>, T: FromStr<Err = String>>(d: D, bytes: fn(u64) -> T) -> Result<T, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        N(u64),
+        S(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::N(n) => Ok(bytes(n)),
+        Raw::S(s) => s.parse().map_err(serde::de::Error::custom),
+    }
+}
+
 impl<'de> Deserialize<'de> for Size {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            N(u64),
-            S(String),
-        }
-        match Raw::deserialize(d)? {
-            Raw::N(n) => Ok(Self(n)),
-            Raw::S(s) => s.parse().map_err(serde::de::Error::custom),
-        }
+        bytes_or_str(d, Self)
     }
 }
 
@@ -150,16 +155,7 @@ impl Serialize for Amount {
 
 impl<'de> Deserialize<'de> for Amount {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            N(u64),
-            S(String),
-        }
-        match Raw::deserialize(d)? {
-            Raw::N(n) => Ok(Self::Bytes(Size(n))),
-            Raw::S(s) => s.parse().map_err(serde::de::Error::custom),
-        }
+        bytes_or_str(d, |n| Self::Bytes(Size(n)))
     }
 }
 

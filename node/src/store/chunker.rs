@@ -52,19 +52,8 @@ impl Chunker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::tests::data as pseudo_random;
     use proptest::prelude::*;
-
-    fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed | 1;
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
-    }
 
     fn chunk_all(data: &[u8], piece: usize) -> Vec<Vec<u8>> {
         let mut out = Vec::new();

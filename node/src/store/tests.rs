@@ -1,7 +1,8 @@
 use super::*;
 use nixswarm_protocol::{Sha256Hash, StorePath};
 
-fn data(len: usize, seed: u64) -> Vec<u8> {
+/// Deterministic pseudo-random bytes (xorshift).
+pub(crate) fn data(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     (0..len)
         .map(|_| {
