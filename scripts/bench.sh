@@ -10,17 +10,8 @@
 # nginx-light, wrk and nix-bin if missing. Everything stays on 127.0.0.1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
-need=()
-command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
-command -v wrk >/dev/null || need+=(wrk)
-command -v nix-store >/dev/null || need+=(nix-bin)
-command -v curl >/dev/null || need+=(curl)
-command -v bc >/dev/null || need+=(bc)
-if [ ${#need[@]} -gt 0 ]; then
-  as_root apt-get update -qq
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-fi
+. scripts/lib.sh
+install_missing nginx:nginx-light wrk:wrk nix-store:nix-bin curl:curl bc:bc
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 RUNS=${BENCH_RUNS:-5}
 

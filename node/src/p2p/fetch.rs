@@ -95,7 +95,8 @@ impl Fetcher {
         &self.handle
     }
 
-    fn banned(&self, peer: &PeerId) -> bool {
+    /// True if `peer` is banned now.
+    pub fn is_banned(&self, peer: &PeerId) -> bool {
         let scores = self.scores.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         scores
             .get(peer)
@@ -113,11 +114,6 @@ impl Fetcher {
             s.banned_until = Some(Instant::now() + self.settings.ban_for);
             tracing::warn!(%peer, "peer banned for {:?}", self.settings.ban_for);
         }
-    }
-
-    /// True if `peer` is banned now.
-    pub fn is_banned(&self, peer: &PeerId) -> bool {
-        self.banned(peer)
     }
 
     /// Checks a narinfo and manifest a peer sent for `hash`.
@@ -162,7 +158,7 @@ impl Fetcher {
             while asking.len() < 4
                 && let Some(peer) = candidates.pop_front()
             {
-                if self.banned(&peer) {
+                if self.is_banned(&peer) {
                     continue;
                 }
                 asking.push(ask(peer, Duration::ZERO));
@@ -251,7 +247,7 @@ impl Fetcher {
             .chunks(self.settings.batch.clamp(1, MAX_BATCH))
             .map(|b| b.iter().map(|(id, _)| *id).collect())
             .collect();
-        let mut peers: Vec<PeerId> = path.providers.iter().copied().filter(|p| !self.banned(p)).collect();
+        let mut peers: Vec<PeerId> = path.providers.iter().copied().filter(|p| !self.is_banned(p)).collect();
         peers.truncate(self.settings.max_peers);
         let mut load: HashMap<PeerId, usize> = peers.iter().map(|p| (*p, 0)).collect();
         let mut have: HashMap<ChunkId, Bytes> = HashMap::new();

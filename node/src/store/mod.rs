@@ -223,9 +223,7 @@ impl ChunkStore {
     /// Removes a path; its chunks go when no other path uses them.
     pub fn remove(&self, hash: &StorePathHash) -> Result<bool> {
         let state = self.state();
-        let existed = self.inner.meta.contains(hash.as_str())?;
-        self.remove_locked(&state, hash.as_str())?;
-        Ok(existed)
+        self.remove_locked(&state, hash.as_str())
     }
 
     /// Every stored path hash.
@@ -256,10 +254,10 @@ impl ChunkStore {
         Ok(removed)
     }
 
-    fn remove_locked(&self, state: &State, hash: &str) -> Result<()> {
-        if self.inner.meta.contains(hash)?
-            && let Ok(h) = hash.parse()
-        {
+    /// Removes a path (the caller holds the state lock); false if it was not stored.
+    fn remove_locked(&self, state: &State, hash: &str) -> Result<bool> {
+        let existed = self.inner.meta.contains(hash)?;
+        if existed && let Ok(h) = hash.parse() {
             self.notify(StoreEvent::Removed(h));
         }
         for id in self.inner.meta.remove(hash)? {
@@ -267,7 +265,7 @@ impl ChunkStore {
                 self.inner.chunks.delete(&id)?;
             }
         }
-        Ok(())
+        Ok(existed)
     }
 
     /// Evicts least-recently-used paths until `needed` more bytes fit, then
