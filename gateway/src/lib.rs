@@ -134,6 +134,13 @@ impl Gateway {
     /// Serves on `listener` until `cancel` fires.
     pub async fn serve(self, listener: tokio::net::TcpListener) -> std::io::Result<()> {
         let cancel = self.state.cancel.clone();
+        // Without TCP_NODELAY a NAR body written after its headers waits for
+        // the client's delayed ACK (~40 ms) on every reused connection.
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "could not set TCP_NODELAY");
+            }
+        });
         axum::serve(listener, self.router())
             .with_graceful_shutdown(cancel.cancelled_owned())
             .await
