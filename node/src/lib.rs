@@ -4,15 +4,21 @@
 //!
 //! - [`store`]: [`ChunkStore`] (ingest, verified reads, LRU quota), behind the
 //!   [`MetaDb`] trait with redb and in-memory backends.
+//! - [`installed`]: donor mode, serving signed installed paths from a Nix
+//!   store's own files.
+//! - [`shelf`]: what a node serves and announces ([`Shelf`]).
 //! - [`nar`]: canonical NAR serialisation of a path on disk.
 //! - [`p2p`]: [`Node`] (swarm task, server, announcer) and the
 //!   [`p2p::Fetcher`] that stripes chunk downloads across providers.
 
+pub mod installed;
 pub mod nar;
+pub mod shelf;
 pub mod p2p;
 pub mod store;
 
 pub use p2p::{Node, NodeConfig, NodeError, NodeHandle, NodeStatus};
+pub use shelf::{Shelf, ShelfError, Shelves};
 pub use store::StoreEvent;
 pub use store::{
     ChunkStore, Ingest, MemMeta, MetaDb, NarHandle, NarReader, RedbMeta, StoreError, StoreOptions, StoreStats,

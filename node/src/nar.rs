@@ -1,44 +1,81 @@
 //! Canonical NAR serialisation of a path on disk, as `nix-store --dump`
-//! writes it: the groundwork for serving installed store paths without a
-//! second copy (donor mode).
+//! writes it. Donor mode serves installed store paths from these bytes
+//! without keeping a second copy.
 //!
 //! Format: every string is a u64 little-endian length, the bytes, and zero
 //! padding to a multiple of 8. A node is `( type regular [executable ""]
 //! contents <bytes> )`, `( type symlink target <target> )` or
 //! `( type directory entry ( name <n> node <node> )... )` with entries
 //! sorted by name, bytewise.
+//!
+//! [`dump_to`] walks a tree and hands a [`NarSink`] the framing bytes and
+//! each regular file's contents separately, so a sink can record where in
+//! the NAR each file lies ([`crate::installed`]'s layout) instead of copying.
 
 use std::fs;
 use std::io::{self, Read as _, Write};
 use std::os::unix::ffi::OsStrExt as _;
 use std::os::unix::fs::PermissionsExt as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-fn put_len(out: &mut impl Write, len: u64) -> io::Result<()> {
-    out.write_all(&len.to_le_bytes())
+/// Receives a NAR in order: framing bytes, and regular files' contents.
+pub trait NarSink {
+    /// Framing: tokens, lengths, names, symlink targets, padding.
+    fn framing(&mut self, bytes: &[u8]) -> io::Result<()>;
+    /// The contents of the regular file at `rel` (relative to the dumped
+    /// root; empty for a root that is a file): exactly `len` bytes, to be
+    /// read from `file`. Fewer bytes means the file changed while read.
+    fn contents(&mut self, rel: &Path, file: fs::File, len: u64) -> io::Result<()>;
 }
 
-fn pad(out: &mut impl Write, len: u64) -> io::Result<()> {
-    let rem = (len % 8) as usize;
-    if rem != 0 {
-        out.write_all(&[0u8; 8][..8 - rem])?;
+/// A sink that writes the NAR bytes to a writer.
+struct WriteSink<'a, W>(&'a mut W);
+
+impl<W: Write> NarSink for WriteSink<'_, W> {
+    fn framing(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.0.write_all(bytes)
     }
-    Ok(())
+    fn contents(&mut self, rel: &Path, file: fs::File, len: u64) -> io::Result<()> {
+        let copied = io::copy(&mut file.take(len), self.0)?;
+        if copied != len {
+            return Err(changed(rel));
+        }
+        Ok(())
+    }
 }
 
-fn put_str(out: &mut impl Write, s: &[u8]) -> io::Result<()> {
-    put_len(out, s.len() as u64)?;
-    out.write_all(s)?;
-    pad(out, s.len() as u64)
+/// The error for a file that shrank while it was read.
+pub fn changed(rel: &Path) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::UnexpectedEof,
+        format!("{} changed while read", rel.display()),
+    )
+}
+
+/// Zero bytes padding a string of `len` bytes to a multiple of 8.
+pub fn padding(len: u64) -> &'static [u8] {
+    let rem = (len % 8) as usize;
+    if rem == 0 { &[] } else { &[0u8; 8][..8 - rem] }
+}
+
+fn put_str(out: &mut impl NarSink, s: &[u8]) -> io::Result<()> {
+    out.framing(&(s.len() as u64).to_le_bytes())?;
+    out.framing(s)?;
+    out.framing(padding(s.len() as u64))
 }
 
 /// Writes the NAR serialisation of `path` (a file, symlink or directory).
 pub fn dump(path: &Path, out: &mut impl Write) -> io::Result<()> {
-    put_str(out, b"nix-archive-1")?;
-    node(path, out)
+    dump_to(path, &mut WriteSink(out))
 }
 
-fn node(path: &Path, out: &mut impl Write) -> io::Result<()> {
+/// Walks `path` and hands its NAR serialisation to `sink`.
+pub fn dump_to(path: &Path, sink: &mut impl NarSink) -> io::Result<()> {
+    put_str(sink, b"nix-archive-1")?;
+    node(path, &mut PathBuf::new(), sink)
+}
+
+fn node(path: &Path, rel: &mut PathBuf, out: &mut impl NarSink) -> io::Result<()> {
     let meta = fs::symlink_metadata(path)?;
     put_str(out, b"(")?;
     put_str(out, b"type")?;
@@ -55,15 +92,9 @@ fn node(path: &Path, out: &mut impl Write) -> io::Result<()> {
         }
         put_str(out, b"contents")?;
         let len = meta.len();
-        put_len(out, len)?;
-        let copied = io::copy(&mut fs::File::open(path)?.take(len), out)?;
-        if copied != len {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                format!("{} changed while read", path.display()),
-            ));
-        }
-        pad(out, len)?;
+        out.framing(&len.to_le_bytes())?;
+        out.contents(rel, fs::File::open(path)?, len)?;
+        out.framing(padding(len))?;
     } else if ft.is_dir() {
         put_str(out, b"directory")?;
         let mut entries: Vec<_> = fs::read_dir(path)?
@@ -76,7 +107,10 @@ fn node(path: &Path, out: &mut impl Write) -> io::Result<()> {
             put_str(out, b"name")?;
             put_str(out, name.as_bytes())?;
             put_str(out, b"node")?;
-            node(&path.join(&name), out)?;
+            rel.push(&name);
+            let r = node(&path.join(&name), rel, out);
+            rel.pop();
+            r?;
             put_str(out, b")")?;
         }
     } else {

@@ -1,4 +1,4 @@
-//! Keeps the DHT in step with the store: announces every stored path at
+//! Keeps the DHT in step with the shelves: announces every shared path at
 //! start-up and whenever one is added, withdraws evicted paths, and
 //! re-announces everything periodically, with a bounded number of provide
 //! queries in flight (all at once degrades badly: see ARCHITECTURE.md).
@@ -8,20 +8,20 @@ use std::time::Duration;
 use futures::StreamExt as _;
 use futures::stream::FuturesUnordered;
 use nixswarm_protocol::StorePathHash;
-use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 
 use super::NodeHandle;
-use crate::store::{ChunkStore, StoreEvent};
+use crate::shelf::{Shelf as _, Shelves};
+use crate::store::StoreEvent;
 
 pub(super) async fn run(
     handle: NodeHandle,
-    store: ChunkStore,
+    store: Shelves,
     max_in_flight: usize,
     reprovide: Duration,
     cancel: CancellationToken,
 ) {
-    let mut events = store.subscribe();
+    let mut events = store.events();
     let mut queue: std::collections::VecDeque<StorePathHash> = store.list().unwrap_or_default().into();
     tracing::info!(paths = queue.len(), "announcing stored paths");
     let mut in_flight = FuturesUnordered::new();
@@ -39,19 +39,23 @@ pub(super) async fn run(
                     return; // the node stopped
                 }
             }
-            ev = events.recv() => match ev {
-                Ok(StoreEvent::Added(h)) => queue.push_back(h),
-                Ok(StoreEvent::Removed(h)) => {
+            ev = events.next() => match ev {
+                Some(Some(StoreEvent::Added(h))) => queue.push_back(h),
+                Some(Some(StoreEvent::Removed(h))) => {
+                    // Another shelf may still share it (installed and cached).
+                    if store.contains(&h).unwrap_or(false) {
+                        continue;
+                    }
                     queue.retain(|q| *q != h);
                     if handle.withdraw(&h).await.is_err() {
                         return;
                     }
                 }
-                Err(RecvError::Lagged(_)) => {
-                    // Missed changes: resynchronise from the store.
+                Some(None) => {
+                    // Missed changes: resynchronise from the shelves.
                     queue = store.list().unwrap_or_default().into();
                 }
-                Err(RecvError::Closed) => return,
+                None => std::future::pending().await,
             },
             () = handle.stats.joined.notified() => {
                 tracing::info!("connected to the swarm: announcing stored paths again");

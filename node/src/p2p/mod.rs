@@ -29,7 +29,7 @@ pub use actor::Command;
 pub use fetch::{FetchSettings, Fetcher, PeerPath};
 pub use ratelimit::RateLimiter;
 
-use crate::store::ChunkStore;
+use crate::shelf::Shelves;
 
 /// Errors starting or talking to the node.
 #[derive(Debug, thiserror::Error)]
@@ -232,15 +232,17 @@ pub struct Node {
 }
 
 impl Node {
-    /// Starts the swarm, the server and the announcer. `data_dir` holds the
-    /// node key and the provider record database.
+    /// Starts the swarm, the server and the announcer, sharing `store` (a
+    /// [`crate::ChunkStore`] or several [`Shelves`]). `data_dir` holds the
+    /// provider record database.
     pub async fn start(
         data_dir: &Path,
         key: identity::Keypair,
-        store: ChunkStore,
+        store: impl Into<Shelves>,
         config: NodeConfig,
         cancel: CancellationToken,
     ) -> Result<Self, NodeError> {
+        let store: Shelves = store.into();
         let peer_id = key.public().to_peer_id();
         std::fs::create_dir_all(data_dir).map_err(|e| NodeError::Records(e.to_string()))?;
         let records = records::PersistentStore::open(

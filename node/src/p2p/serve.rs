@@ -1,4 +1,4 @@
-//! Answering transfer requests from other nodes out of the chunk store:
+//! Answering transfer requests from other nodes out of the shared shelves:
 //! bounded concurrency overall and per peer, the upload limit, and zstd on
 //! the wire where it helps.
 
@@ -12,23 +12,20 @@ use tokio_util::sync::CancellationToken;
 
 use super::actor::{Command, Inbound};
 use super::{NodeHandle, RateLimiter};
-use crate::store::ChunkStore;
+use crate::shelf::{Shelf as _, Shelves};
 
 /// Requests answered at once, in total.
 const MAX_CONCURRENT: usize = 32;
 /// Requests answered at once for one peer.
 const MAX_PER_PEER: usize = 8;
 
-/// Builds the answer to one request (blocking: reads the store).
+/// Builds the answer to one request (blocking: reads the shelves).
 /// `corrupt` exists only in test builds (feature `test-corrupt`): it makes
 /// this node lie, to test that fetchers catch it.
-pub fn answer(store: &ChunkStore, request: &Request, corrupt: bool) -> Response {
+pub fn answer(store: &Shelves, request: &Request, corrupt: bool) -> Response {
     match request {
-        Request::PathInfo { hash } => match store.record(hash) {
-            Ok(Some(rec)) => Response::PathInfo {
-                narinfo: rec.narinfo,
-                manifest: rec.manifest,
-            },
+        Request::PathInfo { hash } => match store.path_info(hash) {
+            Ok(Some((narinfo, manifest))) => Response::PathInfo { narinfo, manifest },
             Ok(None) => Response::NotFound,
             Err(e) => {
                 tracing::warn!(%hash, error = %e, "cannot read a stored path for a peer");
@@ -79,7 +76,7 @@ fn wire_len(r: &Response) -> u64 {
 
 pub(super) async fn run(
     handle: NodeHandle,
-    store: ChunkStore,
+    store: Shelves,
     mut inbound: mpsc::Receiver<Inbound>,
     limiter: Arc<RateLimiter>,
     corrupt: bool,

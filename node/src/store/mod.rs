@@ -10,7 +10,7 @@
 //!   the quota; least-recently-used paths are evicted to make room, and a
 //!   path being read is never evicted.
 
-mod chunker;
+pub(crate) mod chunker;
 mod chunks;
 mod ingest;
 mod mem_meta;
@@ -25,6 +25,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use nixswarm_protocol::{ChunkId, ChunkManifest, NarInfo, StorePathHash};
 use thiserror::Error;
+
+/// The BLAKE3 id of chunk bytes.
+pub(crate) fn chunk_id(data: &[u8]) -> ChunkId {
+    ChunkId(*blake3::hash(data).as_bytes())
+}
 
 pub use chunker::{AVG as CHUNK_AVG, MAX as CHUNK_MAX, MIN as CHUNK_MIN};
 pub use ingest::Ingest;
@@ -357,4 +362,4 @@ impl NarHandle {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -232,3 +232,17 @@ fn a_crash_before_commit_leaves_nothing_visible_and_orphans_are_swept() {
     put(&store, &bytes, 1).unwrap();
     assert_eq!(read_all(&store, 1, 0, u64::MAX).unwrap(), bytes);
 }
+
+#[test]
+fn the_chunk_store_is_a_conforming_shelf() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), 1 << 30);
+    let nar = data(300_000, 9);
+    put(&store, &nar, 1).unwrap();
+    crate::shelf::conformance(
+        &store,
+        &StorePathHash::from_bytes(&[1; 20]),
+        &nar,
+        &StorePathHash::from_bytes(&[2; 20]),
+    );
+}
