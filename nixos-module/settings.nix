@@ -20,7 +20,7 @@ in
     listen = "127.0.0.1:${toString gatewayPort}";
     priority = gatewayPriority;
   };
-  store.cache-size = amount;
+  store.amount = amount;
   p2p =
     {
       # A contributing node answers the DHT and serves chunks; a

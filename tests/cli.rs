@@ -46,16 +46,16 @@ fn file_then_environment_then_flags() {
     let f = file.to_str().unwrap();
     let out = stdout(&check_config(&["--config", f], &[]));
     assert!(
-        out.contains("cache-size = \"1G\"") && out.contains("http://127.0.0.1:9"),
+        out.contains("amount = \"1G\"") && out.contains("http://127.0.0.1:9"),
         "{out}"
     );
-    let out = stdout(&check_config(&["--config", f], &[("NIXSWARM_CACHE_SIZE", "2G")]));
-    assert!(out.contains("cache-size = \"2G\""), "{out}");
+    let out = stdout(&check_config(&["--config", f], &[("NIXSWARM_AMOUNT", "2G")]));
+    assert!(out.contains("amount = \"2G\""), "{out}");
     let out = stdout(&check_config(
-        &["--config", f, "--cache-size", "3G"],
-        &[("NIXSWARM_CACHE_SIZE", "2G")],
+        &["--config", f, "--amount", "3G"],
+        &[("NIXSWARM_AMOUNT", "2G")],
     ));
-    assert!(out.contains("cache-size = \"3G\""), "{out}");
+    assert!(out.contains("amount = \"3G\""), "{out}");
     let out = stdout(&check_config(
         &[],
         &[
@@ -83,7 +83,7 @@ fn mistakes_are_explained() {
 
     let out = check_config(&["--trusted-key", "garbage"], &[]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("NAME:BASE64"));
-    let out = check_config(&["--cache-size", "10X"], &[]);
+    let out = check_config(&["--amount", "10X"], &[]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown unit"));
     let out = check_config(&["--upstream", "ftp://example.invalid"], &[]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("only http"));

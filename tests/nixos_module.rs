@@ -137,7 +137,7 @@ fn the_readme_example_passes_check_config() -> Result<()> {
         .strip_prefix("{ ... }:")
         .context("the example is a module `{ ... }: { ... }`")?;
     let out = check_config(&generated_settings(body)?)?;
-    assert!(out.contains("cache-size = \"15%\""), "{out}");
+    assert!(out.contains("amount = \"15%\""), "{out}");
     assert!(out.contains("upload-limit = \"5M\""), "{out}");
     Ok(())
 }

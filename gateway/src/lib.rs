@@ -74,6 +74,8 @@ pub struct AppState {
     pub cancel: CancellationToken,
     /// The peer-to-peer node, if this gateway runs one (for `/status`).
     pub node: Option<nixswarm_node::NodeHandle>,
+    /// The installed paths this node shares, if any (for `/status`).
+    pub installed: Option<nixswarm_node::installed::InstalledStore>,
 }
 
 /// The gateway: build it, then [`Gateway::serve`] it or use its router.
@@ -109,6 +111,7 @@ impl Gateway {
                 options,
                 cancel,
                 node: None,
+                installed: None,
             }),
         }
     }
@@ -117,6 +120,14 @@ impl Gateway {
     pub fn with_node(mut self, node: nixswarm_node::NodeHandle) -> Self {
         if let Some(state) = Arc::get_mut(&mut self.state) {
             state.node = Some(node);
+        }
+        self
+    }
+
+    /// Reports the shared installed paths on `/status`. Call before serving.
+    pub fn with_installed(mut self, installed: nixswarm_node::installed::InstalledStore) -> Self {
+        if let Some(state) = Arc::get_mut(&mut self.state) {
+            state.installed = Some(installed);
         }
         self
     }

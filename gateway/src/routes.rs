@@ -93,9 +93,11 @@ async fn status(State(state): State<Arc<AppState>>) -> Result<Response> {
         Some(n) => n.status().await.ok(),
         None => None,
     };
+    let installed = state.installed.as_ref().and_then(|i| i.stats().ok());
     let body = serde_json::json!({
         "node": node,
-        "store": { "paths": store.paths, "bytes": store.bytes, "quota": store.quota },
+        "store": { "paths": store.paths, "bytes": store.bytes, "quota": store.quota, "keep_fetched": state.options.keep_fetched },
+        "installed": installed,
     });
     Ok(([(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response())
 }

@@ -4,14 +4,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context as _, Result};
+use anyhow::{Context as _, Result, bail};
 use clap::Args;
 use nixswarm_gateway::{Gateway, GatewayOptions, PeerSource, Source, Upstream, http_client};
 use nixswarm_node::p2p::{FetchSettings, Fetcher, load_or_create_key};
-use nixswarm_node::{ChunkStore, Node, NodeConfig, StoreOptions};
+use nixswarm_node::installed::{InstalledOptions, InstalledStore, NixDb};
+use nixswarm_node::{ChunkStore, Node, NodeConfig, Shelf, Shelves, StoreOptions};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, ConfigArgs, Effective, P2pMode};
+use crate::config::{Config, ConfigArgs, Contribute, Effective, P2pMode};
 
 /// Flags of `nixswarm run`.
 #[derive(Debug, Clone, Args)]
@@ -37,17 +38,55 @@ pub fn run(args: RunArgs) -> Result<()> {
     rt.block_on(serve(eff, corrupt))
 }
 
-/// Opens the chunk store under the data directory.
+/// Opens the chunk store in `store.location`.
 pub fn open_store(eff: &Effective) -> Result<ChunkStore> {
-    let dir = eff.data_dir.join("store");
-    let amount = eff.config.store.cache_size;
+    let dir = &eff.store_dir;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let amount = eff.config.store.amount;
     let quota = amount
-        .bytes(&eff.data_dir)
-        .with_context(|| format!("sizing store.cache-size {amount} against {}", eff.data_dir.display()))?;
-    ChunkStore::open(&dir, StoreOptions { quota }).with_context(|| format!("opening the store in {}", dir.display()))
+        .bytes(dir)
+        .with_context(|| format!("sizing store.amount {amount} against {}", dir.display()))?;
+    ChunkStore::open(dir, StoreOptions { quota }).with_context(|| format!("opening the store in {}", dir.display()))
 }
 
-async fn start_node(eff: &Effective, store: &ChunkStore, corrupt: bool, cancel: &CancellationToken) -> Result<Node> {
+/// Opens the donor index of installed paths and starts following the Nix
+/// database on its own thread. `None` when installed paths are not shared,
+/// or (in cache mode) when there is no Nix database.
+fn open_installed(eff: &Effective, cancel: &CancellationToken) -> Result<Option<InstalledStore>> {
+    let donor = &eff.config.donor;
+    if !donor.shares_installed() {
+        return Ok(None);
+    }
+    let db = NixDb::under(&donor.nix_store_root);
+    if !db.path().exists() {
+        if donor.contribute == Contribute::Installed {
+            bail!(
+                "donor.contribute = installed, but there is no Nix database at {} (set --nix-store-root)",
+                db.path().display()
+            );
+        }
+        tracing::info!(db = %db.path().display(), "no Nix database: not sharing installed paths");
+        return Ok(None);
+    }
+    let opts = InstalledOptions {
+        root: donor.nix_store_root.clone(),
+        trusted_keys: eff.trusted_keys.clone(),
+        exclude: donor.patterns()?,
+        index_rate: donor.index_rate.map(|r| r.0),
+        poll: donor.poll_interval,
+    };
+    let index = eff.data_dir.join("installed.redb");
+    let store = InstalledStore::open(&index, opts).with_context(|| format!("opening {}", index.display()))?;
+    let (follower, cancel) = (store.clone(), cancel.clone());
+    std::thread::Builder::new()
+        .name("installed-paths".into())
+        .spawn(move || follower.follow(&cancel))
+        .context("starting the installed-paths indexer")?;
+    tracing::info!(db = %db.path().display(), "sharing signed installed paths");
+    Ok(Some(store))
+}
+
+async fn start_node(eff: &Effective, shelves: Shelves, corrupt: bool, cancel: &CancellationToken) -> Result<Node> {
     let p2p = &eff.config.p2p;
     let key = load_or_create_key(&eff.data_dir.join("node.key"))?;
     #[allow(unused_mut)]
@@ -65,7 +104,7 @@ async fn start_node(eff: &Effective, store: &ChunkStore, corrupt: bool, cancel: 
         config.corrupt_chunks = corrupt;
     }
     let _ = corrupt;
-    let node = Node::start(&eff.data_dir.join("p2p"), key, store.clone(), config, cancel.clone())
+    let node = Node::start(&eff.data_dir.join("p2p"), key, shelves, config, cancel.clone())
         .await
         .context("starting the peer-to-peer node")?;
     for addr in &node.listen_addrs {
@@ -98,8 +137,16 @@ async fn serve(eff: Effective, corrupt: bool) -> Result<()> {
 
     let cancel = CancellationToken::new();
     tokio::spawn(shutdown_signal(cancel.clone()));
+    let installed = open_installed(&eff, &cancel)?;
+    let mut shelves: Vec<Arc<dyn Shelf>> = Vec::new();
+    if let Some(i) = &installed {
+        shelves.push(Arc::new(i.clone()));
+    }
+    if eff.config.donor.keeps_fetched() {
+        shelves.push(Arc::new(store.clone()));
+    }
     let node = if eff.config.p2p.enable {
-        Some(start_node(&eff, &store, corrupt, &cancel).await?)
+        Some(start_node(&eff, Shelves::new(shelves), corrupt, &cancel).await?)
     } else {
         None
     };
@@ -119,7 +166,7 @@ async fn serve(eff: Effective, corrupt: bool) -> Result<()> {
     let options = GatewayOptions {
         priority: eff.config.gateway.priority,
         negative_ttl: eff.config.gateway.negative_ttl,
-        keep_fetched: true,
+        keep_fetched: eff.config.donor.keeps_fetched(),
         lookup_budget: eff.config.p2p.lookup_budget,
     };
     let mut gateway = Gateway::new(
@@ -132,6 +179,9 @@ async fn serve(eff: Effective, corrupt: bool) -> Result<()> {
     );
     if let Some(node) = &node {
         gateway = gateway.with_node(node.handle.clone());
+    }
+    if let Some(i) = installed {
+        gateway = gateway.with_installed(i);
     }
     let listen = eff.config.gateway.listen;
     let listener = tokio::net::TcpListener::bind(listen)

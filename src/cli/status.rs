@@ -67,10 +67,20 @@ pub fn run(args: &StatusArgs) -> Result<()> {
         println!("bytes served:   {}", bytes(n(&node["bytes_served"])));
         println!("bytes fetched:  {}", bytes(n(&node["bytes_fetched"])));
     }
+    let inst = &body["installed"];
+    if inst.is_null() {
+        println!("installed:      not shared");
+    } else {
+        println!("installed paths shared: {}", n(&inst["paths_shared"]));
+        println!("bytes indexed:  {}", bytes(n(&inst["bytes_indexed"])));
+        println!("to index:       {}", n(&inst["queued"]));
+        println!("not shareable:  {} (unsigned or excluded)", n(&inst["not_shareable"]));
+        println!("rejected:       {} (files differ from the Nix database)", n(&inst["rejected"]));
+    }
     let store = &body["store"];
     println!("stored paths:   {}", n(&store["paths"]));
     println!(
-        "store size:     {} of {}",
+        "disk used:      {} of {} (quota)",
         bytes(n(&store["bytes"])),
         bytes(n(&store["quota"]))
     );

@@ -122,7 +122,8 @@ impl Drop for StaticServer {
 }
 
 /// `nixswarm run` as a child process: gateway on 127.0.0.1:0, node on
-/// 127.0.0.1 TCP port 0, mDNS off.
+/// 127.0.0.1 TCP port 0, mDNS off, installed paths not shared unless
+/// asked for.
 pub struct Gateway {
     pub url: String,
     pub data_dir: PathBuf,
@@ -145,6 +146,8 @@ impl Gateway {
             .arg("--data-dir")
             .arg(data_dir)
             .args(extra)
+            // Never index this machine's own /nix/store (flags override).
+            .env("NIXSWARM_SHARE_INSTALLED", "false")
             .env(
                 "RUST_LOG",
                 std::env::var("NIXSWARM_CHILD_LOG")

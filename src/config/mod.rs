@@ -16,6 +16,9 @@ use nixswarm_gateway::Url;
 
 use crate::size::{Amount, Size};
 
+mod donor;
+pub use donor::{Contribute, DonorSection};
+
 /// The upstream used when none is configured.
 pub const DEFAULT_UPSTREAM: &str = "https://cache.nixos.org";
 /// The node's default TCP listen address.
@@ -41,6 +44,8 @@ pub struct Config {
     pub store: StoreSection,
     /// The peer-to-peer node.
     pub p2p: P2pSection,
+    /// What this machine shares with peers.
+    pub donor: DonorSection,
 }
 
 /// `[p2p]`
@@ -125,8 +130,13 @@ pub struct UpstreamSection {
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
 pub struct StoreSection {
     /// Most disk space for chunk data, as a size or a percentage of the
-    /// filesystem holding the data directory; least recently used paths go first.
-    pub cache_size: Amount,
+    /// filesystem holding `location`; least recently used unpinned paths go first.
+    #[serde(alias = "cache-size")]
+    pub amount: Amount,
+    /// Directory of the chunk store (what this machine fetched, in cache
+    /// mode); default: `store` in the data directory.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub location: Option<PathBuf>,
 }
 
 impl Default for GatewaySection {
@@ -155,7 +165,8 @@ impl Default for UpstreamSection {
 impl Default for StoreSection {
     fn default() -> Self {
         Self {
-            cache_size: Amount::Bytes(Size(10 << 30)),
+            amount: Amount::Bytes(Size(10 << 30)),
+            location: None,
         }
     }
 }
@@ -193,8 +204,13 @@ pub struct ConfigArgs {
     )]
     pub trusted_keys: Vec<String>,
     /// Most disk space for the chunk store: a size (10G) or a percentage of its filesystem (10%).
-    #[arg(long, env = "NIXSWARM_CACHE_SIZE", value_name = "SIZE|PERCENT")]
-    pub cache_size: Option<Amount>,
+    #[arg(long, alias = "cache-size", env = "NIXSWARM_AMOUNT", value_name = "SIZE|PERCENT")]
+    pub amount: Option<Amount>,
+    /// Directory of the chunk store (default: `store` in the data directory).
+    #[arg(long, env = "NIXSWARM_LOCATION", value_name = "DIR")]
+    pub location: Option<PathBuf>,
+    #[command(flatten)]
+    pub donor: donor::DonorArgs,
     /// Peer-to-peer listen multiaddr; repeat for several. Replaces the default (TCP and QUIC on port 37516).
     #[arg(
         long = "p2p-listen",
@@ -241,6 +257,8 @@ pub fn parse_rate(s: &str) -> Result<Size, String> {
 pub struct Effective {
     pub config: Config,
     pub data_dir: PathBuf,
+    /// Where the chunk store lives (`store.location`).
+    pub store_dir: PathBuf,
     pub p2p_listen: Vec<Multiaddr>,
     pub bootstrap: Vec<Multiaddr>,
     pub upstreams: Vec<Url>,
@@ -277,9 +295,13 @@ impl Config {
         if !args.trusted_keys.is_empty() {
             self.upstream.trusted_keys = args.trusted_keys.clone();
         }
-        if let Some(s) = args.cache_size {
-            self.store.cache_size = s;
+        if let Some(s) = args.amount {
+            self.store.amount = s;
         }
+        if let Some(l) = &args.location {
+            self.store.location = Some(l.clone());
+        }
+        self.donor.apply(&args.donor);
         if !args.p2p_listen.is_empty() {
             self.p2p.listen = args.p2p_listen.clone();
         }
@@ -339,9 +361,11 @@ impl Config {
         if trusted_keys.is_empty() && !upstreams.is_empty() {
             bail!("no trusted keys: every upstream narinfo would be rejected (set --trusted-key)");
         }
-        if self.store.cache_size == Amount::Bytes(Size(0)) {
-            bail!("store.cache-size is 0: nothing could be stored");
+        if self.store.amount == Amount::Bytes(Size(0)) {
+            bail!("store.amount is 0: nothing could be stored");
         }
+        self.donor.check()?;
+        let store_dir = self.store.location.clone().unwrap_or_else(|| data_dir.join("store"));
         let multiaddrs = |what: &str, list: &[String]| -> Result<Vec<Multiaddr>> {
             list.iter()
                 .map(|a| {
@@ -363,6 +387,7 @@ impl Config {
         Ok(Effective {
             config: self,
             data_dir,
+            store_dir,
             p2p_listen,
             bootstrap,
             upstreams,
@@ -384,7 +409,7 @@ mod tests {
 
     #[test]
     fn the_example_config_is_valid_and_matches_the_defaults() {
-        let example: Config = toml::from_str(include_str!("../config.example.toml")).unwrap();
+        let example: Config = toml::from_str(include_str!("../../config.example.toml")).unwrap();
         let expected = Config {
             data_dir: example.data_dir.clone(),
             ..Config::default()
@@ -411,7 +436,7 @@ mod tests {
         let t = T::try_parse_from(["t", "--config", file.to_str().unwrap(), "--cache-size", "2G"]).unwrap();
         let c = Config::load(&t.args).unwrap();
         assert_eq!(c.upstream.urls, vec!["http://127.0.0.1:1".to_owned()]);
-        assert_eq!(c.store.cache_size, Amount::Bytes(Size(2 << 30)));
+        assert_eq!(c.store.amount, Amount::Bytes(Size(2 << 30)));
         let t = T::try_parse_from(["t", "--config", file.to_str().unwrap(), "--no-upstream"]).unwrap();
         assert!(Config::load(&t.args).unwrap().upstream.urls.is_empty());
         let t = T::try_parse_from([
