@@ -310,6 +310,37 @@ impl ClientStore {
         c.args(paths).output().expect("running nix copy")
     }
 
+    /// `nix-store --add FILE`: a content-addressed path, unsigned.
+    pub fn add(&self, file: &Path) -> Result<String> {
+        let mut c = self.nix("nix-store");
+        c.args(["--store", &self.store(), "--add"]).arg(file);
+        let out = c.output()?;
+        ensure!(out.status.success(), "nix-store --add: {}", String::from_utf8_lossy(&out.stderr));
+        Ok(String::from_utf8(out.stdout)?.trim().to_owned())
+    }
+
+    /// Builds `expr` (a derivation using /bin/sh) in this store: unsigned.
+    pub fn build(&self, expr: &str) -> Result<String> {
+        let mut c = self.nix("nix-build");
+        c.args(["--store", &self.store(), "--no-out-link"])
+            .args(["--option", "substituters", ""])
+            .args(["--option", "sandbox", "true"])
+            .args(["--option", "extra-sandbox-paths", "/bin /usr /lib /lib64"])
+            .args(["-E", expr]);
+        let out = c.output()?;
+        ensure!(out.status.success(), "nix-build: {}", String::from_utf8_lossy(&out.stderr));
+        Ok(String::from_utf8(out.stdout)?.trim().to_owned())
+    }
+
+    /// `nix-store --delete PATH` (garbage-collects one path).
+    pub fn delete(&self, path: &str) -> Result<()> {
+        let mut c = self.nix("nix-store");
+        c.args(["--store", &self.store(), "--delete", path]);
+        let out = c.output()?;
+        ensure!(out.status.success(), "nix-store --delete: {}", String::from_utf8_lossy(&out.stderr));
+        Ok(())
+    }
+
     /// The subset of `paths` that is valid in this store.
     pub fn valid(&self, paths: &[String]) -> Vec<String> {
         paths

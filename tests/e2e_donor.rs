@@ -1,0 +1,168 @@
+//! Donor mode against a real Nix store: a chroot store substitutes the
+//! signed test cache, then gets paths Nix added (`nix-store --add`) and
+//! built locally (both unsigned), and one path whose files are changed
+//! after registration. Node A shares that store's installed paths; node B,
+//! whose upstream is down, substitutes the signed paths from A for the
+//! real Nix client. Over the wire, A refuses every unsigned or modified
+//! path, and withdraws a path once Nix garbage-collects it.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use nixswarm_node::p2p::load_or_create_key;
+use nixswarm_node::{Node, NodeConfig, NodeHandle, Shelves};
+use nixswarm_protocol::StorePathHash;
+use nixswarm_protocol::wire::{Request, Response};
+use support::{ClientStore, Gateway, check, fixture};
+
+fn hash_of(path: &str) -> StorePathHash {
+    path.trim_start_matches("/nix/store/")[..32].parse().expect("a store path")
+}
+
+fn down_upstream() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+    let addr = l.local_addr().expect("its address");
+    format!("http://{addr}")
+}
+
+/// An in-process node that shares nothing, connected to `addr`: it asks
+/// peers directly, as any program speaking the protocol could.
+async fn probe(dir: &std::path::Path, addr: &str) -> Result<(NodeHandle, libp2p::PeerId)> {
+    let key = load_or_create_key(&dir.join("probe.key"))?;
+    let config = NodeConfig {
+        server: false,
+        ..NodeConfig::default()
+    };
+    let node = Node::start(dir, key, Shelves::default(), config, tokio_util::sync::CancellationToken::new()).await?;
+    let addr: libp2p::Multiaddr = addr.parse()?;
+    let peer = match addr.iter().last() {
+        Some(libp2p::multiaddr::Protocol::P2p(p)) => p,
+        _ => bail!("no peer id in {addr}"),
+    };
+    node.handle.dial(addr).await?;
+    Ok((node.handle, peer))
+}
+
+async fn path_info(h: &NodeHandle, peer: libp2p::PeerId, path: &str) -> Result<Response> {
+    Ok(h.request(peer, Request::PathInfo { hash: hash_of(path) }).await?)
+}
+
+#[test]
+fn shares_signed_installed_paths_and_never_anything_else() -> Result<()> {
+    let fx = fixture();
+    let tmp = tempfile::tempdir()?;
+    let key = fx.trusted_pub.as_str();
+
+    // The donor's Nix store: the signed cache substituted by Nix itself...
+    let donor = ClientStore::new(&tmp.path().join("donor"));
+    check(
+        &donor.realise(&format!("file://{}", fx.cache().display()), key, &fx.paths, false),
+        "substituting the signed cache into the donor store",
+    )?;
+    // ...a file added locally (content-addressed, unsigned)...
+    let secret = tmp.path().join("my-secret.txt");
+    std::fs::write(&secret, "the donor's private notes")?;
+    let added = donor.add(&secret)?;
+    // ...a path built locally (unsigned)...
+    let built = donor.build(
+        r#"derivation { name = "local-build"; system = builtins.currentSystem; builder = "/bin/sh";
+             args = [ "-c" "echo built here > $out" ]; }"#,
+    )?;
+    // ...and a signed path whose files were changed after registration.
+    let modified = fx.paths.iter().find(|p| p.ends_with("-leaf-3")).context("leaf-3")?.clone();
+    let file = donor.root.join(modified.trim_start_matches('/'));
+    std::fs::write(&file, "tampered")?;
+    let shared: Vec<String> = fx.paths.iter().filter(|p| **p != modified).cloned().collect();
+    // leaf-3 is referenced by mids that are shared; Nix needs it too, so the
+    // client gets it from... nowhere: leave its referrers out.
+    let independent: Vec<String> = shared
+        .iter()
+        .filter(|p| p.contains("-leaf-") || p.ends_with("-big-20m"))
+        .cloned()
+        .collect();
+
+    let a = Gateway::start_with(
+        &tmp.path().join("a"),
+        &[],
+        key,
+        &[
+            "--contribute",
+            "installed",
+            "--nix-store-root",
+            donor.root.to_str().context("utf-8")?,
+            "--poll-interval",
+            "200ms",
+            "--index-rate",
+            "0",
+        ],
+    )?;
+    a.wait_for("paths_shared", shared.len() as u64)?;
+    ensure!(
+        a.status_number("rejected")? == 1,
+        "the modified path is rejected: {}",
+        a.status()?
+    );
+    ensure!(a.status_number("not_shareable")? >= 2, "{}", a.status()?);
+
+    // The real Nix client, through B (upstream down), gets signed paths from A.
+    let b = Gateway::start_with(
+        &tmp.path().join("b"),
+        &[&down_upstream()],
+        key,
+        &["--bootstrap", &a.node_addrs[0]],
+    )?;
+    b.wait_for("peers", 1)?;
+    let client = ClientStore::new(&tmp.path().join("client"));
+    check(
+        &client.realise(&b.url, key, &independent, false),
+        "nix-store -r through B from A's installed paths",
+    )?;
+    ensure!(client.valid(&independent) == independent, "every shared path is valid");
+    client.verify_contents(&independent)?;
+
+    // Over the wire, A answers for signed paths only.
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async {
+        let (probe, a_peer) = probe(&tmp.path().join("probe"), &a.node_addrs[0]).await?;
+        let signed = path_info(&probe, a_peer, &independent[0]).await?;
+        let Response::PathInfo { manifest, .. } = signed else {
+            bail!("a shared path must be answered: {signed:?}")
+        };
+        let got = probe.request(a_peer, Request::Chunks { ids: vec![manifest.chunks[0].id] }).await?;
+        ensure!(matches!(&got, Response::Chunks { chunks } if chunks.len() == 1), "{got:?}");
+        for p in [&added, &built, &modified] {
+            let r = path_info(&probe, a_peer, p).await?;
+            ensure!(r == Response::NotFound, "{p} must be refused, got {r:?}");
+        }
+        // Nor are they announced: nobody provides them.
+        for p in [&added, &built, &modified] {
+            let mut providers = probe.find_providers(&hash_of(p)).await?;
+            let found = tokio::time::timeout(Duration::from_secs(2), providers.recv()).await;
+            ensure!(!matches!(found, Ok(Some(_))), "{p} has a provider");
+        }
+
+        // Garbage collection: the top of the closure goes, and is withdrawn.
+        let top = fx.paths.iter().find(|p| p.ends_with("-top")).context("top")?;
+        ensure!(matches!(path_info(&probe, a_peer, top).await?, Response::PathInfo { .. }));
+        donor.delete(top)?;
+        let until = Instant::now() + Duration::from_secs(20);
+        loop {
+            match path_info(&probe, a_peer, top).await? {
+                Response::NotFound => break,
+                _ if Instant::now() < until => tokio::time::sleep(Duration::from_millis(100)).await,
+                r => bail!("a collected path is still served: {r:?}"),
+            }
+        }
+        Ok(())
+    })?;
+    // And it leaves the index (and the node's announcements).
+    let until = Instant::now() + Duration::from_secs(20);
+    while a.status_number("paths_shared")? != shared.len() as u64 - 1 {
+        ensure!(Instant::now() < until, "not withdrawn: {}", a.status()?);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    ensure!(a.status_number("provided_keys")? == shared.len() as u64 - 1, "{}", a.status()?);
+    Ok(())
+}
