@@ -24,6 +24,11 @@ enum Command {
     Import(cli::import::ImportArgs),
     /// Show the running node's peers, store and traffic.
     Status(cli::status::StatusArgs),
+    /// Keep store paths and their closures in the running node's cache
+    /// regardless of eviction (fetching what it lacks).
+    Pin(cli::pin::PinArgs),
+    /// Let pinned paths be evicted again.
+    Unpin(cli::pin::PinArgs),
     /// Check the configuration (file, environment and flags) and print it.
     CheckConfig(config::ConfigArgs),
 }
@@ -41,6 +46,8 @@ fn main() -> anyhow::Result<()> {
         Command::Run(args) => cli::run::run(args),
         Command::Import(args) => cli::import::run(&args),
         Command::Status(args) => cli::status::run(&args),
+        Command::Pin(args) => cli::pin::run(&args, true),
+        Command::Unpin(args) => cli::pin::run(&args, false),
         Command::CheckConfig(args) => cli::check_config::run(&args),
     }
 }

@@ -166,3 +166,40 @@ fn shares_signed_installed_paths_and_never_anything_else() -> Result<()> {
     ensure!(a.status_number("provided_keys")? == shared.len() as u64 - 1, "{}", a.status()?);
     Ok(())
 }
+
+fn nixswarm(args: &[&str]) -> Result<std::process::Output> {
+    Ok(std::process::Command::new(env!("CARGO_BIN_EXE_nixswarm")).args(args).output()?)
+}
+
+#[test]
+fn pin_fetches_and_keeps_a_closure_and_needs_cache_mode() -> Result<()> {
+    let fx = fixture();
+    let tmp = tempfile::tempdir()?;
+    let key = fx.trusted_pub.as_str();
+    let upstream = support::StaticServer::start(&fx.cache());
+    let gw = Gateway::start_with(&tmp.path().join("gw"), &[&upstream.url], key, &["--contribute", "cache"])?;
+    let top = fx.paths.iter().find(|p| p.ends_with("-top")).context("top")?;
+    let out = nixswarm(&["pin", "--gateway", &gw.url, top])?;
+    ensure!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    ensure!(
+        String::from_utf8_lossy(&out.stdout).contains("(29 paths)"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    ensure!(gw.status_number("paths")? == 29, "the closure is held: {}", gw.status()?);
+    let pins = std::fs::read_to_string(tmp.path().join("gw/store/pins"))?;
+    ensure!(pins.lines().count() == 29, "{pins}");
+    let out = nixswarm(&["unpin", "--gateway", &gw.url, top])?;
+    ensure!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    ensure!(std::fs::read_to_string(tmp.path().join("gw/store/pins"))?.is_empty());
+
+    let none = Gateway::start_with(&tmp.path().join("none"), &[&upstream.url], key, &["--contribute", "none"])?;
+    let out = nixswarm(&["pin", "--gateway", &none.url, top])?;
+    ensure!(!out.status.success());
+    ensure!(
+        String::from_utf8_lossy(&out.stderr).contains("contribute = cache"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}

@@ -14,6 +14,7 @@ pub mod error;
 pub mod file_source;
 pub mod metrics;
 pub mod peers;
+mod pin;
 pub mod range;
 pub mod resolve;
 pub mod routes;

@@ -2,5 +2,6 @@
 
 pub mod check_config;
 pub mod import;
+pub mod pin;
 pub mod run;
 pub mod status;

@@ -15,6 +15,7 @@ mod chunks;
 mod ingest;
 mod mem_meta;
 mod meta;
+mod pins;
 mod reader;
 mod redb_meta;
 
@@ -87,8 +88,10 @@ pub struct StoreStats {
     pub quota: u64,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct State {
+    /// Paths never evicted.
+    pins: pins::Pins,
     /// Paths being read, with reader counts: never evicted.
     in_use: HashMap<StorePathHash, usize>,
     /// Chunks written by running ingests: their files are never deleted.
@@ -145,7 +148,12 @@ impl ChunkStore {
                 meta,
                 chunks,
                 quota: options.quota,
-                state: Mutex::default(),
+                state: Mutex::new(State {
+                    pins: pins::Pins::load(dir)?,
+                    in_use: HashMap::new(),
+                    pending: HashMap::new(),
+                    reserved: 0,
+                }),
             }),
         };
         Ok(store)
@@ -291,9 +299,12 @@ impl ChunkStore {
             let victim = self
                 .inner
                 .meta
-                .lru(state.in_use.len() + 1)?
+                .lru(state.in_use.len() + state.pins.set.len() + 1)?
                 .into_iter()
-                .find(|h| h.parse().is_ok_and(|h: StorePathHash| !state.in_use.contains_key(&h)))
+                .find(|h| {
+                    h.parse()
+                        .is_ok_and(|h: StorePathHash| !state.in_use.contains_key(&h) && !state.pins.set.contains(&h))
+                })
                 .ok_or_else(full)?;
             tracing::debug!(path = %victim, "evicting least recently used path");
             self.remove_locked(&state, &victim)?;

@@ -246,3 +246,76 @@ fn the_chunk_store_is_a_conforming_shelf() {
         &StorePathHash::from_bytes(&[2; 20]),
     );
 }
+
+/// Bytes of chunk files on disk under the store directory.
+fn chunk_bytes_on_disk(dir: &Path) -> u64 {
+    fn walk(p: &Path) -> u64 {
+        std::fs::read_dir(p).map_or(0, |rd| {
+            rd.flatten()
+                .map(|e| {
+                    let m = e.metadata().unwrap();
+                    if m.is_dir() { walk(&e.path()) } else { m.len() }
+                })
+                .sum()
+        })
+    }
+    walk(&dir.join("chunks"))
+}
+
+#[test]
+fn filling_past_the_amount_never_exceeds_it_evicts_lru_first_and_keeps_pinned_closures() {
+    let dir = tempfile::tempdir().unwrap();
+    let quota = 2_000_000;
+    let store = open(dir.path(), quota);
+    // A pinned closure: 1 references 2.
+    let (b1, b2) = (data(400_000, 101), data(300_000, 102));
+    put(&store, &b2, 2).unwrap();
+    let mut i1 = info_for(&b1, 1);
+    i1.references = vec![info_for(&b2, 2).store_path];
+    let mut ingest = store.begin_ingest(i1).unwrap();
+    ingest.write(&b1).unwrap();
+    ingest.finish().unwrap();
+    let (closure, missing) = store.closure(&hash(1)).unwrap();
+    assert_eq!((closure.clone(), missing), (vec![hash(1), hash(2)], vec![]));
+    store.pin(&closure).unwrap();
+
+    // Fill well past the quota with 300 kB paths, reading an early one
+    // often so it stays recently used.
+    for n in 10..40u8 {
+        put(&store, &data(300_000, u64::from(n)), n).unwrap();
+        if n > 10 && store.contains(&hash(10)).unwrap() {
+            read_all(&store, 10, 0, 1).unwrap();
+        }
+        let on_disk = chunk_bytes_on_disk(dir.path());
+        assert!(on_disk <= quota, "{on_disk} bytes on disk over the amount {quota}");
+        assert!(store.stats().unwrap().bytes <= quota);
+    }
+    assert!(store.contains(&hash(1)).unwrap() && store.contains(&hash(2)).unwrap(), "pinned kept");
+    assert!(store.contains(&hash(10)).unwrap(), "the recently used path is kept");
+    assert!(!store.contains(&hash(11)).unwrap(), "the least recently used went first");
+    assert!(store.contains(&hash(39)).unwrap(), "the newest is stored");
+
+    // Pins survive a restart; unpinned, the closure is evictable again.
+    drop(store);
+    let store = open(dir.path(), quota);
+    assert_eq!(store.pinned(), vec![hash(1), hash(2)]);
+    store.unpin(&[hash(1), hash(2)]).unwrap();
+    for n in 40..50u8 {
+        put(&store, &data(300_000, u64::from(n)), n).unwrap();
+    }
+    assert!(!store.contains(&hash(1)).unwrap(), "unpinned paths are evicted again");
+}
+
+#[test]
+fn pinned_data_alone_cannot_push_the_store_past_its_amount() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), 1_000_000);
+    put(&store, &data(700_000, 1), 1).unwrap();
+    store.pin(&[hash(1)]).unwrap();
+    assert!(matches!(
+        put(&store, &data(400_000, 2), 2),
+        Err(StoreError::QuotaFull { .. })
+    ));
+    assert!(chunk_bytes_on_disk(dir.path()) <= 1_000_000);
+    assert!(store.contains(&hash(1)).unwrap());
+}

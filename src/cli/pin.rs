@@ -1,0 +1,99 @@
+//! `nixswarm pin PATH...` and `nixswarm unpin PATH...`: keep store paths
+//! and their closures in the running node's cache regardless of eviction.
+//! Pinning first asks the gateway for every path of the closure (narinfo,
+//! then NAR), so the node fetches and keeps what it does not hold yet.
+
+use std::collections::{HashSet, VecDeque};
+
+use anyhow::{Context as _, Result, bail};
+use clap::Args;
+use nixswarm_protocol::{NarInfo, StorePathHash};
+
+use crate::config::{Config, ConfigArgs};
+
+/// Flags of `nixswarm pin` and `nixswarm unpin`.
+#[derive(Debug, Clone, Args)]
+pub struct PinArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// The gateway to ask (default: the configured gateway address).
+    #[arg(long, value_name = "URL")]
+    pub gateway: Option<String>,
+    /// Store paths (/nix/store/<hash>-<name>, or the 32-character hash).
+    #[arg(required = true, value_name = "PATH")]
+    pub paths: Vec<String>,
+}
+
+fn hash_of(p: &str) -> Result<StorePathHash> {
+    let base = p.trim_end_matches('/').rsplit('/').next().unwrap_or(p);
+    base.get(..32)
+        .and_then(|h| h.parse().ok())
+        .with_context(|| format!("{p:?} is not a store path"))
+}
+
+fn base_url(args: &PinArgs) -> Result<String> {
+    let config = Config::load(&args.config)?;
+    Ok(args
+        .gateway
+        .clone()
+        .unwrap_or_else(|| format!("http://{}", config.gateway.listen))
+        .trim_end_matches('/')
+        .to_owned())
+}
+
+/// Makes the gateway hold every path of `root`'s closure.
+async fn fetch_closure(client: &reqwest::Client, base: &str, root: StorePathHash) -> Result<usize> {
+    let mut seen = HashSet::from([root]);
+    let mut queue = VecDeque::from([root]);
+    while let Some(h) = queue.pop_front() {
+        let url = format!("{base}/{h}.narinfo");
+        let resp = client.get(&url).send().await.with_context(|| format!("asking {url}"))?;
+        if resp.status() == reqwest::StatusCode::NOT_FOUND {
+            bail!("{h} is not available from the gateway (nor its peers and upstreams)");
+        }
+        let text = resp.error_for_status()?.text().await?;
+        let info = NarInfo::parse(&text).with_context(|| format!("narinfo of {h}"))?;
+        let nar = format!("{base}/{}", info.url);
+        let mut resp = client.get(&nar).send().await?.error_for_status()?;
+        while resp.chunk().await?.is_some() {}
+        for r in &info.references {
+            if seen.insert(r.hash()) {
+                queue.push_back(r.hash());
+            }
+        }
+    }
+    Ok(seen.len())
+}
+
+pub fn run(args: &PinArgs, pin: bool) -> Result<()> {
+    let base = base_url(args)?;
+    let hashes = args.paths.iter().map(|p| hash_of(p)).collect::<Result<Vec<_>>>()?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async {
+        let client = reqwest::Client::new();
+        for (h, p) in hashes.iter().zip(&args.paths) {
+            if pin {
+                let n = fetch_closure(&client, &base, *h)
+                    .await
+                    .with_context(|| format!("fetching the closure of {p} (is `nixswarm run` running?)"))?;
+                tracing::debug!(paths = n, "closure held");
+            }
+            let url = format!("{base}/pin/{h}");
+            let req = if pin { client.post(&url) } else { client.delete(&url) };
+            let resp = req.send().await.with_context(|| format!("asking {url}"))?;
+            let status = resp.status();
+            let body = resp.text().await.unwrap_or_default();
+            if !status.is_success() {
+                bail!("{p}: {}", body.trim());
+            }
+            let v: serde_json::Value = serde_json::from_str(&body).context("parsing the answer")?;
+            let count = |k: &str| v[k].as_array().map_or(0, Vec::len);
+            if pin {
+                println!("pinned {p} and its closure ({} paths)", count("pinned"));
+            } else {
+                println!("unpinned {p} and its closure ({} paths)", count("unpinned"));
+            }
+        }
+        Ok(())
+    })
+}
