@@ -182,11 +182,11 @@ fn pin_fetches_and_keeps_a_closure_and_needs_cache_mode() -> Result<()> {
     let out = nixswarm(&["pin", "--gateway", &gw.url, top])?;
     ensure!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     ensure!(
-        String::from_utf8_lossy(&out.stdout).contains("(29 paths)"),
+        String::from_utf8_lossy(&out.stdout).contains("(29 paths"),
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
-    ensure!(gw.status_number("paths")? == 29, "the closure is held: {}", gw.status()?);
+    gw.wait_for("paths", 29)?; // the closure is held
     let pins = std::fs::read_to_string(tmp.path().join("gw/store/pins"))?;
     ensure!(pins.lines().count() == 29, "{pins}");
     let out = nixswarm(&["unpin", "--gateway", &gw.url, top])?;
@@ -201,5 +201,47 @@ fn pin_fetches_and_keeps_a_closure_and_needs_cache_mode() -> Result<()> {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    Ok(())
+}
+
+#[test]
+fn indexing_killed_midway_resumes_and_serves_nothing_half_written() -> Result<()> {
+    let fx = fixture();
+    let tmp = tempfile::tempdir()?;
+    let key = fx.trusted_pub.as_str();
+    let donor = ClientStore::new(&tmp.path().join("donor"));
+    check(
+        &donor.realise(&format!("file://{}", fx.cache().display()), key, &fx.paths, false),
+        "substituting the signed cache into the donor store",
+    )?;
+    let root = donor.root.to_str().context("utf-8")?.to_owned();
+    let flags = |rate: &'static str| -> Vec<String> {
+        ["--contribute", "installed", "--nix-store-root", &root, "--poll-interval", "200ms", "--index-rate", rate]
+            .map(str::to_owned)
+            .to_vec()
+    };
+    // About 37 MB at 8 MB/s: killed (SIGKILL, on drop) a second in.
+    let f = flags("8M");
+    let a = Gateway::start_with(&tmp.path().join("a"), &[], key, &f.iter().map(String::as_str).collect::<Vec<_>>())?;
+    std::thread::sleep(Duration::from_secs(1));
+    let before = a.status_number("paths_shared")?;
+    drop(a);
+    ensure!(before < 29, "indexing finished before the kill ({before}): slow it down");
+
+    let f = flags("0");
+    let a = Gateway::start_with(&tmp.path().join("a"), &[], key, &f.iter().map(String::as_str).collect::<Vec<_>>())?;
+    a.wait_for("paths_shared", 29)?;
+    ensure!(a.status_number("rejected")? == 0, "{}", a.status()?);
+    // Everything it serves is whole: the Nix client gets every path through B.
+    let b = Gateway::start_with(
+        &tmp.path().join("b"),
+        &[&down_upstream()],
+        key,
+        &["--bootstrap", &a.node_addrs[0]],
+    )?;
+    b.wait_for("peers", 1)?;
+    let client = ClientStore::new(&tmp.path().join("client"));
+    check(&client.realise(&b.url, key, &fx.paths, false), "nix-store -r through B")?;
+    client.verify_contents(&fx.paths)?;
     Ok(())
 }

@@ -89,7 +89,17 @@ pub fn run(args: &PinArgs, pin: bool) -> Result<()> {
             let v: serde_json::Value = serde_json::from_str(&body).context("parsing the answer")?;
             let count = |k: &str| v[k].as_array().map_or(0, Vec::len);
             if pin {
-                println!("pinned {p} and its closure ({} paths)", count("pinned"));
+                let (held, missing) = (count("pinned"), count("missing"));
+                if missing == 0 {
+                    println!("pinned {p} and its closure ({held} paths)");
+                } else {
+                    // Just fetched and still being stored, or unavailable:
+                    // pinned too, and kept once they arrive.
+                    println!(
+                        "pinned {p} and its closure ({} paths, {missing} not stored yet)",
+                        held + missing
+                    );
+                }
             } else {
                 println!("unpinned {p} and its closure ({} paths)", count("unpinned"));
             }
