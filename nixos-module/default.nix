@@ -29,6 +29,7 @@ let
     inherit (contrib)
       amount
       location
+      shareInstalledPaths
       uploadLimit
       listenPort
       bootstrapPeers
@@ -73,6 +74,18 @@ in
           Where nixswarm keeps its store, node key and provider records. A
           directory under /var/lib, managed by systemd as the service's
           StateDirectory.
+        '';
+      };
+
+      shareInstalledPaths = mkOption {
+        type = types.bool;
+        default = defaults.shareInstalledPaths;
+        example = false;
+        description = ''
+          Also share the paths installed in this machine's /nix/store, read
+          straight from their files (no second copy). Only paths signed by
+          a trusted key (cache.nixos.org by default) are ever shared: never
+          what this machine built or added itself.
         '';
       };
 

@@ -4,6 +4,7 @@
 {
   amount = "10G";
   location = "/var/lib/nixswarm";
+  shareInstalledPaths = true;
   uploadLimit = null;
   listenPort = 37516;
   openFirewall = false;

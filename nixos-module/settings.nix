@@ -5,6 +5,7 @@
   contribute,
   amount,
   location,
+  shareInstalledPaths,
   uploadLimit,
   listenPort,
   bootstrapPeers,
@@ -21,6 +22,14 @@ in
     priority = gatewayPriority;
   };
   store.amount = amount;
+  # A contributing node keeps and shares what it fetches, and (unless
+  # turned off) the signed paths installed in /nix/store. A download-only
+  # machine shares and keeps nothing.
+  donor = {
+    contribute = if contribute then "cache" else "none";
+    share-installed = shareInstalledPaths;
+    nix-store-root = "/";
+  };
   p2p =
     {
       # A contributing node answers the DHT and serves chunks; a

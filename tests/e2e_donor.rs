@@ -18,7 +18,9 @@ use nixswarm_protocol::wire::{Request, Response};
 use support::{ClientStore, Gateway, check, fixture};
 
 fn hash_of(path: &str) -> StorePathHash {
-    path.trim_start_matches("/nix/store/")[..32].parse().expect("a store path")
+    path.trim_start_matches("/nix/store/")[..32]
+        .parse()
+        .expect("a store path")
 }
 
 fn down_upstream() -> String {
@@ -35,7 +37,14 @@ async fn probe(dir: &std::path::Path, addr: &str) -> Result<(NodeHandle, libp2p:
         server: false,
         ..NodeConfig::default()
     };
-    let node = Node::start(dir, key, Shelves::default(), config, tokio_util::sync::CancellationToken::new()).await?;
+    let node = Node::start(
+        dir,
+        key,
+        Shelves::default(),
+        config,
+        tokio_util::sync::CancellationToken::new(),
+    )
+    .await?;
     let addr: libp2p::Multiaddr = addr.parse()?;
     let peer = match addr.iter().last() {
         Some(libp2p::multiaddr::Protocol::P2p(p)) => p,
@@ -71,7 +80,12 @@ fn shares_signed_installed_paths_and_never_anything_else() -> Result<()> {
              args = [ "-c" "echo built here > $out" ]; }"#,
     )?;
     // ...and a signed path whose files were changed after registration.
-    let modified = fx.paths.iter().find(|p| p.ends_with("-leaf-3")).context("leaf-3")?.clone();
+    let modified = fx
+        .paths
+        .iter()
+        .find(|p| p.ends_with("-leaf-3"))
+        .context("leaf-3")?
+        .clone();
     let file = donor.root.join(modified.trim_start_matches('/'));
     std::fs::write(&file, "tampered")?;
     let shared: Vec<String> = fx.paths.iter().filter(|p| **p != modified).cloned().collect();
@@ -130,8 +144,18 @@ fn shares_signed_installed_paths_and_never_anything_else() -> Result<()> {
         let Response::PathInfo { manifest, .. } = signed else {
             bail!("a shared path must be answered: {signed:?}")
         };
-        let got = probe.request(a_peer, Request::Chunks { ids: vec![manifest.chunks[0].id] }).await?;
-        ensure!(matches!(&got, Response::Chunks { chunks } if chunks.len() == 1), "{got:?}");
+        let got = probe
+            .request(
+                a_peer,
+                Request::Chunks {
+                    ids: vec![manifest.chunks[0].id],
+                },
+            )
+            .await?;
+        ensure!(
+            matches!(&got, Response::Chunks { chunks } if chunks.len() == 1),
+            "{got:?}"
+        );
         for p in [&added, &built, &modified] {
             let r = path_info(&probe, a_peer, p).await?;
             ensure!(r == Response::NotFound, "{p} must be refused, got {r:?}");
@@ -145,7 +169,10 @@ fn shares_signed_installed_paths_and_never_anything_else() -> Result<()> {
 
         // Garbage collection: the top of the closure goes, and is withdrawn.
         let top = fx.paths.iter().find(|p| p.ends_with("-top")).context("top")?;
-        ensure!(matches!(path_info(&probe, a_peer, top).await?, Response::PathInfo { .. }));
+        ensure!(matches!(
+            path_info(&probe, a_peer, top).await?,
+            Response::PathInfo { .. }
+        ));
         donor.delete(top)?;
         let until = Instant::now() + Duration::from_secs(20);
         loop {
@@ -163,12 +190,18 @@ fn shares_signed_installed_paths_and_never_anything_else() -> Result<()> {
         ensure!(Instant::now() < until, "not withdrawn: {}", a.status()?);
         std::thread::sleep(Duration::from_millis(100));
     }
-    ensure!(a.status_number("provided_keys")? == shared.len() as u64 - 1, "{}", a.status()?);
+    ensure!(
+        a.status_number("provided_keys")? == shared.len() as u64 - 1,
+        "{}",
+        a.status()?
+    );
     Ok(())
 }
 
 fn nixswarm(args: &[&str]) -> Result<std::process::Output> {
-    Ok(std::process::Command::new(env!("CARGO_BIN_EXE_nixswarm")).args(args).output()?)
+    Ok(std::process::Command::new(env!("CARGO_BIN_EXE_nixswarm"))
+        .args(args)
+        .output()?)
 }
 
 #[test]
@@ -177,7 +210,12 @@ fn pin_fetches_and_keeps_a_closure_and_needs_cache_mode() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let key = fx.trusted_pub.as_str();
     let upstream = support::StaticServer::start(&fx.cache());
-    let gw = Gateway::start_with(&tmp.path().join("gw"), &[&upstream.url], key, &["--contribute", "cache"])?;
+    let gw = Gateway::start_with(
+        &tmp.path().join("gw"),
+        &[&upstream.url],
+        key,
+        &["--contribute", "cache"],
+    )?;
     let top = fx.paths.iter().find(|p| p.ends_with("-top")).context("top")?;
     let out = nixswarm(&["pin", "--gateway", &gw.url, top])?;
     ensure!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -193,7 +231,12 @@ fn pin_fetches_and_keeps_a_closure_and_needs_cache_mode() -> Result<()> {
     ensure!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     ensure!(std::fs::read_to_string(tmp.path().join("gw/store/pins"))?.is_empty());
 
-    let none = Gateway::start_with(&tmp.path().join("none"), &[&upstream.url], key, &["--contribute", "none"])?;
+    let none = Gateway::start_with(
+        &tmp.path().join("none"),
+        &[&upstream.url],
+        key,
+        &["--contribute", "none"],
+    )?;
     let out = nixswarm(&["pin", "--gateway", &none.url, top])?;
     ensure!(!out.status.success());
     ensure!(
@@ -216,20 +259,42 @@ fn indexing_killed_midway_resumes_and_serves_nothing_half_written() -> Result<()
     )?;
     let root = donor.root.to_str().context("utf-8")?.to_owned();
     let flags = |rate: &'static str| -> Vec<String> {
-        ["--contribute", "installed", "--nix-store-root", &root, "--poll-interval", "200ms", "--index-rate", rate]
-            .map(str::to_owned)
-            .to_vec()
+        [
+            "--contribute",
+            "installed",
+            "--nix-store-root",
+            &root,
+            "--poll-interval",
+            "200ms",
+            "--index-rate",
+            rate,
+        ]
+        .map(str::to_owned)
+        .to_vec()
     };
     // About 37 MB at 8 MB/s: killed (SIGKILL, on drop) a second in.
     let f = flags("8M");
-    let a = Gateway::start_with(&tmp.path().join("a"), &[], key, &f.iter().map(String::as_str).collect::<Vec<_>>())?;
+    let a = Gateway::start_with(
+        &tmp.path().join("a"),
+        &[],
+        key,
+        &f.iter().map(String::as_str).collect::<Vec<_>>(),
+    )?;
     std::thread::sleep(Duration::from_secs(1));
     let before = a.status_number("paths_shared")?;
     drop(a);
-    ensure!(before < 29, "indexing finished before the kill ({before}): slow it down");
+    ensure!(
+        before < 29,
+        "indexing finished before the kill ({before}): slow it down"
+    );
 
     let f = flags("0");
-    let a = Gateway::start_with(&tmp.path().join("a"), &[], key, &f.iter().map(String::as_str).collect::<Vec<_>>())?;
+    let a = Gateway::start_with(
+        &tmp.path().join("a"),
+        &[],
+        key,
+        &f.iter().map(String::as_str).collect::<Vec<_>>(),
+    )?;
     a.wait_for("paths_shared", 29)?;
     ensure!(a.status_number("rejected")? == 0, "{}", a.status()?);
     // Everything it serves is whole: the Nix client gets every path through B.

@@ -61,6 +61,7 @@ fn generated_settings(example: &str) -> Result<serde_json::Value> {
           contribute = c.enable or false;
           amount = c.amount or d.amount;
           location = c.location or d.location;
+          shareInstalledPaths = c.shareInstalledPaths or d.shareInstalledPaths;
           uploadLimit = c.uploadLimit or d.uploadLimit;
           listenPort = c.listenPort or d.listenPort;
           bootstrapPeers = c.bootstrapPeers or d.bootstrapPeers;

@@ -29,7 +29,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/nix-cache-info", get(cache_info))
         .route("/metrics", get(metrics))
         .route("/status", get(status))
-        .route("/pin/{hash}", axum::routing::post(crate::pin::pin).delete(crate::pin::unpin))
+        .route(
+            "/pin/{hash}",
+            axum::routing::post(crate::pin::pin).delete(crate::pin::unpin),
+        )
         .route("/nar/{file}", get(nar))
         .route("/log/{drv}", get(log))
         .route("/{file}", get(by_name))

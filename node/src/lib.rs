@@ -13,8 +13,8 @@
 
 pub mod installed;
 pub mod nar;
-pub mod shelf;
 pub mod p2p;
+pub mod shelf;
 pub mod store;
 
 pub use p2p::{Node, NodeConfig, NodeError, NodeHandle, NodeStatus};

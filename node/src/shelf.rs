@@ -94,12 +94,10 @@ impl Shelves {
     pub fn events(&self) -> BoxStream<'static, Option<StoreEvent>> {
         let streams = self.0.iter().map(|s| {
             futures::stream::unfold(s.subscribe(), |mut rx| async move {
-                loop {
-                    match rx.recv().await {
-                        Ok(ev) => return Some((Some(ev), rx)),
-                        Err(broadcast::error::RecvError::Lagged(_)) => return Some((None, rx)),
-                        Err(broadcast::error::RecvError::Closed) => return None,
-                    }
+                match rx.recv().await {
+                    Ok(ev) => Some((Some(ev), rx)),
+                    Err(broadcast::error::RecvError::Lagged(_)) => Some((None, rx)),
+                    Err(broadcast::error::RecvError::Closed) => None,
                 }
             })
             .boxed()

@@ -7,8 +7,8 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, bail};
 use clap::Args;
 use nixswarm_gateway::{Gateway, GatewayOptions, PeerSource, Source, Upstream, http_client};
-use nixswarm_node::p2p::{FetchSettings, Fetcher, load_or_create_key};
 use nixswarm_node::installed::{InstalledOptions, InstalledStore, NixDb};
+use nixswarm_node::p2p::{FetchSettings, Fetcher, load_or_create_key};
 use nixswarm_node::{ChunkStore, Node, NodeConfig, Shelf, Shelves, StoreOptions};
 use tokio_util::sync::CancellationToken;
 

@@ -75,7 +75,10 @@ pub fn run(args: &StatusArgs) -> Result<()> {
         println!("bytes indexed:  {}", bytes(n(&inst["bytes_indexed"])));
         println!("to index:       {}", n(&inst["queued"]));
         println!("not shareable:  {} (unsigned or excluded)", n(&inst["not_shareable"]));
-        println!("rejected:       {} (files differ from the Nix database)", n(&inst["rejected"]));
+        println!(
+            "rejected:       {} (files differ from the Nix database)",
+            n(&inst["rejected"])
+        );
     }
     let store = &body["store"];
     println!("stored paths:   {}", n(&store["paths"]));

@@ -71,7 +71,12 @@ pub struct DonorArgs {
     #[arg(long, env = "NIXSWARM_NIX_STORE_ROOT", value_name = "DIR")]
     pub nix_store_root: Option<PathBuf>,
     /// Store-path name pattern never to share; repeatable. Replaces the configured list.
-    #[arg(long = "exclude", env = "NIXSWARM_EXCLUDE", value_delimiter = ',', value_name = "PATTERN")]
+    #[arg(
+        long = "exclude",
+        env = "NIXSWARM_EXCLUDE",
+        value_delimiter = ',',
+        value_name = "PATTERN"
+    )]
     pub exclude: Vec<String>,
     /// Most bytes read per second while indexing installed paths, e.g. 50M; 0: unlimited.
     #[arg(long, env = "NIXSWARM_INDEX_RATE", value_name = "RATE", value_parser = super::parse_rate)]

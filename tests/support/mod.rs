@@ -315,7 +315,11 @@ impl ClientStore {
         let mut c = self.nix("nix-store");
         c.args(["--store", &self.store(), "--add"]).arg(file);
         let out = c.output()?;
-        ensure!(out.status.success(), "nix-store --add: {}", String::from_utf8_lossy(&out.stderr));
+        ensure!(
+            out.status.success(),
+            "nix-store --add: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         Ok(String::from_utf8(out.stdout)?.trim().to_owned())
     }
 
@@ -328,7 +332,11 @@ impl ClientStore {
             .args(["--option", "extra-sandbox-paths", "/bin /usr /lib /lib64"])
             .args(["-E", expr]);
         let out = c.output()?;
-        ensure!(out.status.success(), "nix-build: {}", String::from_utf8_lossy(&out.stderr));
+        ensure!(
+            out.status.success(),
+            "nix-build: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         Ok(String::from_utf8(out.stdout)?.trim().to_owned())
     }
 
@@ -337,7 +345,11 @@ impl ClientStore {
         let mut c = self.nix("nix-store");
         c.args(["--store", &self.store(), "--delete", path]);
         let out = c.output()?;
-        ensure!(out.status.success(), "nix-store --delete: {}", String::from_utf8_lossy(&out.stderr));
+        ensure!(
+            out.status.success(),
+            "nix-store --delete: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         Ok(())
     }
 

@@ -148,7 +148,11 @@ impl Index {
 
     fn remove_in(tx: &redb::WriteTransaction, hash: &str) -> Result<bool, InstalledError> {
         let mut paths = tx.open_table(PATHS).map_err(err)?;
-        let Some(old) = paths.remove(hash).map_err(err)?.and_then(|v| Indexed::decode(v.value())) else {
+        let Some(old) = paths
+            .remove(hash)
+            .map_err(err)?
+            .and_then(|v| Indexed::decode(v.value()))
+        else {
             return Ok(false);
         };
         let mut chunks = tx.open_multimap_table(CHUNKS).map_err(err)?;
@@ -193,7 +197,10 @@ impl Index {
             let (k, v) = row.map_err(err)?;
             let b = v.value();
             let id = b.get(..8).and_then(|s| s.try_into().ok()).map_or(0, i64::from_le_bytes);
-            let reg = b.get(8..16).and_then(|s| s.try_into().ok()).map_or(0, i64::from_le_bytes);
+            let reg = b
+                .get(8..16)
+                .and_then(|s| s.try_into().ok())
+                .map_or(0, i64::from_le_bytes);
             out.push((k.value().to_owned(), id, reg));
         }
         Ok(out)

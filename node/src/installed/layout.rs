@@ -118,11 +118,15 @@ impl Layout {
     /// Files are opened by their recorded names and read at an offset; the
     /// caller verifies what comes back (the files may have changed).
     pub fn read(&self, root: &Path, offset: u64, len: u64) -> io::Result<Vec<u8>> {
-        let end = offset.checked_add(len).filter(|e| *e <= self.size).ok_or_else(|| {
-            io::Error::new(io::ErrorKind::InvalidInput, "range outside the NAR")
-        })?;
+        let end = offset
+            .checked_add(len)
+            .filter(|e| *e <= self.size)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "range outside the NAR"))?;
         let mut out = Vec::with_capacity(len as usize);
-        let first = self.segments.partition_point(|(start, _)| *start <= offset).saturating_sub(1);
+        let first = self
+            .segments
+            .partition_point(|(start, _)| *start <= offset)
+            .saturating_sub(1);
         for (start, seg) in &self.segments[first..] {
             if *start >= end {
                 break;
@@ -132,7 +136,11 @@ impl Layout {
             match seg {
                 Segment::Framing(b) => out.extend_from_slice(&b[from as usize..to as usize]),
                 Segment::File { rel, .. } => {
-                    let path = if rel.as_os_str().is_empty() { root.to_owned() } else { root.join(rel) };
+                    let path = if rel.as_os_str().is_empty() {
+                        root.to_owned()
+                    } else {
+                        root.join(rel)
+                    };
                     let mut f = fs::File::open(&path)?;
                     f.seek(SeekFrom::Start(from))?;
                     let want = (to - from) as usize;
@@ -158,7 +166,9 @@ pub struct Recorder<F> {
 
 impl<F> std::fmt::Debug for Recorder<F> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Recorder").field("layout", &self.layout).finish_non_exhaustive()
+        f.debug_struct("Recorder")
+            .field("layout", &self.layout)
+            .finish_non_exhaustive()
     }
 }
 

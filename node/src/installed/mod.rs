@@ -180,7 +180,11 @@ impl InstalledStore {
     }
 
     fn layout(&self, hash: &str) -> Result<Option<Arc<(String, Layout)>>, InstalledError> {
-        let mut cache = self.inner.layouts.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut cache = self
+            .inner
+            .layouts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(l) = cache.get(hash) {
             return Ok(Some(l.clone()));
         }
@@ -189,7 +193,11 @@ impl InstalledStore {
             return Ok(None);
         };
         let l = Arc::new((rec.base_name.clone(), rec.layout()?));
-        cache = self.inner.layouts.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        cache = self
+            .inner
+            .layouts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if cache.len() >= LAYOUT_CACHE {
             cache.clear();
         }
@@ -287,7 +295,9 @@ impl Pacer {
     }
 
     fn take(&mut self, n: u64) {
-        let Some(rate) = self.rate.filter(|r| *r > 0) else { return };
+        let Some(rate) = self.rate.filter(|r| *r > 0) else {
+            return;
+        };
         let now = Instant::now();
         if now.duration_since(self.start) > Duration::from_secs(2) && self.bytes == 0 {
             self.start = now;

@@ -91,7 +91,9 @@ impl NixDb {
     /// Every valid path's id and store path (cheap: no signatures).
     pub fn ids(&self) -> Result<HashMap<i64, String>, NixDbError> {
         let conn = self.open()?;
-        let mut stmt = conn.prepare("SELECT id, path FROM ValidPaths").map_err(|e| self.err(e))?;
+        let mut stmt = conn
+            .prepare("SELECT id, path FROM ValidPaths")
+            .map_err(|e| self.err(e))?;
         let rows = stmt
             .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))
             .map_err(|e| self.err(e))?;

@@ -89,7 +89,9 @@ mod tests {
         match p.split_first() {
             None => n.is_empty(),
             Some(('*', rest)) => (0..=n.len()).any(|i| naive(rest, &n[i..])),
-            Some((c, rest)) => n.split_first().is_some_and(|(d, nr)| (*c == '?' || c == d) && naive(rest, nr)),
+            Some((c, rest)) => n
+                .split_first()
+                .is_some_and(|(d, nr)| (*c == '?' || c == d) && naive(rest, nr)),
         }
     }
 }

@@ -45,7 +45,11 @@ impl FakeStore {
         let sp = StorePath::new(hash, name).unwrap();
         let dir = self.root.path().join("nix/store").join(sp.base_name());
         fs::create_dir_all(dir.join("bin")).unwrap();
-        fs::write(dir.join("bin/tool"), crate::store::tests::data(200_000 + usize::from(n), u64::from(n))).unwrap();
+        fs::write(
+            dir.join("bin/tool"),
+            crate::store::tests::data(200_000 + usize::from(n), u64::from(n)),
+        )
+        .unwrap();
         fs::set_permissions(dir.join("bin/tool"), fs::Permissions::from_mode(0o755)).unwrap();
         fs::write(dir.join("README"), format!("path {n}")).unwrap();
         let mut nar = Vec::new();
@@ -72,7 +76,10 @@ impl FakeStore {
 
     fn unregister(&self, hash: &StorePathHash) {
         self.db()
-            .execute("delete from ValidPaths where path like ?1", [format!("/nix/store/{hash}-%")])
+            .execute(
+                "delete from ValidPaths where path like ?1",
+                [format!("/nix/store/{hash}-%")],
+            )
             .unwrap();
     }
 
@@ -110,7 +117,12 @@ fn never_shares_unsigned_foreign_signed_content_addressed_or_excluded_paths() {
     let (signed, _) = fake.add(1, "ok", Some(&fake.key), None);
     let (unsigned, _) = fake.add(2, "unsigned", None, None);
     let (foreign, _) = fake.add(3, "foreign", Some(&other), None);
-    let (ca, _) = fake.add(4, "added", None, Some("fixed:r:sha256:1b8m03r63zqhnjf7l5wnldhh7c134ap5vpj0850ymkq1iyzicy5s"));
+    let (ca, _) = fake.add(
+        4,
+        "added",
+        None,
+        Some("fixed:r:sha256:1b8m03r63zqhnjf7l5wnldhh7c134ap5vpj0850ymkq1iyzicy5s"),
+    );
     let (excluded, _) = fake.add(5, "corp-private", Some(&fake.key), None);
     let idx = tempfile::tempdir().unwrap();
     let store = fake.open(&idx.path().join("installed.redb"));

@@ -22,6 +22,7 @@ pub(super) async fn run(
     cancel: CancellationToken,
 ) {
     let mut events = store.events();
+    let mut events_done = false;
     let mut queue: std::collections::VecDeque<StorePathHash> = store.list().unwrap_or_default().into();
     tracing::info!(paths = queue.len(), "announcing stored paths");
     let mut in_flight = FuturesUnordered::new();
@@ -39,7 +40,7 @@ pub(super) async fn run(
                     return; // the node stopped
                 }
             }
-            ev = events.next() => match ev {
+            ev = events.next(), if !events_done => match ev {
                 Some(Some(StoreEvent::Added(h))) => queue.push_back(h),
                 Some(Some(StoreEvent::Removed(h))) => {
                     // Another shelf may still share it (installed and cached).
@@ -55,7 +56,7 @@ pub(super) async fn run(
                     // Missed changes: resynchronise from the shelves.
                     queue = store.list().unwrap_or_default().into();
                 }
-                None => std::future::pending().await,
+                None => events_done = true, // no shelves (or all closed)
             },
             () = handle.stats.joined.notified() => {
                 tracing::info!("connected to the swarm: announcing stored paths again");

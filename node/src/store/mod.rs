@@ -270,13 +270,14 @@ impl ChunkStore {
     /// Removes a path (the caller holds the state lock); false if it was not stored.
     fn remove_locked(&self, state: &State, hash: &str) -> Result<bool> {
         let existed = self.inner.meta.contains(hash)?;
-        if existed && let Ok(h) = hash.parse() {
-            self.notify(StoreEvent::Removed(h));
-        }
         for id in self.inner.meta.remove(hash)? {
             if !state.pending.contains_key(&id) {
                 self.inner.chunks.delete(&id)?;
             }
+        }
+        // After the removal: a listener that looks finds it gone.
+        if existed && let Ok(h) = hash.parse() {
+            self.notify(StoreEvent::Removed(h));
         }
         Ok(existed)
     }

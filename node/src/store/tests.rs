@@ -290,9 +290,15 @@ fn filling_past_the_amount_never_exceeds_it_evicts_lru_first_and_keeps_pinned_cl
         assert!(on_disk <= quota, "{on_disk} bytes on disk over the amount {quota}");
         assert!(store.stats().unwrap().bytes <= quota);
     }
-    assert!(store.contains(&hash(1)).unwrap() && store.contains(&hash(2)).unwrap(), "pinned kept");
+    assert!(
+        store.contains(&hash(1)).unwrap() && store.contains(&hash(2)).unwrap(),
+        "pinned kept"
+    );
     assert!(store.contains(&hash(10)).unwrap(), "the recently used path is kept");
-    assert!(!store.contains(&hash(11)).unwrap(), "the least recently used went first");
+    assert!(
+        !store.contains(&hash(11)).unwrap(),
+        "the least recently used went first"
+    );
     assert!(store.contains(&hash(39)).unwrap(), "the newest is stored");
 
     // Pins survive a restart; unpinned, the closure is evictable again.
