@@ -126,11 +126,12 @@ impl Index {
         }
     }
 
-    /// Records a finished path (replacing any older record) and clears a
-    /// rejection.
-    pub fn insert(&self, hash: &str, rec: &Indexed) -> Result<(), InstalledError> {
+    /// Records finished paths (replacing older records, clearing
+    /// rejections), all in one transaction: all of them or none.
+    pub fn insert(&self, recs: &[(String, Indexed)]) -> Result<(), InstalledError> {
         let tx = self.db.begin_write().map_err(err)?;
-        {
+        for (hash, rec) in recs {
+            let hash = hash.as_str();
             Self::remove_in(&tx, hash)?;
             let mut paths = tx.open_table(PATHS).map_err(err)?;
             paths.insert(hash, rec.encode().as_slice()).map_err(err)?;

@@ -5,7 +5,7 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 
-use nixswarm_protocol::{SecretKey, Sha256Hash, fingerprint};
+use nixswarm_protocol::{SecretKey, Sha256Hash, StorePath, fingerprint};
 use rusqlite::Connection;
 
 use super::*;
