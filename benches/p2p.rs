@@ -13,31 +13,20 @@
 //! Run with `scripts/bench-p2p.sh` (installs nginx, builds release).
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
 
+mod common;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, ensure};
+use common::{Nginx, curl, median, percentile, pseudo_random};
 use nixswarm_protocol::{NarInfo, SecretKey, Sha256Hash, StorePath, StorePathHash};
 use support::{ClientStore, Gateway, fixture};
 
 const BIG: usize = 256 << 20;
-
-fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut out = Vec::with_capacity(len);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
 
 fn signed(key: &SecretKey, n: u32, nar: &[u8]) -> NarInfo {
     let mut h = [0u8; 20];
@@ -72,81 +61,6 @@ fn write_cache(dir: &Path, items: &[(NarInfo, Option<&[u8]>)]) -> Result<()> {
         }
     }
     Ok(())
-}
-
-struct Nginx {
-    child: Child,
-    url: String,
-}
-
-impl Nginx {
-    fn start(root: &Path, work: &Path) -> Result<Self> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let dir = work.join("nginx");
-        std::fs::create_dir_all(&dir)?;
-        let user = if unsafe { libc::geteuid() } == 0 {
-            "user root root;"
-        } else {
-            ""
-        };
-        let d = dir.display();
-        let conf = format!(
-            "{user}\ndaemon off;\nworker_processes 2;\nerror_log {d}/error.log;\npid {d}/nginx.pid;\n\
-             events {{ worker_connections 1024; }}\nhttp {{ access_log off; sendfile on; tcp_nopush on;\n\
-             types {{ text/x-nix-narinfo narinfo; }} default_type application/octet-stream;\n\
-             client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};\n\
-             server {{ listen 127.0.0.1:{port}; root {}; disable_symlinks off; }} }}\n",
-            root.display()
-        );
-        std::fs::write(dir.join("nginx.conf"), conf)?;
-        let nginx = if Path::new("/usr/sbin/nginx").exists() {
-            "/usr/sbin/nginx"
-        } else {
-            "nginx"
-        };
-        let child = Command::new(nginx)
-            .arg("-c")
-            .arg(dir.join("nginx.conf"))
-            .arg("-p")
-            .arg(&dir)
-            .spawn()?;
-        let url = format!("http://127.0.0.1:{port}");
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Ok(Self { child, url });
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        anyhow::bail!("nginx did not start")
-    }
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// GETs `url` with curl; returns (seconds, bytes).
-fn curl(url: &str) -> Result<(f64, u64)> {
-    let out = Command::new("curl")
-        .args(["-sf", "-o", "/dev/null", "-w", "%{time_total} %{size_download}", url])
-        .output()?;
-    ensure!(out.status.success(), "curl {url} failed");
-    let s = String::from_utf8(out.stdout)?;
-    let mut it = s.split_whitespace();
-    Ok((it.next().context("time")?.parse()?, it.next().context("size")?.parse()?))
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
-fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[((v.len() - 1) as f64 * p).round() as usize]
 }
 
 fn import(data_dir: &Path, cache: &Path, key: &str) -> Result<()> {

@@ -230,6 +230,11 @@ impl Gateway {
         Ok(())
     }
 
+    /// The process id (for memory figures in benchmarks).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.data_dir.with_extension("log")).unwrap_or_default()
     }

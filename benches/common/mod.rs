@@ -1,0 +1,99 @@
+//! Helpers shared by the benchmarks: nginx as the reference server, curl,
+//! medians.
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::process::{Child, Command};
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, ensure};
+
+/// Deterministic pseudo-random bytes (xorshift).
+pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(len);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+pub struct Nginx {
+    child: Child,
+    pub url: String,
+}
+
+impl Nginx {
+    /// Serves `root` on 127.0.0.1 (sendfile on), with its files under `work/nginx`.
+    pub fn start(root: &Path, work: &Path) -> Result<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let dir = work.join("nginx");
+        std::fs::create_dir_all(&dir)?;
+        let user = if unsafe { libc::geteuid() } == 0 {
+            "user root root;"
+        } else {
+            ""
+        };
+        let d = dir.display();
+        let conf = format!(
+            "{user}\ndaemon off;\nworker_processes 2;\nerror_log {d}/error.log;\npid {d}/nginx.pid;\n\
+             events {{ worker_connections 1024; }}\nhttp {{ access_log off; sendfile on; tcp_nopush on;\n\
+             types {{ text/x-nix-narinfo narinfo; }} default_type application/octet-stream;\n\
+             client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};\n\
+             server {{ listen 127.0.0.1:{port}; root {}; disable_symlinks off; }} }}\n",
+            root.display()
+        );
+        std::fs::write(dir.join("nginx.conf"), conf)?;
+        let nginx = if Path::new("/usr/sbin/nginx").exists() {
+            "/usr/sbin/nginx"
+        } else {
+            "nginx"
+        };
+        let child = Command::new(nginx)
+            .arg("-c")
+            .arg(dir.join("nginx.conf"))
+            .arg("-p")
+            .arg(&dir)
+            .spawn()?;
+        let url = format!("http://127.0.0.1:{port}");
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Ok(Self { child, url });
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        anyhow::bail!("nginx did not start")
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// GETs `url` with curl; returns (seconds, bytes).
+pub fn curl(url: &str) -> Result<(f64, u64)> {
+    let out = Command::new("curl")
+        .args(["-sf", "-o", "/dev/null", "-w", "%{time_total} %{size_download}", url])
+        .output()?;
+    ensure!(out.status.success(), "curl {url} failed");
+    let s = String::from_utf8(out.stdout)?;
+    let mut it = s.split_whitespace();
+    Ok((it.next().context("time")?.parse()?, it.next().context("size")?.parse()?))
+}
+
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+pub fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[((v.len() - 1) as f64 * p).round() as usize]
+}
