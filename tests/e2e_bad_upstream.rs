@@ -5,13 +5,11 @@
 
 mod support;
 
-use std::collections::HashSet;
 use std::io::{Read as _, Write as _};
 use std::path::Path;
 
-use anyhow::{Context as _, Result, ensure};
-use nixswarm_node::{ChunkStore, StoreOptions};
-use nixswarm_protocol::{NarInfo, PublicKey, Sha256Hash};
+use anyhow::Result;
+use nixswarm_protocol::{NarInfo, PublicKey};
 use support::{ClientStore, Fixture, Gateway, StaticServer, fixture, realise_with_retries};
 
 fn path_named<'a>(fx: &'a Fixture, name: &str) -> &'a str {
@@ -123,31 +121,6 @@ fn make_bad_cache(fx: &Fixture, dir: &Path) -> Result<Vec<String>> {
         .collect())
 }
 
-/// Opens a stopped gateway's store and checks that every path in it is
-/// trusted and reads back with the right NarHash. Returns the stored hashes.
-fn audit_gateway_store(data_dir: &Path, key: &PublicKey) -> Result<HashSet<String>> {
-    let store = ChunkStore::open(&data_dir.join("store"), StoreOptions { quota: u64::MAX })?;
-    let mut seen = HashSet::new();
-    for hash in store.list()? {
-        let handle = store.open_nar(&hash)?.context("listed but not openable")?;
-        ensure!(
-            handle.narinfo.trust(std::slice::from_ref(key)).is_some(),
-            "stored narinfo for {hash} is untrusted"
-        );
-        let mut sha = <sha2::Sha256 as sha2::Digest>::new();
-        for piece in handle.reader(0, u64::MAX) {
-            sha2::Digest::update(&mut sha, &piece?);
-        }
-        let got = Sha256Hash(sha2::Digest::finalize(sha).into());
-        ensure!(
-            got == handle.narinfo.nar_hash,
-            "stored NAR of {hash} does not match its NarHash"
-        );
-        seen.insert(hash.to_string());
-    }
-    Ok(seen)
-}
-
 #[test]
 fn a_lying_upstream_never_wins() -> Result<()> {
     let fx = fixture();
@@ -178,7 +151,7 @@ fn a_lying_upstream_never_wins() -> Result<()> {
     }
     let log = gw.log();
     gw.stop()?;
-    let stored = audit_gateway_store(&tmp.path().join("gw-a"), &key)?;
+    let stored = support::audit_gateway_store(&tmp.path().join("gw-a"), &key)?;
     for p in &bad_paths {
         assert!(
             !stored.contains(hash_of(p)),
@@ -200,7 +173,7 @@ fn a_lying_upstream_never_wins() -> Result<()> {
     assert_eq!(client.valid(&fx.paths), fx.paths);
     client.verify_contents(&fx.paths)?;
     gw.stop()?;
-    let stored = audit_gateway_store(&tmp.path().join("gw-b"), &key)?;
+    let stored = support::audit_gateway_store(&tmp.path().join("gw-b"), &key)?;
     assert_eq!(stored.len(), fx.paths.len(), "every verified path was kept");
     Ok(())
 }

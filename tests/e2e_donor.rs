@@ -310,3 +310,57 @@ fn indexing_killed_midway_resumes_and_serves_nothing_half_written() -> Result<()
     client.verify_contents(&fx.paths)?;
     Ok(())
 }
+
+#[test]
+fn a_node_killed_during_a_download_keeps_nothing_half_written() -> Result<()> {
+    let fx = fixture();
+    let tmp = tempfile::tempdir()?;
+    let key = fx.trusted_pub.as_str();
+    let upstream = support::StaticServer::start(&fx.cache());
+    // A seed that uploads slowly: the 20 MB NAR takes ~10 s to reach B.
+    let a = Gateway::start_with(&tmp.path().join("a"), &[&upstream.url], key, &["--upload-limit", "2M"])?;
+    let big = fx.paths.iter().find(|p| p.ends_with("-big-20m")).context("big-20m")?;
+    let seeder = ClientStore::new(&tmp.path().join("seed-client"));
+    check(
+        &seeder.realise(&a.url, key, std::slice::from_ref(big), false),
+        "seeding A",
+    )?;
+    a.wait_for("paths", 1)?;
+
+    let b_dir = tmp.path().join("b");
+    let flags = ["--contribute", "cache", "--bootstrap", &a.node_addrs[0]];
+    let b = Gateway::start_with(&b_dir, &[&down_upstream()], key, &flags)?;
+    b.wait_for("peers", 1)?;
+    let client = ClientStore::new(&tmp.path().join("client"));
+    let (url, path) = (b.url.clone(), big.clone());
+    let key_owned = key.to_owned();
+    let download = std::thread::spawn(move || client.realise(&url, &key_owned, &[path], false));
+    // Kill B (SIGKILL, on drop) once the transfer is under way.
+    let until = Instant::now() + Duration::from_secs(20);
+    while b.status_number("bytes_fetched")? < 2_000_000 {
+        ensure!(Instant::now() < until, "the download never started: {}", b.status()?);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(b);
+    let out = download.join().map_err(|_| anyhow::anyhow!("download thread"))?;
+    ensure!(
+        !out.status.success(),
+        "the client cannot have finished from a killed gateway"
+    );
+
+    // Nothing half-written is in B's store...
+    let key_parsed: nixswarm_protocol::PublicKey = key.parse()?;
+    ensure!(support::audit_gateway_store(&b_dir, &key_parsed)?.is_empty());
+    // ...and after a restart it serves the path whole.
+    let b = Gateway::start_with(&b_dir, &[&down_upstream()], key, &flags)?;
+    b.wait_for("peers", 1)?;
+    let client = ClientStore::new(&tmp.path().join("client-2"));
+    check(
+        &client.realise(&b.url, key, std::slice::from_ref(big), false),
+        "after the restart",
+    )?;
+    client.verify_contents(std::slice::from_ref(big))?;
+    b.stop()?;
+    ensure!(support::audit_gateway_store(&b_dir, &key_parsed)?.len() == 1);
+    Ok(())
+}

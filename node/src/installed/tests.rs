@@ -210,3 +210,22 @@ fn follows_the_database_adds_and_garbage_collection() {
     cancel.cancel();
     follower.join().unwrap();
 }
+
+#[test]
+fn a_restart_does_not_index_finished_paths_again() {
+    let fake = FakeStore::new();
+    let (a, _) = fake.add(1, "a", Some(&fake.key), None);
+    let idx = tempfile::tempdir().unwrap();
+    let store = fake.open(&idx.path().join("installed.redb"));
+    store.sync_once().unwrap();
+    drop(store);
+    let (b, _) = fake.add(2, "b", Some(&fake.key), None);
+    let store = fake.open(&idx.path().join("installed.redb"));
+    let mut events = store.subscribe();
+    store.sync_once().unwrap();
+    assert_eq!(events.try_recv().unwrap(), StoreEvent::Added(b), "only the new path");
+    assert!(events.try_recv().is_err());
+    let mut listed = store.list().unwrap();
+    listed.sort();
+    assert_eq!(listed, vec![a, b]);
+}
