@@ -26,7 +26,7 @@ use anyhow::{Context as _, Result, ensure};
 use nixswarm_node::installed::{InstalledOptions, InstalledStore};
 use nixswarm_protocol::{NarInfo, PublicKey, SecretKey, Sha256Hash, StorePath, StorePathHash, fingerprint};
 use sha2::Digest as _;
-use support::{ClientStore, Gateway, fixture};
+use support::{ClientStore, Gateway, down_upstream, fixture};
 
 use common::{Nginx, curl, median, pseudo_random};
 
@@ -138,11 +138,6 @@ fn serve_in_process(root: &Path, work: &Path, key: &PublicKey, path: &str) -> Re
         rates.push(manifest.nar_size as f64 / MIB / t.elapsed().as_secs_f64());
     }
     Ok(median(rates))
-}
-
-fn down_upstream() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    format!("http://{}", l.local_addr().unwrap())
 }
 
 fn mib_per_s(url: &str) -> Result<f64> {

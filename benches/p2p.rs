@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, ensure};
 use common::{Nginx, curl, median, percentile, pseudo_random};
 use nixswarm_protocol::{NarInfo, SecretKey, Sha256Hash, StorePath, StorePathHash};
-use support::{ClientStore, Gateway, fixture};
+use support::{ClientStore, Gateway, down_upstream, fixture};
 
 const BIG: usize = 256 << 20;
 
@@ -77,11 +77,6 @@ fn import(data_dir: &Path, cache: &Path, key: &str) -> Result<()> {
         .output()?;
     ensure!(out.status.success(), "import: {}", String::from_utf8_lossy(&out.stderr));
     Ok(())
-}
-
-fn down_upstream() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    format!("http://{}", l.local_addr().unwrap())
 }
 
 /// Starts `n` seeds holding `cache` and a client gateway bootstrapped from

@@ -15,7 +15,7 @@ use nixswarm_node::p2p::load_or_create_key;
 use nixswarm_node::{Node, NodeConfig, NodeHandle, Shelves};
 use nixswarm_protocol::StorePathHash;
 use nixswarm_protocol::wire::{Request, Response};
-use support::{ClientStore, Gateway, check, fixture};
+use support::{ClientStore, Gateway, check, down_upstream, fixture};
 
 fn hash_of(path: &str) -> StorePathHash {
     path.trim_start_matches("/nix/store/")[..32]
@@ -23,10 +23,19 @@ fn hash_of(path: &str) -> StorePathHash {
         .expect("a store path")
 }
 
-fn down_upstream() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
-    let addr = l.local_addr().expect("its address");
-    format!("http://{addr}")
+/// A chroot store into which Nix substituted the whole signed test cache.
+fn signed_donor_store(dir: &std::path::Path, fx: &support::Fixture) -> Result<ClientStore> {
+    let donor = ClientStore::new(&dir.join("donor"));
+    check(
+        &donor.realise(
+            &format!("file://{}", fx.cache().display()),
+            &fx.trusted_pub,
+            &fx.paths,
+            false,
+        ),
+        "substituting the signed cache into the donor store",
+    )?;
+    Ok(donor)
 }
 
 /// An in-process node that shares nothing, connected to `addr`: it asks
@@ -65,11 +74,7 @@ fn shares_signed_installed_paths_and_never_anything_else() -> Result<()> {
     let key = fx.trusted_pub.as_str();
 
     // The donor's Nix store: the signed cache substituted by Nix itself...
-    let donor = ClientStore::new(&tmp.path().join("donor"));
-    check(
-        &donor.realise(&format!("file://{}", fx.cache().display()), key, &fx.paths, false),
-        "substituting the signed cache into the donor store",
-    )?;
+    let donor = signed_donor_store(tmp.path(), &fx)?;
     // ...a file added locally (content-addressed, unsigned)...
     let secret = tmp.path().join("my-secret.txt");
     std::fs::write(&secret, "the donor's private notes")?;
@@ -252,11 +257,7 @@ fn indexing_killed_midway_resumes_and_serves_nothing_half_written() -> Result<()
     let fx = fixture();
     let tmp = tempfile::tempdir()?;
     let key = fx.trusted_pub.as_str();
-    let donor = ClientStore::new(&tmp.path().join("donor"));
-    check(
-        &donor.realise(&format!("file://{}", fx.cache().display()), key, &fx.paths, false),
-        "substituting the signed cache into the donor store",
-    )?;
+    let donor = signed_donor_store(tmp.path(), &fx)?;
     let root = donor.root.to_str().context("utf-8")?.to_owned();
     let flags = |rate: &'static str| -> Vec<String> {
         [

@@ -7,15 +7,7 @@
 mod support;
 
 use anyhow::{Result, ensure};
-use support::{ClientStore, Gateway, check, fixture};
-
-/// An upstream URL where nothing listens.
-fn down_upstream() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
-    let addr = l.local_addr().expect("its address");
-    drop(l);
-    format!("http://{addr}")
-}
+use support::{ClientStore, Gateway, check, down_upstream, fixture};
 
 fn import(data_dir: &std::path::Path, cache: &std::path::Path, key: &str) -> Result<()> {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_nixswarm"))

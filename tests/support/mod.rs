@@ -247,6 +247,13 @@ impl Drop for Gateway {
     }
 }
 
+/// An upstream URL where nothing listens.
+pub fn down_upstream() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+    let addr = l.local_addr().expect("its address");
+    format!("http://{addr}")
+}
+
 /// A fresh client store (`local?root=DIR`) with its own Nix disk cache.
 pub struct ClientStore {
     pub root: PathBuf,
