@@ -82,10 +82,12 @@ fn import(data_dir: &Path, cache: &Path, key: &str) -> Result<()> {
 /// Starts `n` seeds holding `cache` and a client gateway bootstrapped from
 /// them; returns MiB/s of fetching `path`'s NAR through the client.
 fn through_peers(work: &Path, seeded: &Path, n: usize, limit: Option<&str>, info: &NarInfo, key: &str) -> Result<f64> {
-    through_peers_into(work, seeded, n, limit, info, key, None)
+    through_peers_into(work, seeded, n, limit, info, key, None, &[])
 }
 
-/// Same, with the client's data directory under `client_root` (e.g. tmpfs).
+/// Same, with the client's data directory under `client_root` (e.g. tmpfs)
+/// and extra flags for the client.
+#[allow(clippy::too_many_arguments)]
 fn through_peers_into(
     work: &Path,
     seeded: &Path,
@@ -94,6 +96,7 @@ fn through_peers_into(
     info: &NarInfo,
     key: &str,
     client_root: Option<&Path>,
+    client_flags: &[&str],
 ) -> Result<f64> {
     let run = work.join(format!("run-{n}-{}", limit.unwrap_or("none")));
     let mut seeds = Vec::new();
@@ -119,7 +122,9 @@ fn through_peers_into(
     Command::new("sync").status()?;
     let down = down_upstream();
     let client_dir = client_root.map_or_else(|| run.join("client"), |r| r.join("client"));
-    let client = Gateway::start_with(&client_dir, &[&down], key, &["--bootstrap", &seeds[0].node_addrs[0]])?;
+    let mut flags = vec!["--bootstrap", seeds[0].node_addrs[0].as_str()];
+    flags.extend_from_slice(client_flags);
+    let client = Gateway::start_with(&client_dir, &[&down], key, &flags)?;
     client.wait_for("peers", n as u64)?;
     seeds[0].wait_for("provider_records", n as u64)?;
     let narinfo = Command::new("curl")
@@ -293,12 +298,27 @@ fn main() -> Result<()> {
     let shm = Path::new("/dev/shm");
     if shm.is_dir() {
         let root = tempfile::tempdir_in(shm)?;
-        let mem = through_peers_into(&work, &seeded, 1, None, &big_info, &pubk, Some(root.path()))?;
+        let mem = through_peers_into(&work, &seeded, 1, None, &big_info, &pubk, Some(root.path()), &[])?;
         rows.push(format!(
             "| same, client store on tmpfs, MiB/s | {direct:.0} | {mem:.0} | {:.2} | |",
             mem / direct
         ));
     }
+    // The client keeping nothing: transport, verification and HTTP only.
+    let none = through_peers_into(
+        &work,
+        &seeded,
+        1,
+        None,
+        &big_info,
+        &pubk,
+        None,
+        &["--contribute", "none"],
+    )?;
+    rows.push(format!(
+        "| same, client keeping nothing (--contribute none), MiB/s | {direct:.0} | {none:.0} | {:.2} | |",
+        none / direct
+    ));
     let l1 = through_peers(&work, &seeded, 1, Some("20M"), &big_info, &pubk)?;
     let l2 = through_peers(&work, &seeded, 2, Some("20M"), &big_info, &pubk)?;
     let l4 = through_peers(&work, &seeded, 4, Some("20M"), &big_info, &pubk)?;
