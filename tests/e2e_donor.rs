@@ -124,6 +124,11 @@ fn shares_signed_installed_paths_and_never_anything_else() -> Result<()> {
         a.status()?
     );
     ensure!(a.status_number("not_shareable")? >= 2, "{}", a.status()?);
+    let metrics = support::http_get(&format!("{}/metrics", a.url))?;
+    ensure!(
+        metrics.contains(&format!("nixswarm_installed_paths {}", shared.len())),
+        "{metrics}"
+    );
 
     // The real Nix client, through B (upstream down), gets signed paths from A.
     let b = Gateway::start_with(

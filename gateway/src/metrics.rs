@@ -46,6 +46,9 @@ pub struct Metrics {
     pub rejected: Family<RejectLabels, Counter>,
     pub store_paths: Gauge,
     pub store_bytes: Gauge,
+    pub installed_paths: Gauge,
+    pub installed_bytes: Gauge,
+    pub installed_queued: Gauge,
 }
 
 impl Metrics {
@@ -60,6 +63,8 @@ impl Metrics {
         let rejected = Family::<RejectLabels, Counter>::default();
         let store_paths = Gauge::default();
         let store_bytes = Gauge::default();
+        let (installed_paths, installed_bytes, installed_queued) =
+            (Gauge::default(), Gauge::default(), Gauge::default());
         registry.register(
             "gateway_requests",
             "Gateway requests by route and answering source",
@@ -90,6 +95,21 @@ impl Metrics {
             "Bytes of chunk data held in the local chunk store",
             store_bytes.clone(),
         );
+        registry.register(
+            "installed_paths",
+            "Installed store paths shared from the Nix store (donor mode)",
+            installed_paths.clone(),
+        );
+        registry.register(
+            "installed_bytes",
+            "NAR bytes of the shared installed paths",
+            installed_bytes.clone(),
+        );
+        registry.register(
+            "installed_queued",
+            "Valid installed paths waiting to be indexed",
+            installed_queued.clone(),
+        );
         Arc::new(Self {
             registry,
             requests,
@@ -98,6 +118,9 @@ impl Metrics {
             rejected,
             store_paths,
             store_bytes,
+            installed_paths,
+            installed_bytes,
+            installed_queued,
         })
     }
 

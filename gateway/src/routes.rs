@@ -80,6 +80,11 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         state.metrics.store_paths.set(stats.paths as i64);
         state.metrics.store_bytes.set(stats.bytes as i64);
     }
+    if let Some(Ok(i)) = state.installed.as_ref().map(|i| i.stats()) {
+        state.metrics.installed_paths.set(i.paths_shared as i64);
+        state.metrics.installed_bytes.set(i.bytes_indexed as i64);
+        state.metrics.installed_queued.set(i.queued as i64);
+    }
     (
         [(
             header::CONTENT_TYPE,

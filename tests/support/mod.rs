@@ -247,6 +247,16 @@ impl Drop for Gateway {
     }
 }
 
+/// GETs `url` with curl and returns the body.
+pub fn http_get(url: &str) -> Result<String> {
+    let out = Command::new("curl")
+        .args(["-sf", url])
+        .output()
+        .context("running curl")?;
+    ensure!(out.status.success(), "curl {url} failed");
+    Ok(String::from_utf8(out.stdout)?)
+}
+
 /// An upstream URL where nothing listens.
 pub fn down_upstream() -> String {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
