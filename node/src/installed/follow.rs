@@ -3,7 +3,7 @@
 //! indexed at a bounded read rate, committed in batches; paths that are no
 //! longer valid are withdrawn.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -65,8 +65,9 @@ impl Pacer {
 
 pub(super) struct Follower {
     store: InstalledStore,
-    /// Database ids looked at and not shareable (unsigned, excluded).
-    skipped: HashSet<i64>,
+    /// Database ids looked at and not shareable (unsigned, excluded), with
+    /// the hash of their signatures then: new signatures mean a new look.
+    skipped: HashMap<i64, u64>,
     pacer: Pacer,
     last_token: Option<(std::time::SystemTime, u64, Option<std::time::SystemTime>, u64)>,
     /// Indexed paths not committed yet.
@@ -80,7 +81,7 @@ impl Follower {
         Self {
             pacer: Pacer::new(store.inner.opts.index_rate),
             store,
-            skipped: HashSet::new(),
+            skipped: HashMap::new(),
             last_token: None,
             batch: Vec::new(),
             batch_bytes: 0,
@@ -98,7 +99,7 @@ impl Follower {
         // Withdraw what is gone (or was replaced under the same hash).
         let mut indexed_ids = HashSet::new();
         for (hash, id, _) in inner.index.list()? {
-            let same = valid.get(&id).is_some_and(|p| base_hash(p) == Some(hash.as_str()));
+            let same = valid.get(&id).is_some_and(|(p, _)| base_hash(p) == Some(hash.as_str()));
             if same {
                 indexed_ids.insert(id);
             } else {
@@ -106,10 +107,12 @@ impl Follower {
                 self.store.drop_path(&hash, "");
             }
         }
-        self.skipped.retain(|id| valid.contains_key(id));
+        self.skipped
+            .retain(|id, sigs| valid.get(id).is_some_and(|(_, now)| now == sigs));
+        inner.not_shareable.store(self.skipped.len() as u64, Ordering::Relaxed);
         let mut new: Vec<i64> = valid
             .keys()
-            .filter(|id| !indexed_ids.contains(id) && !self.skipped.contains(id))
+            .filter(|id| !indexed_ids.contains(id) && !self.skipped.contains_key(id))
             .copied()
             .collect();
         new.sort_unstable();
@@ -136,24 +139,24 @@ impl Follower {
             Ok(i) => i,
             Err(e) => {
                 tracing::debug!(path = %p.path, error = %e, "not sharing: unreadable database record");
-                self.skip(p.id);
+                self.skip(&p);
                 return;
             }
         };
         if !matches!(info.trust(&inner.opts.trusted_keys), Some(Trust::Signed(_))) {
-            self.skip(p.id);
+            self.skip(&p);
             return;
         }
         if inner.opts.exclude.iter().any(|pat| pat.matches(info.store_path.name())) {
             tracing::debug!(path = %p.path, "not sharing: excluded by name");
-            self.skip(p.id);
+            self.skip(&p);
             return;
         }
         let hash = info.store_path.hash();
         if let Ok(Some((reg, _))) = inner.index.rejected(hash.as_str())
             && reg == p.registration_time
         {
-            self.skip(p.id);
+            self.skip(&p);
             return;
         }
         match self.index_path(&p, &info) {
@@ -203,9 +206,10 @@ impl Follower {
         }
     }
 
-    fn skip(&mut self, id: i64) {
-        self.skipped.insert(id);
-        self.store.inner.not_shareable.fetch_add(1, Ordering::Relaxed);
+    fn skip(&mut self, p: &ValidPath) {
+        self.skipped.insert(p.id, p.sigs_hash);
+        let n = self.skipped.len() as u64;
+        self.store.inner.not_shareable.store(n, Ordering::Relaxed);
     }
 
     /// Serialises the path, checking it against the database's NarHash and

@@ -34,6 +34,16 @@ pub struct ValidPath {
     pub ca: Option<String>,
     /// Full store paths of the references.
     pub references: Vec<String>,
+    /// A hash of the raw `sigs` column, to notice signatures added later.
+    pub sigs_hash: u64,
+}
+
+/// A hash of a raw `sigs` column value.
+pub fn sigs_hash(raw: Option<&str>) -> u64 {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    raw.unwrap_or("").hash(&mut h);
+    h.finish()
 }
 
 /// The Nix database of one store root.
@@ -88,14 +98,20 @@ impl NixDb {
         ))
     }
 
-    /// Every valid path's id and store path (cheap: no signatures).
-    pub fn ids(&self) -> Result<HashMap<i64, String>, NixDbError> {
+    /// Every valid path's id, store path and [`sigs_hash`].
+    pub fn ids(&self) -> Result<HashMap<i64, (String, u64)>, NixDbError> {
         let conn = self.open()?;
         let mut stmt = conn
-            .prepare("SELECT id, path FROM ValidPaths")
+            .prepare("SELECT id, path, sigs FROM ValidPaths")
             .map_err(|e| self.err(e))?;
         let rows = stmt
-            .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))
+            .query_map([], |r| {
+                let sigs: Option<String> = r.get(2)?;
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    (r.get::<_, String>(1)?, sigs_hash(sigs.as_deref())),
+                ))
+            })
             .map_err(|e| self.err(e))?;
         rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
     }
@@ -116,6 +132,7 @@ impl NixDb {
         let mut out = Vec::with_capacity(ids.len());
         for id in ids {
             let row = info.query_row([id], |r| {
+                let raw_sigs: Option<String> = r.get(6)?;
                 Ok(ValidPath {
                     id: r.get(0)?,
                     path: r.get(1)?,
@@ -123,8 +140,8 @@ impl NixDb {
                     nar_size: r.get::<_, Option<i64>>(3)?.unwrap_or(0).max(0) as u64,
                     registration_time: r.get(4)?,
                     deriver: r.get::<_, Option<String>>(5)?.filter(|d| !d.is_empty()),
-                    sigs: r
-                        .get::<_, Option<String>>(6)?
+                    sigs_hash: sigs_hash(raw_sigs.as_deref()),
+                    sigs: raw_sigs
                         .unwrap_or_default()
                         .split_whitespace()
                         .map(str::to_owned)

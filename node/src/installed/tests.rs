@@ -74,6 +74,20 @@ impl FakeStore {
         (hash, nar)
     }
 
+    /// Signs a registered path afterwards, as `nix store sign` does.
+    fn sign_later(&self, hash: &StorePathHash, name: &str, nar: &[u8]) {
+        let sp = StorePath::new(*hash, name).unwrap();
+        let sig = self
+            .key
+            .sign(&fingerprint(&sp, &Sha256Hash::digest(nar), nar.len() as u64, &[]));
+        self.db()
+            .execute(
+                "update ValidPaths set sigs = ?1 where path = ?2",
+                [sig.to_string(), format!("/nix/store/{}", sp.base_name())],
+            )
+            .unwrap();
+    }
+
     fn unregister(&self, hash: &StorePathHash) {
         self.db()
             .execute(
@@ -228,4 +242,33 @@ fn a_restart_does_not_index_finished_paths_again() {
     let mut listed = store.list().unwrap();
     listed.sort();
     assert_eq!(listed, vec![a, b]);
+}
+
+#[test]
+fn a_path_signed_after_registration_is_shared_once_signed() {
+    let fake = FakeStore::new();
+    let (a, _) = fake.add(1, "a", None, None);
+    let idx = tempfile::tempdir().unwrap();
+    let store = fake.open(&idx.path().join("installed.redb"));
+    let cancel = CancellationToken::new();
+    let follower = {
+        let (s, c) = (store.clone(), cancel.clone());
+        std::thread::spawn(move || s.follow(&c))
+    };
+    let until = Instant::now() + Duration::from_secs(20);
+    while store.stats().unwrap().not_shareable != 1 {
+        assert!(Instant::now() < until, "never looked at");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let dir = fake.root.path().join(format!("nix/store/{a}-a"));
+    let mut nar = Vec::new();
+    crate::nar::dump(&dir, &mut nar).unwrap();
+    fake.sign_later(&a, "a", &nar);
+    while store.list().unwrap() != vec![a] {
+        assert!(Instant::now() < until, "a signature added later is never noticed");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(store.stats().unwrap().not_shareable, 0);
+    cancel.cancel();
+    follower.join().unwrap();
 }
