@@ -370,3 +370,37 @@ fn a_node_killed_during_a_download_keeps_nothing_half_written() -> Result<()> {
     ensure!(support::audit_gateway_store(&b_dir, &key_parsed)?.len() == 1);
     Ok(())
 }
+
+#[test]
+fn follows_nix_writing_the_store_while_it_reads() -> Result<()> {
+    let fx = fixture();
+    let tmp = tempfile::tempdir()?;
+    let key = fx.trusted_pub.as_str();
+    let donor = ClientStore::new(&tmp.path().join("donor"));
+    let cache = format!("file://{}", fx.cache().display());
+    let leaves: Vec<String> = fx.paths.iter().filter(|p| p.contains("-leaf-")).cloned().collect();
+    check(&donor.realise(&cache, key, &leaves, false), "substituting the leaves")?;
+    let root = donor.root.to_str().context("utf-8")?;
+    let a = Gateway::start_with(
+        &tmp.path().join("a"),
+        &[],
+        key,
+        &[
+            "--contribute",
+            "installed",
+            "--nix-store-root",
+            root,
+            "--poll-interval",
+            "50ms",
+            "--index-rate",
+            "0",
+        ],
+    )?;
+    a.wait_for("paths_shared", leaves.len() as u64)?;
+    // Nix writes the rest (in its own transactions) while the node polls.
+    check(&donor.realise(&cache, key, &fx.paths, false), "substituting the rest")?;
+    a.wait_for("paths_shared", fx.paths.len() as u64)?;
+    ensure!(a.status_number("rejected")? == 0, "{}", a.status()?);
+    ensure!(!a.log().contains("cannot follow the Nix store"), "{}", a.log());
+    Ok(())
+}
