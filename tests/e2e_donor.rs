@@ -38,6 +38,26 @@ fn signed_donor_store(dir: &std::path::Path, fx: &support::Fixture) -> Result<Cl
     Ok(donor)
 }
 
+/// Node A in donor mode, sharing the installed paths of `donor`.
+fn start_donor(dir: &std::path::Path, key: &str, donor: &ClientStore, poll: &str, rate: &str) -> Result<Gateway> {
+    let root = donor.root.to_str().context("utf-8")?;
+    Gateway::start_with(
+        dir,
+        &[],
+        key,
+        &[
+            "--contribute",
+            "installed",
+            "--nix-store-root",
+            root,
+            "--poll-interval",
+            poll,
+            "--index-rate",
+            rate,
+        ],
+    )
+}
+
 /// An in-process node that shares nothing, connected to `addr`: it asks
 /// peers directly, as any program speaking the protocol could.
 async fn probe(dir: &std::path::Path, addr: &str) -> Result<(NodeHandle, libp2p::PeerId)> {
@@ -102,21 +122,7 @@ fn shares_signed_installed_paths_and_never_anything_else() -> Result<()> {
         .cloned()
         .collect();
 
-    let a = Gateway::start_with(
-        &tmp.path().join("a"),
-        &[],
-        key,
-        &[
-            "--contribute",
-            "installed",
-            "--nix-store-root",
-            donor.root.to_str().context("utf-8")?,
-            "--poll-interval",
-            "200ms",
-            "--index-rate",
-            "0",
-        ],
-    )?;
+    let a = start_donor(&tmp.path().join("a"), key, &donor, "200ms", "0")?;
     a.wait_for("paths_shared", shared.len() as u64)?;
     ensure!(
         a.status_number("rejected")? == 1,
@@ -263,29 +269,8 @@ fn indexing_killed_midway_resumes_and_serves_nothing_half_written() -> Result<()
     let tmp = tempfile::tempdir()?;
     let key = fx.trusted_pub.as_str();
     let donor = signed_donor_store(tmp.path(), &fx)?;
-    let root = donor.root.to_str().context("utf-8")?.to_owned();
-    let flags = |rate: &'static str| -> Vec<String> {
-        [
-            "--contribute",
-            "installed",
-            "--nix-store-root",
-            &root,
-            "--poll-interval",
-            "200ms",
-            "--index-rate",
-            rate,
-        ]
-        .map(str::to_owned)
-        .to_vec()
-    };
     // About 37 MB at 8 MB/s: killed (SIGKILL, on drop) a second in.
-    let f = flags("8M");
-    let a = Gateway::start_with(
-        &tmp.path().join("a"),
-        &[],
-        key,
-        &f.iter().map(String::as_str).collect::<Vec<_>>(),
-    )?;
+    let a = start_donor(&tmp.path().join("a"), key, &donor, "200ms", "8M")?;
     std::thread::sleep(Duration::from_secs(1));
     let before = a.status_number("paths_shared")?;
     drop(a);
@@ -294,13 +279,7 @@ fn indexing_killed_midway_resumes_and_serves_nothing_half_written() -> Result<()
         "indexing finished before the kill ({before}): slow it down"
     );
 
-    let f = flags("0");
-    let a = Gateway::start_with(
-        &tmp.path().join("a"),
-        &[],
-        key,
-        &f.iter().map(String::as_str).collect::<Vec<_>>(),
-    )?;
+    let a = start_donor(&tmp.path().join("a"), key, &donor, "200ms", "0")?;
     a.wait_for("paths_shared", 29)?;
     ensure!(a.status_number("rejected")? == 0, "{}", a.status()?);
     // Everything it serves is whole: the Nix client gets every path through B.
@@ -380,22 +359,7 @@ fn follows_nix_writing_the_store_while_it_reads() -> Result<()> {
     let cache = format!("file://{}", fx.cache().display());
     let leaves: Vec<String> = fx.paths.iter().filter(|p| p.contains("-leaf-")).cloned().collect();
     check(&donor.realise(&cache, key, &leaves, false), "substituting the leaves")?;
-    let root = donor.root.to_str().context("utf-8")?;
-    let a = Gateway::start_with(
-        &tmp.path().join("a"),
-        &[],
-        key,
-        &[
-            "--contribute",
-            "installed",
-            "--nix-store-root",
-            root,
-            "--poll-interval",
-            "50ms",
-            "--index-rate",
-            "0",
-        ],
-    )?;
+    let a = start_donor(&tmp.path().join("a"), key, &donor, "50ms", "0")?;
     a.wait_for("paths_shared", leaves.len() as u64)?;
     // Nix writes the rest (in its own transactions) while the node polls.
     check(&donor.realise(&cache, key, &fx.paths, false), "substituting the rest")?;
