@@ -26,8 +26,6 @@ const BATCH_PATHS: usize = 256;
 const BATCH_BYTES: u64 = 256 << 20;
 /// ...or after this long.
 const BATCH_TIME: Duration = Duration::from_secs(1);
-/// Paths at least this large are hashed on a second thread.
-const PARALLEL_HASH_FROM: u64 = 4 << 20;
 
 /// Keeps the average read rate under a limit.
 struct Pacer {
@@ -219,54 +217,28 @@ impl Follower {
     fn index_path(&mut self, p: &ValidPath, info: &NarInfo) -> io::Result<Indexed> {
         let inner = self.store.inner.clone();
         let base = info.store_path.base_name();
+        let mut sha = Sha256::new();
         let mut size = 0u64;
         let mut chunker = Chunker::default();
         let mut chunks = Vec::new();
         let pacer = &mut self.pacer;
-        let (layout, got) = std::thread::scope(|scope| -> io::Result<_> {
-            // sha256 on a second thread for large paths: both cores work.
-            let mut sha = Sha256::new();
-            let (tx, hasher) = if info.nar_size >= PARALLEL_HASH_FROM {
-                let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(16);
-                let h = scope.spawn(move || {
-                    let mut sha = Sha256::new();
-                    for piece in rx {
-                        sha.update(&piece);
-                    }
-                    sha.finalize()
-                });
-                (Some(tx), Some(h))
-            } else {
-                (None, None)
-            };
-            let mut emit = |c: &[u8]| -> io::Result<()> {
-                chunks.push(ChunkRef {
-                    id: crate::store::chunk_id(c),
-                    size: c.len() as u32,
-                });
-                Ok(())
-            };
-            let mut rec = Recorder::new(|b: &[u8]| {
-                pacer.take(b.len() as u64);
-                match &tx {
-                    Some(tx) => tx
-                        .send(b.to_vec())
-                        .map_err(|_| io::Error::other("the hashing thread stopped"))?,
-                    None => sha.update(b),
-                }
-                size += b.len() as u64;
-                chunker.push(b, &mut emit)
+        let mut emit = |c: &[u8]| -> io::Result<()> {
+            chunks.push(ChunkRef {
+                id: crate::store::chunk_id(c),
+                size: c.len() as u32,
             });
-            crate::nar::dump_to(&inner.store_dir.join(&base), &mut rec)?;
-            let layout = rec.layout;
-            chunker.finish(&mut emit)?;
-            drop(tx);
-            let digest = match hasher {
-                Some(h) => h.join().map_err(|_| io::Error::other("the hashing thread panicked"))?,
-                None => sha.finalize(),
-            };
-            Ok((layout, Sha256Hash(digest.into())))
-        })?;
+            Ok(())
+        };
+        let mut rec = Recorder::new(|b: &[u8]| {
+            pacer.take(b.len() as u64);
+            sha.update(b);
+            size += b.len() as u64;
+            chunker.push(b, &mut emit)
+        });
+        crate::nar::dump_to(&inner.store_dir.join(&base), &mut rec)?;
+        let layout = rec.layout;
+        chunker.finish(&mut emit)?;
+        let got = Sha256Hash(sha.finalize().into());
         if got != info.nar_hash || size != info.nar_size {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
