@@ -41,15 +41,22 @@ impl FakeStore {
     /// Creates a path with one file and a subdirectory, registers it and
     /// signs it with `key` (or not). Returns its hash and NAR.
     fn add(&self, n: u8, name: &str, key: Option<&SecretKey>, ca: Option<&str>) -> (StorePathHash, Vec<u8>) {
+        self.add_sized(n, name, key, ca, 200_000 + usize::from(n))
+    }
+
+    fn add_sized(
+        &self,
+        n: u8,
+        name: &str,
+        key: Option<&SecretKey>,
+        ca: Option<&str>,
+        size: usize,
+    ) -> (StorePathHash, Vec<u8>) {
         let hash = StorePathHash::from_bytes(&[n; 20]);
         let sp = StorePath::new(hash, name).unwrap();
         let dir = self.root.path().join("nix/store").join(sp.base_name());
         fs::create_dir_all(dir.join("bin")).unwrap();
-        fs::write(
-            dir.join("bin/tool"),
-            crate::store::tests::data(200_000 + usize::from(n), u64::from(n)),
-        )
-        .unwrap();
+        fs::write(dir.join("bin/tool"), crate::store::tests::data(size, u64::from(n))).unwrap();
         fs::set_permissions(dir.join("bin/tool"), fs::Permissions::from_mode(0o755)).unwrap();
         fs::write(dir.join("README"), format!("path {n}")).unwrap();
         let mut nar = Vec::new();
@@ -271,4 +278,23 @@ fn a_path_signed_after_registration_is_shared_once_signed() {
     assert_eq!(store.stats().unwrap().not_shareable, 0);
     cancel.cancel();
     follower.join().unwrap();
+}
+
+#[test]
+fn large_paths_are_checked_the_same() {
+    let fake = FakeStore::new();
+    let big = 6 << 20;
+    let (good, nar) = fake.add_sized(1, "big-good", Some(&fake.key), None, big);
+    let (bad, _) = fake.add_sized(2, "big-bad", Some(&fake.key), None, big);
+    let tool = fake.root.path().join(format!("nix/store/{bad}-big-bad/bin/tool"));
+    let mut bytes = fs::read(&tool).unwrap();
+    bytes[big - 1] ^= 1;
+    fs::write(&tool, bytes).unwrap();
+    let idx = tempfile::tempdir().unwrap();
+    let store = fake.open(&idx.path().join("installed.redb"));
+    store.sync_once().unwrap();
+    assert_eq!(store.list().unwrap(), vec![good]);
+    assert_eq!(store.stats().unwrap().rejected, 1);
+    let (_, manifest) = store.path_info(&good).unwrap().unwrap();
+    assert_eq!(manifest.nar_hash, Sha256Hash::digest(&nar));
 }
