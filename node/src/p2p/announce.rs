@@ -3,6 +3,7 @@
 //! re-announces everything periodically, with a bounded number of provide
 //! queries in flight (all at once degrades badly: see ARCHITECTURE.md).
 
+use std::collections::{HashSet, VecDeque};
 use std::time::Duration;
 
 use futures::StreamExt as _;
@@ -14,6 +15,47 @@ use super::NodeHandle;
 use crate::shelf::{Shelf as _, Shelves};
 use crate::store::StoreEvent;
 
+/// Paths waiting to be announced, each at most once. A set beside the
+/// queue keeps pushes and removals O(1): a donor shares 100k paths, and
+/// re-queueing them all with `VecDeque::contains` was quadratic.
+#[derive(Default)]
+struct Pending {
+    order: VecDeque<StorePathHash>,
+    queued: HashSet<StorePathHash>,
+}
+
+impl Pending {
+    fn push(&mut self, h: StorePathHash) {
+        if self.queued.insert(h) {
+            self.order.push_back(h);
+        }
+    }
+
+    fn extend(&mut self, hs: impl IntoIterator<Item = StorePathHash>) {
+        for h in hs {
+            self.push(h);
+        }
+    }
+
+    /// Forgets `h`; its place in the queue is skipped when reached.
+    fn remove(&mut self, h: &StorePathHash) {
+        self.queued.remove(h);
+    }
+
+    fn pop(&mut self) -> Option<StorePathHash> {
+        while let Some(h) = self.order.pop_front() {
+            if self.queued.remove(&h) {
+                return Some(h);
+            }
+        }
+        None
+    }
+
+    fn len(&self) -> usize {
+        self.queued.len()
+    }
+}
+
 pub(super) async fn run(
     handle: NodeHandle,
     store: Shelves,
@@ -23,13 +65,14 @@ pub(super) async fn run(
 ) {
     let mut events = store.events();
     let mut events_done = false;
-    let mut queue: std::collections::VecDeque<StorePathHash> = store.list().unwrap_or_default().into();
+    let mut queue = Pending::default();
+    queue.extend(store.list().unwrap_or_default());
     tracing::info!(paths = queue.len(), "announcing stored paths");
     let mut in_flight = FuturesUnordered::new();
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + reprovide, reprovide);
     loop {
         while in_flight.len() < max_in_flight.max(1) {
-            let Some(hash) = queue.pop_front() else { break };
+            let Some(hash) = queue.pop() else { break };
             let h = handle.clone();
             in_flight.push(async move { h.provide(&hash).await });
         }
@@ -41,38 +84,54 @@ pub(super) async fn run(
                 }
             }
             ev = events.next(), if !events_done => match ev {
-                Some(Some(StoreEvent::Added(h))) => queue.push_back(h),
+                Some(Some(StoreEvent::Added(h))) => queue.push(h),
                 Some(Some(StoreEvent::Removed(h))) => {
                     // Another shelf may still share it (installed and cached).
                     if store.contains(&h).unwrap_or(false) {
                         continue;
                     }
-                    queue.retain(|q| *q != h);
+                    queue.remove(&h);
                     if handle.withdraw(&h).await.is_err() {
                         return;
                     }
                 }
                 Some(None) => {
                     // Missed changes: resynchronise from the shelves.
-                    queue = store.list().unwrap_or_default().into();
+                    queue = Pending::default();
+                    queue.extend(store.list().unwrap_or_default());
                 }
                 None => events_done = true, // no shelves (or all closed)
             },
             () = handle.stats.joined.notified() => {
                 tracing::info!("connected to the swarm: announcing stored paths again");
-                for h in store.list().unwrap_or_default() {
-                    if !queue.contains(&h) {
-                        queue.push_back(h);
-                    }
-                }
+                queue.extend(store.list().unwrap_or_default());
             }
-            _ = tick.tick() => {
-                for h in store.list().unwrap_or_default() {
-                    if !queue.contains(&h) {
-                        queue.push_back(h);
-                    }
-                }
-            }
+            _ = tick.tick() => queue.extend(store.list().unwrap_or_default()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(n: u8) -> StorePathHash {
+        StorePathHash::from_bytes(&[n; 20])
+    }
+
+    #[test]
+    fn pending_announces_each_path_once_in_order_and_skips_removed_ones() {
+        let mut q = Pending::default();
+        q.extend([h(1), h(2), h(1), h(3)]);
+        assert_eq!(q.len(), 3);
+        q.remove(&h(2));
+        q.push(h(3));
+        assert_eq!(q.pop(), Some(h(1)));
+        // Removed, then queued again: announced once.
+        q.push(h(2));
+        assert_eq!(q.pop(), Some(h(2)));
+        assert_eq!(q.pop(), Some(h(3)));
+        assert_eq!(q.pop(), None);
+        assert_eq!(q.len(), 0);
     }
 }
