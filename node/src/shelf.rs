@@ -84,9 +84,52 @@ impl Shelves {
         Self(Arc::new(shelves))
     }
 
-    /// True if nothing is shared.
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+    /// The first shelf's answer that has one; an error only if none answered
+    /// and some failed.
+    fn first<T>(&self, ask: impl Fn(&dyn Shelf) -> Result<Option<T>, ShelfError>) -> Result<Option<T>, ShelfError> {
+        let mut last = None;
+        for s in self.0.iter() {
+            match ask(s.as_ref()) {
+                Ok(Some(x)) => return Ok(Some(x)),
+                Ok(None) => {}
+                Err(err) => last = Some(err),
+            }
+        }
+        last.map_or(Ok(None), Err)
+    }
+
+    /// [`Shelf::path_info`] from the first shelf that has the path.
+    pub fn path_info(&self, hash: &StorePathHash) -> Result<Option<(String, ChunkManifest)>, ShelfError> {
+        self.first(|s| s.path_info(hash))
+    }
+
+    /// [`Shelf::read_chunk`] from the first shelf that has the chunk.
+    pub fn read_chunk(&self, id: &ChunkId) -> Result<Option<Bytes>, ShelfError> {
+        self.first(|s| s.read_chunk(id))
+    }
+
+    /// True if any shelf shares the path.
+    pub fn contains(&self, hash: &StorePathHash) -> Result<bool, ShelfError> {
+        for s in self.0.iter() {
+            if s.contains(hash)? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Every shared path, once.
+    pub fn list(&self) -> Result<Vec<StorePathHash>, ShelfError> {
+        let mut all = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for s in self.0.iter() {
+            for h in s.list()? {
+                if seen.insert(h) {
+                    all.push(h);
+                }
+            }
+        }
+        Ok(all)
     }
 
     /// Every change on every shelf, as one stream. `None` items mean some
@@ -109,57 +152,6 @@ impl Shelves {
 impl From<ChunkStore> for Shelves {
     fn from(s: ChunkStore) -> Self {
         Self::new(vec![Arc::new(s)])
-    }
-}
-
-impl Shelf for Shelves {
-    fn path_info(&self, hash: &StorePathHash) -> Result<Option<(String, ChunkManifest)>, ShelfError> {
-        let mut last = None;
-        for s in self.0.iter() {
-            match s.path_info(hash) {
-                Ok(Some(x)) => return Ok(Some(x)),
-                Ok(None) => {}
-                Err(err) => last = Some(err),
-            }
-        }
-        last.map_or(Ok(None), Err)
-    }
-    fn read_chunk(&self, id: &ChunkId) -> Result<Option<Bytes>, ShelfError> {
-        let mut last = None;
-        for s in self.0.iter() {
-            match s.read_chunk(id) {
-                Ok(Some(x)) => return Ok(Some(x)),
-                Ok(None) => {}
-                Err(err) => last = Some(err),
-            }
-        }
-        last.map_or(Ok(None), Err)
-    }
-    fn contains(&self, hash: &StorePathHash) -> Result<bool, ShelfError> {
-        for s in self.0.iter() {
-            if s.contains(hash)? {
-                return Ok(true);
-            }
-        }
-        Ok(false)
-    }
-    fn list(&self) -> Result<Vec<StorePathHash>, ShelfError> {
-        let mut all = Vec::new();
-        let mut seen = std::collections::HashSet::new();
-        for s in self.0.iter() {
-            for h in s.list()? {
-                if seen.insert(h) {
-                    all.push(h);
-                }
-            }
-        }
-        Ok(all)
-    }
-    fn subscribe(&self) -> broadcast::Receiver<StoreEvent> {
-        // A merged receiver would need a task; use [`Shelves::events`].
-        let (tx, rx) = broadcast::channel(1);
-        drop(tx);
-        rx
     }
 }
 

@@ -12,7 +12,7 @@ use nixswarm_protocol::StorePathHash;
 use tokio_util::sync::CancellationToken;
 
 use super::NodeHandle;
-use crate::shelf::{Shelf as _, Shelves};
+use crate::shelf::Shelves;
 use crate::store::StoreEvent;
 
 /// Paths waiting to be announced, each at most once. A set beside the

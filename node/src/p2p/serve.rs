@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::actor::{Command, Inbound};
 use super::{NodeHandle, RateLimiter};
-use crate::shelf::{Shelf as _, Shelves};
+use crate::shelf::Shelves;
 
 /// Requests answered at once, in total.
 const MAX_CONCURRENT: usize = 32;
