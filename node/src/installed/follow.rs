@@ -98,7 +98,7 @@ impl Follower {
         let valid = inner.db.ids()?;
         // Withdraw what is gone (or was replaced under the same hash).
         let mut indexed_ids = HashSet::new();
-        for (hash, id, _) in inner.index.list()? {
+        for (hash, id) in inner.index.list()? {
             let same = valid.get(&id).is_some_and(|(p, _)| base_hash(p) == Some(hash.as_str()));
             if same {
                 indexed_ids.insert(id);
@@ -176,7 +176,10 @@ impl Follower {
             Err(e) => {
                 tracing::warn!(path = %p.path, error = %e, "not sharing an installed path");
                 inner.rejected.fetch_add(1, Ordering::Relaxed);
-                if let Err(e) = inner.index.reject(hash.as_str(), p.registration_time, &e.to_string()) {
+                if let Err(e) = inner
+                    .index
+                    .reject(hash.as_str(), Some(p.registration_time), &e.to_string())
+                {
                     tracing::warn!(path = %p.path, error = %e, "cannot record a rejected path");
                 }
             }
@@ -269,10 +272,7 @@ fn base_hash(path: &str) -> Option<&str> {
 /// The narinfo a peer gets for an installed path: the database's record,
 /// uncompressed.
 pub fn narinfo_of(p: &ValidPath) -> Result<NarInfo, String> {
-    let sp = |s: &str| -> Result<StorePath, String> {
-        let base = s.rsplit('/').next().unwrap_or(s);
-        StorePath::from_base_name(base).map_err(|e| e.to_string())
-    };
+    let sp = |s: &str| s.parse::<StorePath>().map_err(|e| e.to_string());
     let store_path = sp(&p.path)?;
     let digest = p.nar_hash.strip_prefix("sha256:").ok_or("NarHash is not sha256")?;
     let nar_hash = Sha256Hash::from_digest_str(digest).map_err(|e| e.to_string())?;

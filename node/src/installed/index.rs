@@ -147,14 +147,15 @@ impl Index {
         tx.commit().map_err(err)
     }
 
-    fn remove_in(tx: &redb::WriteTransaction, hash: &str) -> Result<bool, InstalledError> {
+    /// Removes a path's record and chunk locations; returns the record.
+    fn remove_in(tx: &redb::WriteTransaction, hash: &str) -> Result<Option<Indexed>, InstalledError> {
         let mut paths = tx.open_table(PATHS).map_err(err)?;
         let Some(old) = paths
             .remove(hash)
             .map_err(err)?
             .and_then(|v| Indexed::decode(v.value()))
         else {
-            return Ok(false);
+            return Ok(None);
         };
         let mut chunks = tx.open_multimap_table(CHUNKS).map_err(err)?;
         for (off, c) in old.manifest.with_offsets() {
@@ -165,15 +166,22 @@ impl Index {
         counters
             .insert(BYTES, cur.saturating_sub(old.manifest.nar_size))
             .map_err(err)?;
-        Ok(true)
+        Ok(Some(old))
     }
 
     /// Forgets a path. True if it was indexed.
     pub fn remove(&self, hash: &str) -> Result<bool, InstalledError> {
         let tx = self.db.begin_write().map_err(err)?;
-        let removed = Self::remove_in(&tx, hash)?;
+        let removed = Self::remove_in(&tx, hash)?.is_some();
         tx.commit().map_err(err)?;
         Ok(removed)
+    }
+
+    /// True if the path is indexed (without decoding its record).
+    pub fn contains(&self, hash: &str) -> Result<bool, InstalledError> {
+        let tx = self.db.begin_read().map_err(err)?;
+        let t = tx.open_table(PATHS).map_err(err)?;
+        Ok(t.get(hash).map_err(err)?.is_some())
     }
 
     /// Where a chunk lies: (path hash, NAR offset, size) in every path that has it.
@@ -189,31 +197,33 @@ impl Index {
         Ok(out)
     }
 
-    /// Every indexed path: (hash, Nix database id, registration time).
-    pub fn list(&self) -> Result<Vec<(String, i64, i64)>, InstalledError> {
+    /// Every indexed path: (hash, Nix database id).
+    pub fn list(&self) -> Result<Vec<(String, i64)>, InstalledError> {
         let tx = self.db.begin_read().map_err(err)?;
         let t = tx.open_table(PATHS).map_err(err)?;
         let mut out = Vec::new();
         for row in t.iter().map_err(err)? {
             let (k, v) = row.map_err(err)?;
-            let b = v.value();
-            let id = b.get(..8).and_then(|s| s.try_into().ok()).map_or(0, i64::from_le_bytes);
-            let reg = b
-                .get(8..16)
+            // The id leads the record: no need to decode the rest.
+            let id = v
+                .value()
+                .get(..8)
                 .and_then(|s| s.try_into().ok())
                 .map_or(0, i64::from_le_bytes);
-            out.push((k.value().to_owned(), id, reg));
+            out.push((k.value().to_owned(), id));
         }
         Ok(out)
     }
 
-    /// Records that a path's files do not match the database.
-    pub fn reject(&self, hash: &str, registration_time: i64, reason: &str) -> Result<(), InstalledError> {
+    /// Records that a path's files do not match the database, for the
+    /// given registration, or (`None`) for that of its indexed record.
+    pub fn reject(&self, hash: &str, registration_time: Option<i64>, reason: &str) -> Result<(), InstalledError> {
         let tx = self.db.begin_write().map_err(err)?;
         {
-            Self::remove_in(&tx, hash)?;
+            let old = Self::remove_in(&tx, hash)?;
+            let reg = registration_time.or(old.map(|o| o.registration_time)).unwrap_or(0);
             let mut t = tx.open_table(REJECTED).map_err(err)?;
-            t.insert(hash, (registration_time, reason)).map_err(err)?;
+            t.insert(hash, (reg, reason)).map_err(err)?;
         }
         tx.commit().map_err(err)
     }

@@ -52,8 +52,6 @@ pub enum InstalledError {
     NixDb(#[from] NixDbError),
     #[error("donor index: {0}")]
     Index(String),
-    #[error("{path}: {message}")]
-    Path { path: String, message: String },
 }
 
 /// Settings of the installed-paths source.
@@ -128,11 +126,6 @@ impl InstalledStore {
         })
     }
 
-    /// The Nix database this store follows.
-    pub fn nix_db(&self) -> &NixDb {
-        &self.inner.db
-    }
-
     /// Changes to the set of shared paths.
     pub fn subscribe(&self) -> broadcast::Receiver<StoreEvent> {
         self.inner.events.subscribe()
@@ -145,7 +138,7 @@ impl InstalledStore {
             .index
             .list()?
             .into_iter()
-            .filter_map(|(h, _, _)| h.parse().ok())
+            .filter_map(|(h, _)| h.parse().ok())
             .collect())
     }
 
@@ -174,7 +167,7 @@ impl InstalledStore {
 
     /// True if the path is shared.
     pub fn contains(&self, hash: &StorePathHash) -> Result<bool, InstalledError> {
-        Ok(self.inner.index.get(hash.as_str())?.is_some())
+        self.inner.index.contains(hash.as_str())
     }
 
     fn layout(&self, hash: &str) -> Result<Option<Arc<(String, Layout)>>, InstalledError> {
@@ -227,13 +220,12 @@ impl InstalledStore {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .remove(hash);
-        let reg = self.inner.index.get(hash).ok().flatten().map(|r| r.registration_time);
         let r = if reason.is_empty() {
             self.inner.index.remove(hash).map(|_| ())
         } else {
             tracing::warn!(path = hash, reason, "no longer sharing an installed path");
             self.inner.rejected.fetch_add(1, Ordering::Relaxed);
-            self.inner.index.reject(hash, reg.unwrap_or(0), reason)
+            self.inner.index.reject(hash, None, reason)
         };
         if let Err(e) = r {
             tracing::warn!(path = hash, error = %e, "cannot update the donor index");
