@@ -35,16 +35,10 @@ const RUNS: usize = 3;
 const SYNTHETIC_PATHS: usize = 100_000;
 
 fn nix(args: &[&str]) -> Result<String> {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .env("NIX_CONFIG", "build-users-group =\nsubstituters =\n")
-        .output()?;
-    ensure!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8(out.stdout)?.trim().to_owned())
+    let mut c = Command::new(args[0]);
+    c.args(&args[1..])
+        .env("NIX_CONFIG", "build-users-group =\nsubstituters =\n");
+    Ok(support::run_ok(&mut c, &format!("{args:?}"))?.trim().to_owned())
 }
 
 /// A chroot store with a 256 MiB path and a path of 5,000 small files,
@@ -174,7 +168,7 @@ fn serve_over_network(work: &Path, store: &ClientStore, key_pub: &str, secret: &
     )?;
     b.wait_for("peers", 1)?;
     let hash = &big.trim_start_matches("/nix/store/")[..32];
-    let text = curl_text(&format!("{}/{hash}.narinfo", b.url))?;
+    let text = support::http_get(&format!("{}/{hash}.narinfo", b.url))?;
     let info = NarInfo::parse(&text)?;
     let through_peer = mib_per_s(&format!("{}/{}", b.url, info.url))?;
 
@@ -203,25 +197,12 @@ fn serve_over_network(work: &Path, store: &ClientStore, key_pub: &str, secret: &
     Ok((through_peer, direct))
 }
 
-fn curl_text(url: &str) -> Result<String> {
-    let out = Command::new("curl").args(["-sf", url]).output()?;
-    ensure!(out.status.success(), "curl {url}");
-    Ok(String::from_utf8(out.stdout)?)
-}
-
-/// Nix's schema for the tables the donor reads.
-const SCHEMA: &str = "
-create table ValidPaths (id integer primary key autoincrement not null, path text unique not null,
-  hash text not null, registrationTime integer not null, deriver text, narSize integer,
-  ultimate integer, sigs text, ca text);
-create table Refs (referrer integer not null, reference integer not null, primary key (referrer, reference));";
-
 /// `n` signed single-file paths of 200 B–4 KiB, with a Nix database.
 fn synthetic_store(root: &Path, n: usize, key: &SecretKey) -> Result<()> {
     std::fs::create_dir_all(root.join("nix/store"))?;
     std::fs::create_dir_all(root.join("nix/var/nix/db"))?;
     let mut db = rusqlite::Connection::open(root.join("nix/var/nix/db/db.sqlite"))?;
-    db.execute_batch(SCHEMA)?;
+    db.execute_batch(nixswarm_node::installed::nixdb::SCHEMA)?;
     let tx = db.transaction()?;
     {
         let mut insert = tx.prepare(

@@ -40,8 +40,7 @@ pub async fn pin(State(state): State<Arc<AppState>>, Path(hash): Path<String>) -
     let (held, missing) = tokio::task::spawn_blocking(move || -> Result<_, GatewayError> {
         let (held, missing) = store.closure(&hash)?;
         // Missing ones are pinned too: they are kept once they arrive.
-        store.pin(&held)?;
-        store.pin(&missing)?;
+        store.pin(&[held.as_slice(), missing.as_slice()].concat())?;
         Ok((held, missing))
     })
     .await

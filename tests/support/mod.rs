@@ -247,14 +247,17 @@ impl Drop for Gateway {
     }
 }
 
+/// Runs `c`; its standard output, or an error naming `what` with its
+/// standard error.
+pub fn run_ok(c: &mut Command, what: &str) -> Result<String> {
+    let out = c.output().with_context(|| format!("running {what}"))?;
+    ensure!(out.status.success(), "{what}: {}", String::from_utf8_lossy(&out.stderr));
+    Ok(String::from_utf8(out.stdout)?)
+}
+
 /// GETs `url` with curl and returns the body.
 pub fn http_get(url: &str) -> Result<String> {
-    let out = Command::new("curl")
-        .args(["-sf", url])
-        .output()
-        .context("running curl")?;
-    ensure!(out.status.success(), "curl {url} failed");
-    Ok(String::from_utf8(out.stdout)?)
+    run_ok(Command::new("curl").args(["-sf", url]), &format!("curl {url}"))
 }
 
 /// An upstream URL where nothing listens.
@@ -336,13 +339,7 @@ impl ClientStore {
     pub fn add(&self, file: &Path) -> Result<String> {
         let mut c = self.nix("nix-store");
         c.args(["--store", &self.store(), "--add"]).arg(file);
-        let out = c.output()?;
-        ensure!(
-            out.status.success(),
-            "nix-store --add: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(String::from_utf8(out.stdout)?.trim().to_owned())
+        Ok(run_ok(&mut c, "nix-store --add")?.trim().to_owned())
     }
 
     /// Builds `expr` (a derivation using /bin/sh) in this store: unsigned.
@@ -353,26 +350,14 @@ impl ClientStore {
             .args(["--option", "sandbox", "true"])
             .args(["--option", "extra-sandbox-paths", "/bin /usr /lib /lib64"])
             .args(["-E", expr]);
-        let out = c.output()?;
-        ensure!(
-            out.status.success(),
-            "nix-build: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(String::from_utf8(out.stdout)?.trim().to_owned())
+        Ok(run_ok(&mut c, "nix-build")?.trim().to_owned())
     }
 
     /// `nix-store --delete PATH` (garbage-collects one path).
     pub fn delete(&self, path: &str) -> Result<()> {
         let mut c = self.nix("nix-store");
         c.args(["--store", &self.store(), "--delete", path]);
-        let out = c.output()?;
-        ensure!(
-            out.status.success(),
-            "nix-store --delete: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(())
+        run_ok(&mut c, "nix-store --delete").map(drop)
     }
 
     /// The subset of `paths` that is valid in this store.

@@ -10,6 +10,14 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags};
 
+/// The tables of Nix's schema this reader uses, as Nix creates them: for
+/// tests and benchmarks that write a database of their own.
+pub const SCHEMA: &str = "
+create table ValidPaths (id integer primary key autoincrement not null, path text unique not null,
+  hash text not null, registrationTime integer not null, deriver text, narSize integer,
+  ultimate integer, sigs text, ca text);
+create table Refs (referrer integer not null, reference integer not null, primary key (referrer, reference));";
+
 /// Why the Nix database could not be read.
 #[derive(Debug, thiserror::Error)]
 #[error("Nix database {path}: {message}")]

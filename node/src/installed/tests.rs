@@ -10,12 +10,6 @@ use rusqlite::Connection;
 
 use super::*;
 
-const SCHEMA: &str = "
-create table ValidPaths (id integer primary key autoincrement not null, path text unique not null,
-  hash text not null, registrationTime integer not null, deriver text, narSize integer,
-  ultimate integer, sigs text, ca text);
-create table Refs (referrer integer not null, reference integer not null, primary key (referrer, reference));";
-
 struct FakeStore {
     root: tempfile::TempDir,
     key: SecretKey,
@@ -27,7 +21,7 @@ impl FakeStore {
         fs::create_dir_all(root.path().join("nix/store")).unwrap();
         fs::create_dir_all(root.path().join("nix/var/nix/db")).unwrap();
         let c = Connection::open(root.path().join("nix/var/nix/db/db.sqlite")).unwrap();
-        c.execute_batch(SCHEMA).unwrap();
+        c.execute_batch(super::nixdb::SCHEMA).unwrap();
         Self {
             root,
             key: SecretKey::from_seed("test-1", &[7; 32]),
