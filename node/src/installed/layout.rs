@@ -108,8 +108,7 @@ impl Layout {
                 }
                 _ => return Err(LayoutError("unknown segment tag")),
             };
-            layout.segments.push((layout.size, seg.clone()));
-            layout.size += seg.len();
+            layout.push(seg);
         }
         Ok(layout)
     }
