@@ -269,9 +269,11 @@ fn indexing_killed_midway_resumes_and_serves_nothing_half_written() -> Result<()
     let tmp = tempfile::tempdir()?;
     let key = fx.trusted_pub.as_str();
     let donor = signed_donor_store(tmp.path(), &fx)?;
-    // About 37 MB at 8 MB/s: killed (SIGKILL, on drop) a second in.
+    // About 37 MB at 8 MB/s, killed (SIGKILL, on drop) once some paths are
+    // indexed: a condition, not a sleep, so a busy machine kills it midway
+    // too (a slower machine only indexes more slowly).
     let a = start_donor(&tmp.path().join("a"), key, &donor, "200ms", "8M")?;
-    std::thread::sleep(Duration::from_secs(1));
+    a.wait_for("paths_shared", 1)?;
     let before = a.status_number("paths_shared")?;
     drop(a);
     ensure!(

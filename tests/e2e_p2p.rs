@@ -60,6 +60,19 @@ fn nix_substitutes_from_peers_through_a_node_that_knows_one_peer_and_has_no_upst
         !status.contains("\"bytes_fetched\":0"),
         "C fetched from peers: {status}"
     );
+    // The same counters on /metrics (the duplicate bytes may be any
+    // number: they depend on how the endgame fell).
+    let fetched = c.status_number("bytes_fetched")?;
+    let metrics = support::http_get(&format!("{}/metrics", c.url))?;
+    assert!(
+        metrics.contains(&format!("nixswarm_node_fetched_bytes_total {fetched}\n")),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("nixswarm_node_fetched_duplicate_bytes_total "),
+        "{metrics}"
+    );
+    assert!(c.status()?.contains("\"bytes_fetched_duplicate\":"));
     let a_status = a.status()?;
     assert!(!a_status.contains("\"bytes_served\":0"), "A served: {a_status}");
     assert!(

@@ -119,6 +119,7 @@ impl Gateway {
 
     /// Reports this node's status on `/status`. Call before serving.
     pub fn with_node(mut self, node: nixswarm_node::NodeHandle) -> Self {
+        let _ = self.state.metrics.node.set(node.stats.clone());
         if let Some(state) = Arc::get_mut(&mut self.state) {
             state.node = Some(node);
         }

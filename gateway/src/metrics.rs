@@ -1,6 +1,12 @@
 //! Prometheus metrics served on `/metrics`, named `nixswarm_<thing>_<unit>`.
 
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock};
+
+use nixswarm_node::p2p::NodeStats;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric as _};
+use prometheus_client::metrics::counter::ConstCounter;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -49,6 +55,44 @@ pub struct Metrics {
     pub installed_paths: Gauge,
     pub installed_bytes: Gauge,
     pub installed_queued: Gauge,
+    /// The node's transfer counters, once a node is attached.
+    pub node: Arc<OnceLock<Arc<NodeStats>>>,
+}
+
+/// Reads the node's own counters at each scrape (they live in the node, as
+/// atomics the swarm task and the fetcher bump).
+#[derive(Debug)]
+struct NodeCounters(Arc<OnceLock<Arc<NodeStats>>>);
+
+impl Collector for NodeCounters {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some(stats) = self.0.get() else {
+            return Ok(());
+        };
+        let counters = [
+            (
+                "node_served_bytes",
+                "Chunk bytes (uncompressed) served to peers",
+                &stats.bytes_served,
+            ),
+            (
+                "node_fetched_bytes",
+                "NAR bytes fetched from peers and verified, each chunk once per transfer",
+                &stats.bytes_fetched,
+            ),
+            (
+                "node_fetched_duplicate_bytes",
+                "Verified chunk bytes received a second time (endgame duplicates)",
+                &stats.bytes_fetched_duplicate,
+            ),
+        ];
+        for (name, help, value) in counters {
+            let counter = ConstCounter::new(value.load(Ordering::Relaxed));
+            let metric = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
+            counter.encode(metric)?;
+        }
+        Ok(())
+    }
 }
 
 impl Metrics {
@@ -110,6 +154,8 @@ impl Metrics {
             "Valid installed paths waiting to be indexed",
             installed_queued.clone(),
         );
+        let node = Arc::new(OnceLock::new());
+        registry.register_collector(Box::new(NodeCounters(node.clone())));
         Arc::new(Self {
             registry,
             requests,
@@ -121,6 +167,7 @@ impl Metrics {
             installed_paths,
             installed_bytes,
             installed_queued,
+            node,
         })
     }
 

@@ -134,9 +134,11 @@ fn nar_uri(info: &NarInfo) -> String {
     format!("/nar/{}-{}.nar", info.store_path.hash(), info.nar_hash.to_nixbase32())
 }
 
-/// Waits until the gateway's background ingest has stored `hash`.
+/// Waits until the gateway's background ingest has stored `hash` (20 s at
+/// most: a deadline for a busy machine, not a speed expectation).
 async fn stored(store: &ChunkStore, hash: &StorePathHash) -> bool {
-    for _ in 0..200 {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::time::Instant::now() < until {
         if store.contains(hash).unwrap() {
             return true;
         }

@@ -66,6 +66,10 @@ pub fn run(args: &StatusArgs) -> Result<()> {
         println!("provided keys:  {}", n(&node["provided_keys"]));
         println!("bytes served:   {}", bytes(n(&node["bytes_served"])));
         println!("bytes fetched:  {}", bytes(n(&node["bytes_fetched"])));
+        println!(
+            "  duplicates:   {} (received twice: the endgame's cost)",
+            bytes(n(&node["bytes_fetched_duplicate"]))
+        );
     }
     let inst = &body["installed"];
     if inst.is_null() {

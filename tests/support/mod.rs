@@ -6,7 +6,7 @@
 use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail, ensure};
 
@@ -426,7 +426,8 @@ pub fn check(out: &Output, what: &str) -> Result<()> {
 /// Waits until nothing listens on `url` any more.
 pub fn assert_down(url: &str) {
     let addr = url.trim_start_matches("http://");
-    for _ in 0..50 {
+    let until = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < until {
         if std::net::TcpStream::connect(addr).is_err() {
             return;
         }

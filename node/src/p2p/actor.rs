@@ -163,6 +163,7 @@ impl Actor {
                     provider_records: self.swarm.behaviour_mut().kad.store_mut().provider_records(),
                     bytes_served: self.stats.bytes_served.load(Ordering::Relaxed),
                     bytes_fetched: self.stats.bytes_fetched.load(Ordering::Relaxed),
+                    bytes_fetched_duplicate: self.stats.bytes_fetched_duplicate.load(Ordering::Relaxed),
                 };
                 let _ = reply.send(status);
             }

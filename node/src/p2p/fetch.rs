@@ -7,6 +7,7 @@
 //! for a while. Bytes come out in NAR order; the caller verifies NarHash.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -250,6 +251,10 @@ impl Fetcher {
         let mut peers: Vec<PeerId> = path.providers.iter().copied().filter(|p| !self.is_banned(p)).collect();
         peers.truncate(self.settings.max_peers);
         let mut load: HashMap<PeerId, usize> = peers.iter().map(|p| (*p, 0)).collect();
+        // Chunks verified so far (handed out or waiting in `have`): what is
+        // in here is never asked for again, and a second copy of it (the
+        // endgame's) counts as duplicate bytes.
+        let mut verified: HashSet<ChunkId> = HashSet::new();
         let mut have: HashMap<ChunkId, Bytes> = HashMap::new();
         let mut outstanding: Vec<(Vec<ChunkId>, usize)> = Vec::new(); // batch, copies in flight
         let mut in_flight = FuturesUnordered::new();
@@ -309,7 +314,7 @@ impl Fetcher {
                     b
                 } else if let Some(entry) = outstanding
                     .iter_mut()
-                    .filter(|(b, _)| b.iter().any(|id| !have.contains_key(id)))
+                    .filter(|(b, _)| b.iter().any(|id| !verified.contains(id)))
                     .min_by_key(|(_, n)| *n)
                     .filter(|(_, n)| *n < 2)
                 {
@@ -371,13 +376,13 @@ impl Fetcher {
                         };
                         match data {
                             Ok(d) if d.len() == size as usize && blake3::hash(&d).as_bytes() == &wc.id.0 => {
-                                if let std::collections::hash_map::Entry::Vacant(e) = have.entry(wc.id) {
-                                    let n = d.len() as u64;
-                                    self.handle
-                                        .stats
-                                        .bytes_fetched
-                                        .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
-                                    e.insert(Bytes::from(d));
+                                let stats = &self.handle.stats;
+                                let n = d.len() as u64;
+                                if verified.insert(wc.id) {
+                                    stats.bytes_fetched.fetch_add(n, Ordering::Relaxed);
+                                    have.insert(wc.id, Bytes::from(d));
+                                } else {
+                                    stats.bytes_fetched_duplicate.fetch_add(n, Ordering::Relaxed);
                                 }
                                 delivered += 1;
                             }
@@ -408,7 +413,7 @@ impl Fetcher {
             // unless another copy of it is still in flight.
             if let Some(pos) = outstanding.iter().position(|(b, _)| *b == batch) {
                 outstanding[pos].1 -= 1;
-                let missing: Vec<ChunkId> = batch.iter().copied().filter(|id| !have.contains_key(id)).collect();
+                let missing: Vec<ChunkId> = batch.iter().copied().filter(|id| !verified.contains(id)).collect();
                 if outstanding[pos].1 == 0 {
                     outstanding.remove(pos);
                     if !missing.is_empty() {

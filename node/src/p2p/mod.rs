@@ -91,8 +91,14 @@ impl Default for NodeConfig {
 /// Counters shared with the swarm task.
 #[derive(Debug, Default)]
 pub struct NodeStats {
+    /// Chunk bytes (uncompressed) served to peers.
     pub bytes_served: AtomicU64,
+    /// NAR bytes fetched from peers and verified, each chunk counted once
+    /// per transfer.
     pub bytes_fetched: AtomicU64,
+    /// Verified chunk bytes that arrived a second time (the endgame asks
+    /// two peers for the last batches): network cost that brought nothing.
+    pub bytes_fetched_duplicate: AtomicU64,
     /// Fires when the node goes from no connections to some: what it
     /// announced while alone reached nobody, so it announces again.
     pub joined: tokio::sync::Notify,
@@ -108,6 +114,7 @@ pub struct NodeStatus {
     pub provider_records: usize,
     pub bytes_served: u64,
     pub bytes_fetched: u64,
+    pub bytes_fetched_duplicate: u64,
 }
 
 /// A cheap, cloneable handle to the running node.
