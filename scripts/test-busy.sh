@@ -18,7 +18,7 @@ shift $(( $# > 0 ? 1 : 0 ))
 stress=${STRESS:---cpu $(nproc)}
 
 # Build first, unloaded: the point is the tests, not the compiler.
-cargo nextest run --workspace --features nixswarm/test-corrupt --no-run
+cargo nextest run --workspace --features nixswarm/test-hooks --no-run
 
 # shellcheck disable=SC2086 # $stress is a list of stress-ng flags
 stress-ng $stress --quiet --temp-path "${TMPDIR:-/tmp}" &

@@ -86,7 +86,7 @@ fn nix_substitutes_from_peers_through_a_node_that_knows_one_peer_and_has_no_upst
     Ok(())
 }
 
-#[cfg(feature = "test-corrupt")]
+#[cfg(feature = "test-hooks")]
 #[test]
 fn a_lying_peer_among_the_providers_changes_nothing() -> Result<()> {
     let fx = fixture();

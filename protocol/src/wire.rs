@@ -17,6 +17,8 @@ pub const MAX_BATCH: usize = 32;
 pub const MAX_REQUEST: usize = 64 * 1024;
 /// Largest encoded response (a full batch of maximal chunks plus framing).
 pub const MAX_RESPONSE: usize = MAX_BATCH * (MAX_CHUNK_SIZE as usize + 64) + 1024 * 1024;
+/// Most store-path hashes in one [`Request::Have`].
+pub const MAX_HAVE: usize = 256;
 /// Largest narinfo text carried.
 pub const MAX_NARINFO: usize = 64 * 1024;
 
@@ -33,6 +35,9 @@ pub enum Request {
     PathInfo { hash: StorePathHash },
     /// Chunk bytes by BLAKE3 id.
     Chunks { ids: Vec<ChunkId> },
+    /// Which of these paths the node would serve (one round trip for many
+    /// paths, asked of connected peers before the DHT walk ends).
+    Have { hashes: Vec<StorePathHash> },
 }
 
 /// One chunk on the wire, zstd-compressed when that made it smaller.
@@ -58,6 +63,8 @@ pub enum Response {
     },
     /// The node refuses for now (too many requests, shutting down).
     Busy,
+    /// One flag per hash of a [`Request::Have`], in request order.
+    Have { have: Vec<bool> },
 }
 
 /// Why bytes are not a valid message.
@@ -73,6 +80,8 @@ pub enum WireError {
     Trailing(usize),
     #[error("store path hash is invalid")]
     BadHash,
+    #[error("have flags set past the end of the list")]
+    BadBits,
     #[error("narinfo text is not UTF-8")]
     BadText,
     #[error("manifest: {0}")]
@@ -124,6 +133,24 @@ impl<'a> Reader<'a> {
         Ok(len)
     }
 
+    /// A count of hashes, checked against [`MAX_HAVE`] before anything is allocated.
+    fn have_len(&mut self) -> Result<usize, WireError> {
+        let len = self.u32()? as usize;
+        if len > MAX_HAVE {
+            return Err(WireError::TooLarge {
+                what: "have list",
+                len,
+                max: MAX_HAVE,
+            });
+        }
+        Ok(len)
+    }
+
+    fn hash(&mut self) -> Result<StorePathHash, WireError> {
+        let h = std::str::from_utf8(self.take(32)?).map_err(|_| WireError::BadHash)?;
+        h.parse().map_err(|_| WireError::BadHash)
+    }
+
     fn id(&mut self) -> Result<ChunkId, WireError> {
         let mut id = [0u8; 32];
         id.copy_from_slice(self.take(32)?);
@@ -157,6 +184,13 @@ impl Request {
                     out.extend_from_slice(&id.0);
                 }
             }
+            Self::Have { hashes } => {
+                out.push(3);
+                out.extend_from_slice(&(hashes.len() as u32).to_le_bytes());
+                for h in hashes {
+                    out.extend_from_slice(h.as_str().as_bytes());
+                }
+            }
         }
         out
     }
@@ -164,16 +198,17 @@ impl Request {
     pub fn decode(buf: &[u8]) -> Result<Self, WireError> {
         let mut r = Reader { buf, at: 0 };
         let msg = match r.u8()? {
-            1 => {
-                let h = std::str::from_utf8(r.take(32)?).map_err(|_| WireError::BadHash)?;
-                Self::PathInfo {
-                    hash: h.parse().map_err(|_| WireError::BadHash)?,
-                }
-            }
+            1 => Self::PathInfo { hash: r.hash()? },
             2 => {
                 let n = r.batch_len()?;
                 Self::Chunks {
                     ids: (0..n).map(|_| r.id()).collect::<Result<_, _>>()?,
+                }
+            }
+            3 => {
+                let n = r.have_len()?;
+                Self::Have {
+                    hashes: (0..n).map(|_| r.hash()).collect::<Result<_, _>>()?,
                 }
             }
             t => return Err(WireError::UnknownTag(t)),
@@ -203,6 +238,15 @@ impl Response {
                 }
             }
             Self::Busy => out.push(4),
+            Self::Have { have } => {
+                out.push(5);
+                out.extend_from_slice(&(have.len() as u32).to_le_bytes());
+                let mut bits = vec![0u8; have.len().div_ceil(8)];
+                for (i, _) in have.iter().enumerate().filter(|(_, h)| **h) {
+                    bits[i / 8] |= 1 << (i % 8);
+                }
+                out.extend_from_slice(&bits);
+            }
         }
         out
     }
@@ -229,6 +273,17 @@ impl Response {
                 Self::Chunks { chunks }
             }
             4 => Self::Busy,
+            5 => {
+                let n = r.have_len()?;
+                let bits = r.take(n.div_ceil(8))?;
+                // Bits past the count must be zero: one encoding per answer.
+                if n % 8 != 0 && bits[n / 8] >> (n % 8) != 0 {
+                    return Err(WireError::BadBits);
+                }
+                Self::Have {
+                    have: (0..n).map(|i| bits[i / 8] & (1 << (i % 8)) != 0).collect(),
+                }
+            }
             t => return Err(WireError::UnknownTag(t)),
         };
         r.finish()?;
@@ -251,6 +306,9 @@ mod tests {
             proptest::collection::vec(any::<[u8; 32]>(), 0..=MAX_BATCH).prop_map(|ids| Request::Chunks {
                 ids: ids.into_iter().map(ChunkId).collect()
             }),
+            proptest::collection::vec(any::<[u8; 20]>(), 0..=MAX_HAVE).prop_map(|hs| Request::Have {
+                hashes: hs.iter().map(StorePathHash::from_bytes).collect()
+            }),
         ]
     }
 
@@ -258,6 +316,7 @@ mod tests {
         prop_oneof![
             Just(Response::NotFound),
             Just(Response::Busy),
+            proptest::collection::vec(any::<bool>(), 0..=MAX_HAVE).prop_map(|have| Response::Have { have }),
             (
                 "\\PC{0,200}",
                 proptest::collection::vec((any::<[u8; 32]>(), 1u32..5000), 0..10)
@@ -304,6 +363,11 @@ mod tests {
         assert!(matches!(Response::decode(&huge), Err(WireError::TooLarge { .. })));
         assert_eq!(Request::decode(&[9]), Err(WireError::UnknownTag(9)));
         assert_eq!(Response::decode(&[2, 0]), Err(WireError::Trailing(1)));
+        let mut many = vec![3u8];
+        many.extend_from_slice(&(MAX_HAVE as u32 + 1).to_le_bytes());
+        assert!(matches!(Request::decode(&many), Err(WireError::TooLarge { .. })));
+        // Three flags, with a bit set past the third.
+        assert_eq!(Response::decode(&[5, 3, 0, 0, 0, 0b1001]), Err(WireError::BadBits));
     }
 
     #[test]

@@ -19,11 +19,28 @@ use crate::config::{Config, ConfigArgs, Contribute, Effective, P2pMode};
 pub struct RunArgs {
     #[command(flatten)]
     pub config: ConfigArgs,
-    /// Test builds only: serve corrupted chunks to peers (a lying peer).
-    #[cfg(feature = "test-corrupt")]
+    #[cfg(feature = "test-hooks")]
+    #[command(flatten)]
+    pub hooks: TestHooks,
+}
+
+/// Test builds only (feature `test-hooks`): switches that make this node a
+/// misbehaving or far-away peer, for tests and benchmarks.
+#[cfg(feature = "test-hooks")]
+#[derive(Debug, Clone, Default, Args)]
+pub struct TestHooks {
+    /// Serve corrupted chunks to peers (a lying peer).
     #[arg(long, hide = true)]
     pub test_corrupt_chunks: bool,
+    /// Delay every byte sent to peers (DHT and transfer, TCP only) by this
+    /// long: between two such nodes a round trip takes twice as long.
+    #[arg(long, hide = true, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub test_peer_latency: Option<Duration>,
 }
+
+#[cfg(not(feature = "test-hooks"))]
+#[derive(Debug, Clone, Default)]
+pub struct TestHooks;
 
 pub fn run(args: RunArgs) -> Result<()> {
     let eff = Config::load(&args.config)?.resolve()?;
@@ -31,11 +48,11 @@ pub fn run(args: RunArgs) -> Result<()> {
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    #[cfg(feature = "test-corrupt")]
-    let corrupt = args.test_corrupt_chunks;
-    #[cfg(not(feature = "test-corrupt"))]
-    let corrupt = false;
-    rt.block_on(serve(eff, corrupt))
+    #[cfg(feature = "test-hooks")]
+    let hooks = args.hooks;
+    #[cfg(not(feature = "test-hooks"))]
+    let hooks = TestHooks;
+    rt.block_on(serve(eff, hooks))
 }
 
 /// Opens the chunk store in `store.location`.
@@ -86,7 +103,7 @@ fn open_installed(eff: &Effective, cancel: &CancellationToken) -> Result<Option<
     Ok(Some(store))
 }
 
-async fn start_node(eff: &Effective, shelves: Shelves, corrupt: bool, cancel: &CancellationToken) -> Result<Node> {
+async fn start_node(eff: &Effective, shelves: Shelves, hooks: &TestHooks, cancel: &CancellationToken) -> Result<Node> {
     let p2p = &eff.config.p2p;
     let key = load_or_create_key(&eff.data_dir.join("node.key"))?;
     #[allow(unused_mut)]
@@ -99,11 +116,12 @@ async fn start_node(eff: &Effective, shelves: Shelves, corrupt: bool, cancel: &C
         upload_limit: p2p.upload_limit.map(|s| s.0),
         ..NodeConfig::default()
     };
-    #[cfg(feature = "test-corrupt")]
+    #[cfg(feature = "test-hooks")]
     {
-        config.corrupt_chunks = corrupt;
+        config.corrupt_chunks = hooks.test_corrupt_chunks;
+        config.test_latency = hooks.test_peer_latency.unwrap_or_default();
     }
-    let _ = corrupt;
+    let _ = hooks;
     let node = Node::start(&eff.data_dir.join("p2p"), key, shelves, config, cancel.clone())
         .await
         .context("starting the peer-to-peer node")?;
@@ -114,7 +132,7 @@ async fn start_node(eff: &Effective, shelves: Shelves, corrupt: bool, cancel: &C
     Ok(node)
 }
 
-async fn serve(eff: Effective, corrupt: bool) -> Result<()> {
+async fn serve(eff: Effective, hooks: TestHooks) -> Result<()> {
     let store = open_store(&eff)?;
     let sweeper = store.clone();
     tokio::task::spawn_blocking(move || match sweeper.sweep_orphans() {
@@ -146,7 +164,7 @@ async fn serve(eff: Effective, corrupt: bool) -> Result<()> {
         shelves.push(Arc::new(store.clone()));
     }
     let node = if eff.config.p2p.enable {
-        Some(start_node(&eff, Shelves::new(shelves), corrupt, &cancel).await?)
+        Some(start_node(&eff, Shelves::new(shelves), &hooks, &cancel).await?)
     } else {
         None
     };

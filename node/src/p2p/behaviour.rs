@@ -39,6 +39,9 @@ pub struct SwarmSettings {
     pub max_streams: usize,
     /// How long announcements live on other nodes.
     pub provider_ttl: Duration,
+    /// Test builds only: every byte sent to peers leaves this much later.
+    #[cfg(feature = "test-hooks")]
+    pub test_latency: Duration,
 }
 
 /// Builds the swarm.
@@ -47,7 +50,20 @@ pub fn build(
     store: PersistentStore,
     s: &SwarmSettings,
 ) -> anyhow_like::Result<Swarm<Behaviour>> {
-    let local = key.public().to_peer_id();
+    #[cfg(feature = "test-hooks")]
+    if !s.test_latency.is_zero() {
+        // TCP only, through the delay line (QUIC would bypass it).
+        let delay = s.test_latency;
+        let swarm = libp2p::SwarmBuilder::with_existing_identity(key)
+            .with_tokio()
+            .with_other_transport(|key| super::delay::transport(key, delay).map_err(Into::into))
+            .map_err(|e| anyhow_like::Error(format!("delayed TCP transport: {e}")))?
+            .with_behaviour(|key| behaviour(key, store, s))
+            .map_err(|e| anyhow_like::Error(format!("behaviour: {e}")))?
+            .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE))
+            .build();
+        return Ok(swarm);
+    }
     let swarm = libp2p::SwarmBuilder::with_existing_identity(key)
         .with_tokio()
         .with_tcp(
@@ -57,39 +73,49 @@ pub fn build(
         )
         .map_err(|e| anyhow_like::Error(format!("TCP transport: {e}")))?
         .with_quic()
-        .with_behaviour(|key| {
-            let mut kcfg = kad::Config::new(KAD_PROTOCOL);
-            kcfg.set_query_timeout(Duration::from_secs(30));
-            kcfg.set_provider_record_ttl(Some(s.provider_ttl));
-            // nixswarm re-announces its own keys in bounded batches (see
-            // announce.rs) instead of one DHT walk per key from kad's job.
-            kcfg.set_provider_publication_interval(None);
-            kcfg.set_record_filtering(kad::StoreInserts::Unfiltered);
-            let mut kad = kad::Behaviour::with_config(local, store, kcfg);
-            kad.set_mode(Some(if s.server { kad::Mode::Server } else { kad::Mode::Client }));
-            let mdns = if s.mdns {
-                Some(mdns::tokio::Behaviour::new(mdns::Config::default(), local)?)
-            } else {
-                None
-            };
-            let rr = request_response::Config::default()
-                .with_request_timeout(s.request_timeout)
-                .with_max_concurrent_streams(s.max_streams);
-            Ok(Behaviour {
-                kad,
-                identify: identify::Behaviour::new(
-                    identify::Config::new(IDENTIFY_VERSION.into(), key.public())
-                        .with_agent_version(concat!("nixswarm/", env!("CARGO_PKG_VERSION")).into()),
-                ),
-                ping: ping::Behaviour::default(),
-                mdns: Toggle::from(mdns),
-                transfer: request_response::Behaviour::new([(PROTOCOL, request_response::ProtocolSupport::Full)], rr),
-            })
-        })
+        .with_behaviour(|key| behaviour(key, store, s))
         .map_err(|e| anyhow_like::Error(format!("behaviour: {e}")))?
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
+        .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE))
         .build();
     Ok(swarm)
+}
+
+/// How long a connection with no open stream is kept.
+const IDLE: Duration = Duration::from_secs(120);
+
+fn behaviour(
+    key: &identity::Keypair,
+    store: PersistentStore,
+    s: &SwarmSettings,
+) -> Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> {
+    let local = key.public().to_peer_id();
+    let mut kcfg = kad::Config::new(KAD_PROTOCOL);
+    kcfg.set_query_timeout(Duration::from_secs(30));
+    kcfg.set_provider_record_ttl(Some(s.provider_ttl));
+    // nixswarm re-announces its own keys in bounded batches (see
+    // announce.rs) instead of one DHT walk per key from kad's job.
+    kcfg.set_provider_publication_interval(None);
+    kcfg.set_record_filtering(kad::StoreInserts::Unfiltered);
+    let mut kad = kad::Behaviour::with_config(local, store, kcfg);
+    kad.set_mode(Some(if s.server { kad::Mode::Server } else { kad::Mode::Client }));
+    let mdns = if s.mdns {
+        Some(mdns::tokio::Behaviour::new(mdns::Config::default(), local)?)
+    } else {
+        None
+    };
+    let rr = request_response::Config::default()
+        .with_request_timeout(s.request_timeout)
+        .with_max_concurrent_streams(s.max_streams);
+    Ok(Behaviour {
+        kad,
+        identify: identify::Behaviour::new(
+            identify::Config::new(IDENTIFY_VERSION.into(), key.public())
+                .with_agent_version(concat!("nixswarm/", env!("CARGO_PKG_VERSION")).into()),
+        ),
+        ping: ping::Behaviour::default(),
+        mdns: Toggle::from(mdns),
+        transfer: request_response::Behaviour::new([(PROTOCOL, request_response::ProtocolSupport::Full)], rr),
+    })
 }
 
 /// A minimal error for swarm construction.

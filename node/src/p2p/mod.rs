@@ -7,6 +7,8 @@ mod actor;
 mod announce;
 pub mod behaviour;
 mod codec;
+#[cfg(feature = "test-hooks")]
+mod delay;
 mod fetch;
 mod ratelimit;
 pub mod records;
@@ -66,8 +68,12 @@ pub struct NodeConfig {
     /// How long announcements live on other nodes.
     pub provider_ttl: Duration,
     /// Test builds only: serve corrupted chunks (a lying peer).
-    #[cfg(feature = "test-corrupt")]
+    #[cfg(feature = "test-hooks")]
     pub corrupt_chunks: bool,
+    /// Test builds only: every byte sent to peers (DHT and transfer) leaves
+    /// this much later, over TCP only (a far-away peer).
+    #[cfg(feature = "test-hooks")]
+    pub test_latency: Duration,
 }
 
 impl Default for NodeConfig {
@@ -82,8 +88,10 @@ impl Default for NodeConfig {
             max_provides_in_flight: 256,
             reprovide_interval: Duration::from_secs(12 * 3600),
             provider_ttl: Duration::from_secs(48 * 3600),
-            #[cfg(feature = "test-corrupt")]
+            #[cfg(feature = "test-hooks")]
             corrupt_chunks: false,
+            #[cfg(feature = "test-hooks")]
+            test_latency: Duration::ZERO,
         }
     }
 }
@@ -264,6 +272,8 @@ impl Node {
             request_timeout: config.request_timeout,
             max_streams: 64,
             provider_ttl: config.provider_ttl,
+            #[cfg(feature = "test-hooks")]
+            test_latency: config.test_latency,
         };
         let mut swarm = behaviour::build(key, records, &settings).map_err(|e| NodeError::Swarm(e.to_string()))?;
         for addr in &config.listen {
@@ -303,9 +313,9 @@ impl Node {
         let actor = actor::Actor::new(swarm, rx, inbound_tx, stats, cancel.clone(), config.bootstrap.clone());
         tokio::spawn(actor.run());
         let limiter = Arc::new(RateLimiter::new(config.upload_limit));
-        #[cfg(feature = "test-corrupt")]
+        #[cfg(feature = "test-hooks")]
         let corrupt = config.corrupt_chunks;
-        #[cfg(not(feature = "test-corrupt"))]
+        #[cfg(not(feature = "test-hooks"))]
         let corrupt = false;
         tokio::spawn(serve::run(
             handle.clone(),

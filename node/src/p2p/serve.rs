@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use libp2p::PeerId;
-use nixswarm_protocol::wire::{MAX_BATCH, Request, Response, WireChunk};
+use nixswarm_protocol::wire::{MAX_BATCH, MAX_HAVE, Request, Response, WireChunk};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
@@ -20,7 +20,7 @@ const MAX_CONCURRENT: usize = 32;
 const MAX_PER_PEER: usize = 8;
 
 /// Builds the answer to one request (blocking: reads the shelves).
-/// `corrupt` exists only in test builds (feature `test-corrupt`): it makes
+/// `corrupt` exists only in test builds (feature `test-hooks`): it makes
 /// this node lie, to test that fetchers catch it.
 pub fn answer(store: &Shelves, request: &Request, corrupt: bool) -> Response {
     match request {
@@ -31,6 +31,13 @@ pub fn answer(store: &Shelves, request: &Request, corrupt: bool) -> Response {
                 tracing::warn!(%hash, error = %e, "cannot read a stored path for a peer");
                 Response::NotFound
             }
+        },
+        Request::Have { hashes } => Response::Have {
+            have: hashes
+                .iter()
+                .take(MAX_HAVE)
+                .map(|h| store.contains(h).unwrap_or(false))
+                .collect(),
         },
         Request::Chunks { ids } => {
             let mut chunks = Vec::with_capacity(ids.len().min(MAX_BATCH));
