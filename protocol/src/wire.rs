@@ -64,7 +64,9 @@ pub enum Response {
     /// The node refuses for now (too many requests, shutting down).
     Busy,
     /// One flag per hash of a [`Request::Have`], in request order.
-    Have { have: Vec<bool> },
+    Have {
+        have: Vec<bool>,
+    },
 }
 
 /// Why bytes are not a valid message.

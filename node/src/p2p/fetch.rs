@@ -1,10 +1,10 @@
-//! Fetching a path from peers: find providers (DHT plus connected peers),
-//! get a narinfo that verifies and a manifest that adds up, then stripe the
-//! missing chunks across providers, several batches in flight per peer,
-//! duplicating the last outstanding batches on idle peers (endgame). Every
-//! chunk is checked against its BLAKE3 id; a peer that sends a bad one is
-//! dropped from the transfer and scored down, repeat offenders are banned
-//! for a while. Bytes come out in NAR order; the caller verifies NarHash.
+//! Fetching a path from peers: providers come from [`Discovery`] (a `Have`
+//! round trip to connected peers and a DHT walk, started early and kept for
+//! a while); a narinfo must verify and a manifest add up; then the
+//! [`Schedule`] stripes the missing chunks across providers. Every chunk is
+//! checked against its BLAKE3 id; a peer that sends a bad one is dropped
+//! from the transfer and scored down, repeat offenders are banned for a
+//! while. Bytes come out in NAR order; the caller verifies NarHash.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::Ordering;
@@ -15,25 +15,24 @@ use bytes::Bytes;
 use futures::StreamExt as _;
 use futures::stream::{BoxStream, FuturesUnordered};
 use libp2p::PeerId;
-use nixswarm_protocol::wire::{MAX_BATCH, Request, Response};
-use nixswarm_protocol::{ChunkId, ChunkManifest, NarInfo, PublicKey, StorePathHash};
+use nixswarm_protocol::wire::{Request, Response};
+use nixswarm_protocol::{ChunkId, ChunkManifest, NarInfo, PublicKey, Sha256Hash, StorePathHash};
 use tokio::sync::mpsc;
 
 use super::NodeHandle;
+use super::discover::{Discovery, DiscoverySettings};
+use super::schedule::{Outcome, Ready, Schedule, ScheduleSettings, check_chunks};
 use crate::store::ChunkStore;
 
 /// Fetcher settings.
 #[derive(Debug, Clone)]
 pub struct FetchSettings {
-    /// Most providers one transfer stripes across.
-    pub max_peers: usize,
-    /// Chunks per request.
-    pub batch: usize,
-    /// Requests in flight per peer.
-    pub per_peer: usize,
-    /// Bytes fetched ahead of what has been handed out.
-    pub window: u64,
-    /// Time to wait for the first providers.
+    /// How transfers are scheduled (providers, batches, endgame, deadlines).
+    pub schedule: ScheduleSettings,
+    /// How providers are found.
+    pub discovery: DiscoverySettings,
+    /// Time a lookup may take: for the first provider, and for a verified
+    /// narinfo and manifest from the providers found.
     pub lookup_timeout: Duration,
     /// Bad chunks before a peer is banned.
     pub ban_after: u32,
@@ -43,10 +42,8 @@ pub struct FetchSettings {
 impl Default for FetchSettings {
     fn default() -> Self {
         Self {
-            max_peers: 4,
-            batch: 16,
-            per_peer: 4,
-            window: 64 << 20,
+            schedule: ScheduleSettings::default(),
+            discovery: DiscoverySettings::default(),
             lookup_timeout: Duration::from_secs(5),
             ban_after: 2,
             ban_for: Duration::from_secs(600),
@@ -77,13 +74,16 @@ pub struct Fetcher {
     keys: Arc<Vec<PublicKey>>,
     settings: FetchSettings,
     scores: Arc<Mutex<HashMap<PeerId, Score>>>,
+    discovery: Discovery,
 }
 
 type ByteStream = BoxStream<'static, std::io::Result<Bytes>>;
 
 impl Fetcher {
+    /// A fetcher; starts its discovery tasks on the current runtime.
     pub fn new(handle: NodeHandle, store: ChunkStore, keys: Vec<PublicKey>, settings: FetchSettings) -> Self {
         Self {
+            discovery: Discovery::new(handle.clone(), settings.discovery.clone()),
             handle,
             store,
             keys: Arc::new(keys),
@@ -132,16 +132,39 @@ impl Fetcher {
         Ok(info)
     }
 
+    /// Starts finding providers of these paths in the background.
+    pub fn prefetch(&self, hashes: &[StorePathHash]) {
+        self.discovery.discover(hashes);
+    }
+
+    /// The provider discovery this fetcher uses.
+    pub fn discovery(&self) -> &Discovery {
+        &self.discovery
+    }
+
     /// Finds providers of `hash` and a verified narinfo and manifest.
     /// `None` if no peer has it (or none told the truth).
     pub async fn lookup(&self, hash: &StorePathHash) -> Option<PeerPath> {
-        let mut found = self.handle.find_providers(hash).await.ok()?;
-        let mut candidates: VecDeque<PeerId> = VecDeque::new();
-        let mut seen = HashSet::new();
-        if let Ok(peers) = self.handle.peers().await {
-            candidates.extend(peers.into_iter().filter(|p| seen.insert(*p)));
+        self.find(hash, None, self.settings.lookup_timeout).await
+    }
+
+    /// Like [`Self::lookup`], for a NAR: only providers of `nar_hash` count,
+    /// and the first provider must turn up within `wait` (what it has
+    /// found already counts at once; a search that finished with nobody
+    /// ends the wait).
+    pub async fn lookup_nar(&self, hash: &StorePathHash, nar_hash: &Sha256Hash, wait: Duration) -> Option<PeerPath> {
+        let found = self.discovery.wait(hash, tokio::time::Instant::now() + wait).await;
+        if found.providers.iter().all(|p| self.is_banned(p)) {
+            return None;
         }
-        let deadline = tokio::time::Instant::now() + self.settings.lookup_timeout;
+        self.find(hash, Some(*nar_hash), self.settings.lookup_timeout).await
+    }
+
+    async fn find(&self, hash: &StorePathHash, nar_hash: Option<Sha256Hash>, wait: Duration) -> Option<PeerPath> {
+        let mut rx = self.discovery.watch(hash)?;
+        let start = tokio::time::Instant::now();
+        let deadline = start + wait.max(self.settings.lookup_timeout);
+        let first_by = start + wait;
         type Asked = futures::future::BoxFuture<'static, (PeerId, Result<Response, super::NodeError>)>;
         let ask = |peer: PeerId, delay: Duration| -> Asked {
             let (h, hash) = (self.handle.clone(), *hash);
@@ -150,44 +173,49 @@ impl Fetcher {
                 (peer, h.request(peer, Request::PathInfo { hash }).await)
             })
         };
+        let mut seen = HashSet::new();
+        let mut queue: VecDeque<PeerId> = VecDeque::new();
         let mut asking: FuturesUnordered<Asked> = FuturesUnordered::new();
         let mut busy_retries = 8u32;
         let mut providers: Vec<PeerId> = Vec::new();
         let mut best: Option<(NarInfo, Arc<ChunkManifest>)> = None;
-        let mut dht_done = false;
+        let max_peers = self.settings.schedule.max_peers;
         loop {
+            let done = {
+                let f = rx.borrow_and_update();
+                queue.extend(f.providers.iter().filter(|p| seen.insert(**p)));
+                f.done
+            };
             while asking.len() < 4
-                && let Some(peer) = candidates.pop_front()
+                && let Some(peer) = queue.pop_front()
             {
-                if self.is_banned(&peer) {
-                    continue;
+                if !self.is_banned(&peer) {
+                    asking.push(ask(peer, Duration::ZERO));
                 }
-                asking.push(ask(peer, Duration::ZERO));
             }
-            if dht_done && asking.is_empty() && candidates.is_empty() {
+            let idle = asking.is_empty() && queue.is_empty();
+            if (best.is_some() && (idle || providers.len() >= max_peers)) || (done && idle) {
                 break;
             }
-            if best.is_some() && (providers.len() >= self.settings.max_peers || dht_done) && asking.is_empty() {
-                break;
+            if seen.is_empty() && tokio::time::Instant::now() >= first_by {
+                break; // nobody turned up in time
             }
             tokio::select! {
-                p = found.recv(), if !dht_done => match p {
-                    Some(p) if seen.insert(p) => candidates.push_back(p),
-                    Some(_) => {}
-                    None => dht_done = true,
-                },
+                r = rx.changed(), if !done => if r.is_err() { break },
                 Some((peer, r)) = asking.next(), if !asking.is_empty() => match r {
                     Ok(Response::PathInfo { narinfo, manifest }) => match self.check(hash, &narinfo, &manifest) {
-                        Ok(info) => {
-                            match &best {
-                                None => {
-                                    best = Some((info, Arc::new(manifest)));
-                                    providers.push(peer);
-                                }
-                                Some((b, _)) if b.nar_hash == info.nar_hash => providers.push(peer),
-                                Some(_) => {}
-                            }
+                        Ok(info) if nar_hash.is_some_and(|n| n != info.nar_hash) => {
+                            // Another build of the path: not what is asked for.
+                            tracing::debug!(%peer, %hash, "provider has another NAR of the path");
                         }
+                        Ok(info) => match &best {
+                            None => {
+                                best = Some((info, Arc::new(manifest)));
+                                providers.push(peer);
+                            }
+                            Some((b, _)) if b.nar_hash == info.nar_hash => providers.push(peer),
+                            Some(_) => {}
+                        },
                         Err(why) => self.penalise(peer, why),
                     },
                     Ok(Response::Busy) if busy_retries > 0 => {
@@ -195,12 +223,11 @@ impl Fetcher {
                         busy_retries -= 1;
                         asking.push(ask(peer, Duration::from_millis(50)));
                     }
-                    Ok(_) | Err(_) => {}
+                    Ok(_) | Err(_) => self.discovery.forget(hash, &peer),
                 },
-                () = tokio::time::sleep_until(deadline) => break,
-            }
-            if best.is_some() && providers.len() >= self.settings.max_peers {
-                break;
+                () = tokio::time::sleep_until(if seen.is_empty() { first_by } else { deadline }) => {
+                    if !seen.is_empty() { break }
+                }
             }
         }
         let (info, manifest) = best?;
@@ -212,7 +239,8 @@ impl Fetcher {
     }
 
     /// Streams the NAR of `path` in order. The stream fails if every
-    /// provider failed before the end (the caller then falls back).
+    /// provider failed before the end, or the transfer stalled (the caller
+    /// then falls back).
     pub fn stream(&self, path: PeerPath) -> ByteStream {
         let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(16);
         let this = self.clone();
@@ -224,203 +252,83 @@ impl Fetcher {
         futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|i| (i, rx)) }).boxed()
     }
 
+    /// Runs one transfer: the [`Schedule`] decides, this task sends its
+    /// requests, checks the answers and feeds them back.
     async fn transfer(&self, path: PeerPath, tx: &mpsc::Sender<std::io::Result<Bytes>>) -> Result<(), String> {
-        let chunks = &path.manifest.chunks;
-        // Where each distinct chunk is last needed (to free memory after).
-        let mut last_use: HashMap<ChunkId, usize> = HashMap::new();
-        for (i, c) in chunks.iter().enumerate() {
-            last_use.insert(c.id, i);
-        }
-        let mut local: HashSet<ChunkId> = HashSet::new();
-        let mut wanted: Vec<(ChunkId, u32)> = Vec::new();
-        let mut listed = HashSet::new();
-        for c in chunks {
-            if listed.insert(c.id) {
-                if self.store.has_chunk(&c.id).unwrap_or(false) {
-                    local.insert(c.id);
-                } else {
-                    wanted.push((c.id, c.size));
-                }
-            }
-        }
-        let sizes: HashMap<ChunkId, u32> = chunks.iter().map(|c| (c.id, c.size)).collect();
-        let mut pending: VecDeque<Vec<ChunkId>> = wanted
-            .chunks(self.settings.batch.clamp(1, MAX_BATCH))
-            .map(|b| b.iter().map(|(id, _)| *id).collect())
-            .collect();
-        let mut peers: Vec<PeerId> = path.providers.iter().copied().filter(|p| !self.is_banned(p)).collect();
-        peers.truncate(self.settings.max_peers);
-        let mut load: HashMap<PeerId, usize> = peers.iter().map(|p| (*p, 0)).collect();
-        // Chunks verified so far (handed out or waiting in `have`): what is
-        // in here is never asked for again, and a second copy of it (the
-        // endgame's) counts as duplicate bytes.
-        let mut verified: HashSet<ChunkId> = HashSet::new();
-        let mut have: HashMap<ChunkId, Bytes> = HashMap::new();
-        let mut outstanding: Vec<(Vec<ChunkId>, usize)> = Vec::new(); // batch, copies in flight
+        let hash = path.info.store_path.hash();
+        let providers = path.providers.iter().copied().filter(|p| !self.is_banned(p));
+        let is_local = |id: &ChunkId| self.store.has_chunk(id).unwrap_or(false);
+        let mut sched = Schedule::new(
+            &path.manifest,
+            is_local,
+            providers,
+            self.settings.schedule.clone(),
+            Instant::now(),
+        );
+        let stats = &self.handle.stats;
         let mut in_flight = FuturesUnordered::new();
-        let mut cool: HashMap<PeerId, Instant> = HashMap::new();
-        let mut next = 0usize;
-        let mut ahead: u64 = 0;
-
         loop {
-            // Hand out everything that is ready, in order.
-            while let Some(c) = chunks.get(next) {
-                let data = if local.contains(&c.id) {
-                    match self.store.read_chunk(&c.id) {
+            while let Some(ready) = sched.next_ready() {
+                let data = match ready {
+                    Ready::Data(d) => d,
+                    Ready::Local(id) => match self.store.read_chunk(&id) {
                         Ok(Some(d)) => d,
                         _ => {
-                            // Evicted meanwhile: fetch it like the others.
-                            local.remove(&c.id);
-                            pending.push_front(vec![c.id]);
+                            sched.local_missing(id);
                             break;
                         }
-                    }
-                } else if let Some(d) = have.get(&c.id) {
-                    let d = d.clone();
-                    if last_use.get(&c.id) == Some(&next) {
-                        have.remove(&c.id);
-                        ahead = ahead.saturating_sub(u64::from(c.size));
-                    }
-                    d
-                } else {
-                    break;
+                    },
                 };
                 if tx.send(Ok(data)).await.is_err() {
                     return Ok(()); // nobody is listening any more
                 }
-                next += 1;
             }
-            if next == chunks.len() {
+            if sched.is_done() {
                 return Ok(());
             }
-            // Schedule batches within the window on the least loaded peers.
-            loop {
-                // The window bounds memory, but never blocks the only way
-                // forward: with nothing in flight, the next batch always goes.
-                if ahead > self.settings.window && !in_flight.is_empty() {
-                    break;
-                }
-                let Some(peer) = peers
-                    .iter()
-                    .copied()
-                    .filter(|p| load[p] < self.settings.per_peer)
-                    .min_by_key(|p| load[p])
-                else {
-                    break;
-                };
-                let batch = if let Some(b) = pending.pop_front() {
-                    ahead += b.iter().map(|id| u64::from(sizes[id])).sum::<u64>();
-                    outstanding.push((b.clone(), 1));
-                    b
-                } else if let Some(entry) = outstanding
-                    .iter_mut()
-                    .filter(|(b, _)| b.iter().any(|id| !verified.contains(id)))
-                    .min_by_key(|(_, n)| *n)
-                    .filter(|(_, n)| *n < 2)
-                {
-                    // Endgame: the same batch from a second peer.
-                    entry.1 += 1;
-                    entry.0.clone()
-                } else {
-                    break;
-                };
-                *load.entry(peer).or_insert(0) += 1;
+            let now = Instant::now();
+            if let Some(why) = sched.failure(now) {
+                return Err(why);
+            }
+            for send in sched.sends(now) {
                 let h = self.handle.clone();
-                let wait = cool
-                    .get(&peer)
-                    .map(|t| t.saturating_duration_since(Instant::now()))
-                    .unwrap_or_default();
                 in_flight.push(async move {
-                    // A peer that just said Busy gets a moment before the next request.
-                    tokio::time::sleep(wait).await;
-                    let r = h.request(peer, Request::Chunks { ids: batch.clone() }).await;
-                    (peer, batch, r)
+                    let r = h.request(send.peer, Request::Chunks { ids: send.ids.clone() }).await;
+                    (send, r)
                 });
             }
-            if in_flight.is_empty() {
-                if peers.is_empty() {
-                    return Err(format!("every peer failed after {next} of {} chunks", chunks.len()));
-                }
-                // Nothing in flight and nothing schedulable: wait for the
-                // window (only happens if everything left is in `have`).
-                continue;
-            }
-            let Some((peer, batch, result)) = in_flight.next().await else {
-                continue;
-            };
-            if let Some(l) = load.get_mut(&peer) {
-                *l = l.saturating_sub(1);
-            }
-            let mut drop_peer = false;
-            // A peer already dropped from this transfer is not heard again
-            // (and not penalised twice for one transfer).
-            let result = if peers.contains(&peer) {
-                result
-            } else {
-                Ok(Response::Busy)
-            };
-            match result {
-                Ok(Response::Chunks { chunks: got }) => {
-                    let asked: HashSet<ChunkId> = batch.iter().copied().collect();
-                    let mut delivered = 0;
-                    for wc in got {
-                        let Some(&size) = sizes.get(&wc.id).filter(|_| asked.contains(&wc.id)) else {
-                            self.penalise(peer, "sent a chunk it was not asked for");
-                            drop_peer = true;
-                            break;
-                        };
-                        let data = if wc.compressed {
-                            zstd::bulk::decompress(&wc.data, size as usize).map_err(|e| e.to_string())
-                        } else {
-                            Ok(wc.data)
-                        };
-                        match data {
-                            Ok(d) if d.len() == size as usize && blake3::hash(&d).as_bytes() == &wc.id.0 => {
-                                let stats = &self.handle.stats;
-                                let n = d.len() as u64;
-                                if verified.insert(wc.id) {
-                                    stats.bytes_fetched.fetch_add(n, Ordering::Relaxed);
-                                    have.insert(wc.id, Bytes::from(d));
-                                } else {
-                                    stats.bytes_fetched_duplicate.fetch_add(n, Ordering::Relaxed);
+            let wake = tokio::time::Instant::from_std(sched.next_deadline());
+            tokio::select! {
+                Some((send, r)) = in_flight.next(), if !in_flight.is_empty() => {
+                    let peer = send.peer;
+                    let current = sched.peers().any(|p| *p == peer);
+                    let outcome = match r {
+                        Ok(Response::Chunks { chunks }) => match check_chunks(&send.ids, |id| sched.size(id), chunks) {
+                            Ok(c) => Outcome::Chunks(c),
+                            Err(why) => {
+                                // Not penalised twice for one transfer.
+                                if current {
+                                    self.penalise(peer, why);
                                 }
-                                delivered += 1;
+                                Outcome::Lied
                             }
-                            _ => {
-                                self.penalise(peer, "sent a chunk that does not match its BLAKE3 id");
-                                drop_peer = true;
-                                break;
-                            }
+                        },
+                        Ok(Response::Busy) => Outcome::Busy,
+                        Ok(_) => Outcome::Failed,
+                        Err(e) => {
+                            tracing::debug!(%peer, error = %e, "chunk request failed");
+                            Outcome::Failed
                         }
+                    };
+                    if matches!(outcome, Outcome::Failed | Outcome::Lied) {
+                        self.discovery.forget(&hash, &peer);
                     }
-                    if delivered == 0 && !drop_peer {
-                        drop_peer = true; // it does not have the path (any more)
-                    }
+                    let dup = sched.duplicate_bytes;
+                    let new = sched.on_outcome(peer, send.batch, outcome, Instant::now());
+                    stats.bytes_fetched.fetch_add(new, Ordering::Relaxed);
+                    stats.bytes_fetched_duplicate.fetch_add(sched.duplicate_bytes - dup, Ordering::Relaxed);
                 }
-                Ok(Response::Busy) => {
-                    cool.insert(peer, Instant::now() + Duration::from_millis(50));
-                }
-                Ok(_) => drop_peer = true,
-                Err(e) => {
-                    tracing::debug!(%peer, error = %e, "chunk request failed");
-                    drop_peer = true;
-                }
-            }
-            if drop_peer {
-                peers.retain(|p| *p != peer);
-            }
-            // Whatever of the batch is still missing goes back to the queue,
-            // unless another copy of it is still in flight.
-            if let Some(pos) = outstanding.iter().position(|(b, _)| *b == batch) {
-                outstanding[pos].1 -= 1;
-                let missing: Vec<ChunkId> = batch.iter().copied().filter(|id| !verified.contains(id)).collect();
-                if outstanding[pos].1 == 0 {
-                    outstanding.remove(pos);
-                    if !missing.is_empty() {
-                        ahead = ahead.saturating_sub(missing.iter().map(|id| u64::from(sizes[id])).sum());
-                        pending.push_front(missing);
-                    }
-                }
+                () = tokio::time::sleep_until(wake) => {}
             }
         }
     }

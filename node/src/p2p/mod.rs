@@ -6,12 +6,15 @@
 mod actor;
 mod announce;
 pub mod behaviour;
+mod book;
 mod codec;
 #[cfg(feature = "test-hooks")]
 mod delay;
+mod discover;
 mod fetch;
 mod ratelimit;
 pub mod records;
+mod schedule;
 mod serve;
 
 use std::path::Path;
@@ -28,8 +31,11 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 pub use actor::Command;
+pub use book::Found;
+pub use discover::{Discovery, DiscoverySettings};
 pub use fetch::{FetchSettings, Fetcher, PeerPath};
 pub use ratelimit::RateLimiter;
+pub use schedule::ScheduleSettings;
 
 use crate::shelf::Shelves;
 
