@@ -6,12 +6,15 @@
 //!
 //! - [`routes`]: the HTTP routes and narinfo rewriting.
 //! - [`resolve`]: source order, verification, negative and bad-source caches.
+//! - [`legs`]: one NAR from several sources: hedge and failover.
+//! - [`peers`]: the swarm as a source, and how long a NAR waits for it.
 //! - [`stream`]: verified streaming to the client and into the store.
 //! - [`source`]: the [`Source`] trait; [`upstream`]: HTTP binary caches.
 //! - [`range`]: `Range` header parsing. [`metrics`]: Prometheus metrics.
 
 pub mod error;
 pub mod file_source;
+pub mod legs;
 pub mod metrics;
 pub mod peers;
 mod pin;
@@ -32,7 +35,7 @@ use tokio_util::sync::CancellationToken;
 pub use error::GatewayError;
 pub use file_source::FileSource;
 pub use metrics::Metrics;
-pub use peers::PeerSource;
+pub use peers::{PeerSource, PeerWait};
 pub use reqwest::Url;
 pub use resolve::Resolver;
 pub use source::{ByteStream, Source, SourceError, SourceKind};
@@ -50,6 +53,9 @@ pub struct GatewayOptions {
     /// How long peers get to answer a narinfo lookup before the upstreams
     /// are asked as well.
     pub lookup_budget: Duration,
+    /// If peers send no first NAR byte within this long, an upstream starts
+    /// too and whichever sends first serves the NAR.
+    pub hedge_after: Duration,
 }
 
 impl Default for GatewayOptions {
@@ -59,6 +65,7 @@ impl Default for GatewayOptions {
             negative_ttl: Duration::from_secs(30),
             keep_fetched: true,
             lookup_budget: Duration::from_millis(50),
+            hedge_after: Duration::from_secs(1),
         }
     }
 }

@@ -29,6 +29,12 @@ pub struct SourceLabels {
     pub source: String,
 }
 
+/// Labels for bytes served from one upstream.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamLabels {
+    pub upstream: String,
+}
+
 /// Labels for latency, by route.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabels {
@@ -48,6 +54,7 @@ pub struct Metrics {
     pub registry: Registry,
     pub requests: Family<RequestLabels, Counter>,
     pub bytes: Family<SourceLabels, Counter>,
+    pub upstream_bytes: Family<UpstreamLabels, Counter>,
     pub latency: Family<RouteLabels, Histogram>,
     pub rejected: Family<RejectLabels, Counter>,
     pub store_paths: Gauge,
@@ -101,6 +108,7 @@ impl Metrics {
         let mut registry = Registry::with_prefix("nixswarm");
         let requests = Family::<RequestLabels, Counter>::default();
         let bytes = Family::<SourceLabels, Counter>::default();
+        let upstream_bytes = Family::<UpstreamLabels, Counter>::default();
         let latency = Family::<RouteLabels, Histogram>::new_with_constructor(|| {
             Histogram::new(exponential_buckets(0.0005, 2.0, 16))
         });
@@ -116,8 +124,13 @@ impl Metrics {
         );
         registry.register(
             "gateway_served_bytes",
-            "NAR bytes served to the client, by source",
+            "NAR bytes served to the client, by source (local, peer, upstream)",
             bytes.clone(),
+        );
+        registry.register(
+            "gateway_upstream_served_bytes",
+            "NAR bytes served to the client from each upstream",
+            upstream_bytes.clone(),
         );
         registry.register(
             "gateway_request_duration_seconds",
@@ -160,6 +173,7 @@ impl Metrics {
             registry,
             requests,
             bytes,
+            upstream_bytes,
             latency,
             rejected,
             store_paths,
@@ -193,6 +207,19 @@ impl Metrics {
         self.bytes
             .get_or_create(&SourceLabels { source: source.into() })
             .inc_by(n);
+    }
+
+    pub fn served_upstream(&self, upstream: &str, n: u64) {
+        self.upstream_bytes
+            .get_or_create(&UpstreamLabels {
+                upstream: upstream.into(),
+            })
+            .inc_by(n);
+    }
+
+    /// NAR bytes served so far from `source` (local, peer, upstream).
+    pub fn served_total(&self, source: &str) -> u64 {
+        self.bytes.get_or_create(&SourceLabels { source: source.into() }).get()
     }
 
     pub fn observe(&self, route: &str, seconds: f64) {

@@ -1,13 +1,15 @@
-//! Peers as a [`Source`]: narinfo lookups on the DHT, NARs striped across
-//! providers by the node's fetcher. If every peer fails mid-transfer, the
-//! rest of the NAR comes from the fallback sources (the upstreams), skipping
-//! the bytes already sent, so the client's download does not fail.
+//! Peers as a [`Source`]: narinfo lookups through the node's provider
+//! discovery, NARs striped across providers by its fetcher. Before a NAR
+//! goes to an upstream, peers get a wait that grows with its size
+//! ([`PeerWait`]): the connected peers' `Have` answers are always worth
+//! waiting for, the DHT walk only in proportion to what the NAR costs the
+//! upstream. Hedging and failover to the upstreams happen in
+//! [`crate::legs`].
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt as _;
 use futures::future::BoxFuture;
 use nixswarm_node::p2p::{Fetcher, PeerPath};
 use nixswarm_protocol::{NarInfo, StorePathHash};
@@ -16,29 +18,80 @@ use crate::source::{ByteStream, Source, SourceError, SourceKind};
 
 /// How long a lookup result is reused for the NAR request that follows.
 const REMEMBER: Duration = Duration::from_secs(300);
+/// Lookup results kept.
+const REMEMBER_CAP: usize = 10_000;
+
+/// How long a NAR request waits for peers before the upstreams serve it.
+///
+/// The wait ends as soon as a provider is found, or the search has ended
+/// with nobody. Otherwise it lasts until the connected peers have answered
+/// (at most `have`) and, for the DHT walk, `nar_size / rate` (at most
+/// `max`): a 2 KiB NAR waits only for the one round trip to connected
+/// peers, a 100 MiB one up to a second for the DHT (at 100 MiB/s).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerWait {
+    pub have: Duration,
+    /// NarSize bytes that buy one second of waiting for the DHT walk.
+    pub rate: u64,
+    pub max: Duration,
+}
+
+impl Default for PeerWait {
+    fn default() -> Self {
+        Self {
+            have: Duration::from_millis(500),
+            rate: 100 << 20,
+            max: Duration::from_secs(2),
+        }
+    }
+}
+
+impl PeerWait {
+    /// The longest a NAR of `nar_size` bytes waits for the DHT walk.
+    /// A zero rate means every NAR may wait the whole `max`.
+    pub fn dht_wait(&self, nar_size: u64) -> Duration {
+        if self.rate == 0 {
+            return self.max;
+        }
+        let secs = nar_size as f64 / self.rate as f64;
+        Duration::from_secs_f64(secs.min(self.max.as_secs_f64()))
+    }
+}
 
 /// The swarm, seen as a source.
 #[derive(Debug)]
 pub struct PeerSource {
     fetcher: Fetcher,
+    wait: PeerWait,
     found: Mutex<HashMap<StorePathHash, (Instant, PeerPath)>>,
-    fallback: Vec<Arc<dyn Source>>,
 }
 
 impl PeerSource {
-    /// `fallback` finishes transfers every peer gave up on.
-    pub fn new(fetcher: Fetcher, fallback: Vec<Arc<dyn Source>>) -> Self {
+    pub fn new(fetcher: Fetcher, wait: PeerWait) -> Self {
         Self {
             fetcher,
+            wait,
             found: Mutex::default(),
-            fallback,
         }
     }
 
     fn remembered(&self, hash: &StorePathHash) -> Option<PeerPath> {
+        let found = self.found.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        found
+            .get(hash)
+            .filter(|(at, _)| at.elapsed() < REMEMBER)
+            .map(|(_, p)| p.clone())
+    }
+
+    fn remember(&self, hash: StorePathHash, path: PeerPath) {
         let mut found = self.found.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        found.retain(|_, (at, _)| at.elapsed() < REMEMBER);
-        found.get(hash).map(|(_, p)| p.clone())
+        if found.len() >= REMEMBER_CAP {
+            found.retain(|_, (at, _)| at.elapsed() < REMEMBER);
+            if found.len() >= REMEMBER_CAP {
+                found.clear();
+            }
+        }
+        found.insert(hash, (Instant::now(), path));
     }
 }
 
@@ -57,10 +110,7 @@ impl Source for PeerSource {
                 return Ok(None);
             };
             let info = path.info.clone();
-            self.found
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .insert(*hash, (Instant::now(), path));
+            self.remember(*hash, path);
             Ok(Some(info))
         })
     }
@@ -70,13 +120,19 @@ impl Source for PeerSource {
             let hash = info.store_path.hash();
             let path = match self.remembered(&hash) {
                 Some(p) if p.info.nar_hash == info.nar_hash => p,
-                _ => match self.fetcher.lookup(&hash).await {
-                    Some(p) if p.info.nar_hash == info.nar_hash => p,
-                    _ => return Ok(None),
-                },
+                _ => {
+                    let dht = self.wait.dht_wait(info.nar_size);
+                    match self
+                        .fetcher
+                        .lookup_nar(&hash, &info.nar_hash, self.wait.have, dht)
+                        .await
+                    {
+                        Some(p) => p,
+                        None => return Ok(None),
+                    }
+                }
             };
-            let peers = self.fetcher.stream(path);
-            Ok(Some(with_fallback(peers, info.clone(), self.fallback.clone())))
+            Ok(Some(self.fetcher.stream(path)))
         })
     }
 
@@ -98,143 +154,30 @@ impl Source for PeerSource {
         // The next request looks the path up afresh, without the banned peers.
         true
     }
-}
 
-/// Forwards `primary`; if it fails, continues from the first fallback
-/// source that has the same NAR, skipping what was already forwarded.
-fn with_fallback(primary: ByteStream, info: NarInfo, fallback: Vec<Arc<dyn Source>>) -> ByteStream {
-    struct St {
-        cur: ByteStream,
-        sent: u64,
-        info: NarInfo,
-        fallback: std::vec::IntoIter<Arc<dyn Source>>,
-        skip: u64,
+    fn prefetch(&self, hashes: &[StorePathHash]) {
+        self.fetcher.prefetch(hashes);
     }
-    let st = St {
-        cur: primary,
-        sent: 0,
-        info,
-        fallback: fallback.into_iter(),
-        skip: 0,
-    };
-    futures::stream::unfold(Some(st), |st| async move {
-        let mut st = st?;
-        loop {
-            match st.cur.next().await {
-                Some(Ok(mut b)) => {
-                    if st.skip > 0 {
-                        let n = st.skip.min(b.len() as u64);
-                        st.skip -= n;
-                        b = b.slice(n as usize..);
-                        if b.is_empty() {
-                            continue;
-                        }
-                    }
-                    st.sent += b.len() as u64;
-                    return Some((Ok(b), Some(st)));
-                }
-                None => return None,
-                Some(Err(e)) => {
-                    tracing::warn!(path = %st.info.store_path, error = %e, sent = st.sent, "peers failed; continuing from an upstream");
-                    let mut next = None;
-                    for src in st.fallback.by_ref() {
-                        let hash = st.info.store_path.hash();
-                        let Ok(Some(theirs)) = src.narinfo(&hash).await else { continue };
-                        if theirs.nar_hash != st.info.nar_hash {
-                            continue;
-                        }
-                        if let Ok(Some(s)) = src.nar(&theirs).await {
-                            next = Some(s);
-                            break;
-                        }
-                    }
-                    match next {
-                        Some(s) => {
-                            st.cur = s;
-                            st.skip = st.sent;
-                        }
-                        None => return Some((Err(e), None)),
-                    }
-                }
-            }
-        }
-    })
-    .boxed()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::Bytes;
-    use nixswarm_protocol::{Sha256Hash, StorePath};
 
-    #[derive(Debug)]
-    struct Whole(NarInfo, Vec<u8>);
-
-    impl Source for Whole {
-        fn kind(&self) -> SourceKind {
-            SourceKind::Upstream
-        }
-        fn name(&self) -> &str {
-            "whole"
-        }
-        fn narinfo<'a>(&'a self, _: &'a StorePathHash) -> BoxFuture<'a, Result<Option<NarInfo>, SourceError>> {
-            Box::pin(async move { Ok(Some(self.0.clone())) })
-        }
-        fn nar<'a>(&'a self, _: &'a NarInfo) -> BoxFuture<'a, Result<Option<ByteStream>, SourceError>> {
-            let pieces: Vec<std::io::Result<Bytes>> =
-                self.1.chunks(7000).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
-            Box::pin(async move { Ok(Some(futures::stream::iter(pieces).boxed())) })
-        }
-    }
-
-    fn info(nar: &[u8]) -> NarInfo {
-        NarInfo {
-            store_path: StorePath::new(StorePathHash::from_bytes(&[3; 20]), "x").unwrap(),
-            url: "nar/x.nar".into(),
-            compression: "none".into(),
-            file_hash: None,
-            file_size: None,
-            nar_hash: Sha256Hash::digest(nar),
-            nar_size: nar.len() as u64,
-            references: vec![],
-            deriver: None,
-            sigs: vec![],
-            ca: None,
-        }
-    }
-
-    async fn collect(mut s: ByteStream) -> Result<Vec<u8>, String> {
-        let mut out = Vec::new();
-        while let Some(p) = s.next().await {
-            out.extend_from_slice(&p.map_err(|e| e.to_string())?);
-        }
-        Ok(out)
-    }
-
-    fn failing_after(nar: &[u8], n: usize) -> ByteStream {
-        let mut pieces: Vec<std::io::Result<Bytes>> =
-            nar[..n].chunks(5000).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
-        pieces.push(Err(std::io::Error::other("every peer failed")));
-        futures::stream::iter(pieces).boxed()
-    }
-
-    #[tokio::test]
-    async fn when_every_peer_fails_the_rest_comes_from_an_upstream() {
-        let nar: Vec<u8> = (0..100_000u32).map(|i| (i * 7) as u8).collect();
-        let i = info(&nar);
-        for cut in [0, 1, 4999, 5000, 63_001, 99_999] {
-            let up: Arc<dyn Source> = Arc::new(Whole(i.clone(), nar.clone()));
-            let got = collect(with_fallback(failing_after(&nar, cut), i.clone(), vec![up]))
-                .await
-                .unwrap();
-            assert_eq!(got, nar, "peers failed after {cut} bytes");
-        }
-        // A fallback with another NAR for the path is not used; with none left the error stands.
-        let mut other = nar.clone();
-        other[0] ^= 1;
-        let wrong: Arc<dyn Source> = Arc::new(Whole(info(&other), other));
-        let r = collect(with_fallback(failing_after(&nar, 10), i, vec![wrong])).await;
-        assert!(r.unwrap_err().contains("every peer failed"));
+    #[test]
+    fn the_dht_wait_grows_with_the_nar_size_up_to_the_cap() {
+        let w = PeerWait::default();
+        assert!(
+            w.dht_wait(2048) < Duration::from_micros(50),
+            "a small NAR is not worth a wait"
+        );
+        assert_eq!(w.dht_wait(100 << 20), Duration::from_secs(1));
+        assert_eq!(w.dht_wait(10 << 30), Duration::from_secs(2));
+        let none = PeerWait { rate: 0, ..w };
+        assert_eq!(
+            none.dht_wait(1),
+            Duration::from_secs(2),
+            "a zero rate means the whole cap"
+        );
     }
 }

@@ -1,14 +1,20 @@
-//! Resolution: local store first, then each source in order. Every narinfo
-//! from a source must verify against the trusted keys (or be a valid
-//! content address, Nix's own rule) and name the path asked for; a source
-//! whose NAR failed verification is skipped for that NAR for a while.
+//! Resolution: local store first, then the sources. Every narinfo from a
+//! source must verify against the trusted keys (or be a valid content
+//! address, Nix's own rule) and name the path asked for; a source whose NAR
+//! failed verification is skipped for that NAR for a while.
+//!
+//! The narinfo and the NAR are two decisions. A narinfo comes from the
+//! first verified source (its latency is what the user feels); a NAR's
+//! bytes come from peers whenever they hold the path (that is what saves
+//! the upstream's egress), with the upstreams as hedge and fallback.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use nixswarm_protocol::{NarInfo, PublicKey, Sha256Hash, StorePathHash};
+use nixswarm_protocol::{NarInfo, PublicKey, Sha256Hash, StorePath, StorePathHash};
 
+use crate::legs::{self, Fallback, TaggedStream};
 use crate::metrics::Metrics;
 use crate::source::{Source, SourceKind};
 
@@ -104,10 +110,10 @@ impl Resolver {
         Ok(())
     }
 
-    /// The verified narinfo of `hash` from source `idx`, if it has one.
-    async fn narinfo_from(&self, idx: usize, hash: &StorePathHash) -> Option<NarInfo> {
+    /// The verified narinfo of `hash` from source `idx`.
+    async fn narinfo_from(&self, idx: usize, hash: &StorePathHash) -> Answer {
         if let Some(cached) = self.found.get(&(idx, *hash)) {
-            return cached;
+            return cached.map_or(Answer::Absent, Answer::Found);
         }
         let source = &self.sources[idx];
         let kind = source.kind().as_str();
@@ -125,38 +131,64 @@ impl Resolver {
                 // Down or broken: skip it for this request, do not remember.
                 tracing::warn!(error = %e, %hash, "source failed");
                 self.metrics.reject(kind, "narinfo_error");
-                return None;
+                return Answer::Failed;
             }
         };
         // A peer that lacks a path now may have it soon: remember only hits.
         if result.is_some() || source.kind() == SourceKind::Upstream {
             self.found.insert((idx, *hash), result.clone());
         }
-        result
+        result.map_or(Answer::Absent, Answer::Found)
     }
 
-    /// The first verified answer among `idxs`, asked in order.
-    async fn first(&self, idxs: &[usize], hash: &StorePathHash) -> Option<(usize, NarInfo)> {
+    /// The first verified answer among `idxs`, asked in order; otherwise
+    /// whether every one of them answered that it has no such path.
+    async fn first(&self, idxs: &[usize], hash: &StorePathHash) -> Result<(usize, NarInfo), Miss> {
+        let mut all_absent = true;
         for &idx in idxs {
-            if let Some(info) = self.narinfo_from(idx, hash).await {
-                return Some((idx, info));
+            match self.narinfo_from(idx, hash).await {
+                Answer::Found(info) => return Ok((idx, info)),
+                Answer::Absent => {}
+                Answer::Failed => all_absent = false,
             }
         }
-        None
+        Err(if all_absent { Miss::Absent } else { Miss::Unknown })
+    }
+
+    fn peer_sources(&self) -> impl Iterator<Item = &Arc<dyn Source>> {
+        self.sources.iter().filter(|s| s.kind() == SourceKind::Peer)
+    }
+
+    /// Tells the peer sources that these paths will likely be asked for.
+    fn prefetch(&self, hashes: &[StorePathHash]) {
+        if hashes.is_empty() {
+            return;
+        }
+        for s in self.peer_sources() {
+            s.prefetch(hashes);
+        }
     }
 
     /// The first verified narinfo for `hash`, and which source gave it.
-    /// Peers are asked first; if they have not answered within the lookup
-    /// budget, the upstreams are asked too, and whichever verified answer
-    /// comes first wins.
+    ///
+    /// Provider discovery starts at once, in the background. Peers are
+    /// asked first; if they have not answered within the lookup budget,
+    /// the upstreams are asked too, and the first verified answer wins.
+    /// When every upstream has answered that it has no such path, the
+    /// answer is a miss at once: no waiting for the DHT walk. Once found,
+    /// the path's references are prefetched too (Nix asks for a closure's
+    /// narinfos before any NAR).
     pub async fn narinfo(&self, hash: &StorePathHash) -> Option<(usize, NarInfo)> {
         if self.missing.get(hash).is_some() {
             return None;
         }
+        self.prefetch(std::slice::from_ref(hash));
         let (peers, ups): (Vec<usize>, Vec<usize>) =
             (0..self.sources.len()).partition(|&i| self.sources[i].kind() == SourceKind::Peer);
         let result = if peers.is_empty() {
-            self.first(&ups, hash).await
+            self.first(&ups, hash).await.ok()
+        } else if ups.is_empty() {
+            self.first(&peers, hash).await.ok()
         } else {
             let peer_answer = self.first(&peers, hash);
             let up_answer = self.first(&ups, hash);
@@ -169,49 +201,128 @@ impl Resolver {
                 () = &mut budget => None,
             };
             match early {
-                Some(Some(found)) => Some(found),
-                Some(None) => up_answer.await,
+                Some(Ok(found)) => Some(found),
+                Some(Err(_)) => up_answer.await.ok(),
                 None => tokio::select! {
-                    r = &mut peer_answer => match r { Some(found) => Some(found), None => up_answer.await },
-                    r = &mut up_answer => match r { Some(found) => Some(found), None => peer_answer.await },
+                    r = &mut peer_answer => match r { Ok(found) => Some(found), Err(_) => up_answer.await.ok() },
+                    r = &mut up_answer => match r {
+                        Ok(found) => Some(found),
+                        // Every upstream says there is no such path: a miss
+                        // now, unless the peers have answered already.
+                        Err(Miss::Absent) => futures::FutureExt::now_or_never(&mut peer_answer).and_then(Result::ok),
+                        Err(Miss::Unknown) => peer_answer.await.ok(),
+                    },
                 },
             }
         };
-        if result.is_none() {
-            self.missing.insert(*hash, ());
+        match &result {
+            Some((_, info)) => {
+                let refs: Vec<StorePathHash> = info
+                    .references
+                    .iter()
+                    .map(StorePath::hash)
+                    .filter(|h| h != hash)
+                    .collect();
+                self.prefetch(&refs);
+            }
+            None => self.missing.insert(*hash, ()),
         }
         result
     }
 
-    /// Sources, in order, whose verified narinfo for `hash` has `nar_hash`
-    /// and that have not served a bad copy of it lately. Answers already
-    /// known are used first; only if there are none are sources asked.
-    pub async fn nar_candidates(&self, hash: &StorePathHash, nar_hash: &Sha256Hash) -> Vec<(usize, NarInfo)> {
-        let usable =
-            |idx: usize, info: &NarInfo| info.nar_hash == *nar_hash && self.bad.get(&(idx, *hash, *nar_hash)).is_none();
-        let known: Vec<(usize, NarInfo)> = (0..self.sources.len())
-            .filter_map(|idx| self.found.get(&(idx, *hash)).flatten().map(|i| (idx, i)))
-            .filter(|(idx, i)| usable(*idx, i))
-            .collect();
-        if !known.is_empty() {
+    /// A verified narinfo of `hash` with `nar_hash`: one already known, or
+    /// the first source's that has it.
+    async fn info_for(&self, hash: &StorePathHash, nar_hash: &Sha256Hash) -> Option<NarInfo> {
+        let known = (0..self.sources.len())
+            .filter_map(|idx| self.found.get(&(idx, *hash)).flatten())
+            .find(|i| i.nar_hash == *nar_hash);
+        if known.is_some() {
             return known;
         }
-        let mut out = Vec::new();
         for idx in 0..self.sources.len() {
-            if self.bad.get(&(idx, *hash, *nar_hash)).is_some() {
-                continue;
-            }
-            if let Some(info) = self.narinfo_from(idx, hash).await
-                && usable(idx, &info)
+            if let Answer::Found(info) = self.narinfo_from(idx, hash).await
+                && info.nar_hash == *nar_hash
             {
-                out.push((idx, info));
+                return Some(info);
             }
         }
-        out
+        None
+    }
+
+    fn usable(&self, idx: usize, hash: &StorePathHash, nar_hash: &Sha256Hash) -> bool {
+        self.bad.get(&(idx, *hash, *nar_hash)).is_none()
+    }
+
+    /// Opens the NAR of `hash` with `nar_hash`, choosing for offload: from
+    /// peers when they hold it (within their [`crate::PeerWait`]), hedged
+    /// after `hedge_after` and failing over to the upstreams; otherwise
+    /// from the first upstream that has it, failing over to the next.
+    /// Sources that served a bad copy lately are skipped. Returns the
+    /// narinfo, the stream and the index of the source tried first.
+    pub async fn open_nar(
+        &self,
+        hash: &StorePathHash,
+        nar_hash: &Sha256Hash,
+        hedge_after: Duration,
+    ) -> Option<(NarInfo, TaggedStream, usize)> {
+        let info = self.info_for(hash, nar_hash).await?;
+        let fallbacks = |after: Option<usize>| -> Vec<Fallback> {
+            (0..self.sources.len())
+                .filter(|&i| self.sources[i].kind() == SourceKind::Upstream && Some(i) != after)
+                .filter(|&i| self.usable(i, hash, nar_hash))
+                .map(|idx| Fallback {
+                    idx,
+                    source: self.sources[idx].clone(),
+                    info: self.found.get(&(idx, *hash)).flatten(),
+                })
+                .collect()
+        };
+        for (idx, source) in self.sources.iter().enumerate() {
+            if !self.usable(idx, hash, nar_hash) {
+                continue;
+            }
+            let theirs = match source.kind() {
+                // Peers need only the path and NarHash: any verified narinfo will do.
+                SourceKind::Peer => info.clone(),
+                SourceKind::Upstream => match self.narinfo_from(idx, hash).await {
+                    Answer::Found(i) if i.nar_hash == *nar_hash => i,
+                    _ => continue,
+                },
+            };
+            let stream = match source.nar(&theirs).await {
+                Ok(Some(s)) => s,
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::warn!(source = source.name(), error = %e, %hash, "source failed to open NAR");
+                    continue;
+                }
+            };
+            let hedge = (source.kind() == SourceKind::Peer).then_some(hedge_after);
+            let rest = fallbacks(Some(idx));
+            return Some((info, legs::serve(idx, stream, theirs, rest, hedge), idx));
+        }
+        None
     }
 
     /// Remembers that source `idx` served a bad NAR for this path.
     pub fn mark_bad(&self, idx: usize, hash: &StorePathHash, nar_hash: &Sha256Hash) {
         self.bad.insert((idx, *hash, *nar_hash), ());
     }
+}
+
+/// One source's answer for a narinfo.
+enum Answer {
+    Found(NarInfo),
+    /// It answered that it has no such path (or its answer did not verify).
+    Absent,
+    /// It could not answer (down, broken).
+    Failed,
+}
+
+/// Why no source among some gave a narinfo.
+enum Miss {
+    /// Every one answered that it has none.
+    Absent,
+    /// At least one could not answer.
+    Unknown,
 }

@@ -103,8 +103,24 @@ async fn status(State(state): State<Arc<AppState>>) -> Result<Response> {
         None => None,
     };
     let installed = state.installed.as_ref().and_then(|i| i.stats().ok());
+    let served = |s| state.metrics.served_total(s);
+    let (local, peer, upstream) = (served("local"), served("peer"), served("upstream"));
+    let share = if peer + upstream == 0 {
+        0.0
+    } else {
+        peer as f64 / (peer + upstream) as f64
+    };
     let body = serde_json::json!({
         "node": node,
+        "served": {
+            "local": local,
+            "peer": peer,
+            "upstream": upstream,
+            // NAR bytes the upstreams did not have to send.
+            "egress_saved": peer,
+            // Of the NAR bytes fetched for the client, the part peers sent.
+            "offload_share": share,
+        },
         "store": { "paths": store.paths, "bytes": store.bytes, "quota": store.quota, "keep_fetched": state.options.keep_fetched },
         "installed": installed,
     });
@@ -187,58 +203,58 @@ async fn nar(State(state): State<Arc<AppState>>, Path(file): Path<String>, heade
         return Ok(nar_response(body, size, start, end, partial, zstd));
     }
 
-    for (idx, info) in state.resolver.nar_candidates(&hash, &nar_hash).await {
-        let source = state.resolver.sources[idx].clone();
-        let stream = match source.nar(&info).await {
-            Ok(Some(s)) => s,
-            Ok(None) => continue,
-            Err(e) => {
-                tracing::warn!(error = %e, %hash, "source failed to open NAR");
-                continue;
+    let Some((info, stream, first)) = state
+        .resolver
+        .open_nar(&hash, &nar_hash, state.options.hedge_after)
+        .await
+    else {
+        state.metrics.request("nar", "none");
+        return Err(GatewayError::NotFound);
+    };
+    // By the source asked first; the bytes are counted by who sent them.
+    state
+        .metrics
+        .request("nar", state.resolver.sources[first].kind().as_str());
+    let size = info.nar_size;
+    let (start, end, partial) = byte_range(range_header, size)?;
+    let ingest = if state.options.keep_fetched && !state.store.contains(&hash)? {
+        // Making room may evict paths (file deletes, a database write).
+        let (store, for_store) = (state.store.clone(), info.clone());
+        match tokio::task::spawn_blocking(move || store.begin_ingest(for_store)).await {
+            Ok(Ok(ingest)) => Some(ingest),
+            Ok(Err(e)) => {
+                tracing::info!(%hash, error = %e, "serving without storing");
+                None
             }
-        };
-        let size = info.nar_size;
-        let (start, end, partial) = byte_range(range_header, size)?;
-        let label = source.kind().as_str();
-        state.metrics.request("nar", label);
-        let ingest = if state.options.keep_fetched && !state.store.contains(&hash)? {
-            // Making room may evict paths (file deletes, a database write).
-            let (store, for_store) = (state.store.clone(), info.clone());
-            match tokio::task::spawn_blocking(move || store.begin_ingest(for_store)).await {
-                Ok(Ok(ingest)) => Some(ingest),
-                Ok(Err(e)) => {
-                    tracing::info!(%hash, error = %e, "serving without storing");
-                    None
-                }
-                Err(e) => return Err(GatewayError::Internal(e.to_string())),
-            }
-        } else {
-            None
-        };
-        let st = state.clone();
-        let rejected_info = info.clone();
-        let on_reject = move |why: stream::Rejection| {
+            Err(e) => return Err(GatewayError::Internal(e.to_string())),
+        }
+    } else {
+        None
+    };
+    let st = state.clone();
+    let rejected_info = info.clone();
+    let on_reject = move |why: stream::Rejection, used: Vec<usize>| {
+        let wrong_nar = !matches!(why, stream::Rejection::Stream(_));
+        for idx in used {
+            let source = &st.resolver.sources[idx];
             tracing::warn!(source = source.name(), %hash, %why, "NAR failed verification: aborting the response");
-            st.metrics.reject(label, why.reason());
-            let wrong_nar = !matches!(why, stream::Rejection::Stream(_));
+            st.metrics.reject(source.kind().as_str(), why.reason());
             if !source.rejected(&rejected_info, wrong_nar) {
                 st.resolver.mark_bad(idx, &hash, &nar_hash);
             }
-        };
-        let v = Verified {
-            info,
-            start,
-            end,
-            ingest,
-            source_label: label,
-            metrics: state.metrics.clone(),
-            cancel: state.cancel.clone(),
-        };
-        let body = stream::verified(stream, v, on_reject);
-        return Ok(nar_response(body, size, start, end, partial, zstd));
-    }
-    state.metrics.request("nar", "none");
-    Err(GatewayError::NotFound)
+        }
+    };
+    let v = Verified {
+        info,
+        start,
+        end,
+        ingest,
+        sources: state.resolver.sources.clone(),
+        metrics: state.metrics.clone(),
+        cancel: state.cancel.clone(),
+    };
+    let body = stream::verified(stream, v, on_reject);
+    Ok(nar_response(body, size, start, end, partial, zstd))
 }
 
 fn byte_range(header: Option<&str>, size: u64) -> Result<(u64, u64, bool)> {

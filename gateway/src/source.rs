@@ -58,4 +58,9 @@ pub trait Source: Send + Sync + std::fmt::Debug {
     fn rejected(&self, _info: &NarInfo, _wrong_nar: bool) -> bool {
         false
     }
+
+    /// Told which paths are likely to be asked for soon (a narinfo just
+    /// asked for, its references), so it can start looking in the
+    /// background. Returns at once; peers start provider discovery.
+    fn prefetch(&self, _hashes: &[StorePathHash]) {}
 }

@@ -13,8 +13,9 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::legs::TaggedStream;
 use crate::metrics::Metrics;
-use crate::source::ByteStream;
+use crate::source::{ByteStream, Source, SourceKind};
 
 /// Pieces in flight between the producer and the HTTP body.
 const BODY_QUEUE: usize = 16;
@@ -134,16 +135,23 @@ pub struct Verified {
     pub end: u64,
     /// Where to store the NAR if it verifies (none if it should not be kept).
     pub ingest: Option<Ingest>,
-    pub source_label: &'static str,
+    /// The sources, by the index each piece is tagged with (for the
+    /// served-bytes metrics).
+    pub sources: Vec<Arc<dyn Source>>,
     pub metrics: Arc<Metrics>,
     /// Stops the transfer early (shutdown).
     pub cancel: CancellationToken,
 }
 
-/// Streams a source's NAR to the client while verifying it. If it fails
-/// verification the body errors (the connection is aborted, never ended
-/// cleanly), nothing is stored, and `on_reject` runs.
-pub fn verified(mut src: ByteStream, v: Verified, on_reject: impl FnOnce(Rejection) + Send + 'static) -> ByteStream {
+/// Streams a NAR from sources to the client while verifying it. If it
+/// fails verification the body errors (the connection is aborted, never
+/// ended cleanly), nothing is stored, and `on_reject` runs with the
+/// indexes of the sources that sent any of it.
+pub fn verified(
+    mut src: TaggedStream,
+    v: Verified,
+    on_reject: impl FnOnce(Rejection, Vec<usize>) + Send + 'static,
+) -> ByteStream {
     let (tx, rx) = mpsc::channel(BODY_QUEUE);
     let path = v.info.store_path.to_string();
     tokio::spawn(async move {
@@ -152,19 +160,21 @@ pub fn verified(mut src: ByteStream, v: Verified, on_reject: impl FnOnce(Rejecti
             start,
             end,
             ingest,
-            source_label,
+            sources,
             metrics,
             cancel,
         } = v;
+        let mut used: Vec<usize> = Vec::new();
         let mut ingest_tx = ingest.map(|i| spawn_ingest(i, path.clone()));
         let mut sha = Sha256::new();
         let mut size = 0u64;
-        let mut held: Option<(u64, Bytes)> = None;
+        let mut held: Option<(usize, u64, Bytes)> = None;
         let mut client = Some(tx);
 
-        let emit = |client: &mut Option<mpsc::Sender<std::io::Result<Bytes>>>, at: u64, b: Bytes| {
+        let emit = |client: &mut Option<mpsc::Sender<std::io::Result<Bytes>>>, idx: usize, at: u64, b: Bytes| {
             let client = client.clone();
             let metrics = metrics.clone();
+            let source = sources.get(idx).cloned();
             async move {
                 let (s, e) = (at.max(start), (at + b.len() as u64).min(end));
                 let Some(tx) = client else { return true };
@@ -174,8 +184,11 @@ pub fn verified(mut src: ByteStream, v: Verified, on_reject: impl FnOnce(Rejecti
                 let piece = b.slice((s - at) as usize..(e - at) as usize);
                 let n = piece.len() as u64;
                 let ok = tx.send(Ok(piece)).await.is_ok();
-                if ok {
-                    metrics.served(source_label, n);
+                if ok && let Some(source) = source {
+                    metrics.served(source.kind().as_str(), n);
+                    if source.kind() == SourceKind::Upstream {
+                        metrics.served_upstream(source.name(), n);
+                    }
                 }
                 ok
             }
@@ -187,8 +200,11 @@ pub fn verified(mut src: ByteStream, v: Verified, on_reject: impl FnOnce(Rejecti
                 () = cancel.cancelled() => break Err(Rejection::Stream("gateway shutting down".into())),
             };
             match next {
-                Some(Ok(b)) if b.is_empty() => {}
-                Some(Ok(b)) => {
+                Some(Ok((_, b))) if b.is_empty() => {}
+                Some(Ok((idx, b))) => {
+                    if !used.contains(&idx) {
+                        used.push(idx);
+                    }
                     let at = size;
                     size += b.len() as u64;
                     if size > info.nar_size {
@@ -200,8 +216,8 @@ pub fn verified(mut src: ByteStream, v: Verified, on_reject: impl FnOnce(Rejecti
                     {
                         ingest_tx = None;
                     }
-                    if let Some((pat, prev)) = held.replace((at, b))
-                        && !emit(&mut client, pat, prev).await
+                    if let Some((pidx, pat, prev)) = held.replace((idx, at, b))
+                        && !emit(&mut client, pidx, pat, prev).await
                     {
                         client = None;
                         if ingest_tx.is_none() {
@@ -223,8 +239,8 @@ pub fn verified(mut src: ByteStream, v: Verified, on_reject: impl FnOnce(Rejecti
         };
         match outcome {
             Ok(()) => {
-                if let Some((pat, prev)) = held.take() {
-                    emit(&mut client, pat, prev).await;
+                if let Some((pidx, pat, prev)) = held.take() {
+                    emit(&mut client, pidx, pat, prev).await;
                 }
                 if let Some(itx) = ingest_tx {
                     let _ = itx.send(IngestMsg::Commit).await;
@@ -236,7 +252,7 @@ pub fn verified(mut src: ByteStream, v: Verified, on_reject: impl FnOnce(Rejecti
                 if let Some(tx) = client {
                     let _ = tx.send(Err(std::io::Error::other(format!("{path}: {why}")))).await;
                 }
-                on_reject(why);
+                on_reject(why, used);
             }
         }
     });

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
 use clap::Args;
-use nixswarm_gateway::{Gateway, GatewayOptions, PeerSource, Source, Upstream, http_client};
+use nixswarm_gateway::{Gateway, GatewayOptions, PeerSource, PeerWait, Source, Upstream, http_client};
 use nixswarm_node::installed::{InstalledOptions, InstalledStore, NixDb};
 use nixswarm_node::p2p::{FetchSettings, Fetcher, load_or_create_key};
 use nixswarm_node::{ChunkStore, Node, NodeConfig, Shelf, Shelves, StoreOptions};
@@ -177,7 +177,13 @@ async fn serve(eff: Effective, hooks: TestHooks) -> Result<()> {
             eff.trusted_keys.clone(),
             FetchSettings::default(),
         );
-        sources.push(Arc::new(PeerSource::new(fetcher, upstream_sources.clone())) as Arc<dyn Source>);
+        let p2p = &eff.config.p2p;
+        let wait = PeerWait {
+            have: p2p.peer_wait_have,
+            rate: p2p.peer_wait_rate.0,
+            max: p2p.peer_wait_max,
+        };
+        sources.push(Arc::new(PeerSource::new(fetcher, wait)) as Arc<dyn Source>);
     }
     sources.extend(upstream_sources);
 
@@ -186,6 +192,7 @@ async fn serve(eff: Effective, hooks: TestHooks) -> Result<()> {
         negative_ttl: eff.config.gateway.negative_ttl,
         keep_fetched: eff.config.donor.keeps_fetched(),
         lookup_budget: eff.config.p2p.lookup_budget,
+        hedge_after: eff.config.p2p.hedge_after,
     };
     let mut gateway = Gateway::new(
         store,

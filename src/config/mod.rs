@@ -71,6 +71,21 @@ pub struct P2pSection {
     /// How long peers get to answer a narinfo lookup before upstreams are asked too.
     #[serde(with = "humantime_serde")]
     pub lookup_budget: Duration,
+    /// The longest a NAR request waits for the connected peers' answers
+    /// before an upstream serves it.
+    #[serde(with = "humantime_serde")]
+    pub peer_wait_have: Duration,
+    /// NarSize that buys one second of waiting for the DHT walk (e.g.
+    /// "100M": a 100 MiB NAR waits up to 1 s for providers, a 2 KiB one
+    /// only for the connected peers).
+    pub peer_wait_rate: Size,
+    /// The longest any NAR waits for the DHT walk.
+    #[serde(with = "humantime_serde")]
+    pub peer_wait_max: Duration,
+    /// If peers send no first NAR byte within this long, an upstream starts
+    /// too and whichever sends first serves the NAR.
+    #[serde(with = "humantime_serde")]
+    pub hedge_after: Duration,
 }
 
 /// Kademlia mode.
@@ -92,6 +107,10 @@ impl Default for P2pSection {
             peer_timeout: Duration::from_secs(10),
             upload_limit: None,
             lookup_budget: Duration::from_millis(50),
+            peer_wait_have: Duration::from_millis(500),
+            peer_wait_rate: Size(100 << 20),
+            peer_wait_max: Duration::from_secs(2),
+            hedge_after: Duration::from_secs(1),
         }
     }
 }
@@ -245,6 +264,18 @@ pub struct ConfigArgs {
     /// How long peers get before upstreams are asked too, e.g. 50ms.
     #[arg(long, env = "NIXSWARM_LOOKUP_BUDGET", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub lookup_budget: Option<Duration>,
+    /// Longest wait of a NAR request for the connected peers, e.g. 500ms.
+    #[arg(long, env = "NIXSWARM_PEER_WAIT_HAVE", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub peer_wait_have: Option<Duration>,
+    /// NarSize that buys one second of waiting for the DHT walk, e.g. 100M.
+    #[arg(long, env = "NIXSWARM_PEER_WAIT_RATE", value_name = "SIZE")]
+    pub peer_wait_rate: Option<Size>,
+    /// Longest wait of any NAR request for the DHT walk, e.g. 2s.
+    #[arg(long, env = "NIXSWARM_PEER_WAIT_MAX", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub peer_wait_max: Option<Duration>,
+    /// Start an upstream too when peers send no first NAR byte within this, e.g. 1s.
+    #[arg(long, env = "NIXSWARM_HEDGE_AFTER", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub hedge_after: Option<Duration>,
 }
 
 /// Parses a rate: a size per second, with an optional "/s".
@@ -325,6 +356,18 @@ impl Config {
         }
         if let Some(b) = args.lookup_budget {
             self.p2p.lookup_budget = b;
+        }
+        if let Some(w) = args.peer_wait_have {
+            self.p2p.peer_wait_have = w;
+        }
+        if let Some(r) = args.peer_wait_rate {
+            self.p2p.peer_wait_rate = r;
+        }
+        if let Some(w) = args.peer_wait_max {
+            self.p2p.peer_wait_max = w;
+        }
+        if let Some(h) = args.hedge_after {
+            self.p2p.hedge_after = h;
         }
         self
     }

@@ -23,6 +23,8 @@ pub const MAX_PROVIDERS: usize = 20;
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Found {
     pub providers: Vec<PeerId>,
+    /// The connected peers have all answered (or timed out).
+    pub have_done: bool,
     /// Both halves of the search have finished: nobody else will be found.
     pub done: bool,
 }
@@ -107,7 +109,10 @@ impl Book {
         );
         if let Some(old) = old {
             // Whoever waited on the expired entry sees it end.
-            old.tx.send_modify(|f| f.done = true);
+            old.tx.send_modify(|f| {
+                f.have_done = true;
+                f.done = true;
+            });
         }
         true
     }
@@ -132,7 +137,10 @@ impl Book {
         let n = (self.capacity / 10).max(1);
         for (_, h) in ages.into_iter().take(n) {
             if let Some(e) = self.entries.remove(&h) {
-                e.tx.send_modify(|f| f.done = true);
+                e.tx.send_modify(|f| {
+                    f.have_done = true;
+                    f.done = true;
+                });
             }
         }
     }
@@ -154,7 +162,10 @@ impl Book {
     pub fn finished(&mut self, hash: &StorePathHash, half: Half, now: Instant) {
         if let Some(e) = self.entries.get_mut(hash) {
             match half {
-                Half::Have => e.have_done = true,
+                Half::Have => {
+                    e.have_done = true;
+                    e.tx.send_modify(|f| f.have_done = true);
+                }
                 Half::Dht => e.dht_done = true,
             }
             if e.have_done && e.dht_done && e.finished.is_none() {
@@ -221,7 +232,8 @@ mod tests {
         assert_eq!(b.get(&h(1), t0).unwrap().providers, vec![p], "each provider once");
         assert!(rx.has_changed().unwrap());
         b.finished(&h(1), Half::Have, t0);
-        assert!(!b.get(&h(1), t0).unwrap().done, "the DHT walk still runs");
+        let f = b.get(&h(1), t0).unwrap();
+        assert!(f.have_done && !f.done, "the DHT walk still runs");
         b.finished(&h(1), Half::Dht, t0);
         assert!(rx.borrow_and_update().done);
     }

@@ -124,23 +124,38 @@ impl Discovery {
         self.book().get(hash, Instant::now())
     }
 
-    /// Waits until `hash` has a provider, its search is done, or `deadline`
-    /// passes; returns what was found by then. Starts a search if none runs.
-    pub async fn wait(&self, hash: &StorePathHash, deadline: tokio::time::Instant) -> Found {
+    /// Waits for a provider of `hash`, at most until the connected peers
+    /// have answered (`have_by` at the latest) and the DHT walk has ended
+    /// (`dht_by` at the latest); returns what was found by then. Starts a
+    /// search if none runs.
+    pub async fn wait(
+        &self,
+        hash: &StorePathHash,
+        have_by: tokio::time::Instant,
+        dht_by: tokio::time::Instant,
+    ) -> Found {
         self.discover(std::slice::from_ref(hash));
         let Some(mut rx) = self.book().watch(hash, Instant::now()) else {
             return Found::default();
         };
         loop {
-            {
+            let now = tokio::time::Instant::now();
+            let next = {
                 let f = rx.borrow_and_update();
-                if !f.providers.is_empty() || f.done {
+                let have_over = f.have_done || now >= have_by;
+                let dht_over = f.done || now >= dht_by;
+                if !f.providers.is_empty() || (have_over && dht_over) {
                     return f.clone();
                 }
-            }
+                match (have_over, dht_over) {
+                    (false, false) => have_by.min(dht_by),
+                    (false, true) => have_by,
+                    _ => dht_by,
+                }
+            };
             tokio::select! {
-                r = rx.changed() => if r.is_err() { return Found { providers: vec![], done: true } },
-                () = tokio::time::sleep_until(deadline) => return rx.borrow().clone(),
+                r = rx.changed() => if r.is_err() { return rx.borrow().clone() },
+                () = tokio::time::sleep_until(next) => {}
             }
         }
     }

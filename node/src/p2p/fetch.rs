@@ -148,12 +148,20 @@ impl Fetcher {
         self.find(hash, None, self.settings.lookup_timeout).await
     }
 
-    /// Like [`Self::lookup`], for a NAR: only providers of `nar_hash` count,
-    /// and the first provider must turn up within `wait` (what it has
-    /// found already counts at once; a search that finished with nobody
-    /// ends the wait).
-    pub async fn lookup_nar(&self, hash: &StorePathHash, nar_hash: &Sha256Hash, wait: Duration) -> Option<PeerPath> {
-        let found = self.discovery.wait(hash, tokio::time::Instant::now() + wait).await;
+    /// Like [`Self::lookup`], for a NAR: only providers of `nar_hash`
+    /// count, and the first must turn up in time: the connected peers get
+    /// up to `have_wait` to answer, the DHT walk up to `dht_wait`. What the
+    /// search has found already counts at once, and a search that has
+    /// ended with nobody ends the wait.
+    pub async fn lookup_nar(
+        &self,
+        hash: &StorePathHash,
+        nar_hash: &Sha256Hash,
+        have_wait: Duration,
+        dht_wait: Duration,
+    ) -> Option<PeerPath> {
+        let now = tokio::time::Instant::now();
+        let found = self.discovery.wait(hash, now + have_wait, now + dht_wait).await;
         if found.providers.iter().all(|p| self.is_banned(p)) {
             return None;
         }
