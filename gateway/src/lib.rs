@@ -64,7 +64,7 @@ impl Default for GatewayOptions {
             priority: 30,
             negative_ttl: Duration::from_secs(30),
             keep_fetched: true,
-            lookup_budget: Duration::from_millis(50),
+            lookup_budget: Duration::ZERO,
             hedge_after: Duration::from_secs(1),
         }
     }

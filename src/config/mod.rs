@@ -68,7 +68,9 @@ pub struct P2pSection {
     /// Upload limit per second for serving peers (e.g. "20M"); unset: unlimited.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub upload_limit: Option<Size>,
-    /// How long peers get to answer a narinfo lookup before upstreams are asked too.
+    /// How long peers get to answer a narinfo lookup before upstreams are
+    /// asked too (0, the default: both at once, the first verified answer
+    /// wins; a narinfo is ~1 KiB, the NAR's bytes come from peers anyway).
     #[serde(with = "humantime_serde")]
     pub lookup_budget: Duration,
     /// The longest a NAR request waits for the connected peers' answers
@@ -106,7 +108,7 @@ impl Default for P2pSection {
             mode: P2pMode::Server,
             peer_timeout: Duration::from_secs(10),
             upload_limit: None,
-            lookup_budget: Duration::from_millis(50),
+            lookup_budget: Duration::ZERO,
             peer_wait_have: Duration::from_millis(500),
             peer_wait_rate: Size(100 << 20),
             peer_wait_max: Duration::from_secs(2),

@@ -67,9 +67,11 @@ pub fn fixture() -> Fixture {
 }
 
 /// A real HTTP server (axum + tower-http) serving a directory, in its own
-/// thread with its own runtime; stopped when dropped.
+/// thread with its own runtime; stopped when dropped. It keeps a log of the
+/// requests it got (`GET /nar/...`), as an upstream's access log would.
 pub struct StaticServer {
     pub url: String,
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -77,8 +79,10 @@ pub struct StaticServer {
 impl StaticServer {
     pub fn start(dir: &Path) -> Self {
         let dir = dir.to_owned();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let logger = log.clone();
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
@@ -88,7 +92,16 @@ impl StaticServer {
             rt.block_on(async move {
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
                 addr_tx.send(listener.local_addr().unwrap()).unwrap();
-                let app = axum::Router::new().fallback_service(tower_http::services::ServeDir::new(dir));
+                let record = tower::util::MapRequestLayer::new(move |req: axum::extract::Request| {
+                    logger
+                        .lock()
+                        .unwrap()
+                        .push(format!("{} {}", req.method(), req.uri().path()));
+                    req
+                });
+                let app = axum::Router::new()
+                    .fallback_service(tower_http::services::ServeDir::new(dir))
+                    .layer(record);
                 axum::serve(listener, app)
                     .with_graceful_shutdown(async {
                         let _ = stopped.await;
@@ -100,9 +113,15 @@ impl StaticServer {
         let addr = addr_rx.recv().unwrap();
         Self {
             url: format!("http://{addr}"),
+            log,
             stop: Some(stop),
             thread: Some(thread),
         }
+    }
+
+    /// Every request so far, as "METHOD /path", in order.
+    pub fn requests(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
     }
 
     pub fn stop(&mut self) {
