@@ -106,6 +106,15 @@ fn once_a_peer_holds_a_path_its_nar_comes_from_peers_even_when_the_upstream_is_f
             "no NAR byte from any upstream: {metrics}"
         );
     }
+    // The same, as `nixswarm status` prints it for a donor.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_nixswarm"))
+        .args(["status", "--gateway", &later[0].url])
+        .output()?;
+    let text = String::from_utf8(out.stdout)?;
+    ensure!(
+        text.contains("egress saved:") && text.contains("(offload share 100.0%)"),
+        "{text}"
+    );
     let metrics = http_get(&format!("{}/metrics", first.url))?;
     ensure!(
         metrics.contains(&format!(

@@ -25,11 +25,22 @@ pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
 pub struct Nginx {
     child: Child,
     pub url: String,
+    /// With [`Nginx::start_logged`]: one line per request, "URI BYTES_SENT".
+    pub access_log: Option<std::path::PathBuf>,
 }
 
 impl Nginx {
     /// Serves `root` on 127.0.0.1 (sendfile on), with its files under `work/nginx`.
     pub fn start(root: &Path, work: &Path) -> Result<Self> {
+        Self::launch(root, work, false)
+    }
+
+    /// The same, keeping an access log of each request's URI and body bytes.
+    pub fn start_logged(root: &Path, work: &Path) -> Result<Self> {
+        Self::launch(root, work, true)
+    }
+
+    fn launch(root: &Path, work: &Path, log: bool) -> Result<Self> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let dir = work.join("nginx");
         std::fs::create_dir_all(&dir)?;
@@ -39,9 +50,17 @@ impl Nginx {
             ""
         };
         let d = dir.display();
+        let access_log = log.then(|| dir.join("access.log"));
+        let logging = match &access_log {
+            Some(p) => format!(
+                "log_format bench '$request_uri $body_bytes_sent'; access_log {} bench;",
+                p.display()
+            ),
+            None => "access_log off;".to_owned(),
+        };
         let conf = format!(
             "{user}\ndaemon off;\nworker_processes 2;\nerror_log {d}/error.log;\npid {d}/nginx.pid;\n\
-             events {{ worker_connections 1024; }}\nhttp {{ access_log off; sendfile on; tcp_nopush on;\n\
+             events {{ worker_connections 1024; }}\nhttp {{ {logging} sendfile on; tcp_nopush on;\n\
              types {{ text/x-nix-narinfo narinfo; }} default_type application/octet-stream;\n\
              client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};\n\
              server {{ listen 127.0.0.1:{port}; root {}; disable_symlinks off; }} }}\n",
@@ -62,7 +81,7 @@ impl Nginx {
         let url = format!("http://127.0.0.1:{port}");
         for _ in 0..100 {
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Ok(Self { child, url });
+                return Ok(Self { child, url, access_log });
             }
             std::thread::sleep(Duration::from_millis(20));
         }

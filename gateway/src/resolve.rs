@@ -113,7 +113,7 @@ impl Resolver {
     /// The verified narinfo of `hash` from source `idx`.
     async fn narinfo_from(&self, idx: usize, hash: &StorePathHash) -> Answer {
         if let Some(cached) = self.found.get(&(idx, *hash)) {
-            return cached.map_or(Answer::Absent, Answer::Found);
+            return cached.map_or(Answer::Absent, |i| Answer::Found(Box::new(i)));
         }
         let source = &self.sources[idx];
         let kind = source.kind().as_str();
@@ -138,7 +138,7 @@ impl Resolver {
         if result.is_some() || source.kind() == SourceKind::Upstream {
             self.found.insert((idx, *hash), result.clone());
         }
-        result.map_or(Answer::Absent, Answer::Found)
+        result.map_or(Answer::Absent, |i| Answer::Found(Box::new(i)))
     }
 
     /// The first verified answer among `idxs`, asked in order; otherwise
@@ -147,7 +147,7 @@ impl Resolver {
         let mut all_absent = true;
         for &idx in idxs {
             match self.narinfo_from(idx, hash).await {
-                Answer::Found(info) => return Ok((idx, info)),
+                Answer::Found(info) => return Ok((idx, *info)),
                 Answer::Absent => {}
                 Answer::Failed => all_absent = false,
             }
@@ -243,7 +243,7 @@ impl Resolver {
             if let Answer::Found(info) = self.narinfo_from(idx, hash).await
                 && info.nar_hash == *nar_hash
             {
-                return Some(info);
+                return Some(*info);
             }
         }
         None
@@ -285,7 +285,7 @@ impl Resolver {
                 // Peers need only the path and NarHash: any verified narinfo will do.
                 SourceKind::Peer => info.clone(),
                 SourceKind::Upstream => match self.narinfo_from(idx, hash).await {
-                    Answer::Found(i) if i.nar_hash == *nar_hash => i,
+                    Answer::Found(i) if i.nar_hash == *nar_hash => *i,
                     _ => continue,
                 },
             };
@@ -312,7 +312,7 @@ impl Resolver {
 
 /// One source's answer for a narinfo.
 enum Answer {
-    Found(NarInfo),
+    Found(Box<NarInfo>),
     /// It answered that it has no such path (or its answer did not verify).
     Absent,
     /// It could not answer (down, broken).

@@ -84,6 +84,20 @@ pub fn run(args: &StatusArgs) -> Result<()> {
             n(&inst["rejected"])
         );
     }
+    let served = &body["served"];
+    if !served.is_null() {
+        println!(
+            "NAR bytes served: {} from the store, {} from peers, {} from upstreams",
+            bytes(n(&served["local"])),
+            bytes(n(&served["peer"])),
+            bytes(n(&served["upstream"]))
+        );
+        println!(
+            "egress saved:   {} (offload share {:.1}%)",
+            bytes(n(&served["egress_saved"])),
+            served["offload_share"].as_f64().unwrap_or(0.0) * 100.0
+        );
+    }
     let store = &body["store"];
     println!("stored paths:   {}", n(&store["paths"]));
     println!(
