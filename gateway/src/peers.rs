@@ -3,11 +3,13 @@
 //! goes to an upstream, peers get a wait that grows with its size
 //! ([`PeerWait`]): the connected peers' `Have` answers are always worth
 //! waiting for, the DHT walk only in proportion to what the NAR costs the
-//! upstream. Hedging and failover to the upstreams happen in
-//! [`crate::legs`].
+//! upstream. A prefetched path's narinfo and manifest are fetched as soon
+//! as it has a provider, so its NAR request starts the transfer at once.
+//! Hedging and failover to the upstreams happen in [`crate::legs`].
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
@@ -20,6 +22,10 @@ use crate::source::{ByteStream, Source, SourceError, SourceKind};
 const REMEMBER: Duration = Duration::from_secs(300);
 /// Lookup results kept.
 const REMEMBER_CAP: usize = 10_000;
+/// Prefetched paths waiting for providers at once (beyond: only discovery).
+const PREFETCH_WAITING: usize = 4096;
+/// Prefetched narinfo-and-manifest lookups at once.
+const PREFETCH_LOOKUPS: usize = 32;
 
 /// How long a NAR request waits for peers before the upstreams serve it.
 ///
@@ -58,33 +64,21 @@ impl PeerWait {
     }
 }
 
-/// The swarm, seen as a source.
-#[derive(Debug)]
-pub struct PeerSource {
-    fetcher: Fetcher,
-    wait: PeerWait,
-    found: Mutex<HashMap<StorePathHash, (Instant, PeerPath)>>,
-}
+/// Lookup results (verified narinfo, manifest, providers) by path.
+#[derive(Debug, Default)]
+struct Remembered(Mutex<HashMap<StorePathHash, (Instant, PeerPath)>>);
 
-impl PeerSource {
-    pub fn new(fetcher: Fetcher, wait: PeerWait) -> Self {
-        Self {
-            fetcher,
-            wait,
-            found: Mutex::default(),
-        }
-    }
-
-    fn remembered(&self, hash: &StorePathHash) -> Option<PeerPath> {
-        let found = self.found.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+impl Remembered {
+    fn get(&self, hash: &StorePathHash) -> Option<PeerPath> {
+        let found = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         found
             .get(hash)
             .filter(|(at, _)| at.elapsed() < REMEMBER)
             .map(|(_, p)| p.clone())
     }
 
-    fn remember(&self, hash: StorePathHash, path: PeerPath) {
-        let mut found = self.found.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    fn insert(&self, hash: StorePathHash, path: PeerPath) {
+        let mut found = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if found.len() >= REMEMBER_CAP {
             found.retain(|_, (at, _)| at.elapsed() < REMEMBER);
             if found.len() >= REMEMBER_CAP {
@@ -92,6 +86,69 @@ impl PeerSource {
             }
         }
         found.insert(hash, (Instant::now(), path));
+    }
+
+    fn remove(&self, hash: &StorePathHash) -> Option<PeerPath> {
+        let mut found = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        found.remove(hash).map(|(_, p)| p)
+    }
+}
+
+/// The swarm, seen as a source.
+#[derive(Debug)]
+pub struct PeerSource {
+    fetcher: Fetcher,
+    wait: PeerWait,
+    found: Arc<Remembered>,
+    /// Prefetches waiting for providers.
+    waiting: Arc<AtomicUsize>,
+    lookups: Arc<tokio::sync::Semaphore>,
+}
+
+impl PeerSource {
+    pub fn new(fetcher: Fetcher, wait: PeerWait) -> Self {
+        Self {
+            fetcher,
+            wait,
+            found: Arc::default(),
+            waiting: Arc::default(),
+            lookups: Arc::new(tokio::sync::Semaphore::new(PREFETCH_LOOKUPS)),
+        }
+    }
+
+    fn remembered(&self, hash: &StorePathHash) -> Option<PeerPath> {
+        self.found.get(hash)
+    }
+
+    /// In the background: once `hash` has a provider, fetch its narinfo
+    /// and manifest, so the NAR request that follows starts the transfer
+    /// at once (one round trip fewer per NAR).
+    fn prefetch_lookup(&self, hash: StorePathHash) {
+        if self.remembered(&hash).is_some() || self.waiting.load(Ordering::Relaxed) >= PREFETCH_WAITING {
+            return;
+        }
+        self.waiting.fetch_add(1, Ordering::Relaxed);
+        let (fetcher, found, waiting, lookups) = (
+            self.fetcher.clone(),
+            self.found.clone(),
+            self.waiting.clone(),
+            self.lookups.clone(),
+        );
+        let have_by = tokio::time::Instant::now() + self.wait.have;
+        let dht_by = tokio::time::Instant::now() + self.wait.max;
+        tokio::spawn(async move {
+            let providers = fetcher.discovery().wait(&hash, have_by, dht_by).await.providers;
+            waiting.fetch_sub(1, Ordering::Relaxed);
+            if providers.is_empty() {
+                return;
+            }
+            let Ok(_permit) = lookups.acquire().await else { return };
+            if found.get(&hash).is_none()
+                && let Some(path) = fetcher.lookup(&hash).await
+            {
+                found.insert(hash, path);
+            }
+        });
     }
 }
 
@@ -110,7 +167,7 @@ impl Source for PeerSource {
                 return Ok(None);
             };
             let info = path.info.clone();
-            self.remember(*hash, path);
+            self.found.insert(*hash, path);
             Ok(Some(info))
         })
     }
@@ -138,12 +195,8 @@ impl Source for PeerSource {
 
     fn rejected(&self, info: &NarInfo, wrong_nar: bool) -> bool {
         let hash = info.store_path.hash();
-        let path = self
-            .found
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(&hash);
-        if wrong_nar && let Some((_, path)) = path {
+        let path = self.found.remove(&hash);
+        if wrong_nar && let Some(path) = path {
             // Their chunks matched their manifest, but the NAR did not match
             // the signed NarHash: every provider of that manifest lied.
             for peer in path.providers {
@@ -157,6 +210,9 @@ impl Source for PeerSource {
 
     fn prefetch(&self, hashes: &[StorePathHash]) {
         self.fetcher.prefetch(hashes);
+        for hash in hashes {
+            self.prefetch_lookup(*hash);
+        }
     }
 }
 

@@ -122,28 +122,11 @@ impl<'a> Reader<'a> {
         }
         self.take(len)
     }
-    /// A chunk count, checked against [`MAX_BATCH`] before anything is allocated.
-    fn batch_len(&mut self) -> Result<usize, WireError> {
+    /// A count of items, checked against `max` before anything is allocated.
+    fn count(&mut self, what: &'static str, max: usize) -> Result<usize, WireError> {
         let len = self.u32()? as usize;
-        if len > MAX_BATCH {
-            return Err(WireError::TooLarge {
-                what: "chunk batch",
-                len,
-                max: MAX_BATCH,
-            });
-        }
-        Ok(len)
-    }
-
-    /// A count of hashes, checked against [`MAX_HAVE`] before anything is allocated.
-    fn have_len(&mut self) -> Result<usize, WireError> {
-        let len = self.u32()? as usize;
-        if len > MAX_HAVE {
-            return Err(WireError::TooLarge {
-                what: "have list",
-                len,
-                max: MAX_HAVE,
-            });
+        if len > max {
+            return Err(WireError::TooLarge { what, len, max });
         }
         Ok(len)
     }
@@ -202,13 +185,13 @@ impl Request {
         let msg = match r.u8()? {
             1 => Self::PathInfo { hash: r.hash()? },
             2 => {
-                let n = r.batch_len()?;
+                let n = r.count("chunk batch", MAX_BATCH)?;
                 Self::Chunks {
                     ids: (0..n).map(|_| r.id()).collect::<Result<_, _>>()?,
                 }
             }
             3 => {
-                let n = r.have_len()?;
+                let n = r.count("have list", MAX_HAVE)?;
                 Self::Have {
                     hashes: (0..n).map(|_| r.hash()).collect::<Result<_, _>>()?,
                 }
@@ -264,7 +247,7 @@ impl Response {
             }
             2 => Self::NotFound,
             3 => {
-                let n = r.batch_len()?;
+                let n = r.count("chunk batch", MAX_BATCH)?;
                 let mut chunks = Vec::with_capacity(n);
                 for _ in 0..n {
                     let id = r.id()?;
@@ -276,7 +259,7 @@ impl Response {
             }
             4 => Self::Busy,
             5 => {
-                let n = r.have_len()?;
+                let n = r.count("have list", MAX_HAVE)?;
                 let bits = r.take(n.div_ceil(8))?;
                 // Bits past the count must be zero: one encoding per answer.
                 if n % 8 != 0 && bits[n / 8] >> (n % 8) != 0 {
