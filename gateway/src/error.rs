@@ -12,6 +12,8 @@ pub enum GatewayError {
     NotFound,
     #[error("bad request: {0}")]
     BadRequest(String),
+    #[error("forbidden: {0}")]
+    Forbidden(&'static str),
     #[error("range not satisfiable for a {0}-byte NAR")]
     RangeNotSatisfiable(u64),
     #[error("internal error: {0}")]
@@ -23,6 +25,7 @@ impl IntoResponse for GatewayError {
         match self {
             Self::NotFound => (StatusCode::NOT_FOUND, "not found\n").into_response(),
             Self::BadRequest(why) => (StatusCode::BAD_REQUEST, format!("{why}\n")).into_response(),
+            Self::Forbidden(why) => (StatusCode::FORBIDDEN, format!("{why}\n")).into_response(),
             Self::RangeNotSatisfiable(size) => {
                 let mut r = StatusCode::RANGE_NOT_SATISFIABLE.into_response();
                 if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {

@@ -17,7 +17,7 @@ pub mod file_source;
 pub mod legs;
 pub mod metrics;
 pub mod peers;
-mod pin;
+pub mod pin;
 pub mod range;
 pub mod resolve;
 pub mod routes;

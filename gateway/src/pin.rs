@@ -1,16 +1,47 @@
 //! `POST /pin/<hash>` and `DELETE /pin/<hash>`: pin a stored path and its
 //! stored closure so eviction never takes them (`nixswarm pin`), or unpin.
 //! Only in cache mode: other modes keep nothing fetched.
+//!
+//! A web page the user visits can send simple requests to 127.0.0.1 (a
+//! bodiless `POST` needs no CORS preflight), so both routes require the
+//! [`WRITE_HEADER`] header, which makes any cross-site request need a
+//! preflight that the gateway never grants, and refuse an `Origin` other
+//! than the gateway's own.
 
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use nixswarm_protocol::StorePathHash;
 
 use crate::AppState;
 use crate::error::GatewayError;
+
+/// The header `nixswarm pin` and `unpin` send; a browser cannot send it
+/// cross-site without a CORS preflight, which is never granted.
+pub const WRITE_HEADER: &str = "x-nixswarm-request";
+
+/// Refuses a state-changing request that a web page could have made.
+fn same_origin_write(headers: &HeaderMap) -> Result<(), GatewayError> {
+    if !headers.contains_key(WRITE_HEADER) {
+        return Err(GatewayError::Forbidden(
+            "pinning needs the x-nixswarm-request header (use `nixswarm pin`)",
+        ));
+    }
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
+        let own = origin
+            .to_str()
+            .ok()
+            .and_then(|o| o.strip_prefix("http://"))
+            .is_some_and(|o| !host.is_empty() && o == host);
+        if !own {
+            return Err(GatewayError::Forbidden("cross-origin requests may not pin or unpin"));
+        }
+    }
+    Ok(())
+}
 
 fn parse(hash: &str) -> Result<StorePathHash, GatewayError> {
     hash.parse()
@@ -31,7 +62,12 @@ fn json(v: &serde_json::Value) -> Response {
     ([(header::CONTENT_TYPE, "application/json")], v.to_string()).into_response()
 }
 
-pub async fn pin(State(state): State<Arc<AppState>>, Path(hash): Path<String>) -> Result<Response, GatewayError> {
+pub async fn pin(
+    State(state): State<Arc<AppState>>,
+    Path(hash): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, GatewayError> {
+    same_origin_write(&headers)?;
     if let Some(r) = refuse_unless_caching(&state) {
         return Ok(r);
     }
@@ -49,7 +85,12 @@ pub async fn pin(State(state): State<Arc<AppState>>, Path(hash): Path<String>) -
     Ok(json(&serde_json::json!({ "pinned": s(held), "missing": s(missing) })))
 }
 
-pub async fn unpin(State(state): State<Arc<AppState>>, Path(hash): Path<String>) -> Result<Response, GatewayError> {
+pub async fn unpin(
+    State(state): State<Arc<AppState>>,
+    Path(hash): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, GatewayError> {
+    same_origin_write(&headers)?;
     if let Some(r) = refuse_unless_caching(&state) {
         return Ok(r);
     }

@@ -71,8 +71,10 @@ pub struct Resolver {
     metrics: Arc<Metrics>,
     /// How long peers get before the upstreams are asked as well.
     lookup_budget: Duration,
-    /// Verified narinfo (or a verified absence) per (source, path).
-    found: TtlMap<(usize, StorePathHash), Option<NarInfo>>,
+    /// Verified narinfo per (source, path).
+    found: TtlMap<(usize, StorePathHash), NarInfo>,
+    /// An upstream's "no such path", kept for the negative TTL.
+    absent: TtlMap<(usize, StorePathHash), ()>,
     /// Paths no source had.
     missing: TtlMap<StorePathHash, ()>,
     /// (source, path, NarHash) that failed verification.
@@ -93,6 +95,7 @@ impl Resolver {
             metrics,
             lookup_budget,
             found: TtlMap::new(FOUND_TTL),
+            absent: TtlMap::new(negative_ttl),
             missing: TtlMap::new(negative_ttl),
             bad: TtlMap::new(BAD_SOURCE_TTL),
         }
@@ -112,8 +115,11 @@ impl Resolver {
 
     /// The verified narinfo of `hash` from source `idx`.
     async fn narinfo_from(&self, idx: usize, hash: &StorePathHash) -> Answer {
-        if let Some(cached) = self.found.get(&(idx, *hash)) {
-            return cached.map_or(Answer::Absent, |i| Answer::Found(Box::new(i)));
+        if let Some(info) = self.found.get(&(idx, *hash)) {
+            return Answer::Found(Box::new(info));
+        }
+        if self.absent.get(&(idx, *hash)).is_some() {
+            return Answer::Absent;
         }
         let source = &self.sources[idx];
         let kind = source.kind().as_str();
@@ -134,9 +140,12 @@ impl Resolver {
                 return Answer::Failed;
             }
         };
-        // A peer that lacks a path now may have it soon: remember only hits.
-        if result.is_some() || source.kind() == SourceKind::Upstream {
-            self.found.insert((idx, *hash), result.clone());
+        // A peer that lacks a path now may have it soon: remember only its
+        // hits. An upstream's miss is kept only for the negative TTL.
+        match &result {
+            Some(info) => self.found.insert((idx, *hash), info.clone()),
+            None if source.kind() == SourceKind::Upstream => self.absent.insert((idx, *hash), ()),
+            None => {}
         }
         result.map_or(Answer::Absent, |i| Answer::Found(Box::new(i)))
     }
@@ -234,7 +243,7 @@ impl Resolver {
     /// the first source's that has it.
     async fn info_for(&self, hash: &StorePathHash, nar_hash: &Sha256Hash) -> Option<NarInfo> {
         let known = (0..self.sources.len())
-            .filter_map(|idx| self.found.get(&(idx, *hash)).flatten())
+            .filter_map(|idx| self.found.get(&(idx, *hash)))
             .find(|i| i.nar_hash == *nar_hash);
         if known.is_some() {
             return known;
@@ -273,7 +282,7 @@ impl Resolver {
                 .map(|idx| Fallback {
                     idx,
                     source: self.sources[idx].clone(),
-                    info: self.found.get(&(idx, *hash)).flatten(),
+                    info: self.found.get(&(idx, *hash)),
                 })
                 .collect()
         };

@@ -98,6 +98,10 @@ struct Setup {
 }
 
 fn setup(sources: Vec<Arc<dyn Source>>) -> Setup {
+    setup_with(sources, GatewayOptions::default())
+}
+
+fn setup_with(sources: Vec<Arc<dyn Source>>, options: GatewayOptions) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let store = ChunkStore::open(dir.path(), StoreOptions { quota: 1 << 30 }).unwrap();
     let gateway = Gateway::new(
@@ -105,7 +109,7 @@ fn setup(sources: Vec<Arc<dyn Source>>) -> Setup {
         sources,
         vec![],
         vec![key().public_key()],
-        GatewayOptions::default(),
+        options,
         CancellationToken::new(),
     );
     Setup {
@@ -311,4 +315,99 @@ async fn misses_are_404_and_paths_cannot_escape() {
     let (status, _, body) = get(&s.gateway, "/nix-cache-info", &[]).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body.unwrap(), "StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 30\n");
+}
+
+/// A page on another site can send a bodiless POST to 127.0.0.1 without a
+/// CORS preflight; pinning must not be reachable that way.
+#[tokio::test]
+async fn pinning_refuses_requests_a_web_page_could_make() {
+    let nar = nar_bytes(9, 1000);
+    let info = signed(9, &nar, &key());
+    let s = setup(vec![]);
+    let uri = format!("/pin/{}", info.store_path.hash());
+    let send = |method: &'static str, headers: Vec<(&'static str, &'static str)>| {
+        let (g, uri) = (&s.gateway, uri.clone());
+        async move {
+            let mut req = Request::builder()
+                .method(method)
+                .uri(uri)
+                .header("host", "127.0.0.1:37515");
+            for (k, v) in headers {
+                req = req.header(k, v);
+            }
+            g.router()
+                .oneshot(req.body(Body::empty()).unwrap())
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    assert_eq!(send("POST", vec![]).await, StatusCode::FORBIDDEN, "a simple POST");
+    let foreign = vec![("x-nixswarm-request", "1"), ("origin", "http://evil.example")];
+    assert_eq!(
+        send("POST", foreign.clone()).await,
+        StatusCode::FORBIDDEN,
+        "another origin"
+    );
+    assert_eq!(send("DELETE", foreign).await, StatusCode::FORBIDDEN);
+    let null = vec![("x-nixswarm-request", "1"), ("origin", "null")];
+    assert_eq!(send("POST", null).await, StatusCode::FORBIDDEN, "a sandboxed page");
+    assert!(s.store.pinned().is_empty(), "nothing was pinned");
+    // `nixswarm pin` (the header, no Origin) and the gateway's own origin may.
+    assert_eq!(send("POST", vec![("x-nixswarm-request", "1")]).await, StatusCode::OK);
+    let own = vec![("x-nixswarm-request", "1"), ("origin", "http://127.0.0.1:37515")];
+    assert_eq!(send("DELETE", own).await, StatusCode::OK);
+}
+
+/// An upstream that says "no such path" the first `misses` times.
+#[derive(Debug)]
+struct Late {
+    inner: MemSource,
+    misses: AtomicUsize,
+}
+
+impl Source for Late {
+    fn kind(&self) -> SourceKind {
+        SourceKind::Upstream
+    }
+    fn name(&self) -> &str {
+        "late"
+    }
+    fn narinfo<'a>(&'a self, hash: &'a StorePathHash) -> BoxFuture<'a, Result<Option<NarInfo>, SourceError>> {
+        if self
+            .misses
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Box::pin(async { Ok(None) });
+        }
+        self.inner.narinfo(hash)
+    }
+    fn nar<'a>(&'a self, info: &'a NarInfo) -> BoxFuture<'a, Result<Option<ByteStream>, SourceError>> {
+        self.inner.nar(info)
+    }
+}
+
+/// `negative-ttl` bounds how long an upstream's miss is believed (it was
+/// kept for 300 s whatever the setting).
+#[tokio::test]
+async fn an_upstream_miss_is_kept_only_for_the_negative_ttl() {
+    let nar = nar_bytes(8, 5000);
+    let info = signed(8, &nar, &key());
+    let late = Late {
+        inner: MemSource::default().with(info.clone(), nar),
+        misses: AtomicUsize::new(1),
+    };
+    let options = GatewayOptions {
+        negative_ttl: std::time::Duration::ZERO,
+        ..GatewayOptions::default()
+    };
+    let s = setup_with(vec![Arc::new(late)], options);
+    let uri = format!("/{}.narinfo", info.store_path.hash());
+    assert_eq!(get(&s.gateway, &uri, &[]).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(
+        get(&s.gateway, &uri, &[]).await.0,
+        StatusCode::OK,
+        "asked again, not remembered"
+    );
 }

@@ -80,7 +80,11 @@ pub fn run(args: &PinArgs, pin: bool) -> Result<()> {
             }
             let url = format!("{base}/pin/{h}");
             let req = if pin { client.post(&url) } else { client.delete(&url) };
-            let resp = req.send().await.with_context(|| format!("asking {url}"))?;
+            let resp = req
+                .header(nixswarm_gateway::pin::WRITE_HEADER, "1")
+                .send()
+                .await
+                .with_context(|| format!("asking {url}"))?;
             let status = resp.status();
             let body = resp.text().await.unwrap_or_default();
             if !status.is_success() {

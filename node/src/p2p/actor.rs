@@ -19,6 +19,9 @@ use tokio_util::sync::CancellationToken;
 use super::behaviour::{Behaviour, BehaviourEvent};
 use super::{NodeStats, NodeStatus};
 
+/// Peers whose addresses the actor keeps for dialling.
+const MAX_KNOWN_PEERS: usize = 8192;
+
 /// A request from another node, for the server task.
 #[derive(Debug)]
 pub struct Inbound {
@@ -171,6 +174,14 @@ impl Actor {
     }
 
     fn learn(&mut self, peer: PeerId, addrs: impl IntoIterator<Item = Multiaddr>) {
+        if !self.addresses.contains_key(&peer) && self.addresses.len() >= MAX_KNOWN_PEERS {
+            // Full (many identities): forget the peers not connected now.
+            let swarm = &self.swarm;
+            self.addresses.retain(|p, _| swarm.is_connected(p));
+            if self.addresses.len() >= MAX_KNOWN_PEERS {
+                return;
+            }
+        }
         let known = self.addresses.entry(peer).or_default();
         for a in addrs {
             if !known.contains(&a) {

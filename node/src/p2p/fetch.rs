@@ -6,7 +6,7 @@
 //! from the transfer and scored down, repeat offenders are banned for a
 //! while. Bytes come out in NAR order; the caller verifies NarHash.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -22,6 +22,7 @@ use tokio::sync::mpsc;
 use super::NodeHandle;
 use super::discover::{Discovery, DiscoverySettings};
 use super::schedule::{Outcome, Ready, Schedule, ScheduleSettings, check_chunks};
+use super::scores::Scores;
 use crate::store::ChunkStore;
 
 /// Fetcher settings.
@@ -51,12 +52,6 @@ impl Default for FetchSettings {
     }
 }
 
-#[derive(Debug, Default)]
-struct Score {
-    bad: u32,
-    banned_until: Option<Instant>,
-}
-
 /// A path some peers hold: its verified narinfo, a manifest that matches
 /// it, and the providers found.
 #[derive(Debug, Clone)]
@@ -73,7 +68,7 @@ pub struct Fetcher {
     store: ChunkStore,
     keys: Arc<Vec<PublicKey>>,
     settings: FetchSettings,
-    scores: Arc<Mutex<HashMap<PeerId, Score>>>,
+    scores: Arc<Mutex<Scores>>,
     discovery: Discovery,
 }
 
@@ -87,8 +82,8 @@ impl Fetcher {
             handle,
             store,
             keys: Arc::new(keys),
+            scores: Arc::new(Mutex::new(Scores::new(settings.ban_after, settings.ban_for))),
             settings,
-            scores: Arc::default(),
         }
     }
 
@@ -96,23 +91,20 @@ impl Fetcher {
         &self.handle
     }
 
+    fn scores(&self) -> std::sync::MutexGuard<'_, Scores> {
+        self.scores.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// True if `peer` is banned now.
     pub fn is_banned(&self, peer: &PeerId) -> bool {
-        let scores = self.scores.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        scores
-            .get(peer)
-            .and_then(|s| s.banned_until)
-            .is_some_and(|t| t > Instant::now())
+        self.scores().is_banned(peer, Instant::now())
     }
 
     /// Records a bad chunk or manifest from `peer`.
     pub fn penalise(&self, peer: PeerId, why: &str) {
-        let mut scores = self.scores.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let s = scores.entry(peer).or_default();
-        s.bad += 1;
-        tracing::warn!(%peer, why, bad = s.bad, "peer misbehaved");
-        if s.bad >= self.settings.ban_after {
-            s.banned_until = Some(Instant::now() + self.settings.ban_for);
+        let (bad, banned) = self.scores().penalise(peer, Instant::now());
+        tracing::warn!(%peer, why, bad, "peer misbehaved");
+        if banned {
             tracing::warn!(%peer, "peer banned for {:?}", self.settings.ban_for);
         }
     }

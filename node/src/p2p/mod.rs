@@ -15,6 +15,7 @@ mod fetch;
 mod ratelimit;
 pub mod records;
 mod schedule;
+mod scores;
 mod serve;
 
 use std::path::Path;

@@ -41,7 +41,10 @@ pub fn answer(store: &Shelves, request: &Request, corrupt: bool) -> Response {
         },
         Request::Chunks { ids } => {
             let mut chunks = Vec::with_capacity(ids.len().min(MAX_BATCH));
-            for id in ids.iter().take(MAX_BATCH) {
+            // Each id at most once: a request repeating one id would
+            // otherwise ask for MAX_BATCH copies of the largest chunk.
+            let mut seen = std::collections::HashSet::new();
+            for id in ids.iter().take(MAX_BATCH).filter(|id| seen.insert(**id)) {
                 match store.read_chunk(id) {
                     Ok(Some(data)) => {
                         let mut data = data.to_vec();
@@ -153,5 +156,59 @@ pub(super) async fn run(
                 }
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::store::{ChunkStore, StoreOptions};
+    use nixswarm_protocol::{NarInfo, Sha256Hash, StorePath, StorePathHash};
+
+    #[test]
+    fn a_request_repeating_one_chunk_gets_it_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ChunkStore::open(dir.path(), StoreOptions { quota: 1 << 30 }).unwrap();
+        let bytes = crate::store::tests::data(300_000, 5);
+        let info = NarInfo {
+            store_path: StorePath::new(StorePathHash::from_bytes(&[5; 20]), "p").unwrap(),
+            url: "nar/p.nar".into(),
+            compression: "none".into(),
+            file_hash: None,
+            file_size: None,
+            nar_hash: Sha256Hash::digest(&bytes),
+            nar_size: bytes.len() as u64,
+            references: vec![],
+            deriver: None,
+            sigs: vec![],
+            ca: None,
+        };
+        let mut ingest = store.begin_ingest(info.clone()).unwrap();
+        ingest.write(&bytes).unwrap();
+        ingest.finish().unwrap();
+        let shelves = Shelves::from(store.clone());
+        let (_, manifest) = shelves.path_info(&info.store_path.hash()).unwrap().unwrap();
+        let id = manifest.chunks[0].id;
+        let Response::Chunks { chunks } = answer(
+            &shelves,
+            &Request::Chunks {
+                ids: vec![id; MAX_BATCH],
+            },
+            false,
+        ) else {
+            panic!("not a chunk answer");
+        };
+        assert_eq!(chunks.len(), 1, "one copy, not {MAX_BATCH}");
+        let Response::Have { have } = answer(
+            &shelves,
+            &Request::Have {
+                hashes: vec![info.store_path.hash(), StorePathHash::from_bytes(&[6; 20])],
+            },
+            false,
+        ) else {
+            panic!("not a have answer");
+        };
+        assert_eq!(have, vec![true, false]);
     }
 }
