@@ -12,9 +12,13 @@ use thiserror::Error;
 
 use crate::hash::Sha256Hash;
 
-/// The largest chunk a manifest may name (FastCDC's maximum is 4x average;
-/// this leaves room for other parameters).
-pub const MAX_CHUNK_SIZE: u32 = 1 << 20;
+/// The smallest chunk a manifest may name, but for its last: FastCDC's
+/// minimum as nixswarm's chunker uses it (16/64/256 KiB min/avg/max). A
+/// lower bound keeps a hostile manifest from turning a NAR into one round
+/// trip per byte.
+pub const MIN_CHUNK_SIZE: u32 = 16 * 1024;
+/// The largest chunk a manifest may name: the chunker's maximum.
+pub const MAX_CHUNK_SIZE: u32 = 256 * 1024;
 /// The most chunks a manifest may list (a 256 GiB NAR at 64 KiB).
 pub const MAX_CHUNKS: u32 = 1 << 22;
 const MAGIC: &[u8; 4] = b"NSM1";
@@ -80,7 +84,9 @@ pub enum ManifestError {
     TooManyChunks(u32),
     #[error("manifest is {actual} bytes, but its {count} chunks need {expected}")]
     WrongLength { count: u32, actual: usize, expected: usize },
-    #[error("manifest chunk {index} has size {size}, outside 1..={MAX_CHUNK_SIZE}")]
+    #[error(
+        "manifest chunk {index} has size {size}, outside {MIN_CHUNK_SIZE}..={MAX_CHUNK_SIZE} (the last chunk: 1..={MAX_CHUNK_SIZE})"
+    )]
     BadChunkSize { index: usize, size: u32 },
     #[error("manifest chunks add up to {sum} bytes, but NarSize is {nar_size}")]
     SizeMismatch { sum: u64, nar_size: u64 },
@@ -113,8 +119,10 @@ impl ChunkManifest {
             return Err(ManifestError::TooManyChunks(self.chunks.len() as u32));
         }
         let mut sum = 0u64;
+        let last = self.chunks.len().saturating_sub(1);
         for (index, c) in self.chunks.iter().enumerate() {
-            if c.size == 0 || c.size > MAX_CHUNK_SIZE {
+            let min = if index == last { 1 } else { MIN_CHUNK_SIZE };
+            if c.size < min || c.size > MAX_CHUNK_SIZE {
                 return Err(ManifestError::BadChunkSize { index, size: c.size });
             }
             sum += u64::from(c.size);
@@ -199,13 +207,17 @@ mod tests {
     fn arb_manifest() -> impl Strategy<Value = ChunkManifest> {
         (
             any::<[u8; 32]>(),
-            proptest::collection::vec((any::<[u8; 32]>(), 1..=MAX_CHUNK_SIZE), 0..50),
+            proptest::collection::vec((any::<[u8; 32]>(), MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE), 0..50),
+            1..=MAX_CHUNK_SIZE,
         )
-            .prop_map(|(h, cs)| {
-                let chunks: Vec<ChunkRef> = cs
+            .prop_map(|(h, cs, last)| {
+                let mut chunks: Vec<ChunkRef> = cs
                     .into_iter()
                     .map(|(id, size)| ChunkRef { id: ChunkId(id), size })
                     .collect();
+                if let Some(c) = chunks.last_mut() {
+                    c.size = last;
+                }
                 let nar_size = chunks.iter().map(|c| u64::from(c.size)).sum();
                 ChunkManifest {
                     nar_hash: Sha256Hash(h),
@@ -233,6 +245,29 @@ mod tests {
             ChunkManifest::new(Sha256Hash([0; 32]), 0, vec![zero]),
             Err(ManifestError::BadChunkSize { .. })
         ));
+        // Tiny chunks (one round trip per byte) are refused, but for the last.
+        let tiny = |n: usize| {
+            vec![
+                ChunkRef {
+                    id: ChunkId([1; 32]),
+                    size: 1
+                };
+                n
+            ]
+        };
+        assert!(
+            ChunkManifest::new(Sha256Hash([0; 32]), 1, tiny(1)).is_ok(),
+            "a 1-byte NAR"
+        );
+        assert_eq!(
+            ChunkManifest::new(Sha256Hash([0; 32]), 2, tiny(2)),
+            Err(ManifestError::BadChunkSize { index: 0, size: 1 })
+        );
+        let big = ChunkRef {
+            id: ChunkId([1; 32]),
+            size: MAX_CHUNK_SIZE + 1,
+        };
+        assert!(ChunkManifest::new(Sha256Hash([0; 32]), u64::from(MAX_CHUNK_SIZE) + 1, vec![big]).is_err());
         assert_eq!(ChunkManifest::decode(b"NSM"), Err(ManifestError::Truncated(3)));
         let mut enc = ChunkManifest::new(Sha256Hash([0; 32]), 10, vec![c]).unwrap().encode();
         enc[0] = b'X';

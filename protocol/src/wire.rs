@@ -280,7 +280,7 @@ impl Response {
 mod tests {
     use super::*;
     use crate::hash::Sha256Hash;
-    use crate::manifest::ChunkRef;
+    use crate::manifest::{ChunkRef, MIN_CHUNK_SIZE};
     use proptest::prelude::*;
 
     fn arb_request() -> impl Strategy<Value = Request> {
@@ -304,13 +304,17 @@ mod tests {
             proptest::collection::vec(any::<bool>(), 0..=MAX_HAVE).prop_map(|have| Response::Have { have }),
             (
                 "\\PC{0,200}",
-                proptest::collection::vec((any::<[u8; 32]>(), 1u32..5000), 0..10)
+                proptest::collection::vec((any::<[u8; 32]>(), MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE), 0..10),
+                1..=MAX_CHUNK_SIZE,
             )
-                .prop_map(|(t, cs)| {
-                    let chunks: Vec<ChunkRef> = cs
+                .prop_map(|(t, cs, last)| {
+                    let mut chunks: Vec<ChunkRef> = cs
                         .into_iter()
                         .map(|(id, size)| ChunkRef { id: ChunkId(id), size })
                         .collect();
+                    if let Some(c) = chunks.last_mut() {
+                        c.size = last;
+                    }
                     let size = chunks.iter().map(|c| u64::from(c.size)).sum();
                     Response::PathInfo {
                         narinfo: t,

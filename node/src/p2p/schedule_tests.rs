@@ -5,6 +5,9 @@ use super::*;
 use nixswarm_protocol::manifest::ChunkRef;
 use nixswarm_protocol::{ChunkManifest, Sha256Hash};
 
+/// The smallest chunk a manifest allows (but for the last).
+const C: usize = nixswarm_protocol::manifest::MIN_CHUNK_SIZE as usize;
+
 /// `n` distinct chunks of `size` bytes each.
 fn chunks(n: usize, size: usize) -> Vec<Bytes> {
     (0..n)
@@ -85,7 +88,7 @@ fn whole(data: &[Bytes]) -> Vec<u8> {
 
 #[test]
 fn stripes_across_providers_within_their_slots_and_hands_out_in_order() {
-    let data = chunks(40, 1000);
+    let data = chunks(40, C);
     let (a, b) = (PeerId::random(), PeerId::random());
     let mut h = Harness::new(&data, &[a, b], settings());
     let sends = h.s.sends(h.now);
@@ -97,7 +100,7 @@ fn stripes_across_providers_within_their_slots_and_hands_out_in_order() {
     assert!(h.s.next_ready().is_none());
     h.answer(&sends[0]);
     let mut out = h.drain();
-    assert_eq!(out.len(), 8000);
+    assert_eq!(out.len(), 8 * C);
     for s in &sends[2..] {
         h.answer(s);
     }
@@ -113,13 +116,13 @@ fn stripes_across_providers_within_their_slots_and_hands_out_in_order() {
     }
     assert!(h.s.is_done());
     assert_eq!(out, whole(&data));
-    assert_eq!(h.s.fetched_bytes, 40_000);
+    assert_eq!(h.s.fetched_bytes, 40 * C as u64);
     assert_eq!(h.s.duplicate_bytes, 0, "nobody was slow: no endgame");
 }
 
 #[test]
 fn the_endgame_waits_for_a_slow_batch_then_asks_another_provider_once() {
-    let data = chunks(8, 1000);
+    let data = chunks(8, C);
     let (a, b) = (PeerId::random(), PeerId::random());
     let mut h = Harness::new(&data, &[a, b], settings());
     let sends = h.s.sends(h.now);
@@ -139,13 +142,13 @@ fn the_endgame_waits_for_a_slow_batch_then_asks_another_provider_once() {
     assert!(h.s.sends(h.now).is_empty(), "never a third copy");
     h.answer(&dup[0]);
     assert_eq!(h.answer(slow), 0, "the late copy brings nothing new");
-    assert_eq!(h.s.duplicate_bytes, 4000);
+    assert_eq!(h.s.duplicate_bytes, 4 * C as u64);
     assert_eq!(h.drain(), whole(&data));
 }
 
 #[test]
 fn a_lying_provider_is_dropped_and_its_batch_goes_to_another() {
-    let data = chunks(8, 1000);
+    let data = chunks(8, C);
     let (a, liar) = (PeerId::random(), PeerId::random());
     let mut h = Harness::new(&data, &[a, liar], settings());
     let sends = h.s.sends(h.now);
@@ -165,7 +168,7 @@ fn a_lying_provider_is_dropped_and_its_batch_goes_to_another() {
 
 #[test]
 fn the_transfer_fails_when_every_provider_is_gone() {
-    let data = chunks(8, 1000);
+    let data = chunks(8, C);
     let a = PeerId::random();
     let mut h = Harness::new(&data, &[a], settings());
     let sends = h.s.sends(h.now);
@@ -178,7 +181,7 @@ fn the_transfer_fails_when_every_provider_is_gone() {
 
 #[test]
 fn a_provider_that_stops_answering_hits_the_progress_deadline() {
-    let data = chunks(8, 1000);
+    let data = chunks(8, C);
     let mut h = Harness::new(&data, &[PeerId::random()], settings());
     assert_eq!(h.s.sends(h.now).len(), 2);
     assert!(h.s.failure(h.now).is_none());
@@ -189,7 +192,7 @@ fn a_provider_that_stops_answering_hits_the_progress_deadline() {
 
 #[test]
 fn a_busy_provider_cools_down_then_is_asked_again() {
-    let data = chunks(4, 1000);
+    let data = chunks(4, C);
     let a = PeerId::random();
     let mut h = Harness::new(&data, &[a], settings());
     let first = h.s.sends(h.now);
@@ -205,17 +208,17 @@ fn a_busy_provider_cools_down_then_is_asked_again() {
 
 #[test]
 fn the_window_bounds_what_is_fetched_ahead() {
-    let data = chunks(64, 1000);
+    let data = chunks(64, C);
     let s = ScheduleSettings {
         batch: 4,
         per_peer: 100,
-        window: 10_000,
+        window: 10 * C as u64,
         ..ScheduleSettings::default()
     };
     let mut h = Harness::new(&data, &[PeerId::random()], s);
     let sends = h.s.sends(h.now);
     // Batches go out until the window is passed (by at most one batch).
-    assert_eq!(sends.len(), 3, "12 KB in flight for a 10 KB window");
+    assert_eq!(sends.len(), 3, "12 chunks in flight for a 10-chunk window");
     // Answered but not handed out: still counts.
     for s in &sends[1..] {
         h.answer(s);
@@ -228,7 +231,7 @@ fn the_window_bounds_what_is_fetched_ahead() {
 
 #[test]
 fn local_chunks_are_not_fetched_and_an_evicted_one_is() {
-    let data = chunks(8, 1000);
+    let data = chunks(8, C);
     let m = manifest(&data);
     let local: HashSet<ChunkId> = m.chunks[..4].iter().map(|c| c.id).collect();
     let mut s = Schedule::new(
@@ -250,7 +253,7 @@ fn local_chunks_are_not_fetched_and_an_evicted_one_is() {
 
 #[test]
 fn chunk_responses_are_checked_against_the_batch() {
-    let data = chunks(2, 1000);
+    let data = chunks(2, C);
     let m = manifest(&data);
     let ids: Vec<ChunkId> = m.chunks.iter().map(|c| c.id).collect();
     let size = |id: &ChunkId| m.chunks.iter().find(|c| c.id == *id).map(|c| c.size);
@@ -267,6 +270,6 @@ fn chunk_responses_are_checked_against_the_batch() {
     let mut bad = data[0].to_vec();
     bad[0] ^= 1;
     assert!(check_chunks(&ids, size, vec![wire(0, bad, false)]).is_err());
-    assert!(check_chunks(&ids, size, vec![wire(0, data[0][..999].to_vec(), false)]).is_err());
+    assert!(check_chunks(&ids, size, vec![wire(0, data[0][..C - 1].to_vec(), false)]).is_err());
     assert!(check_chunks(&ids, size, vec![wire(0, vec![1, 2, 3], true)]).is_err());
 }

@@ -6,12 +6,12 @@
 
 use fastcdc::v2020::FastCDC;
 
-/// Minimum chunk size.
-pub const MIN: u32 = 16 * 1024;
+/// Minimum chunk size (but for a NAR's last chunk): what manifests allow.
+pub const MIN: u32 = nixswarm_protocol::manifest::MIN_CHUNK_SIZE;
 /// Average chunk size.
 pub const AVG: u32 = 64 * 1024;
-/// Maximum chunk size.
-pub const MAX: u32 = 256 * 1024;
+/// Maximum chunk size: what manifests allow.
+pub const MAX: u32 = nixswarm_protocol::manifest::MAX_CHUNK_SIZE;
 
 /// Accumulates bytes and hands out complete chunks.
 #[derive(Debug, Default)]

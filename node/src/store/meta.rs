@@ -66,9 +66,11 @@ pub(crate) fn distinct_chunks(m: &ChunkManifest) -> Vec<(ChunkId, u32)> {
 pub(crate) fn conformance(db: &dyn MetaDb) {
     use nixswarm_protocol::{ChunkRef, Sha256Hash};
 
-    let chunk = |b: u8, size: u32| ChunkRef {
+    // Sizes in units of the smallest chunk a manifest allows.
+    const K: u32 = nixswarm_protocol::manifest::MIN_CHUNK_SIZE;
+    let chunk = |b: u8, units: u32| ChunkRef {
         id: ChunkId([b; 32]),
-        size,
+        size: units * K,
     };
     let rec = |chunks: Vec<ChunkRef>| {
         let size = chunks.iter().map(|c| u64::from(c.size)).sum();
@@ -77,8 +79,8 @@ pub(crate) fn conformance(db: &dyn MetaDb) {
             manifest: ChunkManifest::new(Sha256Hash([7; 32]), size, chunks).unwrap(),
         }
     };
-    let a = rec(vec![chunk(1, 10), chunk(2, 20), chunk(1, 10)]);
-    let b = rec(vec![chunk(2, 20), chunk(3, 30)]);
+    let a = rec(vec![chunk(1, 1), chunk(2, 2), chunk(1, 1)]);
+    let b = rec(vec![chunk(2, 2), chunk(3, 3)]);
 
     assert_eq!(db.get("a").unwrap(), None);
     assert!(!db.contains("a").unwrap());
@@ -93,11 +95,15 @@ pub(crate) fn conformance(db: &dyn MetaDb) {
         1,
         "a chunk repeated in one NAR counts once"
     );
-    assert_eq!(db.total_bytes().unwrap(), 30);
+    assert_eq!(db.total_bytes().unwrap(), 3 * u64::from(K));
 
     assert!(db.insert("b", &b, 200).unwrap());
     assert_eq!(db.chunk_refs(&ChunkId([2; 32])).unwrap(), 2);
-    assert_eq!(db.total_bytes().unwrap(), 60, "shared chunks are counted once");
+    assert_eq!(
+        db.total_bytes().unwrap(),
+        6 * u64::from(K),
+        "shared chunks are counted once"
+    );
     assert_eq!(db.path_count().unwrap(), 2);
     assert_eq!(db.lru(10).unwrap(), vec!["a".to_owned(), "b".to_owned()]);
 
@@ -110,7 +116,7 @@ pub(crate) fn conformance(db: &dyn MetaDb) {
     let mut freed = db.remove("b").unwrap();
     freed.sort();
     assert_eq!(freed, vec![ChunkId([3; 32])], "chunk 2 is still used by a");
-    assert_eq!(db.total_bytes().unwrap(), 30);
+    assert_eq!(db.total_bytes().unwrap(), 3 * u64::from(K));
     assert_eq!(db.lru(10).unwrap(), vec!["a".to_owned()]);
     assert_eq!(db.remove("b").unwrap(), Vec::<ChunkId>::new());
 
