@@ -159,7 +159,13 @@ async fn by_name(State(state): State<Arc<AppState>>, Path(file): Path<String>) -
 
 async fn narinfo(state: &AppState, h: &str) -> Result<Response> {
     let hash: StorePathHash = h.parse().map_err(|_| GatewayError::NotFound)?;
-    let (info, source) = if let Some(info) = state.store.narinfo(&hash)? {
+    // A local read failure falls through to the sources: only "nobody has
+    // it" is a 404, and Nix takes any other error for a broken substituter.
+    let local = state.store.narinfo(&hash).unwrap_or_else(|e| {
+        tracing::warn!(%hash, error = %e, "local narinfo unreadable: asking the sources");
+        None
+    });
+    let (info, source) = if let Some(info) = local {
         (info, "local")
     } else if let Some((idx, info)) = state.resolver.narinfo(&hash).await {
         (info, state.resolver.sources[idx].kind().as_str())
@@ -189,7 +195,11 @@ async fn nar(State(state): State<Arc<AppState>>, Path(file): Path<String>, heade
                 .any(|e| e.split(';').next().is_some_and(|e| e.trim() == "zstd"))
         });
 
-    if let Some(handle) = state.store.open_nar(&hash)?
+    let local = state.store.open_nar(&hash).unwrap_or_else(|e| {
+        tracing::warn!(%hash, error = %e, "local NAR unreadable: asking the sources");
+        None
+    });
+    if let Some(handle) = local
         && handle.narinfo.nar_hash == nar_hash
     {
         let size = handle.narinfo.nar_size;
@@ -217,7 +227,7 @@ async fn nar(State(state): State<Arc<AppState>>, Path(file): Path<String>, heade
         .request("nar", state.resolver.sources[first].kind().as_str());
     let size = info.nar_size;
     let (start, end, partial) = byte_range(range_header, size)?;
-    let ingest = if state.options.keep_fetched && !state.store.contains(&hash)? {
+    let ingest = if state.options.keep_fetched && !state.store.contains(&hash).unwrap_or(true) {
         // Making room may evict paths (file deletes, a database write).
         let (store, for_store) = (state.store.clone(), info.clone());
         match tokio::task::spawn_blocking(move || store.begin_ingest(for_store)).await {

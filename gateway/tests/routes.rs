@@ -411,3 +411,96 @@ async fn an_upstream_miss_is_kept_only_for_the_negative_ttl() {
         "asked again, not remembered"
     );
 }
+
+/// A metadata backend whose reads fail once `broken` is set (a damaged or
+/// full disk); everything else is the in-memory backend.
+#[derive(Debug, Default)]
+struct Flaky {
+    inner: nixswarm_node::store::MemMeta,
+    broken: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Flaky {
+    fn check(&self) -> nixswarm_node::store::Result<()> {
+        if self.broken.load(Ordering::SeqCst) {
+            return Err(nixswarm_node::store::StoreError::Io {
+                context: "reading the store database".into(),
+                source: std::io::Error::other("disk failed"),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl nixswarm_node::store::MetaDb for Flaky {
+    fn get(&self, hash: &str) -> nixswarm_node::store::Result<Option<nixswarm_node::store::PathRecord>> {
+        self.check()?;
+        self.inner.get(hash)
+    }
+    fn narinfo(&self, hash: &str) -> nixswarm_node::store::Result<Option<String>> {
+        self.check()?;
+        self.inner.narinfo(hash)
+    }
+    fn contains(&self, hash: &str) -> nixswarm_node::store::Result<bool> {
+        self.check()?;
+        self.inner.contains(hash)
+    }
+    fn insert(&self, hash: &str, r: &nixswarm_node::store::PathRecord, now: u64) -> nixswarm_node::store::Result<bool> {
+        self.inner.insert(hash, r, now)
+    }
+    fn remove(&self, hash: &str) -> nixswarm_node::store::Result<Vec<nixswarm_protocol::ChunkId>> {
+        self.inner.remove(hash)
+    }
+    fn touch(&self, hash: &str, now: u64) -> nixswarm_node::store::Result<()> {
+        self.check()?;
+        self.inner.touch(hash, now)
+    }
+    fn lru(&self, limit: usize) -> nixswarm_node::store::Result<Vec<String>> {
+        self.inner.lru(limit)
+    }
+    fn chunk_refs(&self, id: &nixswarm_protocol::ChunkId) -> nixswarm_node::store::Result<u32> {
+        self.inner.chunk_refs(id)
+    }
+    fn chunk_size(&self, id: &nixswarm_protocol::ChunkId) -> nixswarm_node::store::Result<Option<u32>> {
+        self.inner.chunk_size(id)
+    }
+    fn total_bytes(&self) -> nixswarm_node::store::Result<u64> {
+        self.inner.total_bytes()
+    }
+    fn path_count(&self) -> nixswarm_node::store::Result<u64> {
+        self.inner.path_count()
+    }
+    fn list(&self) -> nixswarm_node::store::Result<Vec<String>> {
+        self.inner.list()
+    }
+}
+
+/// A local store that cannot be read is not a reason for a 500: the
+/// sources answer instead (Nix takes a 500 on a narinfo for a broken
+/// substituter and, without `fallback`, stops the build).
+#[tokio::test]
+async fn a_local_store_that_fails_falls_through_to_the_sources() {
+    let nar = nar_bytes(7, 70_000);
+    let info = signed(7, &nar, &key());
+    let dir = tempfile::tempdir().unwrap();
+    let flaky = Flaky::default();
+    let broken = flaky.broken.clone();
+    let store = ChunkStore::open_with(dir.path(), Box::new(flaky), StoreOptions { quota: 1 << 30 }).unwrap();
+    let gateway = Gateway::new(
+        store.clone(),
+        vec![Arc::new(MemSource::default().with(info.clone(), nar.clone()))],
+        vec![],
+        vec![key().public_key()],
+        GatewayOptions::default(),
+        CancellationToken::new(),
+    );
+    // Stored first (a pull-through), then the disk fails.
+    assert_eq!(get(&gateway, &nar_uri(&info), &[]).await.0, StatusCode::OK);
+    assert!(stored(&store, &info.store_path.hash()).await);
+    broken.store(true, Ordering::SeqCst);
+    let (status, _, _) = get(&gateway, &format!("/{}.narinfo", info.store_path.hash()), &[]).await;
+    assert_eq!(status, StatusCode::OK, "the upstream's narinfo, not a 500");
+    let (status, _, body) = get(&gateway, &nar_uri(&info), &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body.unwrap(), nar, "the upstream's NAR, verified");
+}

@@ -216,7 +216,11 @@ impl ChunkStore {
         let Some(rec) = self.inner.meta.get(hash.as_str())? else {
             return Ok(None);
         };
-        self.inner.meta.touch(hash.as_str(), now())?;
+        // Best effort: a failed access-time update (a full disk) only
+        // perturbs eviction order; it must not fail the read.
+        if let Err(e) = self.inner.meta.touch(hash.as_str(), now()) {
+            tracing::warn!(%hash, error = %e, "cannot record the access time");
+        }
         let narinfo =
             NarInfo::parse(&rec.narinfo).map_err(|e| StoreError::BadNarInfo(hash.to_string(), e.to_string()))?;
         Ok(Some(NarHandle {
