@@ -16,6 +16,13 @@ use crate::source::{ByteStream, Source, SourceError, SourceKind};
 const MAX_NARINFO: usize = 64 * 1024;
 /// Read size for decompressed NAR data.
 const READ_SIZE: usize = 64 * 1024;
+/// Most memory the xz decoder may use. `URL` and `Compression` are not
+/// signed, so a hostile upstream chooses the dictionary; Nix writes xz with
+/// 8 MiB (level 6), and level 9 needs ~65 MiB.
+pub const XZ_MEMLIMIT: u64 = 128 << 20;
+/// Largest zstd window accepted (2^27 = 128 MiB, zstd's default limit;
+/// `--long=31` streams are refused).
+pub const ZSTD_WINDOW_LOG_MAX: u32 = 27;
 
 /// One upstream cache.
 #[derive(Debug, Clone)]
@@ -87,12 +94,13 @@ pub(crate) fn decoder(
     Some(match compression {
         "none" => Box::new(buf),
         "xz" => {
-            let mut d = XzDecoder::new(buf);
+            let mut d = XzDecoder::with_mem_limit(buf, XZ_MEMLIMIT);
             d.multiple_members(true);
             Box::new(d)
         }
         "zstd" => {
-            let mut d = ZstdDecoder::new(buf);
+            let params = [async_compression::zstd::DParameter::window_log_max(ZSTD_WINDOW_LOG_MAX)];
+            let mut d = ZstdDecoder::with_params(buf, &params);
             d.multiple_members(true);
             Box::new(d)
         }
@@ -151,5 +159,77 @@ impl Source for Upstream {
             };
             Ok(Some(ReaderStream::with_capacity(reader, READ_SIZE).boxed()))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use tokio::io::AsyncReadExt as _;
+
+    fn crc32(data: &[u8]) -> u32 {
+        let mut crc = !0u32;
+        for &b in data {
+            crc ^= u32::from(b);
+            for _ in 0..8 {
+                crc = if crc & 1 != 0 {
+                    (crc >> 1) ^ 0xEDB8_8320
+                } else {
+                    crc >> 1
+                };
+            }
+        }
+        !crc
+    }
+
+    async fn xz(data: &[u8]) -> Vec<u8> {
+        let mut enc = async_compression::tokio::bufread::XzEncoder::new(data);
+        let mut out = Vec::new();
+        enc.read_to_end(&mut out).await.unwrap();
+        out
+    }
+
+    async fn decode(compression: &str, data: Vec<u8>) -> std::io::Result<Vec<u8>> {
+        let mut d = decoder(compression, std::io::Cursor::new(data)).unwrap();
+        let mut out = Vec::new();
+        d.read_to_end(&mut out).await.map(|_| out)
+    }
+
+    /// An xz stream whose block header asks for a 1.5 GiB dictionary (the
+    /// data itself is tiny) is refused instead of allocated.
+    #[tokio::test]
+    async fn an_xz_stream_demanding_a_huge_dictionary_is_refused() {
+        let plain = b"a NAR, or so it says".to_vec();
+        let good = xz(&plain).await;
+        assert_eq!(decode("xz", good.clone()).await.unwrap(), plain);
+        // Stream header (12 bytes), then the block header: size, flags,
+        // LZMA2 filter id 0x21, props size 1, props (dictionary), padding, CRC32.
+        let mut bomb = good;
+        assert_eq!(
+            &bomb[12..16],
+            &[0x02, 0x00, 0x21, 0x01],
+            "the block header as liblzma writes it"
+        );
+        bomb[16] = 37; // (2 | 1) << (37 / 2 + 11) = 1.5 GiB
+        let crc = crc32(&bomb[12..20]);
+        bomb[20..24].copy_from_slice(&crc.to_le_bytes());
+        let err = decode("xz", bomb).await.unwrap_err();
+        assert!(err.to_string().to_lowercase().contains("mem"), "{err}");
+    }
+
+    /// A zstd frame whose window exceeds 2^27 is refused.
+    #[tokio::test]
+    async fn a_zstd_frame_with_a_huge_window_is_refused() {
+        use std::io::Write as _;
+        let plain = vec![7u8; 1000];
+        // Streamed, so the frame declares the window, not the content size.
+        let mut e = zstd::stream::Encoder::new(Vec::new(), 3).unwrap();
+        e.set_parameter(zstd::zstd_safe::CParameter::WindowLog(30)).unwrap();
+        e.write_all(&plain).unwrap();
+        let frame = e.finish().unwrap();
+        assert!(decode("zstd", frame).await.is_err());
+        let ok = zstd::bulk::compress(&plain, 3).unwrap();
+        assert_eq!(decode("zstd", ok).await.unwrap(), plain);
     }
 }
