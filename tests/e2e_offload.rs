@@ -19,7 +19,11 @@ use support::{ClientStore, Gateway, StaticServer, check, fixture, http_get};
 const LATENCY: &str = "30ms";
 
 fn node(dir: &std::path::Path, upstream: &str, key: &str, bootstrap: Option<&str>, latency: &str) -> Result<Gateway> {
+    // Deadlines far beyond the peers' round trip: what is tested is the
+    // decision (peers hold it, so peers send it), not how a busy machine's
+    // timing falls; the hedge has tests of its own (gateway/src/legs_tests.rs).
     let mut flags = vec!["--contribute", "cache", "--test-peer-latency", latency];
+    flags.extend(["--peer-wait-have", "20s", "--hedge-after", "60s"]);
     if let Some(b) = bootstrap {
         flags.extend(["--bootstrap", b]);
     }
