@@ -102,15 +102,47 @@ impl Resolver {
     }
 
     /// True if the trusted keys (or Nix's content-address rule) accept `info`
-    /// as the narinfo of `hash`.
-    pub fn acceptable(&self, hash: &StorePathHash, info: &NarInfo) -> Result<(), &'static str> {
+    /// as the narinfo of `hash`. `Ok(true)` when only its NAR can show it is
+    /// right (see [`NarInfo::unbound`]).
+    pub fn acceptable(&self, hash: &StorePathHash, info: &NarInfo) -> Result<bool, &'static str> {
         if info.store_path.hash() != *hash {
             return Err("wrong_path");
         }
-        if info.trust(&self.keys).is_none() {
-            return Err("untrusted");
+        let trust = info.trust(&self.keys).ok_or("untrusted")?;
+        Ok(info.unbound(&trust))
+    }
+
+    /// Fetches and checks the NAR of an unbound narinfo from the source
+    /// that sent it, before the narinfo is handed to Nix: Nix keeps a
+    /// narinfo it was given (for a month by default), so a forged one would
+    /// stay wrong there even after the NAR failed. The NAR is fetched again
+    /// to be served; this costs a second download, but only for unsigned
+    /// flat and text paths (signed ones are bound by their signature).
+    async fn check_unbound(&self, idx: usize, info: &NarInfo) -> Result<(), String> {
+        let hash = info.store_path.hash();
+        if !self.usable(idx, &hash, &info.nar_hash) {
+            return Err("its NAR failed verification lately".into());
         }
-        Ok(())
+        let mut stream = match self.sources[idx].nar(info).await {
+            Ok(Some(s)) => s,
+            Ok(None) => return Err("no NAR".into()),
+            Err(e) => return Err(e.to_string()),
+        };
+        let mut check = nixswarm_protocol::NarCheck::new(info);
+        let outcome = async {
+            while let Some(piece) = futures::StreamExt::next(&mut stream).await {
+                check
+                    .update(&piece.map_err(|e| e.to_string())?)
+                    .map_err(|e| e.to_string())?;
+            }
+            check.finish().map(drop).map_err(|e| e.to_string())
+        }
+        .await;
+        if outcome.is_err() {
+            self.mark_bad(idx, &hash, &info.nar_hash);
+            self.sources[idx].rejected(info, true);
+        }
+        outcome
     }
 
     /// The verified narinfo of `hash` from source `idx`.
@@ -125,7 +157,15 @@ impl Resolver {
         let kind = source.kind().as_str();
         let result = match source.narinfo(hash).await {
             Ok(Some(info)) => match self.acceptable(hash, &info) {
-                Ok(()) => Some(info),
+                Ok(false) => Some(info),
+                Ok(true) => match self.check_unbound(idx, &info).await {
+                    Ok(()) => Some(info),
+                    Err(why) => {
+                        tracing::warn!(source = source.name(), %hash, %why, "rejected content-addressed narinfo: its NAR does not match");
+                        self.metrics.reject(kind, "ca_mismatch");
+                        None
+                    }
+                },
                 Err(reason) => {
                     tracing::warn!(source = source.name(), %hash, reason, "rejected narinfo");
                     self.metrics.reject(kind, reason);

@@ -1,15 +1,14 @@
 //! Moving NAR bytes to the client: from the local store (each chunk verified
-//! before it is sent) or from a source (verified as a whole against NarHash
-//! and NarSize, with the last piece held back until the check passes, and
-//! stored in the chunk store only when it does).
+//! before it is sent) or from a source (verified as a whole by [`NarCheck`]:
+//! NarSize, NarHash and content address; the last piece is held back until
+//! the check passes, and the NAR is stored only when it does).
 
 use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::StreamExt as _;
 use nixswarm_node::{Ingest, NarHandle};
-use nixswarm_protocol::{NarInfo, Sha256Hash};
-use sha2::{Digest, Sha256};
+use nixswarm_protocol::{NarCheck, NarCheckError, NarInfo};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -95,12 +94,9 @@ fn spawn_ingest(mut ingest: Ingest, path: String) -> mpsc::Sender<IngestMsg> {
 pub enum Rejection {
     /// The source's stream failed (connection, decompression).
     Stream(String),
-    /// More bytes than NarSize.
-    TooLong,
-    /// Fewer bytes than NarSize.
-    TooShort(u64),
-    /// Right size, wrong NarHash.
-    WrongHash(Sha256Hash),
+    /// The NAR does not match its narinfo: size, NarHash, or (for a flat or
+    /// text path) the content address.
+    Mismatch(NarCheckError),
 }
 
 impl Rejection {
@@ -108,9 +104,7 @@ impl Rejection {
     pub fn reason(&self) -> &'static str {
         match self {
             Self::Stream(_) => "stream_error",
-            Self::TooLong => "too_long",
-            Self::TooShort(_) => "too_short",
-            Self::WrongHash(_) => "hash_mismatch",
+            Self::Mismatch(e) => e.reason(),
         }
     }
 }
@@ -119,9 +113,7 @@ impl std::fmt::Display for Rejection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Stream(e) => write!(f, "stream failed: {e}"),
-            Self::TooLong => f.write_str("more bytes than NarSize"),
-            Self::TooShort(n) => write!(f, "only {n} bytes, fewer than NarSize"),
-            Self::WrongHash(h) => write!(f, "NarHash mismatch (got {h})"),
+            Self::Mismatch(e) => write!(f, "{e}"),
         }
     }
 }
@@ -166,7 +158,7 @@ pub fn verified(
         } = v;
         let mut used: Vec<usize> = Vec::new();
         let mut ingest_tx = ingest.map(|i| spawn_ingest(i, path.clone()));
-        let mut sha = Sha256::new();
+        let mut check = NarCheck::new(&info);
         let mut size = 0u64;
         let mut held: Option<(usize, u64, Bytes)> = None;
         let mut client = Some(tx);
@@ -207,10 +199,9 @@ pub fn verified(
                     }
                     let at = size;
                     size += b.len() as u64;
-                    if size > info.nar_size {
-                        break Err(Rejection::TooLong);
+                    if let Err(e) = check.update(&b) {
+                        break Err(Rejection::Mismatch(e));
                     }
-                    sha.update(&b);
                     if let Some(itx) = &ingest_tx
                         && itx.send(IngestMsg::Data(b.clone())).await.is_err()
                     {
@@ -226,15 +217,7 @@ pub fn verified(
                     }
                 }
                 Some(Err(e)) => break Err(Rejection::Stream(e.to_string())),
-                None if size < info.nar_size => break Err(Rejection::TooShort(size)),
-                None => {
-                    let got = Sha256Hash(sha.finalize().into());
-                    break if got == info.nar_hash {
-                        Ok(())
-                    } else {
-                        Err(Rejection::WrongHash(got))
-                    };
-                }
+                None => break check.finish().map(drop).map_err(Rejection::Mismatch),
             }
         };
         match outcome {

@@ -9,12 +9,14 @@
 //! - [`content_address`]: `CA:` values and the store path they imply.
 //! - [`cache_info`] parses and prints `nix-cache-info`.
 //! - [`manifest`]: chunk manifests (BLAKE3-named content-defined chunks).
+//! - [`nar_check`]: a NAR checked against its narinfo (size, hash, content address).
 //! - [`wire`]: transfer-protocol messages and the DHT key of a path.
 
 pub mod cache_info;
 pub mod content_address;
 pub mod hash;
 pub mod manifest;
+pub mod nar_check;
 pub mod narinfo;
 pub mod nixbase32;
 pub mod signature;
@@ -25,6 +27,7 @@ pub use cache_info::CacheInfo;
 pub use content_address::ContentAddress;
 pub use hash::Sha256Hash;
 pub use manifest::{ChunkId, ChunkManifest, ChunkRef, ManifestError};
+pub use nar_check::{NarCheck, NarCheckError};
 pub use narinfo::{NarInfo, NarInfoError, NarInfoErrorKind, Trust};
 pub use signature::{PublicKey, SecretKey, Signature, fingerprint};
 pub use store_path::{StorePath, StorePathHash};

@@ -205,6 +205,19 @@ impl NarInfo {
             .then_some(Trust::ContentAddressed)
     }
 
+    /// True when `trust` leaves the NarHash unchecked: an unsigned flat or
+    /// text path, whose NarHash and NarSize are whatever the sender wrote
+    /// (a recursive address is the NarHash itself). Only a NAR that passes
+    /// [`crate::NarCheck`] shows such a narinfo to be right, so it must not
+    /// be handed on before one has.
+    pub fn unbound(&self, trust: &Trust) -> bool {
+        *trust == Trust::ContentAddressed
+            && matches!(
+                self.ca.as_deref().and_then(|c| c.parse().ok()),
+                Some(ContentAddress::Flat(_) | ContentAddress::Text(_))
+            )
+    }
+
     /// Prints the narinfo exactly as Nix 2.8 does.
     pub fn to_text(&self) -> String {
         self.to_string()

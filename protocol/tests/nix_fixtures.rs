@@ -5,7 +5,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-use nixswarm_protocol::{NarInfo, NarInfoErrorKind, PublicKey, SecretKey, Trust};
+use nixswarm_protocol::{NarCheck, NarCheckError, NarInfo, NarInfoErrorKind, PublicKey, SecretKey, Sha256Hash, Trust};
 use proptest::prelude::*;
 
 const PUB: &str = include_str!("fixtures/pub");
@@ -15,6 +15,10 @@ const WITH_REF: &str = include_str!("fixtures/signed-with-ref.narinfo");
 const CA_FLAT: &str = include_str!("fixtures/ca-flat.narinfo");
 const CA_REC: &str = include_str!("fixtures/ca-recursive.narinfo");
 const CA_TEXT: &str = include_str!("fixtures/ca-text.narinfo");
+/// The NARs of the flat (`nix-store --add-fixed sha256`) and text
+/// (`builtins.toFile`) paths, as `nix copy` wrote them.
+const CA_FLAT_NAR: &[u8] = include_bytes!("fixtures/ca-flat.nar");
+const CA_TEXT_NAR: &[u8] = include_bytes!("fixtures/ca-text.nar");
 
 fn key() -> PublicKey {
     PUB.parse().unwrap()
@@ -97,6 +101,55 @@ fn content_addressed_paths_are_trusted_only_when_the_path_matches() {
     // Adding a reference to a text path changes its address.
     let with_ref = CA_TEXT.replace("References: ", "References: 1g10pyjvgvxciw9qmziz7w578899g11y-a-small");
     assert_eq!(NarInfo::parse(&with_ref).unwrap().trust(&[key()]), None);
+}
+
+fn check(info: &NarInfo, nar: &[u8]) -> Result<Sha256Hash, NarCheckError> {
+    let mut c = NarCheck::new(info);
+    for piece in nar.chunks(13) {
+        c.update(piece)?;
+    }
+    c.finish()
+}
+
+#[test]
+fn the_fixtures_are_of_the_kind_they_are_named_for() {
+    assert!(CA_FLAT.contains("CA: fixed:sha256:"), "{CA_FLAT}");
+    assert!(CA_REC.contains("CA: fixed:r:sha256:"), "{CA_REC}");
+    assert!(CA_TEXT.contains("CA: text:sha256:"), "{CA_TEXT}");
+}
+
+#[test]
+fn only_unsigned_flat_and_text_narinfos_are_unbound() {
+    for (text, unbound) in [(CA_FLAT, true), (CA_TEXT, true), (CA_REC, false), (LEAF, false)] {
+        let info = NarInfo::parse(text).unwrap();
+        let trust = info.trust(&[key()]).unwrap();
+        assert_eq!(info.unbound(&trust), unbound, "{text}");
+        assert!(!info.unbound(&Trust::Signed("test-1".into())));
+    }
+}
+
+#[test]
+fn a_flat_or_text_path_with_substituted_content_is_refused() {
+    for (text, nar, contents) in [
+        (CA_FLAT, CA_FLAT_NAR, &b"a flat file\n"[..]),
+        (CA_TEXT, CA_TEXT_NAR, &b"Hello, text\n"[..]),
+    ] {
+        let info = NarInfo::parse(text).unwrap();
+        assert_eq!(check(&info, nar), Ok(info.nar_hash));
+        // What a hostile sender does: same StorePath and CA (so the
+        // narinfo is trusted unsigned), its own contents, and a NarHash
+        // and NarSize that describe them.
+        let forged = String::from_utf8(nar.to_vec())
+            .unwrap()
+            .replace(std::str::from_utf8(contents).unwrap(), "Evil content");
+        let mut lie = info.clone();
+        lie.nar_hash = Sha256Hash::digest(forged.as_bytes());
+        lie.nar_size = forged.len() as u64;
+        assert_eq!(lie.trust(&[]), Some(Trust::ContentAddressed));
+        assert!(lie.unbound(&Trust::ContentAddressed));
+        let err = check(&lie, forged.as_bytes()).unwrap_err();
+        assert!(matches!(err, NarCheckError::WrongContent { .. }), "{err}");
+    }
 }
 
 #[test]

@@ -361,6 +361,40 @@ impl ClientStore {
         Ok(run_ok(&mut c, "nix-store --add")?.trim().to_owned())
     }
 
+    /// `nix-store --add-fixed sha256 FILE`: a flat content-addressed path
+    /// (`CA: fixed:sha256:...`), unsigned.
+    pub fn add_flat(&self, file: &Path) -> Result<String> {
+        let mut c = self.nix("nix-store");
+        c.args(["--store", &self.store(), "--add-fixed", "sha256"]).arg(file);
+        Ok(run_ok(&mut c, "nix-store --add-fixed")?.trim().to_owned())
+    }
+
+    /// `builtins.toFile NAME TEXT`: a text content-addressed path
+    /// (`CA: text:sha256:...`), unsigned.
+    pub fn to_file(&self, name: &str, text: &str) -> Result<String> {
+        let mut c = self.nix("nix-instantiate");
+        c.args(["--store", &self.store(), "--eval", "--read-write-mode", "--json", "-E"])
+            .arg(format!("builtins.toFile {name:?} {text:?}"));
+        Ok(serde_json::from_str(&run_ok(&mut c, "nix-instantiate --eval")?)?)
+    }
+
+    /// `nix copy --to file://DIR?compression=none PATHS`: an unsigned binary
+    /// cache of these paths.
+    pub fn copy_to_cache(&self, dir: &Path, paths: &[String]) -> Result<()> {
+        let mut c = self.nix("nix");
+        c.args([
+            "--extra-experimental-features",
+            "nix-command",
+            "copy",
+            "--store",
+            &self.store(),
+        ])
+        .arg("--to")
+        .arg(format!("file://{}?compression=none", dir.display()))
+        .args(paths);
+        run_ok(&mut c, "nix copy --to").map(drop)
+    }
+
     /// Builds `expr` (a derivation using /bin/sh) in this store: unsigned.
     pub fn build(&self, expr: &str) -> Result<String> {
         let mut c = self.nix("nix-build");
@@ -456,13 +490,14 @@ pub fn assert_down(url: &str) {
 }
 
 /// Opens a stopped gateway's store and checks that every path in it is
-/// trusted and reads back with the right NarHash. Returns the stored hashes.
+/// trusted and reads back as its narinfo says (NarSize, NarHash and, for a
+/// content-addressed path, its contents). Returns the stored hashes.
 pub fn audit_gateway_store(
     data_dir: &Path,
     key: &nixswarm_protocol::PublicKey,
 ) -> Result<std::collections::HashSet<String>> {
     use nixswarm_node::{ChunkStore, StoreOptions};
-    use nixswarm_protocol::Sha256Hash;
+    use nixswarm_protocol::NarCheck;
     let store = ChunkStore::open(&data_dir.join("store"), StoreOptions { quota: u64::MAX })?;
     let mut seen = std::collections::HashSet::new();
     for hash in store.list()? {
@@ -471,15 +506,11 @@ pub fn audit_gateway_store(
             handle.narinfo.trust(std::slice::from_ref(key)).is_some(),
             "stored narinfo for {hash} is untrusted"
         );
-        let mut sha = <sha2::Sha256 as sha2::Digest>::new();
+        let mut check = NarCheck::new(&handle.narinfo);
         for piece in handle.reader(0, u64::MAX) {
-            sha2::Digest::update(&mut sha, &piece?);
+            check.update(&piece?).with_context(|| format!("stored NAR of {hash}"))?;
         }
-        let got = Sha256Hash(sha2::Digest::finalize(sha).into());
-        ensure!(
-            got == handle.narinfo.nar_hash,
-            "stored NAR of {hash} does not match its NarHash"
-        );
+        check.finish().with_context(|| format!("stored NAR of {hash}"))?;
         seen.insert(hash.to_string());
     }
     Ok(seen)

@@ -1,8 +1,8 @@
 //! Writing one NAR into the store: chunk, hash, write chunk files, and on
-//! [`Ingest::finish`] verify NarHash and NarSize, sync, and commit.
+//! [`Ingest::finish`] verify it against its narinfo ([`NarCheck`]: NarSize,
+//! NarHash, content address), sync, and commit.
 
-use nixswarm_protocol::{ChunkId, ChunkManifest, ChunkRef, NarInfo, Sha256Hash};
-use sha2::{Digest, Sha256};
+use nixswarm_protocol::{ChunkId, ChunkManifest, ChunkRef, NarCheck, NarInfo};
 
 use super::chunker::Chunker;
 use super::meta::PathRecord;
@@ -14,8 +14,7 @@ pub struct Ingest {
     store: ChunkStore,
     narinfo: NarInfo,
     chunker: Chunker,
-    sha: Sha256,
-    size: u64,
+    check: NarCheck,
     chunks: Vec<ChunkRef>,
     /// Chunks this ingest holds pending (never deleted while it runs).
     pending: Vec<ChunkId>,
@@ -25,12 +24,12 @@ pub struct Ingest {
 impl Ingest {
     pub(super) fn new(store: ChunkStore, narinfo: NarInfo) -> Self {
         let reserved = narinfo.nar_size;
+        let check = NarCheck::new(&narinfo);
         Self {
             store,
             narinfo,
             chunker: Chunker::default(),
-            sha: Sha256::new(),
-            size: 0,
+            check,
             chunks: Vec::new(),
             pending: Vec::new(),
             reserved,
@@ -39,14 +38,12 @@ impl Ingest {
 
     /// Adds the next bytes of the NAR.
     pub fn write(&mut self, data: &[u8]) -> Result<()> {
-        self.size += data.len() as u64;
-        if self.size > self.narinfo.nar_size {
-            return Err(StoreError::TooLong {
+        if let Err(source) = self.check.update(data) {
+            return Err(StoreError::Mismatch {
                 path: self.narinfo.store_path.to_string(),
-                expected: self.narinfo.nar_size,
+                source,
             });
         }
-        self.sha.update(data);
         let Self {
             chunker,
             store,
@@ -68,22 +65,10 @@ impl Ingest {
             ..
         } = &mut self;
         chunker.finish(|c| store_chunk(store, chunks, pending, c))?;
-        if self.size != self.narinfo.nar_size {
-            return Err(StoreError::WrongSize {
-                path,
-                actual: self.size,
-                expected: self.narinfo.nar_size,
-            });
-        }
-        let actual = Sha256Hash(std::mem::take(&mut self.sha).finalize().into());
-        if actual != self.narinfo.nar_hash {
-            return Err(StoreError::WrongHash {
-                path,
-                actual: actual.to_string(),
-                expected: self.narinfo.nar_hash.to_string(),
-            });
-        }
-        let manifest = ChunkManifest::new(actual, self.size, std::mem::take(&mut self.chunks))
+        let size = self.check.size();
+        let check = std::mem::replace(&mut self.check, NarCheck::new(&self.narinfo));
+        let actual = check.finish().map_err(|source| StoreError::Mismatch { path, source })?;
+        let manifest = ChunkManifest::new(actual, size, std::mem::take(&mut self.chunks))
             .map_err(|e| StoreError::Database(e.to_string()))?;
         self.store.inner.chunks.sync()?;
         let record = PathRecord {

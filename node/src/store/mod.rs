@@ -54,15 +54,12 @@ pub enum StoreError {
     ChunkMissing(ChunkId),
     #[error("chunk {0} is corrupt on disk (BLAKE3 or size mismatch)")]
     ChunkCorrupt(ChunkId),
-    #[error("NAR of {path} is larger than its NarSize {expected}")]
-    TooLong { path: String, expected: u64 },
-    #[error("NAR of {path} has {actual} bytes, NarSize says {expected}")]
-    WrongSize { path: String, actual: u64, expected: u64 },
-    #[error("NAR of {path} has hash {actual}, NarHash says {expected}")]
-    WrongHash {
+    /// The NAR does not match its narinfo (size, NarHash or content address).
+    #[error("NAR of {path} does not match its narinfo")]
+    Mismatch {
         path: String,
-        actual: String,
-        expected: String,
+        #[source]
+        source: nixswarm_protocol::NarCheckError,
     },
     #[error("no room for {needed} bytes within the {quota}-byte quota (everything else is in use)")]
     QuotaFull { needed: u64, quota: u64 },

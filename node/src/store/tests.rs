@@ -1,5 +1,5 @@
 use super::*;
-use nixswarm_protocol::{Sha256Hash, StorePath};
+use nixswarm_protocol::{NarCheckError, Sha256Hash, StorePath};
 
 /// Deterministic pseudo-random bytes (xorshift).
 pub(crate) fn data(len: usize, seed: u64) -> Vec<u8> {
@@ -119,15 +119,33 @@ fn a_wrong_nar_is_never_visible_and_leaves_no_chunks() {
     info.nar_hash = Sha256Hash::digest(b"something else");
     let mut ingest = store.begin_ingest(info).unwrap();
     ingest.write(&bytes).unwrap();
-    assert!(matches!(ingest.finish(), Err(StoreError::WrongHash { .. })));
+    assert!(matches!(
+        ingest.finish(),
+        Err(StoreError::Mismatch {
+            source: NarCheckError::WrongHash { .. },
+            ..
+        })
+    ));
 
     let mut short = store.begin_ingest(info_for(&bytes, 2)).unwrap();
     short.write(&bytes[..999_999]).unwrap();
-    assert!(matches!(short.finish(), Err(StoreError::WrongSize { .. })));
+    assert!(matches!(
+        short.finish(),
+        Err(StoreError::Mismatch {
+            source: NarCheckError::WrongSize { .. },
+            ..
+        })
+    ));
 
     let mut long = store.begin_ingest(info_for(&bytes, 3)).unwrap();
     long.write(&bytes).unwrap();
-    assert!(matches!(long.write(b"x"), Err(StoreError::TooLong { .. })));
+    assert!(matches!(
+        long.write(b"x"),
+        Err(StoreError::Mismatch {
+            source: NarCheckError::TooLong { .. },
+            ..
+        })
+    ));
     drop(long);
 
     for n in 1..=3 {
@@ -324,4 +342,41 @@ fn pinned_data_alone_cannot_push_the_store_past_its_amount() {
     ));
     assert!(chunk_bytes_on_disk(dir.path()) <= 1_000_000);
     assert!(store.contains(&hash(1)).unwrap());
+}
+
+#[test]
+fn a_flat_content_addressed_nar_with_other_contents_is_not_stored() {
+    // A real `nix-store --add-fixed sha256` path: trusted without a
+    // signature, so only its contents tie it to its address.
+    let text = include_str!("../../../protocol/tests/fixtures/ca-flat.narinfo");
+    let nar = include_bytes!("../../../protocol/tests/fixtures/ca-flat.nar");
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), 1 << 30);
+    let info = NarInfo::parse(text).unwrap();
+    let hash = info.store_path.hash();
+
+    let forged = String::from_utf8(nar.to_vec())
+        .unwrap()
+        .replace("a flat file\n", "Evil content");
+    let mut lie = info.clone();
+    lie.nar_hash = Sha256Hash::digest(forged.as_bytes());
+    let mut ingest = store.begin_ingest(lie).unwrap();
+    ingest.write(forged.as_bytes()).unwrap();
+    let err = ingest.finish().unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::Mismatch {
+                source: NarCheckError::WrongContent { .. },
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(!store.contains(&hash).unwrap());
+
+    let mut ingest = store.begin_ingest(info).unwrap();
+    ingest.write(nar).unwrap();
+    ingest.finish().unwrap();
+    assert!(store.contains(&hash).unwrap());
 }
