@@ -77,7 +77,7 @@ fn installed(root: &Path, index: &Path, key: PublicKey) -> Result<InstalledStore
         index,
         InstalledOptions {
             root: root.to_owned(),
-            trusted_keys: vec![key],
+            share_keys: vec![key],
             exclude: vec![],
             index_rate: None,
             poll: Duration::from_secs(1),

@@ -161,7 +161,7 @@ fn copy_dir(from: &Path, to: &Path) -> Result<()> {
 /// DHT lookup latency in an in-process swarm of `n` nodes.
 fn dht_lookups(n: usize, keys_per_node: usize) -> Result<[f64; 4]> {
     use nixswarm_node::p2p::load_or_create_key;
-    use nixswarm_node::{ChunkStore, Node, NodeConfig, StoreOptions};
+    use nixswarm_node::{ChunkStore, Node, NodeConfig, SharePolicy, Shelves, StoreOptions};
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async {
         let tmp = tempfile::tempdir()?;
@@ -176,10 +176,11 @@ fn dht_lookups(n: usize, keys_per_node: usize) -> Result<[f64; 4]> {
                 bootstrap: boot.clone().into_iter().collect(),
                 ..NodeConfig::default()
             };
+            let policy = SharePolicy::new(vec![SecretKey::from_seed("k", &[1; 32]).public_key()], false);
             let node = Node::start(
                 &dir,
                 load_or_create_key(&dir.join("node.key"))?,
-                store.clone(),
+                Shelves::store(store.clone(), policy),
                 config,
                 cancel.clone(),
             )

@@ -30,6 +30,7 @@ let
       amount
       location
       shareInstalledPaths
+      shareKeys
       uploadLimit
       listenPort
       bootstrapPeers
@@ -84,8 +85,21 @@ in
         description = ''
           Also share the paths installed in this machine's /nix/store, read
           straight from their files (no second copy). Only paths signed by
-          a trusted key (cache.nixos.org by default) are ever shared: never
-          what this machine built or added itself.
+          a share key (`shareKeys`) are ever shared: never what this machine
+          built or added itself.
+        '';
+      };
+
+      shareKeys = mkOption {
+        type = types.listOf types.str;
+        default = defaults.shareKeys;
+        example = [ "cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=" ];
+        description = ''
+          Keys (`name:base64`) whose signature lets a path leave this
+          machine. Trusting a key (`settings.upstream.trusted-keys`, to use
+          a private cache) is not sharing what it signed: a path signed only
+          by a key not listed here is never announced or served, and the
+          narinfos sent to peers carry only these keys' signatures.
         '';
       };
 

@@ -5,6 +5,7 @@
   amount = "10G";
   location = "/var/lib/nixswarm";
   shareInstalledPaths = true;
+  shareKeys = [ "cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=" ];
   uploadLimit = null;
   listenPort = 37516;
   openFirewall = false;

@@ -6,6 +6,7 @@
   amount,
   location,
   shareInstalledPaths,
+  shareKeys,
   uploadLimit,
   listenPort,
   bootstrapPeers,
@@ -28,6 +29,9 @@ in
   donor = {
     contribute = if contribute then "cache" else "none";
     share-installed = shareInstalledPaths;
+    # Only paths signed by these keys leave the machine, whatever else it
+    # trusts; unsigned content-addressed paths never do.
+    share-keys = shareKeys;
     nix-store-root = "/";
   };
   p2p =

@@ -15,6 +15,8 @@ let
       urls = [ ];
       trusted-keys = [ testPub ];
     };
+    # The test key stands for cache.nixos.org's: what it signed is shared.
+    nixpkgsCache.contribution.shareKeys = [ testPub ];
     nix.settings.trusted-public-keys = [ testPub ];
     nix.settings.substituters = pkgs.lib.mkForce [ "http://127.0.0.1:37515" ];
     virtualisation.memorySize = 1024;

@@ -11,17 +11,9 @@ mod support;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail, ensure};
-use nixswarm_node::p2p::load_or_create_key;
-use nixswarm_node::{Node, NodeConfig, NodeHandle, Shelves};
-use nixswarm_protocol::StorePathHash;
 use nixswarm_protocol::wire::{Request, Response};
+use support::probe::{hash_of, path_info, probe};
 use support::{ClientStore, Gateway, check, down_upstream, fixture};
-
-fn hash_of(path: &str) -> StorePathHash {
-    path.trim_start_matches("/nix/store/")[..32]
-        .parse()
-        .expect("a store path")
-}
 
 /// A chroot store into which Nix substituted the whole signed test cache.
 fn signed_donor_store(dir: &std::path::Path, fx: &support::Fixture) -> Result<ClientStore> {
@@ -56,35 +48,6 @@ fn start_donor(dir: &std::path::Path, key: &str, donor: &ClientStore, poll: &str
             rate,
         ],
     )
-}
-
-/// An in-process node that shares nothing, connected to `addr`: it asks
-/// peers directly, as any program speaking the protocol could.
-async fn probe(dir: &std::path::Path, addr: &str) -> Result<(NodeHandle, libp2p::PeerId)> {
-    let key = load_or_create_key(&dir.join("probe.key"))?;
-    let config = NodeConfig {
-        server: false,
-        ..NodeConfig::default()
-    };
-    let node = Node::start(
-        dir,
-        key,
-        Shelves::default(),
-        config,
-        tokio_util::sync::CancellationToken::new(),
-    )
-    .await?;
-    let addr: libp2p::Multiaddr = addr.parse()?;
-    let peer = match addr.iter().last() {
-        Some(libp2p::multiaddr::Protocol::P2p(p)) => p,
-        _ => bail!("no peer id in {addr}"),
-    };
-    node.handle.dial(addr).await?;
-    Ok((node.handle, peer))
-}
-
-async fn path_info(h: &NodeHandle, peer: libp2p::PeerId, path: &str) -> Result<Response> {
-    Ok(h.request(peer, Request::PathInfo { hash: hash_of(path) }).await?)
 }
 
 #[test]

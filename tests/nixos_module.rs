@@ -62,6 +62,7 @@ fn generated_settings(example: &str) -> Result<serde_json::Value> {
           amount = c.amount or d.amount;
           location = c.location or d.location;
           shareInstalledPaths = c.shareInstalledPaths or d.shareInstalledPaths;
+          shareKeys = c.shareKeys or d.shareKeys;
           uploadLimit = c.uploadLimit or d.uploadLimit;
           listenPort = c.listenPort or d.listenPort;
           bootstrapPeers = c.bootstrapPeers or d.bootstrapPeers;
@@ -113,6 +114,10 @@ fn the_module_defaults_pass_check_config() -> Result<()> {
     assert!(
         contributing.contains("data-dir = \"/var/lib/nixswarm\""),
         "{contributing}"
+    );
+    assert!(
+        contributing.contains("share-keys = [\"cache.nixos.org-1:"),
+        "only cache.nixos.org's paths are shared by default: {contributing}"
     );
     let download_only = check_config(&generated_settings("{ nixpkgsCache.gateway.enable = true; }")?)?;
     assert!(download_only.contains("mode = \"client\""), "{download_only}");

@@ -13,6 +13,7 @@ use nixswarm_protocol::{ChunkId, ChunkManifest, StorePathHash};
 use tokio::sync::broadcast;
 
 use crate::installed::InstalledStore;
+use crate::share::SharePolicy;
 use crate::store::{ChunkStore, StoreEvent};
 
 /// A failure reading a shelf (logged by the server; peers see "not found").
@@ -74,14 +75,28 @@ impl Shelf for InstalledStore {
     }
 }
 
-/// Several shelves, asked in order. Empty: the node shares nothing.
-#[derive(Debug, Clone, Default)]
-pub struct Shelves(Arc<Vec<Arc<dyn Shelf>>>);
+/// Several shelves, asked in order, seen through the [`SharePolicy`]: a
+/// path its policy does not share is neither listed, nor contained, nor
+/// answered, and the narinfos carry only the share keys' signatures.
+/// Default: the node shares nothing.
+#[derive(Debug, Clone)]
+pub struct Shelves(Arc<Vec<Arc<dyn Shelf>>>, Arc<SharePolicy>);
+
+impl Default for Shelves {
+    fn default() -> Self {
+        Self::new(Vec::new(), SharePolicy::nothing())
+    }
+}
 
 impl Shelves {
-    /// Shelves asked in the given order.
-    pub fn new(shelves: Vec<Arc<dyn Shelf>>) -> Self {
-        Self(Arc::new(shelves))
+    /// Shelves asked in the given order, shared as `policy` says.
+    pub fn new(shelves: Vec<Arc<dyn Shelf>>, policy: SharePolicy) -> Self {
+        Self(Arc::new(shelves), Arc::new(policy))
+    }
+
+    /// One chunk store, shared as `policy` says.
+    pub fn store(store: ChunkStore, policy: SharePolicy) -> Self {
+        Self::new(vec![Arc::new(store)], policy)
     }
 
     /// The first shelf's answer that has one; an error only if none answered
@@ -98,9 +113,13 @@ impl Shelves {
         last.map_or(Ok(None), Err)
     }
 
-    /// [`Shelf::path_info`] from the first shelf that has the path.
+    /// [`Shelf::path_info`] from the first shelf that has the path, if it
+    /// may be shared, with only the share keys' signatures.
     pub fn path_info(&self, hash: &StorePathHash) -> Result<Option<(String, ChunkManifest)>, ShelfError> {
-        self.first(|s| s.path_info(hash))
+        self.first(|s| {
+            Ok(s.path_info(hash)?
+                .and_then(|(text, m)| self.1.outgoing(&text).map(|t| (t, m))))
+        })
     }
 
     /// [`Shelf::read_chunk`] from the first shelf that has the chunk.
@@ -108,23 +127,24 @@ impl Shelves {
         self.first(|s| s.read_chunk(id))
     }
 
-    /// True if any shelf shares the path.
+    /// True if any shelf holds the path and it may be shared.
     pub fn contains(&self, hash: &StorePathHash) -> Result<bool, ShelfError> {
         for s in self.0.iter() {
-            if s.contains(hash)? {
+            if s.contains(hash)? && self.path_info(hash)?.is_some() {
                 return Ok(true);
             }
         }
         Ok(false)
     }
 
-    /// Every shared path, once.
+    /// Every shared path, once (each checked against the policy; the
+    /// decisions are remembered, so a re-announce costs a read per path).
     pub fn list(&self) -> Result<Vec<StorePathHash>, ShelfError> {
         let mut all = Vec::new();
         let mut seen = std::collections::HashSet::new();
         for s in self.0.iter() {
             for h in s.list()? {
-                if seen.insert(h) {
+                if seen.insert(h) && self.path_info(&h)?.is_some() {
                     all.push(h);
                 }
             }
@@ -146,12 +166,6 @@ impl Shelves {
             .boxed()
         });
         futures::stream::select_all(streams).boxed()
-    }
-}
-
-impl From<ChunkStore> for Shelves {
-    fn from(s: ChunkStore) -> Self {
-        Self::new(vec![Arc::new(s)])
     }
 }
 

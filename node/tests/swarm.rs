@@ -9,7 +9,7 @@ use std::time::Duration;
 use futures::StreamExt as _;
 use libp2p::Multiaddr;
 use nixswarm_node::p2p::{FetchSettings, Fetcher, PeerPath, load_or_create_key};
-use nixswarm_node::{ChunkStore, Node, NodeConfig, StoreOptions};
+use nixswarm_node::{ChunkStore, Node, NodeConfig, SharePolicy, Shelves, StoreOptions};
 use nixswarm_protocol::wire::{Request, Response};
 use nixswarm_protocol::{NarInfo, SecretKey, Sha256Hash, StorePath, StorePathHash};
 use sha2::Digest as _;
@@ -70,7 +70,8 @@ impl TestNode {
         tweak(&mut config);
         let cancel = CancellationToken::new();
         let keypair = load_or_create_key(&dir.path().join("node.key")).unwrap();
-        let node = Node::start(dir.path(), keypair, store.clone(), config, cancel.clone())
+        let shelves = Shelves::store(store.clone(), SharePolicy::new(vec![key().public_key()], false));
+        let node = Node::start(dir.path(), keypair, shelves, config, cancel.clone())
             .await
             .unwrap();
         let settings = FetchSettings {

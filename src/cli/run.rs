@@ -9,7 +9,7 @@ use clap::Args;
 use nixswarm_gateway::{Gateway, GatewayOptions, PeerSource, PeerWait, Source, Upstream, http_client};
 use nixswarm_node::installed::{InstalledOptions, InstalledStore, NixDb};
 use nixswarm_node::p2p::{FetchSettings, Fetcher, load_or_create_key};
-use nixswarm_node::{ChunkStore, Node, NodeConfig, Shelf, Shelves, StoreOptions};
+use nixswarm_node::{ChunkStore, Node, NodeConfig, SharePolicy, Shelf, Shelves, StoreOptions};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigArgs, Contribute, Effective, P2pMode};
@@ -87,7 +87,7 @@ fn open_installed(eff: &Effective, cancel: &CancellationToken) -> Result<Option<
     }
     let opts = InstalledOptions {
         root: donor.nix_store_root.clone(),
-        trusted_keys: eff.trusted_keys.clone(),
+        share_keys: donor.share_keys()?,
         exclude: donor.patterns()?,
         index_rate: donor.index_rate.map(|r| r.0),
         poll: donor.poll_interval,
@@ -164,7 +164,8 @@ async fn serve(eff: Effective, hooks: TestHooks) -> Result<()> {
         shelves.push(Arc::new(store.clone()));
     }
     let node = if eff.config.p2p.enable {
-        Some(start_node(&eff, Shelves::new(shelves), &hooks, &cancel).await?)
+        let policy = SharePolicy::new(eff.config.donor.share_keys()?, eff.config.donor.share_content_addressed);
+        Some(start_node(&eff, Shelves::new(shelves, policy), &hooks, &cancel).await?)
     } else {
         None
     };

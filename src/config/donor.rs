@@ -3,9 +3,10 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Result, bail};
+use anyhow::{Context as _, Result, bail};
 use clap::Args;
 use nixswarm_node::installed::NamePattern;
+use nixswarm_protocol::{CACHE_NIXOS_ORG_KEY, PublicKey};
 use serde::{Deserialize, Serialize};
 
 use crate::size::Size;
@@ -42,6 +43,12 @@ pub struct DonorSection {
     /// How often the Nix database is checked for new and collected paths.
     #[serde(with = "humantime_serde")]
     pub poll_interval: Duration,
+    /// Keys whose signature lets a path leave the machine (`name:base64`).
+    /// Trusting a key (`upstream.trusted-keys`) is not sharing what it signed.
+    pub share_keys: Vec<String>,
+    /// Also share unsigned content-addressed paths fetched through the
+    /// gateway (what `nix-store --add` makes). Installed paths never are.
+    pub share_content_addressed: bool,
 }
 
 impl Default for DonorSection {
@@ -53,6 +60,8 @@ impl Default for DonorSection {
             exclude: vec![],
             index_rate: Some(Size(50 << 20)),
             poll_interval: Duration::from_secs(10),
+            share_keys: vec![CACHE_NIXOS_ORG_KEY.to_owned()],
+            share_content_addressed: false,
         }
     }
 }
@@ -84,6 +93,18 @@ pub struct DonorArgs {
     /// How often to check the Nix database for changes, e.g. 10s.
     #[arg(long, env = "NIXSWARM_POLL_INTERVAL", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub poll_interval: Option<Duration>,
+    /// Key NAME:BASE64 whose signed paths may be shared; repeat for several.
+    /// Replaces the default (cache.nixos.org-1).
+    #[arg(
+        long = "share-key",
+        env = "NIXSWARM_SHARE_KEY",
+        value_delimiter = ',',
+        value_name = "NAME:KEY"
+    )]
+    pub share_keys: Vec<String>,
+    /// Share unsigned content-addressed paths too (true or false).
+    #[arg(long, env = "NIXSWARM_SHARE_CONTENT_ADDRESSED", value_name = "BOOL")]
+    pub share_content_addressed: Option<bool>,
 }
 
 impl DonorSection {
@@ -106,10 +127,17 @@ impl DonorSection {
         if let Some(p) = a.poll_interval {
             self.poll_interval = p;
         }
+        if !a.share_keys.is_empty() {
+            self.share_keys = a.share_keys.clone();
+        }
+        if let Some(c) = a.share_content_addressed {
+            self.share_content_addressed = c;
+        }
     }
 
     pub(super) fn check(&self) -> Result<()> {
         self.patterns()?;
+        self.share_keys()?;
         if self.poll_interval.is_zero() {
             bail!("donor.poll-interval must be above 0");
         }
@@ -121,6 +149,14 @@ impl DonorSection {
         self.exclude
             .iter()
             .map(|p| p.parse().map_err(anyhow::Error::from))
+            .collect()
+    }
+
+    /// The share keys, parsed.
+    pub fn share_keys(&self) -> Result<Vec<PublicKey>> {
+        self.share_keys
+            .iter()
+            .map(|k| k.parse::<PublicKey>().with_context(|| format!("share key {k:?}")))
             .collect()
     }
 

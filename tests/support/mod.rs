@@ -3,6 +3,8 @@
 //! real Nix client (Debian's nix-bin) substituting through the gateway.
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod probe;
+
 use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -160,20 +162,29 @@ impl Gateway {
     /// Same, with extra flags for `nixswarm run`.
     pub fn start_with(data_dir: &Path, upstreams: &[&str], key: &str, extra: &[&str]) -> Result<Self> {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_nixswarm"));
-        cmd.args(["run", "--gateway-listen", "127.0.0.1:0", "--trusted-key", key])
-            .args(["--no-mdns", "--p2p-listen", "/ip4/127.0.0.1/tcp/0"])
-            .arg("--data-dir")
-            .arg(data_dir)
-            .args(extra)
-            // Never index this machine's own /nix/store (flags override).
-            .env("NIXSWARM_SHARE_INSTALLED", "false")
-            .env(
-                "RUST_LOG",
-                std::env::var("NIXSWARM_CHILD_LOG")
-                    .unwrap_or_else(|_| "info,nixswarm_gateway=debug,nixswarm_node=debug".into()),
-            )
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(data_dir.with_extension("log")).context("gateway log")?);
+        // The test key stands for cache.nixos.org's: trusted and shared.
+        cmd.args([
+            "run",
+            "--gateway-listen",
+            "127.0.0.1:0",
+            "--trusted-key",
+            key,
+            "--share-key",
+            key,
+        ])
+        .args(["--no-mdns", "--p2p-listen", "/ip4/127.0.0.1/tcp/0"])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(extra)
+        // Never index this machine's own /nix/store (flags override).
+        .env("NIXSWARM_SHARE_INSTALLED", "false")
+        .env(
+            "RUST_LOG",
+            std::env::var("NIXSWARM_CHILD_LOG")
+                .unwrap_or_else(|_| "info,nixswarm_gateway=debug,nixswarm_node=debug".into()),
+        )
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(data_dir.with_extension("log")).context("gateway log")?);
         if upstreams.is_empty() {
             cmd.arg("--no-upstream");
         }
@@ -275,6 +286,15 @@ pub fn run_ok(c: &mut Command, what: &str) -> Result<String> {
 }
 
 /// GETs `url` with curl and returns the body.
+/// The HTTP status of a GET of `url`.
+pub fn http_status(url: &str) -> Result<u16> {
+    let out = run_ok(
+        Command::new("curl").args(["-s", "-o", "/dev/null", "-w", "%{http_code}", url]),
+        &format!("curl {url}"),
+    )?;
+    Ok(out.trim().parse()?)
+}
+
 pub fn http_get(url: &str) -> Result<String> {
     run_ok(Command::new("curl").args(["-sf", url]), &format!("curl {url}"))
 }

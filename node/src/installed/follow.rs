@@ -143,7 +143,7 @@ impl Follower {
                 return;
             }
         };
-        if !matches!(info.trust(&inner.opts.trusted_keys), Some(Trust::Signed(_))) {
+        if !matches!(info.trust(&inner.opts.share_keys), Some(Trust::Signed(_))) {
             self.skip(&p);
             return;
         }

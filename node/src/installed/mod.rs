@@ -59,8 +59,8 @@ pub enum InstalledError {
 pub struct InstalledOptions {
     /// The directory under which `nix/store` and `nix/var/nix/db` live.
     pub root: PathBuf,
-    /// Keys one of whose signatures a path must carry to be shared.
-    pub trusted_keys: Vec<PublicKey>,
+    /// Keys (the share keys) one of whose signatures a path must carry to be shared.
+    pub share_keys: Vec<PublicKey>,
     /// Store-path names never shared (`*` and `?` wildcards).
     pub exclude: Vec<NamePattern>,
     /// Most bytes read per second while indexing (`None`: unlimited).

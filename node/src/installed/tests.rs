@@ -103,7 +103,7 @@ impl FakeStore {
             index,
             InstalledOptions {
                 root: self.root.path().to_owned(),
-                trusted_keys: vec![self.key.public_key()],
+                share_keys: vec![self.key.public_key()],
                 exclude: vec!["*-private".parse().unwrap()],
                 index_rate: None,
                 poll: Duration::from_millis(20),

@@ -56,6 +56,14 @@ impl Pending {
     }
 }
 
+/// Every shared path, read off the async runtime (a donor lists 100k).
+async fn list(store: &Shelves) -> Vec<StorePathHash> {
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || store.list().unwrap_or_default())
+        .await
+        .unwrap_or_default()
+}
+
 pub(super) async fn run(
     handle: NodeHandle,
     store: Shelves,
@@ -66,7 +74,7 @@ pub(super) async fn run(
     let mut events = store.events();
     let mut events_done = false;
     let mut queue = Pending::default();
-    queue.extend(store.list().unwrap_or_default());
+    queue.extend(list(&store).await);
     tracing::info!(paths = queue.len(), "announcing stored paths");
     let mut in_flight = FuturesUnordered::new();
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + reprovide, reprovide);
@@ -84,7 +92,13 @@ pub(super) async fn run(
                 }
             }
             ev = events.next(), if !events_done => match ev {
-                Some(Some(StoreEvent::Added(h))) => queue.push(h),
+                // Holding a path is not sharing it: the policy decides (one signed
+                // only by a trusted, unshared key is kept, never announced).
+                Some(Some(StoreEvent::Added(h))) => {
+                    if store.contains(&h).unwrap_or(false) {
+                        queue.push(h);
+                    }
+                }
                 Some(Some(StoreEvent::Removed(h))) => {
                     // Another shelf may still share it (installed and cached).
                     if store.contains(&h).unwrap_or(false) {
@@ -98,15 +112,15 @@ pub(super) async fn run(
                 Some(None) => {
                     // Missed changes: resynchronise from the shelves.
                     queue = Pending::default();
-                    queue.extend(store.list().unwrap_or_default());
+                    queue.extend(list(&store).await);
                 }
                 None => events_done = true, // no shelves (or all closed)
             },
             () = handle.stats.joined.notified() => {
                 tracing::info!("connected to the swarm: announcing stored paths again");
-                queue.extend(store.list().unwrap_or_default());
+                queue.extend(list(&store).await);
             }
-            _ = tick.tick() => queue.extend(store.list().unwrap_or_default()),
+            _ = tick.tick() => queue.extend(list(&store).await),
         }
     }
 }

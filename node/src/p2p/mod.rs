@@ -254,17 +254,15 @@ pub struct Node {
 }
 
 impl Node {
-    /// Starts the swarm, the server and the announcer, sharing `store` (a
-    /// [`crate::ChunkStore`] or several [`Shelves`]). `data_dir` holds the
-    /// provider record database.
+    /// Starts the swarm, the server and the announcer, sharing what `store`
+    /// shares. `data_dir` holds the provider record database.
     pub async fn start(
         data_dir: &Path,
         key: identity::Keypair,
-        store: impl Into<Shelves>,
+        store: Shelves,
         config: NodeConfig,
         cancel: CancellationToken,
     ) -> Result<Self, NodeError> {
-        let store: Shelves = store.into();
         let peer_id = key.public().to_peer_id();
         std::fs::create_dir_all(data_dir).map_err(|e| NodeError::Records(e.to_string()))?;
         let records = records::PersistentStore::open(

@@ -184,10 +184,13 @@ mod tests {
             sigs: vec![],
             ca: None,
         };
+        let key = nixswarm_protocol::SecretKey::from_seed("test-1", &[7; 32]);
+        let mut info = info;
+        info.sigs = vec![key.sign(&info.fingerprint())];
         let mut ingest = store.begin_ingest(info.clone()).unwrap();
         ingest.write(&bytes).unwrap();
         ingest.finish().unwrap();
-        let shelves = Shelves::from(store.clone());
+        let shelves = Shelves::store(store.clone(), crate::SharePolicy::new(vec![key.public_key()], false));
         let (_, manifest) = shelves.path_info(&info.store_path.hash()).unwrap().unwrap();
         let id = manifest.chunks[0].id;
         let Response::Chunks { chunks } = answer(
