@@ -12,6 +12,6 @@ if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install --locked cargo-nextest
 fi
 
-# test-hooks compiles in the hidden --test-corrupt-chunks (a lying peer) and
+# test-hooks compiles in the hidden --test-corrupt-chunks and --test-fake-manifest (lying peers) and
 # --test-peer-latency (a far-away peer) switches; release builds never have them.
 cargo nextest run --workspace --features nixswarm/test-hooks --no-fail-fast "$@"

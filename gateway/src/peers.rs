@@ -184,7 +184,11 @@ impl Source for PeerSource {
                         .lookup_nar(&hash, &info.nar_hash, self.wait.have, dht)
                         .await
                     {
-                        Some(p) => p,
+                        // Remembered, so a rejection blames its providers.
+                        Some(p) => {
+                            self.found.insert(hash, p.clone());
+                            p
+                        }
                         None => return Ok(None),
                     }
                 }
@@ -199,10 +203,7 @@ impl Source for PeerSource {
         if wrong_nar && let Some(path) = path {
             // Their chunks matched their manifest, but the NAR did not match
             // the signed NarHash: every provider of that manifest lied.
-            for peer in path.providers {
-                self.fetcher
-                    .penalise(peer, "served a manifest that does not add up to the NarHash");
-            }
+            self.fetcher.reject(&path);
         }
         // The next request looks the path up afresh, without the banned peers.
         true

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use futures::StreamExt as _;
 use libp2p::Multiaddr;
-use nixswarm_node::p2p::{FetchSettings, Fetcher, PeerPath, load_or_create_key};
+use nixswarm_node::p2p::{FetchSettings, Fetcher, Lie, PeerPath, load_or_create_key};
 use nixswarm_node::{ChunkStore, Node, NodeConfig, SharePolicy, Shelves, StoreOptions};
 use nixswarm_protocol::wire::{Request, Response};
 use nixswarm_protocol::{NarInfo, SecretKey, Sha256Hash, StorePath, StorePathHash};
@@ -230,7 +230,12 @@ async fn a_provider_stopped_mid_transfer_is_replaced_by_another() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_serving_corrupt_chunks_is_caught_dropped_and_banned() {
-    let nodes = swarm(4, |i, c| c.corrupt_chunks = i == 3).await;
+    let nodes = swarm(4, |i, c| {
+        if i == 3 {
+            c.lie = Lie::Chunks;
+        }
+    })
+    .await;
     let liar = nodes[3].node.handle.peer_id();
     for n in [3u8, 4] {
         let bytes = nar(n, 4_000_000);
@@ -298,4 +303,55 @@ async fn an_evicted_path_is_withdrawn_and_refused() {
         fetcher.lookup(&hash(6)).await.is_none(),
         "no verified provider any more"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fake_manifest_gets_only_its_senders_blamed_and_the_fetch_completes() {
+    // Nodes 3 and 4 send a manifest of their own for the path (same
+    // NarHash and sizes, chunks changed by a byte, which they serve): every
+    // chunk verifies against it, only the whole NAR is wrong. Node 2 is
+    // honest. Two liars outnumber it, so their manifest is tried first.
+    let nodes = swarm(5, |i, c| {
+        if i >= 3 {
+            c.lie = Lie::Manifest;
+        }
+    })
+    .await;
+    let bytes = nar(7, 1_500_000);
+    for n in &nodes[2..] {
+        n.put(7, &bytes);
+    }
+    let honest = nodes[2].node.handle.peer_id();
+    let liars = [nodes[3].node.handle.peer_id(), nodes[4].node.handle.peer_id()];
+    let settings = FetchSettings {
+        ban_after: 1,
+        lookup_timeout: Duration::from_secs(3),
+        ..FetchSettings::default()
+    };
+    let fetcher = Fetcher::new(
+        nodes[1].node.handle.clone(),
+        nodes[1].store.clone(),
+        vec![key().public_key()],
+        settings,
+    );
+    let fake = lookup_until(&fetcher, hash(7), |p| p.providers.len() >= 2).await;
+    assert!(
+        !fake.providers.contains(&honest),
+        "the honest provider is not grouped with the liars"
+    );
+    assert!(liars.iter().all(|l| fake.providers.contains(l)));
+    let (got, err) = collect(fetcher.stream(fake.clone())).await;
+    assert_eq!(err, None, "every chunk matched the fake manifest");
+    assert_eq!(got.len(), bytes.len());
+    assert_ne!(got, bytes, "but the NAR is not the one signed");
+    // What the gateway does when the NarHash fails.
+    fetcher.reject(&fake);
+    assert!(liars.iter().all(|l| fetcher.is_banned(l)), "the senders are blamed");
+    assert!(!fetcher.is_banned(&honest), "the honest provider is not");
+
+    let real = lookup_until(&fetcher, hash(7), |_| true).await;
+    assert_eq!(real.providers, vec![honest]);
+    let (got, err) = collect(fetcher.stream(real)).await;
+    assert_eq!(err, None);
+    assert_eq!(got, bytes, "the fetch completes from the honest provider");
 }

@@ -32,6 +32,9 @@ pub struct TestHooks {
     /// Serve corrupted chunks to peers (a lying peer).
     #[arg(long, hide = true)]
     pub test_corrupt_chunks: bool,
+    /// Serve a fake manifest, and chunks that match it (a lying peer).
+    #[arg(long, hide = true, conflicts_with = "test_corrupt_chunks")]
+    pub test_fake_manifest: bool,
     /// Delay every byte sent to peers (DHT and transfer, TCP only) by this
     /// long: between two such nodes a round trip takes twice as long.
     #[arg(long, hide = true, value_name = "DURATION", value_parser = humantime::parse_duration)]
@@ -118,7 +121,12 @@ async fn start_node(eff: &Effective, shelves: Shelves, hooks: &TestHooks, cancel
     };
     #[cfg(feature = "test-hooks")]
     {
-        config.corrupt_chunks = hooks.test_corrupt_chunks;
+        use nixswarm_node::p2p::Lie;
+        config.lie = match (hooks.test_corrupt_chunks, hooks.test_fake_manifest) {
+            (true, _) => Lie::Chunks,
+            (_, true) => Lie::Manifest,
+            _ => Lie::Honest,
+        };
         config.test_latency = hooks.test_peer_latency.unwrap_or_default();
     }
     let _ = hooks;

@@ -70,6 +70,26 @@ pub struct Fetcher {
     settings: FetchSettings,
     scores: Arc<Mutex<Scores>>,
     discovery: Discovery,
+    /// Manifests whose chunks verified but whose NAR did not, by path:
+    /// never used for that path again.
+    bad_manifests: Arc<Mutex<BadManifests>>,
+}
+
+/// (path, [`manifest_id`]) pairs.
+type BadManifests = HashSet<(StorePathHash, [u8; 32])>;
+
+/// Rejected manifests remembered before the memory is cleared.
+const MAX_BAD_MANIFESTS: usize = 10_000;
+
+/// What identifies a manifest: its chunk list (NarHash and NarSize are the
+/// narinfo's, the same for every provider that is asked).
+fn manifest_id(m: &ChunkManifest) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    for c in &m.chunks {
+        h.update(&c.id.0);
+        h.update(&c.size.to_le_bytes());
+    }
+    *h.finalize().as_bytes()
 }
 
 type ByteStream = BoxStream<'static, std::io::Result<Bytes>>;
@@ -84,6 +104,33 @@ impl Fetcher {
             keys: Arc::new(keys),
             scores: Arc::new(Mutex::new(Scores::new(settings.ban_after, settings.ban_for))),
             settings,
+            bad_manifests: Arc::default(),
+        }
+    }
+
+    fn bad_manifests(&self) -> std::sync::MutexGuard<'_, BadManifests> {
+        self.bad_manifests
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The NAR of `path` did not match its NarHash although every chunk
+    /// matched the manifest: the providers that sent that manifest (and only
+    /// they: `path.providers` holds no one else) lied. They are penalised,
+    /// and the manifest is never used for the path again, so the next
+    /// lookup takes another provider's.
+    pub fn reject(&self, path: &PeerPath) {
+        let hash = path.info.store_path.hash();
+        {
+            let mut bad = self.bad_manifests();
+            if bad.len() >= MAX_BAD_MANIFESTS {
+                bad.clear();
+            }
+            bad.insert((hash, manifest_id(&path.manifest)));
+        }
+        for peer in &path.providers {
+            self.discovery.forget(&hash, peer);
+            self.penalise(*peer, "served a manifest that does not add up to the NarHash");
         }
     }
 
@@ -177,8 +224,11 @@ impl Fetcher {
         let mut queue: VecDeque<PeerId> = VecDeque::new();
         let mut asking: FuturesUnordered<Asked> = FuturesUnordered::new();
         let mut busy_retries = 8u32;
-        let mut providers: Vec<PeerId> = Vec::new();
-        let mut best: Option<(NarInfo, Arc<ChunkManifest>)> = None;
+        // Providers grouped by the manifest they sent: a provider is only
+        // ever blamed for its own manifest, and honest providers (whose
+        // manifests are all the same: chunking is deterministic) are never
+        // mixed with a liar's.
+        let mut groups: Vec<(NarInfo, Arc<ChunkManifest>, Vec<PeerId>)> = Vec::new();
         let max_peers = self.settings.schedule.max_peers;
         loop {
             let done = {
@@ -194,7 +244,8 @@ impl Fetcher {
                 }
             }
             let idle = asking.is_empty() && queue.is_empty();
-            if (best.is_some() && (idle || providers.len() >= max_peers)) || (done && idle) {
+            let most = groups.iter().map(|g| g.2.len()).max();
+            if most.is_some_and(|n| idle || n >= max_peers) || (done && idle) {
                 break;
             }
             if seen.is_empty() && tokio::time::Instant::now() >= first_by {
@@ -208,14 +259,18 @@ impl Fetcher {
                             // Another build of the path: not what is asked for.
                             tracing::debug!(%peer, %hash, "provider has another NAR of the path");
                         }
-                        Ok(info) => match &best {
-                            None => {
-                                best = Some((info, Arc::new(manifest)));
-                                providers.push(peer);
+                        Ok(_) if self.bad_manifests().contains(&(*hash, manifest_id(&manifest))) => {
+                            tracing::debug!(%peer, %hash, "provider sent a manifest already rejected");
+                        }
+                        Ok(info) => {
+                            let first = groups.first().map(|g| g.0.nar_hash);
+                            if first.is_none_or(|n| n == info.nar_hash) {
+                                match groups.iter_mut().find(|g| *g.1 == manifest) {
+                                    Some(g) => g.2.push(peer),
+                                    None => groups.push((info, Arc::new(manifest), vec![peer])),
+                                }
                             }
-                            Some((b, _)) if b.nar_hash == info.nar_hash => providers.push(peer),
-                            Some(_) => {}
-                        },
+                        }
                         Err(why) => self.penalise(peer, why),
                     },
                     Ok(Response::Busy) if busy_retries > 0 => {
@@ -230,7 +285,15 @@ impl Fetcher {
                 }
             }
         }
-        let (info, manifest) = best?;
+        // The manifest most providers sent (the first one on a tie); if it
+        // is a lie, `reject` rules it out and the next lookup takes another.
+        let mut best: Option<(NarInfo, Arc<ChunkManifest>, Vec<PeerId>)> = None;
+        for g in groups {
+            if best.as_ref().is_none_or(|b| g.2.len() > b.2.len()) {
+                best = Some(g);
+            }
+        }
+        let (info, manifest, providers) = best?;
         Some(PeerPath {
             info,
             manifest,

@@ -12,6 +12,7 @@ mod codec;
 mod delay;
 mod discover;
 mod fetch;
+mod liar;
 mod ratelimit;
 pub mod records;
 mod schedule;
@@ -35,6 +36,7 @@ pub use actor::Command;
 pub use book::Found;
 pub use discover::{Discovery, DiscoverySettings};
 pub use fetch::{FetchSettings, Fetcher, PeerPath};
+pub use liar::Lie;
 pub use ratelimit::RateLimiter;
 pub use schedule::ScheduleSettings;
 
@@ -74,9 +76,9 @@ pub struct NodeConfig {
     pub reprovide_interval: Duration,
     /// How long announcements live on other nodes.
     pub provider_ttl: Duration,
-    /// Test builds only: serve corrupted chunks (a lying peer).
+    /// Test builds only: lie to peers (corrupt chunks or a fake manifest).
     #[cfg(feature = "test-hooks")]
-    pub corrupt_chunks: bool,
+    pub lie: Lie,
     /// Test builds only: every byte sent to peers (DHT and transfer) leaves
     /// this much later, over TCP only (a far-away peer).
     #[cfg(feature = "test-hooks")]
@@ -96,7 +98,7 @@ impl Default for NodeConfig {
             reprovide_interval: Duration::from_secs(12 * 3600),
             provider_ttl: Duration::from_secs(48 * 3600),
             #[cfg(feature = "test-hooks")]
-            corrupt_chunks: false,
+            lie: Lie::Honest,
             #[cfg(feature = "test-hooks")]
             test_latency: Duration::ZERO,
         }
@@ -319,15 +321,15 @@ impl Node {
         tokio::spawn(actor.run());
         let limiter = Arc::new(RateLimiter::new(config.upload_limit));
         #[cfg(feature = "test-hooks")]
-        let corrupt = config.corrupt_chunks;
+        let liar = Arc::new(liar::Liar::new(config.lie));
         #[cfg(not(feature = "test-hooks"))]
-        let corrupt = false;
+        let liar = Arc::new(liar::Liar::default());
         tokio::spawn(serve::run(
             handle.clone(),
             store.clone(),
             inbound_rx,
             limiter,
-            corrupt,
+            liar,
             cancel.clone(),
         ));
         if config.server {

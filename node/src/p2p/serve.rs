@@ -11,6 +11,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::actor::{Command, Inbound};
+use super::liar::Liar;
 use super::{NodeHandle, RateLimiter};
 use crate::shelf::Shelves;
 
@@ -19,13 +20,16 @@ const MAX_CONCURRENT: usize = 32;
 /// Requests answered at once for one peer.
 const MAX_PER_PEER: usize = 8;
 
-/// Builds the answer to one request (blocking: reads the shelves).
-/// `corrupt` exists only in test builds (feature `test-hooks`): it makes
-/// this node lie, to test that fetchers catch it.
-pub fn answer(store: &Shelves, request: &Request, corrupt: bool) -> Response {
+/// Builds the answer to one request (blocking: reads the shelves). `liar`
+/// is honest except in test builds (feature `test-hooks`) that make this
+/// node lie, to test that fetchers catch it.
+pub fn answer(store: &Shelves, request: &Request, liar: &Liar) -> Response {
     match request {
         Request::PathInfo { hash } => match store.path_info(hash) {
-            Ok(Some((narinfo, manifest))) => Response::PathInfo { narinfo, manifest },
+            Ok(Some((narinfo, manifest))) => Response::PathInfo {
+                narinfo,
+                manifest: liar.manifest(store, manifest),
+            },
             Ok(None) => Response::NotFound,
             Err(e) => {
                 tracing::warn!(%hash, error = %e, "cannot read a stored path for a peer");
@@ -45,14 +49,12 @@ pub fn answer(store: &Shelves, request: &Request, corrupt: bool) -> Response {
             // otherwise ask for MAX_BATCH copies of the largest chunk.
             let mut seen = std::collections::HashSet::new();
             for id in ids.iter().take(MAX_BATCH).filter(|id| seen.insert(**id)) {
+                if !liar.is_honest() {
+                    chunks.extend(liar.chunk(store, id).map(|d| compress(*id, d)));
+                    continue;
+                }
                 match store.read_chunk(id) {
-                    Ok(Some(data)) => {
-                        let mut data = data.to_vec();
-                        if corrupt && !data.is_empty() {
-                            data[0] ^= 0xff;
-                        }
-                        chunks.push(compress(*id, data));
-                    }
+                    Ok(Some(data)) => chunks.push(compress(*id, data.to_vec())),
                     Ok(None) => {}
                     Err(e) => tracing::warn!(chunk = %id, error = %e, "cannot read a chunk for a peer"),
                 }
@@ -100,7 +102,7 @@ pub(super) async fn run(
     store: Shelves,
     mut inbound: mpsc::Receiver<Inbound>,
     limiter: Arc<RateLimiter>,
-    corrupt: bool,
+    liar: Arc<Liar>,
     cancel: CancellationToken,
 ) {
     let slots = Arc::new(Semaphore::new(MAX_CONCURRENT));
@@ -136,10 +138,16 @@ pub(super) async fn run(
         let Ok(permit) = slots.clone().acquire_owned().await else {
             return;
         };
-        let (handle, store, limiter, per_peer) = (handle.clone(), store.clone(), limiter.clone(), per_peer.clone());
+        let (handle, store, limiter, per_peer, liar) = (
+            handle.clone(),
+            store.clone(),
+            limiter.clone(),
+            per_peer.clone(),
+            liar.clone(),
+        );
         tokio::spawn(async move {
             let Inbound { peer, request, channel } = inb;
-            let response = tokio::task::spawn_blocking(move || answer(&store, &request, corrupt))
+            let response = tokio::task::spawn_blocking(move || answer(&store, &request, &liar))
                 .await
                 .unwrap_or(Response::Busy);
             limiter.acquire(wire_len(&response)).await;
@@ -198,7 +206,7 @@ mod tests {
             &Request::Chunks {
                 ids: vec![id; MAX_BATCH],
             },
-            false,
+            &Liar::default(),
         ) else {
             panic!("not a chunk answer");
         };
@@ -208,7 +216,7 @@ mod tests {
             &Request::Have {
                 hashes: vec![info.store_path.hash(), StorePathHash::from_bytes(&[6; 20])],
             },
-            false,
+            &Liar::default(),
         ) else {
             panic!("not a have answer");
         };
