@@ -161,6 +161,7 @@ pub fn verified(
         let mut check = NarCheck::new(&info);
         let mut size = 0u64;
         let mut held: Option<(usize, u64, Bytes)> = None;
+        let mut tail: Option<(usize, u64, Bytes)> = None;
         let mut client = Some(tx);
 
         let emit = |client: &mut Option<mpsc::Sender<std::io::Result<Bytes>>>, idx: usize, at: u64, b: Bytes| {
@@ -207,7 +208,18 @@ pub fn verified(
                     {
                         ingest_tx = None;
                     }
-                    if let Some((pidx, pat, prev)) = held.replace((idx, at, b))
+                    let prev = held.replace((idx, at, b));
+                    // The piece holding the range's last byte waits for the
+                    // whole NAR: a Range response never ends cleanly before
+                    // the NAR has verified.
+                    let prev = match prev {
+                        Some(p) if tail.is_none() && p.1 + p.2.len() as u64 >= end => {
+                            tail = Some(p);
+                            None
+                        }
+                        p => p,
+                    };
+                    if let Some((pidx, pat, prev)) = prev
                         && !emit(&mut client, pidx, pat, prev).await
                     {
                         client = None;
@@ -222,7 +234,7 @@ pub fn verified(
         };
         match outcome {
             Ok(()) => {
-                if let Some((pidx, pat, prev)) = held.take() {
+                for (pidx, pat, prev) in tail.take().into_iter().chain(held.take()) {
                     emit(&mut client, pidx, pat, prev).await;
                 }
                 if let Some(itx) = ingest_tx {

@@ -134,6 +134,32 @@ async fn get(
     (parts.status, parts.headers, body)
 }
 
+/// Like [`get`], but reads as an HTTP client does: it stops once it has
+/// Content-Length bytes, so a body that errors only after that counts as a
+/// clean end.
+async fn get_like_a_client(g: &Gateway, uri: &str, headers: &[(&str, &str)]) -> Result<Bytes, String> {
+    let mut req = Request::get(uri);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = g.router().oneshot(req.body(Body::empty()).unwrap()).await.unwrap();
+    let len: usize = resp.headers()[header::CONTENT_LENGTH]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut body = resp.into_body().into_data_stream();
+    let mut got = Vec::new();
+    while got.len() < len {
+        match body.next().await {
+            Some(Ok(b)) => got.extend_from_slice(&b),
+            Some(Err(e)) => return Err(e.to_string()),
+            None => return Err("ended short".into()),
+        }
+    }
+    Ok(got.into())
+}
+
 fn nar_uri(info: &NarInfo) -> String {
     format!("/nar/{}-{}.nar", info.store_path.hash(), info.nar_hash.to_nixbase32())
 }
@@ -248,6 +274,19 @@ async fn a_bad_nar_aborts_the_body_is_not_kept_and_the_retry_uses_the_next_sourc
         "the liar is skipped for this NAR"
     );
     assert!(stored(&s.store, &info.store_path.hash()).await);
+
+    // A range that ends long before the bad byte still never ends cleanly:
+    // its last piece waits for the whole NAR to verify.
+    let s = setup(vec![Arc::new(MemSource::default().with(info.clone(), {
+        let mut a = nar.clone();
+        a[450_000] ^= 1;
+        a
+    }))]);
+    let body = get_like_a_client(&s.gateway, &nar_uri(&info), &[("range", "bytes=0-99")]).await;
+    assert!(body.is_err(), "a range of a bad NAR must fail, not end cleanly");
+    let s = setup(vec![Arc::new(MemSource::default().with(info.clone(), nar.clone()))]);
+    let body = get_like_a_client(&s.gateway, &nar_uri(&info), &[("range", "bytes=0-99")]).await;
+    assert_eq!(body.unwrap(), nar[..100], "a good NAR's range arrives");
 
     // Short and long bodies are rejected too.
     for (n, body_len) in [(6u8, 999usize), (7, 1001)] {
