@@ -83,6 +83,13 @@ fn once_a_peer_holds_a_path_its_nar_comes_from_peers_even_when_the_upstream_is_f
     }
     let log = upstream.requests();
     let after = &log[mark..];
+    if !nar_requests(after).is_empty() {
+        for (i, n) in later.iter().enumerate() {
+            let text = n.log();
+            let lines: Vec<&str> = text.lines().filter(|l| !l.contains("DEBUG") || l.contains("nar")).collect();
+            eprintln!("--- node {} log (not DEBUG, or about NARs) ---\n{}", i + 2, lines.join("\n"));
+        }
+    }
     assert!(
         nar_requests(after).is_empty(),
         "the upstream served NARs that peers held: {:?}",

@@ -63,6 +63,7 @@ pub fn run(args: &StatusArgs) -> Result<()> {
             println!("listening on:   {}", a.as_str().unwrap_or("?"));
         }
         println!("peers:          {}", n(&node["peers"]));
+        println!("connections:    {}", n(&node["connections"]));
         println!("provided keys:  {}", n(&node["provided_keys"]));
         println!("bytes served:   {}", bytes(n(&node["bytes_served"])));
         println!("bytes fetched:  {}", bytes(n(&node["bytes_fetched"])));

@@ -162,6 +162,7 @@ impl Actor {
                     peer_id: self.swarm.local_peer_id().to_string(),
                     listen_addrs: self.swarm.listeners().map(ToString::to_string).collect(),
                     peers: self.swarm.connected_peers().count(),
+                    connections: self.swarm.network_info().connection_counters().num_established(),
                     provided_keys: self.swarm.behaviour_mut().kad.store_mut().provided_count(),
                     provider_records: self.swarm.behaviour_mut().kad.store_mut().provider_records(),
                     bytes_served: self.stats.bytes_served.load(Ordering::Relaxed),

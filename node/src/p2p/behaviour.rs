@@ -1,9 +1,10 @@
 //! The libp2p behaviour and swarm construction: TCP and QUIC, noise, yamux,
-//! identify, ping, a private Kademlia DHT, optional mDNS, and the transfer
-//! protocol (request-response).
+//! identify, ping, a private Kademlia DHT, optional mDNS, the transfer
+//! protocol (request-response), and connection limits per peer and in all.
 
 use std::time::Duration;
 
+use libp2p::connection_limits::{self, ConnectionLimits};
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::{StreamProtocol, Swarm, identify, identity, kad, mdns, noise, ping, request_response, tcp, yamux};
@@ -20,6 +21,9 @@ pub const IDENTIFY_VERSION: &str = "/nixswarm/1.0.0";
 #[allow(missing_debug_implementations)]
 #[derive(NetworkBehaviour)]
 pub struct Behaviour {
+    /// First, so a connection over the limits is refused before any other
+    /// behaviour spends anything on it.
+    pub limits: connection_limits::Behaviour,
     pub kad: kad::Behaviour<PersistentStore>,
     pub identify: identify::Behaviour,
     pub ping: ping::Behaviour,
@@ -80,6 +84,22 @@ pub fn build(
     Ok(swarm)
 }
 
+/// Connections kept with one peer (a TCP and a QUIC one may overlap).
+pub const MAX_PER_PEER: u32 = 2;
+/// Connections kept in all: each may hold `max_streams` requests, so this
+/// bounds what the peers together can make the node hold.
+pub const MAX_ESTABLISHED: u32 = 256;
+/// Incoming connections still handshaking.
+pub const MAX_PENDING_INCOMING: u32 = 32;
+
+/// The connection limits every node runs with.
+pub fn limits() -> ConnectionLimits {
+    ConnectionLimits::default()
+        .with_max_established_per_peer(Some(MAX_PER_PEER))
+        .with_max_established(Some(MAX_ESTABLISHED))
+        .with_max_pending_incoming(Some(MAX_PENDING_INCOMING))
+}
+
 /// How long a connection with no open stream is kept.
 const IDLE: Duration = Duration::from_secs(120);
 
@@ -107,6 +127,7 @@ fn behaviour(
         .with_request_timeout(s.request_timeout)
         .with_max_concurrent_streams(s.max_streams);
     Ok(Behaviour {
+        limits: connection_limits::Behaviour::new(limits()),
         kad,
         identify: identify::Behaviour::new(
             identify::Config::new(IDENTIFY_VERSION.into(), key.public())

@@ -127,6 +127,8 @@ pub struct NodeStatus {
     pub peer_id: String,
     pub listen_addrs: Vec<String>,
     pub peers: usize,
+    /// Established connections (at most `behaviour::MAX_PER_PEER` per peer).
+    pub connections: u32,
     pub provided_keys: usize,
     pub provider_records: usize,
     pub bytes_served: u64,
