@@ -23,7 +23,11 @@ fn node(dir: &std::path::Path, upstream: &str, key: &str, bootstrap: Option<&str
     // decision (peers hold it, so peers send it), not how a busy machine's
     // timing falls; the hedge has tests of its own (gateway/src/legs_tests.rs).
     let mut flags = vec!["--contribute", "cache", "--test-peer-latency", latency];
+    // The DHT wait too (rate 0: the whole cap for any NAR), so a `Have`
+    // answer that a loaded machine delays past its 2 s deadline still
+    // finds the provider through the DHT instead of falling back.
     flags.extend(["--peer-wait-have", "20s", "--hedge-after", "60s"]);
+    flags.extend(["--peer-wait-rate", "0", "--peer-wait-max", "20s"]);
     if let Some(b) = bootstrap {
         flags.extend(["--bootstrap", b]);
     }
@@ -86,8 +90,15 @@ fn once_a_peer_holds_a_path_its_nar_comes_from_peers_even_when_the_upstream_is_f
     if !nar_requests(after).is_empty() {
         for (i, n) in later.iter().enumerate() {
             let text = n.log();
-            let lines: Vec<&str> = text.lines().filter(|l| !l.contains("DEBUG") || l.contains("nar")).collect();
-            eprintln!("--- node {} log (not DEBUG, or about NARs) ---\n{}", i + 2, lines.join("\n"));
+            let lines: Vec<&str> = text
+                .lines()
+                .filter(|l| !l.contains("DEBUG") || l.contains("nar"))
+                .collect();
+            eprintln!(
+                "--- node {} log (not DEBUG, or about NARs) ---\n{}",
+                i + 2,
+                lines.join("\n")
+            );
         }
     }
     assert!(
