@@ -65,6 +65,11 @@ pub fn run(args: &StatusArgs) -> Result<()> {
         println!("peers:          {}", n(&node["peers"]));
         println!("connections:    {}", n(&node["connections"]));
         println!("provided keys:  {}", n(&node["provided_keys"]));
+        println!(
+            "records held:   {} ({} refused: malformed or over a limit)",
+            n(&node["provider_records"]),
+            n(&node["records_refused"])
+        );
         println!("bytes served:   {}", bytes(n(&node["bytes_served"])));
         println!("bytes fetched:  {}", bytes(n(&node["bytes_fetched"])));
         println!(

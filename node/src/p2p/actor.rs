@@ -59,6 +59,12 @@ pub enum Command {
     Peers { reply: oneshot::Sender<Vec<PeerId>> },
     /// Status for `nixswarm status`.
     Status { reply: oneshot::Sender<NodeStatus> },
+    /// The providers this node's own record store lists for a key (one
+    /// answer, as a DHT query would get it).
+    LocalProviders {
+        key: RecordKey,
+        reply: oneshot::Sender<Vec<PeerId>>,
+    },
 }
 
 pub(super) struct Actor {
@@ -104,6 +110,8 @@ impl Actor {
             }
         }
         let mut bootstrap_tick = tokio::time::interval(std::time::Duration::from_secs(300));
+        // Expired provider records go a slice of keys at a time.
+        let mut sweep_tick = tokio::time::interval(std::time::Duration::from_secs(1));
         loop {
             tokio::select! {
                 () = self.cancel.cancelled() => break,
@@ -114,6 +122,9 @@ impl Actor {
                 },
                 _ = bootstrap_tick.tick() => {
                     let _ = self.swarm.behaviour_mut().kad.bootstrap();
+                }
+                _ = sweep_tick.tick() => {
+                    self.swarm.behaviour_mut().kad.store_mut().sweep();
                 }
             }
         }
@@ -154,6 +165,11 @@ impl Actor {
                     tracing::warn!(%addr, error = %e, "cannot dial");
                 }
             }
+            Command::LocalProviders { key, reply } => {
+                use libp2p::kad::store::RecordStore as _;
+                let found = b.kad.store_mut().providers(&key);
+                let _ = reply.send(found.into_iter().map(|r| r.provider).collect());
+            }
             Command::Peers { reply } => {
                 let _ = reply.send(self.swarm.connected_peers().copied().collect());
             }
@@ -165,6 +181,10 @@ impl Actor {
                     connections: self.swarm.network_info().connection_counters().num_established(),
                     provided_keys: self.swarm.behaviour_mut().kad.store_mut().provided_count(),
                     provider_records: self.swarm.behaviour_mut().kad.store_mut().provider_records(),
+                    records_refused: {
+                        let r = self.swarm.behaviour_mut().kad.store_mut().refused();
+                        r.malformed + r.over_limit
+                    },
                     bytes_served: self.stats.bytes_served.load(Ordering::Relaxed),
                     bytes_fetched: self.stats.bytes_fetched.load(Ordering::Relaxed),
                     bytes_fetched_duplicate: self.stats.bytes_fetched_duplicate.load(Ordering::Relaxed),

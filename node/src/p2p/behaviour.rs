@@ -10,7 +10,7 @@ use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::{StreamProtocol, Swarm, identify, identity, kad, mdns, noise, ping, request_response, tcp, yamux};
 
 use super::codec::{PROTOCOL, TransferCodec};
-use super::records::PersistentStore;
+use super::records::ProviderStore;
 
 /// Our private DHT's protocol name: nixswarm nodes never join the IPFS DHT.
 pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/nixswarm/kad/1.0.0");
@@ -24,7 +24,7 @@ pub struct Behaviour {
     /// First, so a connection over the limits is refused before any other
     /// behaviour spends anything on it.
     pub limits: connection_limits::Behaviour,
-    pub kad: kad::Behaviour<PersistentStore>,
+    pub kad: kad::Behaviour<ProviderStore>,
     pub identify: identify::Behaviour,
     pub ping: ping::Behaviour,
     pub mdns: Toggle<mdns::tokio::Behaviour>,
@@ -49,11 +49,7 @@ pub struct SwarmSettings {
 }
 
 /// Builds the swarm.
-pub fn build(
-    key: identity::Keypair,
-    store: PersistentStore,
-    s: &SwarmSettings,
-) -> anyhow_like::Result<Swarm<Behaviour>> {
+pub fn build(key: identity::Keypair, store: ProviderStore, s: &SwarmSettings) -> anyhow_like::Result<Swarm<Behaviour>> {
     #[cfg(feature = "test-hooks")]
     if !s.test_latency.is_zero() {
         // TCP only, through the delay line (QUIC would bypass it).
@@ -105,7 +101,7 @@ const IDLE: Duration = Duration::from_secs(120);
 
 fn behaviour(
     key: &identity::Keypair,
-    store: PersistentStore,
+    store: ProviderStore,
     s: &SwarmSettings,
 ) -> Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> {
     let local = key.public().to_peer_id();

@@ -80,6 +80,10 @@ type BadManifests = HashSet<(StorePathHash, [u8; 32])>;
 
 /// Rejected manifests remembered before the memory is cleared.
 const MAX_BAD_MANIFESTS: usize = 10_000;
+/// How long a lookup waits for an answer before it asks one more provider.
+const HEDGE: Duration = Duration::from_millis(500);
+/// Providers asked at once by a lookup, at most.
+const MAX_ASKING: usize = 16;
 
 /// What identifies a manifest: its chunk list (NarHash and NarSize are the
 /// narinfo's, the same for every provider that is asked).
@@ -130,6 +134,7 @@ impl Fetcher {
         }
         for peer in &path.providers {
             self.discovery.forget(&hash, peer);
+            self.handle.stats.proven.forget(peer);
             self.penalise(*peer, "served a manifest that does not add up to the NarHash");
         }
     }
@@ -224,6 +229,12 @@ impl Fetcher {
         let mut queue: VecDeque<PeerId> = VecDeque::new();
         let mut asking: FuturesUnordered<Asked> = FuturesUnordered::new();
         let mut busy_retries = 8u32;
+        // Four asked at once, one more each `HEDGE` nobody answers (peers
+        // that claim the path and never answer hold their places until
+        // the request timeout).
+        let mut width = 4usize;
+        let mut hedge_at = start + HEDGE;
+        let mut unanswered = HashSet::new();
         // Providers grouped by the manifest they sent: a provider is only
         // ever blamed for its own manifest, and honest providers (whose
         // manifests are all the same: chunking is deterministic) are never
@@ -233,13 +244,22 @@ impl Fetcher {
         loop {
             let done = {
                 let f = rx.borrow_and_update();
-                queue.extend(f.providers.iter().filter(|p| seen.insert(**p)));
+                let proven = &self.handle.stats.proven;
+                for p in f.providers.iter().filter(|p| seen.insert(**p)) {
+                    // Peers that served verified chunks before are asked first.
+                    if proven.contains(p) {
+                        queue.push_front(*p);
+                    } else {
+                        queue.push_back(*p);
+                    }
+                }
                 f.done
             };
-            while asking.len() < 4
+            while asking.len() < width
                 && let Some(peer) = queue.pop_front()
             {
                 if !self.is_banned(&peer) {
+                    unanswered.insert(peer);
                     asking.push(ask(peer, Duration::ZERO));
                 }
             }
@@ -253,7 +273,17 @@ impl Fetcher {
             }
             tokio::select! {
                 r = rx.changed(), if !done => if r.is_err() { break },
-                Some((peer, r)) = asking.next(), if !asking.is_empty() => match r {
+                // Someone answered and nobody has since: providers that
+                // stay silent are not waited for.
+                () = tokio::time::sleep_until(hedge_at), if !groups.is_empty() => break,
+                () = tokio::time::sleep_until(hedge_at), if !queue.is_empty() && width < MAX_ASKING => {
+                    width += 1;
+                    hedge_at = tokio::time::Instant::now() + HEDGE;
+                }
+                Some((peer, r)) = asking.next(), if !asking.is_empty() => {
+                    hedge_at = tokio::time::Instant::now() + HEDGE;
+                    unanswered.remove(&peer);
+                    match r {
                     Ok(Response::PathInfo { narinfo, manifest }) => match self.check(hash, &narinfo, &manifest) {
                         Ok(info) if nar_hash.is_some_and(|n| n != info.nar_hash) => {
                             // Another build of the path: not what is asked for.
@@ -276,14 +306,21 @@ impl Fetcher {
                     Ok(Response::Busy) if busy_retries > 0 => {
                         // Ask again shortly rather than take "busy" for "absent".
                         busy_retries -= 1;
+                        unanswered.insert(peer);
                         asking.push(ask(peer, Duration::from_millis(50)));
                     }
                     Ok(_) | Err(_) => self.discovery.forget(hash, &peer),
-                },
+                    }
+                }
                 () = tokio::time::sleep_until(if seen.is_empty() { first_by } else { deadline }) => {
                     if !seen.is_empty() { break }
                 }
             }
+        }
+        // Providers that let the lookup end unanswered are not asked first
+        // next time (the discovery may find them again).
+        for peer in &unanswered {
+            self.discovery.forget(hash, peer);
         }
         // The manifest most providers sent (the first one on a tie); if it
         // is a lie, `reject` rules it out and the next lookup takes another.
@@ -367,7 +404,12 @@ impl Fetcher {
                     let current = sched.peers().any(|p| *p == peer);
                     let outcome = match r {
                         Ok(Response::Chunks { chunks }) => match check_chunks(&send.ids, |id| sched.size(id), chunks) {
-                            Ok(c) => Outcome::Chunks(c),
+                            Ok(c) => {
+                                if !c.is_empty() {
+                                    stats.proven.mark(peer);
+                                }
+                                Outcome::Chunks(c)
+                            }
                             Err(why) => {
                                 // Not penalised twice for one transfer.
                                 if current {

@@ -2,8 +2,11 @@
 //! Only test builds (feature `test-hooks`) can configure anything but
 //! [`Lie::Honest`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
+
+use libp2p::request_response::ResponseChannel;
+use nixswarm_protocol::wire::Response;
 
 use nixswarm_protocol::{ChunkId, ChunkManifest, ChunkRef};
 
@@ -21,6 +24,9 @@ pub enum Lie {
     /// chunks with one byte changed, named by their own BLAKE3 ids, which it
     /// then serves. Every chunk verifies; only the whole NAR does not.
     Manifest,
+    /// Claims paths and takes requests, but never answers one (each waits
+    /// for the asker's request timeout).
+    Silent,
 }
 
 /// A server's lie and what it needs to keep telling it.
@@ -29,7 +35,12 @@ pub struct Liar {
     lie: Lie,
     /// Fake chunk id to the real one it was made from.
     fakes: Mutex<HashMap<ChunkId, ChunkId>>,
+    /// Requests a silent liar holds unanswered (the oldest are let go).
+    parked: Mutex<VecDeque<ResponseChannel<Response>>>,
 }
+
+/// Requests a silent liar holds at once.
+const MAX_PARKED: usize = 1024;
 
 /// Changes one byte of `data`; where depends on the data.
 fn alter(data: &mut [u8]) {
@@ -50,7 +61,22 @@ impl Liar {
         Self {
             lie,
             fakes: Mutex::default(),
+            parked: Mutex::default(),
         }
+    }
+
+    /// True if this server answers nothing.
+    pub fn is_silent(&self) -> bool {
+        self.lie == Lie::Silent
+    }
+
+    /// Holds a request unanswered.
+    pub fn park(&self, channel: ResponseChannel<Response>) {
+        let mut p = self.parked.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if p.len() >= MAX_PARKED {
+            p.pop_front();
+        }
+        p.push_back(channel);
     }
 
     fn fakes(&self) -> std::sync::MutexGuard<'_, HashMap<ChunkId, ChunkId>> {

@@ -13,6 +13,7 @@ mod delay;
 mod discover;
 mod fetch;
 mod liar;
+pub mod proven;
 mod ratelimit;
 pub mod records;
 mod schedule;
@@ -47,8 +48,8 @@ use crate::shelf::Shelves;
 pub enum NodeError {
     #[error("node key {path}: {message}")]
     Key { path: String, message: String },
-    #[error("record store: {0}")]
-    Records(String),
+    #[error("data directory: {0}")]
+    DataDir(String),
     #[error("swarm: {0}")]
     Swarm(String),
     #[error("cannot listen on {addr}: {message}")]
@@ -74,8 +75,11 @@ pub struct NodeConfig {
     pub max_provides_in_flight: usize,
     /// How often own keys are announced again.
     pub reprovide_interval: Duration,
-    /// How long announcements live on other nodes.
+    /// How long other nodes' announcements are kept here (and, as every
+    /// node runs with the same figure, ours there).
     pub provider_ttl: Duration,
+    /// Bounds of the provider records kept for other nodes.
+    pub record_limits: records::Limits,
     /// Test builds only: lie to peers (corrupt chunks or a fake manifest).
     #[cfg(feature = "test-hooks")]
     pub lie: Lie,
@@ -95,8 +99,9 @@ impl Default for NodeConfig {
             request_timeout: Duration::from_secs(10),
             upload_limit: None,
             max_provides_in_flight: 256,
-            reprovide_interval: Duration::from_secs(12 * 3600),
-            provider_ttl: Duration::from_secs(48 * 3600),
+            reprovide_interval: Duration::from_secs(4 * 3600),
+            provider_ttl: Duration::from_secs(12 * 3600),
+            record_limits: records::Limits::default(),
             #[cfg(feature = "test-hooks")]
             lie: Lie::Honest,
             #[cfg(feature = "test-hooks")]
@@ -116,6 +121,8 @@ pub struct NodeStats {
     /// Verified chunk bytes that arrived a second time (the endgame asks
     /// two peers for the last batches): network cost that brought nothing.
     pub bytes_fetched_duplicate: AtomicU64,
+    /// Peers that served verified chunks (the record store prefers them).
+    pub proven: Arc<proven::Proven>,
     /// Fires when the node goes from no connections to some: what it
     /// announced while alone reached nobody, so it announces again.
     pub joined: tokio::sync::Notify,
@@ -131,6 +138,9 @@ pub struct NodeStatus {
     pub connections: u32,
     pub provided_keys: usize,
     pub provider_records: usize,
+    /// Provider records other nodes sent that were not kept (malformed, or
+    /// over a quota, a rate or a cap).
+    pub records_refused: u64,
     pub bytes_served: u64,
     pub bytes_fetched: u64,
     pub bytes_fetched_duplicate: u64,
@@ -208,6 +218,18 @@ impl NodeHandle {
         wait.await.map_err(|_| NodeError::Stopped)
     }
 
+    /// The providers of a path this node's record store lists, as one DHT
+    /// answer from it would.
+    pub async fn local_providers(&self, hash: &StorePathHash) -> Result<Vec<PeerId>, NodeError> {
+        let (reply, wait) = oneshot::channel();
+        self.send(Command::LocalProviders {
+            key: dht_key(hash),
+            reply,
+        })
+        .await?;
+        wait.await.map_err(|_| NodeError::Stopped)
+    }
+
     /// Dials an address.
     pub async fn dial(&self, addr: Multiaddr) -> Result<(), NodeError> {
         self.send(Command::Dial { addr }).await
@@ -268,13 +290,24 @@ impl Node {
         cancel: CancellationToken,
     ) -> Result<Self, NodeError> {
         let peer_id = key.public().to_peer_id();
-        std::fs::create_dir_all(data_dir).map_err(|e| NodeError::Records(e.to_string()))?;
-        let records = records::PersistentStore::open(
-            &data_dir.join("records.redb"),
+        std::fs::create_dir_all(data_dir).map_err(|e| NodeError::DataDir(e.to_string()))?;
+        // Provider records live in memory now (records/mod.rs says why).
+        let old = data_dir.join("records.redb");
+        if old.exists() {
+            match std::fs::remove_file(&old) {
+                Ok(()) => tracing::info!(path = %old.display(), "removed the old provider record database"),
+                Err(e) => {
+                    tracing::warn!(path = %old.display(), error = %e, "cannot remove the old provider record database")
+                }
+            }
+        }
+        let stats = Arc::new(NodeStats::default());
+        let records = records::ProviderStore::new(
             peer_id,
-            records::RecordLimits::default(),
-        )
-        .map_err(|e| NodeError::Records(e.to_string()))?;
+            config.record_limits.clone(),
+            config.provider_ttl,
+            stats.proven.clone(),
+        );
         let settings = behaviour::SwarmSettings {
             mdns: config.mdns,
             server: config.server,
@@ -313,7 +346,6 @@ impl Node {
         }
         let (tx, rx) = mpsc::channel(1024);
         let (inbound_tx, inbound_rx) = mpsc::channel(256);
-        let stats = Arc::new(NodeStats::default());
         let handle = NodeHandle {
             tx,
             peer_id,

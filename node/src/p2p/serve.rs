@@ -112,6 +112,10 @@ pub(super) async fn run(
             () = cancel.cancelled() => return,
             i = inbound.recv() => match i { Some(i) => i, None => return },
         };
+        if liar.is_silent() {
+            liar.park(inb.channel);
+            continue;
+        }
         // Path lookups are small database reads; only chunk requests (the
         // upload) are limited per peer.
         let counted = matches!(inb.request, Request::Chunks { .. });

@@ -1,0 +1,206 @@
+//! Kademlia's record store, without MemoryStore's 1,024-key cap and
+//! bounded against hostile peers.
+//!
+//! Provider records (the only kind nixswarm uses) live in memory: this
+//! node's own keys in a set that nothing can crowd out, and other nodes'
+//! announcements in an [`index::Index`] with per-peer quotas and rates,
+//! per-key and total caps, and a sweep by time. Nothing is written to disk:
+//! the swarm task never waits on a write, and a flood costs no I/O. Other
+//! nodes re-announce within the record TTL, and every key is held by up to
+//! 20 nodes, so a restart loses nothing the swarm cannot rebuild (ARCHITECTURE.md).
+//! Value records are not used by nixswarm and are kept in a small map so
+//! the behaviour still works.
+
+pub mod index;
+
+use std::borrow::Cow;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use libp2p::PeerId;
+use libp2p::kad::store::{Error, RecordStore, Result};
+use libp2p::kad::{ProviderRecord, Record, RecordKey};
+
+use self::index::{Added, Index, Key};
+use super::proven::Proven;
+
+pub use self::index::Limits;
+
+/// Value records kept (unused by nixswarm).
+const MAX_VALUE_RECORDS: usize = 1024;
+/// Keys the sweep looks at per call.
+pub const SWEEP_BUDGET: usize = 2000;
+
+/// Counters of what the store refused.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Refused {
+    /// Keys that are not nixswarm path keys.
+    pub malformed: u64,
+    /// Over a quota, a rate or a cap.
+    pub over_limit: u64,
+}
+
+/// The store.
+#[derive(Debug)]
+pub struct ProviderStore {
+    local: PeerId,
+    ttl: Duration,
+    own: HashSet<Key>,
+    remote: Index,
+    proven: Arc<Proven>,
+    refused: Refused,
+    values: HashMap<RecordKey, Record>,
+}
+
+fn path_key(key: &RecordKey) -> Option<Key> {
+    key.as_ref().try_into().ok()
+}
+
+impl ProviderStore {
+    /// A store for `local`'s node; remote records without an expiry live
+    /// `ttl`.
+    pub fn new(local: PeerId, limits: Limits, ttl: Duration, proven: Arc<Proven>) -> Self {
+        Self {
+            local,
+            ttl,
+            own: HashSet::new(),
+            remote: Index::new(limits),
+            proven,
+            refused: Refused::default(),
+            values: HashMap::new(),
+        }
+    }
+
+    /// Provider records held (own and others').
+    pub fn provider_records(&self) -> usize {
+        self.own.len() + self.remote.len()
+    }
+
+    /// Keys this node provides itself.
+    pub fn provided_count(&self) -> usize {
+        self.own.len()
+    }
+
+    /// Records held for `peer`.
+    pub fn records_of(&self, peer: &PeerId) -> usize {
+        self.remote.count_of(peer)
+    }
+
+    /// What was refused so far.
+    pub fn refused(&self) -> Refused {
+        self.refused
+    }
+
+    /// Drops expired records from the next slice of keys.
+    pub fn sweep(&mut self) -> usize {
+        self.remote.sweep(SWEEP_BUDGET, Instant::now())
+    }
+}
+
+impl RecordStore for ProviderStore {
+    type RecordsIter<'a> =
+        std::iter::Map<std::collections::hash_map::Values<'a, RecordKey, Record>, fn(&'a Record) -> Cow<'a, Record>>;
+    type ProvidedIter<'a> = std::vec::IntoIter<Cow<'a, ProviderRecord>>;
+
+    fn get(&self, k: &RecordKey) -> Option<Cow<'_, Record>> {
+        self.values.get(k).map(Cow::Borrowed)
+    }
+
+    fn put(&mut self, r: Record) -> Result<()> {
+        if self.values.len() >= MAX_VALUE_RECORDS && !self.values.contains_key(&r.key) {
+            return Err(Error::MaxRecords);
+        }
+        self.values.insert(r.key.clone(), r);
+        Ok(())
+    }
+
+    fn remove(&mut self, k: &RecordKey) {
+        self.values.remove(k);
+    }
+
+    fn records(&self) -> Self::RecordsIter<'_> {
+        self.values.values().map(Cow::Borrowed)
+    }
+
+    fn add_provider(&mut self, record: ProviderRecord) -> Result<()> {
+        let Some(key) = path_key(&record.key) else {
+            // Kademlia only logs an error; answering Ok keeps a flood of
+            // junk keys from filling the log as well.
+            self.refused.malformed += 1;
+            return Ok(());
+        };
+        if record.provider == self.local {
+            // Never refused: bounded by what this node holds.
+            self.own.insert(key);
+            return Ok(());
+        }
+        let now = Instant::now();
+        let expires = record.expires.unwrap_or(now + self.ttl).min(now + self.ttl);
+        let proven = &self.proven;
+        let added = self.remote.add(
+            key,
+            record.provider,
+            expires,
+            &record.addresses,
+            &|p| proven.contains(p),
+            now,
+        );
+        if added == Added::Refused {
+            self.refused.over_limit += 1;
+        }
+        Ok(())
+    }
+
+    fn providers(&self, key: &RecordKey) -> Vec<ProviderRecord> {
+        let Some(k) = path_key(key) else {
+            return Vec::new();
+        };
+        let own = self.own.contains(&k).then(|| ProviderRecord {
+            key: key.clone(),
+            provider: self.local,
+            expires: None,
+            addresses: Vec::new(), // Kademlia fills in the current ones
+        });
+        let proven = &self.proven;
+        let remote = self
+            .remote
+            .providers(&k, &|p| proven.contains(p), Instant::now())
+            .into_iter()
+            .map(|p| ProviderRecord {
+                key: key.clone(),
+                provider: p.peer,
+                expires: Some(p.expires),
+                addresses: p.addrs,
+            });
+        // Our own record first: it is the one we can vouch for.
+        own.into_iter().chain(remote).collect()
+    }
+
+    fn provided(&self) -> Self::ProvidedIter<'_> {
+        self.own
+            .iter()
+            .map(|k| {
+                Cow::Owned(ProviderRecord {
+                    key: RecordKey::from(k.to_vec()),
+                    provider: self.local,
+                    expires: None,
+                    addresses: Vec::new(),
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+    }
+
+    fn remove_provider(&mut self, k: &RecordKey, p: &PeerId) {
+        let Some(key) = path_key(k) else { return };
+        if *p == self.local {
+            self.own.remove(&key);
+        } else {
+            self.remote.remove(&key, p);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,232 @@
+//! Real nodes on 127.0.0.1 against hostile ones: a peer that floods
+//! ADD_PROVIDER with random keys, 20 Sybils that claim a path and never
+//! answer; and what the DHT alone does: providers found without asking the
+//! connected peers, and a withdrawn path leaving other nodes' records
+//! within the provider TTL while a kept one stays.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use futures::StreamExt as _;
+use nixswarm_node::p2p::records::Limits;
+use nixswarm_node::p2p::{DiscoverySettings, FetchSettings, Fetcher, Lie};
+use nixswarm_node::{NodeHandle, NodeStatus};
+use nixswarm_protocol::StorePathHash;
+
+/// A fetcher that finds providers through the DHT only: no connected peer
+/// is asked whether it has the path.
+fn dht_only(node: &TestNode, lookup_timeout: Duration) -> Fetcher {
+    let settings = FetchSettings {
+        lookup_timeout,
+        discovery: DiscoverySettings {
+            have_peers: 0,
+            ..DiscoverySettings::default()
+        },
+        ..FetchSettings::default()
+    };
+    Fetcher::new(
+        node.node.handle.clone(),
+        node.store.clone(),
+        vec![key().public_key()],
+        settings,
+    )
+}
+
+async fn status(h: &NodeHandle) -> NodeStatus {
+    h.status().await.unwrap()
+}
+
+/// Waits until `f` holds of a node's status (`secs` at most).
+async fn until(h: &NodeHandle, secs: u64, f: impl Fn(&NodeStatus) -> bool) -> NodeStatus {
+    let end = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let s = status(h).await;
+        if f(&s) {
+            return s;
+        }
+        assert!(Instant::now() < end, "status never satisfied the condition: {s:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn random_hash(i: u32) -> StorePathHash {
+    let mut b = [0xeeu8; 20];
+    b[..4].copy_from_slice(&i.to_le_bytes());
+    StorePathHash::from_bytes(&b)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn providers_are_found_through_the_dht_alone() {
+    let nodes = swarm(5, |_, _| {}).await;
+    let bytes = nar(11, 400_000);
+    nodes[1].put(11, &bytes);
+    let fetcher = dht_only(&nodes[4], Duration::from_secs(3));
+    let p1 = nodes[1].node.handle.peer_id();
+    let path = lookup_until(&fetcher, hash(11), |p| p.providers.contains(&p1)).await;
+    let (got, err) = collect(fetcher.stream(path)).await;
+    assert_eq!(err, None);
+    assert_eq!(got, bytes);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_random_provider_keys_stays_within_its_quota() {
+    const QUOTA: usize = 2000;
+    const FLOOD: u32 = 8000;
+    // Node 0 is the victim, node 1 floods, node 2 is an honest provider.
+    let nodes = swarm(3, |i, c| {
+        if i == 0 {
+            c.record_limits = Limits {
+                max_per_peer: QUOTA,
+                max_records: 3 * QUOTA,
+                ..Limits::default()
+            };
+        }
+    })
+    .await;
+    let victim = nodes[0].node.handle.clone();
+    let flooder = nodes[1].node.handle.clone();
+    let started = Instant::now();
+    let flood = tokio::spawn(async move {
+        futures::stream::iter(0..FLOOD)
+            .for_each_concurrent(256, |i| {
+                let f = flooder.clone();
+                async move {
+                    let _ = f.provide(&random_hash(i)).await;
+                }
+            })
+            .await;
+    });
+    // The victim keeps answering while it is flooded.
+    let mut slowest = Duration::ZERO;
+    while !flood.is_finished() {
+        let t = Instant::now();
+        status(&victim).await;
+        slowest = slowest.max(t.elapsed());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    flood.await.unwrap();
+    let s = until(&victim, 10, |s| s.records_refused > 0).await;
+    eprintln!(
+        "flood of {FLOOD} keys took {:?}; victim holds {} records, refused {}; slowest status answer {slowest:?}",
+        started.elapsed(),
+        s.provider_records,
+        s.records_refused
+    );
+    assert!(
+        s.provider_records <= QUOTA,
+        "the flooder's records stay within its quota"
+    );
+    let held = s.provider_records;
+    // Past the flood, an honest provider's record and the victim's own still go in.
+    nodes[2].put(12, &nar(12, 100_000));
+    until(&victim, 10, |s| s.provider_records == held + 1).await;
+    nodes[0].put(13, &nar(13, 100_000));
+    let s = until(&victim, 10, |s| s.provided_keys == 1).await;
+    assert_eq!(s.provider_records, held + 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_sybils_that_never_answer_do_not_hide_the_provider_that_does() {
+    // Node 0 bootstraps, node 1 fetches, node 2 serves, nodes 3..23 are
+    // Sybils: they announce the path first and then hold every request
+    // unanswered.
+    let nodes = swarm(23, |i, c| {
+        if i >= 3 {
+            c.lie = Lie::Silent;
+            c.request_timeout = Duration::from_secs(30);
+        }
+    })
+    .await;
+    let h = hash(14);
+    futures::future::join_all(nodes[3..].iter().map(|n| n.node.handle.provide(&h))).await;
+    let bytes = nar(14, 600_000);
+    nodes[2].put(14, &bytes);
+    let honest = nodes[2].node.handle.peer_id();
+    // Every DHT server that holds 20 or more records for the key (the
+    // Sybils') took the honest provider's too, and names it within two
+    // answers: claiming a key first does not lock out the one that serves
+    // it. Most of the 20 nodes closest to the key hold them.
+    let end = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (mut full, mut hiding) = (0, 0);
+        for n in nodes.iter().filter(|n| n.node.handle.peer_id() != honest) {
+            let first = n.node.handle.local_providers(&h).await.unwrap();
+            let second = n.node.handle.local_providers(&h).await.unwrap();
+            if first.len() >= 20 {
+                full += 1;
+                if !first.contains(&honest) && !second.contains(&honest) {
+                    hiding += 1;
+                }
+            }
+        }
+        if full >= 15 && hiding == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < end,
+            "{hiding} of the {full} DHT servers full of Sybils never named the honest provider"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let fetcher = dht_only(&nodes[1], Duration::from_secs(3));
+    let started = Instant::now();
+    let mut lookups = 0;
+    let path = loop {
+        lookups += 1;
+        if let Some(p) = fetcher.lookup(&h).await {
+            break p;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the honest provider was not found in {lookups} lookups"
+        );
+    };
+    eprintln!("found after {lookups} lookups in {:?}", started.elapsed());
+    assert_eq!(path.providers, vec![honest], "only the provider that answered is used");
+    let (got, err) = collect(fetcher.stream(path)).await;
+    assert_eq!(err, None);
+    assert_eq!(got, bytes);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_withdrawn_path_leaves_other_nodes_within_the_ttl_and_a_kept_one_stays() {
+    // Records live 3 s and are announced again every second.
+    let nodes = swarm(3, |_, c| {
+        c.provider_ttl = Duration::from_secs(3);
+        c.reprovide_interval = Duration::from_secs(1);
+    })
+    .await;
+    nodes[1].put(15, &nar(15, 100_000));
+    nodes[1].put(16, &nar(16, 100_000));
+    for n in [&nodes[0], &nodes[2]] {
+        until(&n.node.handle, 10, |s| s.provider_records == 2).await;
+    }
+    assert!(nodes[1].store.remove(&hash(15)).unwrap());
+    until(&nodes[1].node.handle, 10, |s| s.provided_keys == 1).await;
+    // The other nodes drop it when it expires, and keep the one announced again.
+    for n in [&nodes[0], &nodes[2]] {
+        until(&n.node.handle, 10, |s| s.provider_records == 1).await;
+    }
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    for n in [&nodes[0], &nodes[2]] {
+        assert_eq!(
+            status(&n.node.handle).await.provider_records,
+            1,
+            "the kept path stays listed"
+        );
+    }
+    let fetcher = dht_only(&nodes[2], Duration::from_secs(2));
+    assert!(fetcher.lookup(&hash(16)).await.is_some());
+    let mut found = nodes[0].node.handle.find_providers(&hash(15)).await.unwrap();
+    let mut providers = Vec::new();
+    while let Some(p) = found.recv().await {
+        providers.push(p);
+    }
+    assert!(
+        providers.is_empty(),
+        "the DHT no longer lists a provider: {providers:?}"
+    );
+}
