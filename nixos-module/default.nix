@@ -107,7 +107,7 @@ in
         type = types.nullOr (types.strMatching "[0-9]+(\\.[0-9]+)?[KMGTkmgt]?(i?B)?(/s)?");
         default = defaults.uploadLimit;
         example = "20M";
-        description = "Upload limit for serving peers, per second (K, M, G are powers of 1024); null for none.";
+        description = "Upload limit for serving peers, per second (K, M, G are powers of 1024); \"0\" for none; null for the node's default (5M).";
       };
 
       listenPort = mkOption {

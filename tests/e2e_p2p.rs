@@ -6,29 +6,8 @@
 
 mod support;
 
-use anyhow::{Result, ensure};
-use support::{ClientStore, Gateway, check, down_upstream, fixture};
-
-fn import(data_dir: &std::path::Path, cache: &std::path::Path, key: &str) -> Result<()> {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_nixswarm"))
-        .args([
-            "import",
-            &format!("file://{}", cache.display()),
-            "--trusted-key",
-            key,
-            "--data-dir",
-        ])
-        .arg(data_dir)
-        .output()?;
-    ensure!(
-        out.status.success(),
-        "import failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    ensure!(stdout.contains("imported 29 paths"), "{stdout}");
-    Ok(())
-}
+use anyhow::Result;
+use support::{ClientStore, Gateway, check, down_upstream, fixture, import};
 
 #[test]
 fn nix_substitutes_from_peers_through_a_node_that_knows_one_peer_and_has_no_upstream() -> Result<()> {

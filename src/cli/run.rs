@@ -116,7 +116,7 @@ async fn start_node(eff: &Effective, shelves: Shelves, hooks: &TestHooks, cancel
         mdns: p2p.mdns,
         server: p2p.mode == P2pMode::Server,
         request_timeout: p2p.peer_timeout,
-        upload_limit: p2p.upload_limit.map(|s| s.0),
+        upload_limit: p2p.upload_limit.map(|s| s.0).filter(|&r| r > 0),
         ..NodeConfig::default()
     };
     #[cfg(feature = "test-hooks")]

@@ -176,8 +176,10 @@ impl Gateway {
         .arg("--data-dir")
         .arg(data_dir)
         .args(extra)
-        // Never index this machine's own /nix/store (flags override).
+        // Never index this machine's own /nix/store, and serve peers at
+        // full speed (flags override).
         .env("NIXSWARM_SHARE_INSTALLED", "false")
+        .env("NIXSWARM_UPLOAD_LIMIT", "0")
         .env(
             "RUST_LOG",
             std::env::var("NIXSWARM_CHILD_LOG")
@@ -534,4 +536,26 @@ pub fn audit_gateway_store(
         seen.insert(hash.to_string());
     }
     Ok(seen)
+}
+
+/// `nixswarm import` of a fixture cache (its 29 paths) into `data_dir`.
+pub fn import(data_dir: &std::path::Path, cache: &std::path::Path, key: &str) -> Result<()> {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_nixswarm"))
+        .args([
+            "import",
+            &format!("file://{}", cache.display()),
+            "--trusted-key",
+            key,
+            "--data-dir",
+        ])
+        .arg(data_dir)
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "import failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    ensure!(stdout.contains("imported 29 paths"), "{stdout}");
+    Ok(())
 }

@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 
 use futures::StreamExt as _;
 use libp2p::kad::{self, GetProvidersOk, QueryId, QueryResult, RecordKey};
-use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
+use libp2p::request_response::{self, InboundRequestId, OutboundRequestId, ResponseChannel};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, PeerId, Swarm, identify, mdns};
 use nixswarm_protocol::wire::{Request, Response};
@@ -26,6 +26,7 @@ const MAX_KNOWN_PEERS: usize = 8192;
 #[derive(Debug)]
 pub struct Inbound {
     pub peer: PeerId,
+    pub id: InboundRequestId,
     pub request: Request,
     pub channel: ResponseChannel<Response>,
 }
@@ -48,10 +49,12 @@ pub enum Command {
         request: Request,
         reply: oneshot::Sender<Result<Response, String>>,
     },
-    /// Answer an inbound request.
+    /// Answer an inbound request; `written` fires once the answer has
+    /// been written to the peer, or could not be.
     Respond {
         channel: ResponseChannel<Response>,
         response: Response,
+        written: Option<(InboundRequestId, oneshot::Sender<()>)>,
     },
     /// Dial an address (bootstrap).
     Dial { addr: Multiaddr },
@@ -78,6 +81,8 @@ pub(super) struct Actor {
     finds: HashMap<QueryId, (mpsc::Sender<PeerId>, HashSet<PeerId>)>,
     requests: HashMap<OutboundRequestId, oneshot::Sender<Result<Response, String>>>,
     addresses: HashMap<PeerId, Vec<Multiaddr>>,
+    /// Answers being written, and who waits for each to be.
+    writing: HashMap<InboundRequestId, oneshot::Sender<()>>,
 }
 
 impl Actor {
@@ -100,6 +105,7 @@ impl Actor {
             finds: HashMap::new(),
             requests: HashMap::new(),
             addresses: HashMap::new(),
+            writing: HashMap::new(),
         }
     }
 
@@ -125,6 +131,8 @@ impl Actor {
                 }
                 _ = sweep_tick.tick() => {
                     self.swarm.behaviour_mut().kad.store_mut().sweep();
+                    // Waiters that gave up (an event that never came).
+                    self.writing.retain(|_, tx| !tx.is_closed());
                 }
             }
         }
@@ -153,12 +161,22 @@ impl Actor {
                 let id = b.transfer.send_request_with_addresses(&peer, request, addrs);
                 self.requests.insert(id, reply);
             }
-            Command::Respond { channel, response } => {
+            Command::Respond {
+                channel,
+                response,
+                written,
+            } => {
                 if let Response::Chunks { chunks } = &response {
                     let n: usize = chunks.iter().map(|c| c.data.len()).sum();
                     self.stats.bytes_served.fetch_add(n as u64, Ordering::Relaxed);
                 }
-                let _ = b.transfer.send_response(channel, response);
+                // If the stream is gone, `written` drops here: its waiter
+                // wakes at once.
+                if b.transfer.send_response(channel, response).is_ok()
+                    && let Some((id, tx)) = written
+                {
+                    self.writing.insert(id, tx);
+                }
             }
             Command::Dial { addr } => {
                 if let Err(e) = self.swarm.dial(addr.clone()) {
@@ -286,9 +304,19 @@ impl Actor {
     fn on_transfer(&mut self, ev: request_response::Event<Request, Response>) {
         match ev {
             request_response::Event::Message { peer, message, .. } => match message {
-                request_response::Message::Request { request, channel, .. } => {
+                request_response::Message::Request {
+                    request,
+                    channel,
+                    request_id,
+                } => {
+                    let inb = Inbound {
+                        peer,
+                        id: request_id,
+                        request,
+                        channel,
+                    };
                     if let Err(mpsc::error::TrySendError::Full(inb) | mpsc::error::TrySendError::Closed(inb)) =
-                        self.inbound.try_send(Inbound { peer, request, channel })
+                        self.inbound.try_send(inb)
                     {
                         let _ = self
                             .swarm
@@ -314,10 +342,20 @@ impl Actor {
                     let _ = reply.send(Err(error.to_string()));
                 }
             }
-            request_response::Event::InboundFailure { peer, error, .. } => {
+            request_response::Event::InboundFailure {
+                peer,
+                error,
+                request_id,
+                ..
+            } => {
                 tracing::debug!(%peer, %error, "answering a transfer request failed");
+                self.writing.remove(&request_id);
             }
-            request_response::Event::ResponseSent { .. } => {}
+            request_response::Event::ResponseSent { request_id, .. } => {
+                if let Some(tx) = self.writing.remove(&request_id) {
+                    let _ = tx.send(());
+                }
+            }
         }
     }
 }

@@ -9,6 +9,9 @@ use nixswarm_protocol::wire::{MAX_REQUEST, MAX_RESPONSE, Request, Response};
 /// The protocol name on the wire.
 pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/nixswarm/transfer/1");
 
+/// What a read allocates before the bytes arrive.
+const READ_STEP: usize = 64 * 1024;
+
 /// Length-prefixed bytes codec.
 #[derive(Debug, Clone, Default)]
 pub struct TransferCodec;
@@ -23,8 +26,16 @@ async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T, max: usize) -> std:
             format!("message of {len} bytes exceeds {max}"),
         ));
     }
-    let mut buf = vec![0u8; len];
-    io.read_exact(&mut buf).await?;
+    // Grown as the bytes arrive, not allocated as announced: a peer that
+    // announces 33 MiB and sends nothing costs nothing.
+    let mut buf = Vec::with_capacity(len.min(READ_STEP));
+    let read = io.take(len as u64).read_to_end(&mut buf).await?;
+    if read < len {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            format!("message ended after {read} of {len} bytes"),
+        ));
+    }
     Ok(buf)
 }
 
@@ -74,6 +85,36 @@ impl libp2p::request_response::Codec for TransferCodec {
         io: &mut T,
         res: Response,
     ) -> std::io::Result<()> {
-        write_frame(io, &res.encode()).await
+        // Only the encoded copy is held while a slow peer reads it.
+        let bytes = res.encode();
+        drop(res);
+        write_frame(io, &bytes).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_frame_is_read_as_it_arrives_and_a_short_one_is_an_error() {
+        futures::executor::block_on(async {
+            // Announces 33 MiB, sends 10 bytes.
+            let mut wire = (MAX_RESPONSE as u32).to_le_bytes().to_vec();
+            wire.extend_from_slice(&[1; 10]);
+            let e = read_frame(&mut futures::io::Cursor::new(wire), MAX_RESPONSE)
+                .await
+                .unwrap_err();
+            assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof, "{e}");
+            let mut wire = 5u32.to_le_bytes().to_vec();
+            wire.extend_from_slice(b"hello, and more");
+            let got = read_frame(&mut futures::io::Cursor::new(wire), 16).await.unwrap();
+            assert_eq!(got, b"hello");
+            let too_big = 17u32.to_le_bytes().to_vec();
+            let e = read_frame(&mut futures::io::Cursor::new(too_big), 16)
+                .await
+                .unwrap_err();
+            assert_eq!(e.kind(), std::io::ErrorKind::InvalidData);
+        });
     }
 }

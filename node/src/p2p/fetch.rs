@@ -317,10 +317,13 @@ impl Fetcher {
                 }
             }
         }
-        // Providers that let the lookup end unanswered are not asked first
-        // next time (the discovery may find them again).
-        for peer in &unanswered {
-            self.discovery.forget(hash, peer);
+        // If nobody answered, those that let the lookup end unanswered are
+        // not asked first next time (the discovery may find them again).
+        // Once someone has, the rest may only be slow: they stay.
+        if groups.is_empty() {
+            for peer in &unanswered {
+                self.discovery.forget(hash, peer);
+            }
         }
         // The manifest most providers sent (the first one on a tie); if it
         // is a lie, `reject` rules it out and the next lookup takes another.

@@ -7,7 +7,10 @@ use std::sync::{Arc, Mutex};
 
 use libp2p::PeerId;
 use nixswarm_protocol::wire::{MAX_BATCH, MAX_HAVE, Request, Response, WireChunk};
-use tokio::sync::{Semaphore, mpsc};
+use std::time::Duration;
+
+use nixswarm_protocol::manifest::MAX_CHUNK_SIZE;
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::actor::{Command, Inbound};
@@ -90,10 +93,46 @@ fn compress(id: nixswarm_protocol::ChunkId, data: Vec<u8>) -> WireChunk {
     }
 }
 
+/// Bytes an answer holds in memory, roughly.
+fn held_len(r: &Response) -> usize {
+    match r {
+        Response::Chunks { chunks } => chunks.iter().map(|c| c.data.len() + 64).sum(),
+        Response::PathInfo { narinfo, manifest } => narinfo.len() + manifest.chunks.len() * 40,
+        Response::Have { have } => have.len(),
+        _ => 0,
+    }
+}
+
 fn wire_len(r: &Response) -> u64 {
     match r {
         Response::Chunks { chunks } => chunks.iter().map(|c| c.data.len() as u64).sum(),
         _ => 0,
+    }
+}
+
+/// Bytes of answers held at once (being built, waiting for the upload
+/// limit, or being written to a peer that may never read them), in all.
+pub const MAX_BYTES_HELD: usize = 64 << 20;
+/// The byte budget's unit.
+const UNIT: usize = 64 << 10;
+/// How long an answer may take to be written before its budget is freed
+/// anyway (request-response fails the stream after its own timeout).
+const WRITE_DEADLINE: Duration = Duration::from_secs(60);
+
+/// Budget units for `bytes` (never more than the whole budget).
+fn units(bytes: usize) -> usize {
+    bytes.div_ceil(UNIT).clamp(1, MAX_BYTES_HELD / UNIT)
+}
+
+/// The most an answer to `request` can take: chunk answers are bounded by
+/// the distinct ids asked; path answers are taken as small until built.
+fn estimate(request: &Request) -> usize {
+    match request {
+        Request::Chunks { ids } => {
+            let distinct: std::collections::HashSet<_> = ids.iter().take(MAX_BATCH).collect();
+            distinct.len() * (MAX_CHUNK_SIZE as usize + 64)
+        }
+        Request::PathInfo { .. } | Request::Have { .. } => UNIT,
     }
 }
 
@@ -106,6 +145,7 @@ pub(super) async fn run(
     cancel: CancellationToken,
 ) {
     let slots = Arc::new(Semaphore::new(MAX_CONCURRENT));
+    let budget = Arc::new(Semaphore::new(MAX_BYTES_HELD / UNIT));
     let per_peer: Arc<Mutex<HashMap<PeerId, usize>>> = Arc::default();
     loop {
         let inb = tokio::select! {
@@ -135,28 +175,57 @@ pub(super) async fn run(
                 .send(Command::Respond {
                     channel: inb.channel,
                     response: Response::Busy,
+                    written: None,
                 })
                 .await;
             continue;
         }
-        let Ok(permit) = slots.clone().acquire_owned().await else {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
             return;
         };
-        let (handle, store, limiter, per_peer, liar) = (
+        let (handle, store, limiter, per_peer, liar, budget) = (
             handle.clone(),
             store.clone(),
             limiter.clone(),
             per_peer.clone(),
             liar.clone(),
+            budget.clone(),
         );
         tokio::spawn(async move {
-            let Inbound { peer, request, channel } = inb;
-            let response = tokio::task::spawn_blocking(move || answer(&store, &request, &liar))
-                .await
-                .unwrap_or(Response::Busy);
-            limiter.acquire(wire_len(&response)).await;
-            let _ = handle.tx.send(Command::Respond { channel, response }).await;
-            drop(permit);
+            let Inbound {
+                peer,
+                id,
+                request,
+                channel,
+            } = inb;
+            // The answer's bytes are held until written: a peer that never
+            // reads holds budget, not ever more memory.
+            let want = units(estimate(&request));
+            if let Ok(mut held) = budget.clone().acquire_many_owned(want as u32).await {
+                let response = tokio::task::spawn_blocking(move || answer(&store, &request, &liar))
+                    .await
+                    .unwrap_or(Response::Busy);
+                let need = units(held_len(&response));
+                if need < want {
+                    drop(held.split(want - need));
+                } else if need > want
+                    && let Ok(more) = budget.acquire_many_owned((need - want) as u32).await
+                {
+                    held.merge(more);
+                }
+                limiter.acquire(wire_len(&response)).await;
+                let (tx, written) = oneshot::channel();
+                let respond = Command::Respond {
+                    channel,
+                    response,
+                    written: Some((id, tx)),
+                };
+                if handle.tx.send(respond).await.is_ok() {
+                    let _ = tokio::time::timeout(WRITE_DEADLINE, written).await;
+                }
+                drop(held);
+            }
+            drop(slot);
             if !counted {
                 return;
             }
