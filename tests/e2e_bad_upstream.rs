@@ -65,22 +65,9 @@ fn mangle_nar(dir: &Path, path: &str, f: impl FnOnce(&mut Vec<u8>)) -> Result<()
     Ok(())
 }
 
-fn copy_dir(from: &Path, to: &Path) -> Result<()> {
-    std::fs::create_dir_all(to)?;
-    for e in std::fs::read_dir(from)? {
-        let e = e?;
-        if e.file_type()?.is_dir() {
-            copy_dir(&e.path(), &to.join(e.file_name()))?;
-        } else {
-            std::fs::copy(e.path(), to.join(e.file_name()))?;
-        }
-    }
-    Ok(())
-}
-
 /// Builds the lying cache; returns the store paths it lies about.
 fn make_bad_cache(fx: &Fixture, dir: &Path) -> Result<Vec<String>> {
-    copy_dir(&fx.cache(), dir)?;
+    support::copy_dir(&fx.cache(), dir)?;
     let bad = |n: &str| path_named(fx, n).to_owned();
 
     // 1. A NAR altered at the upstream (narinfo and signature intact).

@@ -44,19 +44,6 @@ fn forge(dir: &Path, path: &str, contents: &str) -> Result<NarInfo> {
     Ok(info)
 }
 
-fn copy_dir(from: &Path, to: &Path) -> Result<()> {
-    std::fs::create_dir_all(to)?;
-    for e in std::fs::read_dir(from)? {
-        let e = e?;
-        if e.file_type()?.is_dir() {
-            copy_dir(&e.path(), &to.join(e.file_name()))?;
-        } else {
-            std::fs::copy(e.path(), to.join(e.file_name()))?;
-        }
-    }
-    Ok(())
-}
-
 #[test]
 fn substituted_content_addressed_contents_are_never_stored() -> Result<()> {
     support::fixture_nix_available();
@@ -74,7 +61,7 @@ fn substituted_content_addressed_contents_are_never_stored() -> Result<()> {
     let good = tmp.path().join("good-cache");
     src.copy_to_cache(&good, &paths)?;
     let bad = tmp.path().join("bad-cache");
-    copy_dir(&good, &bad)?;
+    support::copy_dir(&good, &bad)?;
     for (path, contents, kind) in [(&flat, FLAT, "CA: fixed:sha256:"), (&text, TEXT, "CA: text:sha256:")] {
         let forged = forge(&bad, path, contents)?;
         // The forgery is one the narinfo rules alone accept.

@@ -559,3 +559,17 @@ pub fn import(data_dir: &std::path::Path, cache: &std::path::Path, key: &str) ->
     ensure!(stdout.contains("imported 29 paths"), "{stdout}");
     Ok(())
 }
+
+/// Copies a directory tree (a binary cache, a data dir).
+pub fn copy_dir(from: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to)?;
+    for e in std::fs::read_dir(from)? {
+        let e = e?;
+        if e.file_type()?.is_dir() {
+            copy_dir(&e.path(), &to.join(e.file_name()))?;
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name()))?;
+        }
+    }
+    Ok(())
+}
