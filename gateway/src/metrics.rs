@@ -23,6 +23,12 @@ pub struct RequestLabels {
     pub source: String,
 }
 
+/// Labels for answers, by HTTP status code.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabels {
+    pub status: String,
+}
+
 /// Labels for bytes served, by source.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SourceLabels {
@@ -53,6 +59,7 @@ pub struct RejectLabels {
 pub struct Metrics {
     pub registry: Registry,
     pub requests: Family<RequestLabels, Counter>,
+    pub responses: Family<StatusLabels, Counter>,
     pub bytes: Family<SourceLabels, Counter>,
     pub upstream_bytes: Family<UpstreamLabels, Counter>,
     pub latency: Family<RouteLabels, Histogram>,
@@ -107,6 +114,12 @@ impl Metrics {
     pub fn new() -> Arc<Self> {
         let mut registry = Registry::with_prefix("nixswarm");
         let requests = Family::<RequestLabels, Counter>::default();
+        let responses = Family::<StatusLabels, Counter>::default();
+        registry.register(
+            "gateway_responses",
+            "Gateway answers by HTTP status code",
+            responses.clone(),
+        );
         let bytes = Family::<SourceLabels, Counter>::default();
         let upstream_bytes = Family::<UpstreamLabels, Counter>::default();
         let latency = Family::<RouteLabels, Histogram>::new_with_constructor(|| {
@@ -172,6 +185,7 @@ impl Metrics {
         Arc::new(Self {
             registry,
             requests,
+            responses,
             bytes,
             upstream_bytes,
             latency,

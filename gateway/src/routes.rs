@@ -37,7 +37,21 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/log/{drv}", get(log))
         .route("/{file}", get(by_name))
         .fallback(|| async { GatewayError::NotFound })
+        .layer(axum::middleware::map_response_with_state(state.clone(), count_status))
         .with_state(state)
+}
+
+/// Counts every answer by its status code (a 5xx makes Nix give up on the
+/// substituter unless `fallback` is set).
+async fn count_status(State(state): State<Arc<AppState>>, response: Response) -> Response {
+    state
+        .metrics
+        .responses
+        .get_or_create(&crate::metrics::StatusLabels {
+            status: response.status().as_u16().to_string(),
+        })
+        .inc();
+    response
 }
 
 /// Records a route's latency when dropped.
