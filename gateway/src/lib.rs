@@ -28,7 +28,7 @@ pub mod upstream;
 use std::sync::Arc;
 use std::time::Duration;
 
-use nixswarm_node::ChunkStore;
+use nixswarm_node::{AsyncStore, ChunkStore};
 use nixswarm_protocol::PublicKey;
 use tokio_util::sync::CancellationToken;
 
@@ -73,7 +73,8 @@ impl Default for GatewayOptions {
 /// Shared state of all requests.
 #[derive(Debug)]
 pub struct AppState {
-    pub store: ChunkStore,
+    /// The local store, through its async facade.
+    pub store: AsyncStore,
     pub resolver: Resolver,
     /// Upstreams for unsigned pass-through (logs, `.ls`).
     pub upstreams: Vec<Upstream>,
@@ -112,7 +113,7 @@ impl Gateway {
         );
         Self {
             state: Arc::new(AppState {
-                store,
+                store: store.into(),
                 resolver,
                 upstreams,
                 metrics,

@@ -72,15 +72,7 @@ pub async fn pin(
         return Ok(r);
     }
     let hash = parse(&hash)?;
-    let store = state.store.clone();
-    let (held, missing) = tokio::task::spawn_blocking(move || -> Result<_, GatewayError> {
-        let (held, missing) = store.closure(&hash)?;
-        // Missing ones are pinned too: they are kept once they arrive.
-        store.pin(&[held.as_slice(), missing.as_slice()].concat())?;
-        Ok((held, missing))
-    })
-    .await
-    .map_err(|e| GatewayError::Internal(e.to_string()))??;
+    let (held, missing) = state.store.pin_closure(hash).await?;
     let s = |v: Vec<StorePathHash>| v.iter().map(ToString::to_string).collect::<Vec<_>>();
     Ok(json(&serde_json::json!({ "pinned": s(held), "missing": s(missing) })))
 }
@@ -95,15 +87,7 @@ pub async fn unpin(
         return Ok(r);
     }
     let hash = parse(&hash)?;
-    let store = state.store.clone();
-    let unpinned = tokio::task::spawn_blocking(move || -> Result<_, GatewayError> {
-        let (held, missing) = store.closure(&hash)?;
-        let all: Vec<_> = held.into_iter().chain(missing).collect();
-        store.unpin(&all)?;
-        Ok(all)
-    })
-    .await
-    .map_err(|e| GatewayError::Internal(e.to_string()))??;
+    let unpinned = state.store.unpin_closure(hash).await?;
     let s: Vec<_> = unpinned.iter().map(ToString::to_string).collect();
     Ok(json(&serde_json::json!({ "unpinned": s })))
 }

@@ -90,7 +90,7 @@ async fn cache_info(State(state): State<Arc<AppState>>) -> Response {
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
-    if let Ok(stats) = state.store.stats() {
+    if let Ok(stats) = state.store.stats().await {
         state.metrics.store_paths.set(stats.paths as i64);
         state.metrics.store_bytes.set(stats.bytes as i64);
     }
@@ -111,7 +111,7 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
 
 /// `nixswarm status`: the node and the store, as JSON.
 async fn status(State(state): State<Arc<AppState>>) -> Result<Response> {
-    let store = state.store.stats()?;
+    let store = state.store.stats().await?;
     let node = match &state.node {
         Some(n) => n.status().await.ok(),
         None => None,
@@ -175,7 +175,7 @@ async fn narinfo(state: &AppState, h: &str) -> Result<Response> {
     let hash: StorePathHash = h.parse().map_err(|_| GatewayError::NotFound)?;
     // A local read failure falls through to the sources: only "nobody has
     // it" is a 404, and Nix takes any other error for a broken substituter.
-    let local = state.store.narinfo(&hash).unwrap_or_else(|e| {
+    let local = state.store.narinfo(hash).await.unwrap_or_else(|e| {
         tracing::warn!(%hash, error = %e, "local narinfo unreadable: asking the sources");
         None
     });
@@ -209,7 +209,7 @@ async fn nar(State(state): State<Arc<AppState>>, Path(file): Path<String>, heade
                 .any(|e| e.split(';').next().is_some_and(|e| e.trim() == "zstd"))
         });
 
-    let local = state.store.open_nar(&hash).unwrap_or_else(|e| {
+    let local = state.store.open_nar(hash).await.unwrap_or_else(|e| {
         tracing::warn!(%hash, error = %e, "local NAR unreadable: asking the sources");
         None
     });
@@ -222,7 +222,7 @@ async fn nar(State(state): State<Arc<AppState>>, Path(file): Path<String>, heade
         let store = state.store.clone();
         let body = stream::local(handle, start, end, state.metrics.clone(), move |why| {
             tracing::error!(%hash, %why, "stored NAR is damaged: removing it so it is fetched again");
-            let _ = store.remove(&hash);
+            let _ = store.blocking().remove(&hash);
         });
         return Ok(nar_response(body, size, start, end, partial, zstd));
     }
@@ -241,16 +241,14 @@ async fn nar(State(state): State<Arc<AppState>>, Path(file): Path<String>, heade
         .request("nar", state.resolver.sources[first].kind().as_str());
     let size = info.nar_size;
     let (start, end, partial) = byte_range(range_header, size)?;
-    let ingest = if state.options.keep_fetched && !state.store.contains(&hash).unwrap_or(true) {
+    let ingest = if state.options.keep_fetched && !state.store.contains(hash).await.unwrap_or(true) {
         // Making room may evict paths (file deletes, a database write).
-        let (store, for_store) = (state.store.clone(), info.clone());
-        match tokio::task::spawn_blocking(move || store.begin_ingest(for_store)).await {
-            Ok(Ok(ingest)) => Some(ingest),
-            Ok(Err(e)) => {
+        match state.store.begin_ingest(info.clone()).await {
+            Ok(ingest) => Some(ingest),
+            Err(e) => {
                 tracing::info!(%hash, error = %e, "serving without storing");
                 None
             }
-            Err(e) => return Err(GatewayError::Internal(e.to_string())),
         }
     } else {
         None

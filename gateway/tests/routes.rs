@@ -490,9 +490,9 @@ impl nixswarm_node::store::MetaDb for Flaky {
     fn remove(&self, hash: &str) -> nixswarm_node::store::Result<Vec<nixswarm_protocol::ChunkId>> {
         self.inner.remove(hash)
     }
-    fn touch(&self, hash: &str, now: u64) -> nixswarm_node::store::Result<()> {
+    fn touch(&self, accesses: &[(String, u64)]) -> nixswarm_node::store::Result<()> {
         self.check()?;
-        self.inner.touch(hash, now)
+        self.inner.touch(accesses)
     }
     fn lru(&self, limit: usize) -> nixswarm_node::store::Result<Vec<String>> {
         self.inner.lru(limit)

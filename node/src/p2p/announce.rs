@@ -64,6 +64,14 @@ async fn list(store: &Shelves) -> Vec<StorePathHash> {
         .unwrap_or_default()
 }
 
+/// Whether the shelves share a path, read off the async runtime.
+async fn shares(store: &Shelves, h: StorePathHash) -> bool {
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || store.contains(&h).unwrap_or(false))
+        .await
+        .unwrap_or(false)
+}
+
 pub(super) async fn run(
     handle: NodeHandle,
     store: Shelves,
@@ -95,13 +103,13 @@ pub(super) async fn run(
                 // Holding a path is not sharing it: the policy decides (one signed
                 // only by a trusted, unshared key is kept, never announced).
                 Some(Some(StoreEvent::Added(h))) => {
-                    if store.contains(&h).unwrap_or(false) {
+                    if shares(&store, h).await {
                         queue.push(h);
                     }
                 }
                 Some(Some(StoreEvent::Removed(h))) => {
                     // Another shelf may still share it (installed and cached).
-                    if store.contains(&h).unwrap_or(false) {
+                    if shares(&store, h).await {
                         continue;
                     }
                     queue.remove(&h);

@@ -23,7 +23,7 @@ use super::NodeHandle;
 use super::discover::{Discovery, DiscoverySettings};
 use super::schedule::{Outcome, Ready, Schedule, ScheduleSettings, check_chunks};
 use super::scores::Scores;
-use crate::store::ChunkStore;
+use crate::store::{AsyncStore, ChunkStore};
 
 /// Fetcher settings.
 #[derive(Debug, Clone)]
@@ -65,7 +65,7 @@ pub struct PeerPath {
 #[derive(Debug, Clone)]
 pub struct Fetcher {
     handle: NodeHandle,
-    store: ChunkStore,
+    store: AsyncStore,
     keys: Arc<Vec<PublicKey>>,
     settings: FetchSettings,
     scores: Arc<Mutex<Scores>>,
@@ -80,6 +80,23 @@ type BadManifests = HashSet<(StorePathHash, [u8; 32])>;
 
 /// Rejected manifests remembered before the memory is cleared.
 const MAX_BAD_MANIFESTS: usize = 10_000;
+/// Checks a chunk answer off the runtime (zstd and BLAKE3 over up to
+/// 32 chunks).
+async fn verify(
+    asked: &[ChunkId],
+    sched: &Schedule,
+    chunks: Vec<nixswarm_protocol::wire::WireChunk>,
+) -> Result<Vec<(ChunkId, Bytes)>, &'static str> {
+    let sizes: Vec<(ChunkId, Option<u32>)> = asked.iter().map(|id| (*id, sched.size(id))).collect();
+    let asked = asked.to_vec();
+    tokio::task::spawn_blocking(move || {
+        let size_of = |id: &ChunkId| sizes.iter().find(|(i, _)| i == id).and_then(|(_, s)| *s);
+        check_chunks(&asked, size_of, chunks)
+    })
+    .await
+    .unwrap_or(Err("chunk check failed"))
+}
+
 /// How long a lookup waits for an answer before it asks one more provider.
 const HEDGE: Duration = Duration::from_millis(500);
 /// Providers asked at once by a lookup, at most.
@@ -104,7 +121,7 @@ impl Fetcher {
         Self {
             discovery: Discovery::new(handle.clone(), settings.discovery.clone()),
             handle,
-            store,
+            store: store.into(),
             keys: Arc::new(keys),
             scores: Arc::new(Mutex::new(Scores::new(settings.ban_after, settings.ban_for))),
             settings,
@@ -360,7 +377,15 @@ impl Fetcher {
     async fn transfer(&self, path: PeerPath, tx: &mpsc::Sender<std::io::Result<Bytes>>) -> Result<(), String> {
         let hash = path.info.store_path.hash();
         let providers = path.providers.iter().copied().filter(|p| !self.is_banned(p));
-        let is_local = |id: &ChunkId| self.store.has_chunk(id).unwrap_or(false);
+        // Chunks already here (shared with other stored paths), in one trip.
+        let ids: Vec<ChunkId> = path.manifest.chunks.iter().map(|c| c.id).collect();
+        let here = self.store.has_chunks(ids.clone()).await.unwrap_or_default();
+        let local: HashSet<ChunkId> = ids
+            .into_iter()
+            .zip(here)
+            .filter_map(|(id, h)| h.then_some(id))
+            .collect();
+        let is_local = |id: &ChunkId| local.contains(id);
         let mut sched = Schedule::new(
             &path.manifest,
             is_local,
@@ -374,7 +399,7 @@ impl Fetcher {
             while let Some(ready) = sched.next_ready() {
                 let data = match ready {
                     Ready::Data(d) => d,
-                    Ready::Local(id) => match self.store.read_chunk(&id) {
+                    Ready::Local(id) => match self.store.read_chunk(id).await {
                         Ok(Some(d)) => d,
                         _ => {
                             sched.local_missing(id);
@@ -406,7 +431,7 @@ impl Fetcher {
                     let peer = send.peer;
                     let current = sched.peers().any(|p| *p == peer);
                     let outcome = match r {
-                        Ok(Response::Chunks { chunks }) => match check_chunks(&send.ids, |id| sched.size(id), chunks) {
+                        Ok(Response::Chunks { chunks }) => match verify(&send.ids, &sched, chunks).await {
                             Ok(c) => {
                                 if !c.is_empty() {
                                     stats.proven.mark(peer);

@@ -5,6 +5,7 @@ use std::fs;
 use std::io::{ErrorKind, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex};
 
 use bytes::Bytes;
 use nixswarm_protocol::ChunkId;
@@ -17,6 +18,27 @@ pub struct ChunkDir {
     root: PathBuf,
     tmp: PathBuf,
     counter: AtomicU64,
+    syncs: Syncs,
+}
+
+/// Group commit for `syncfs`: a caller's writes are covered by any sync
+/// that starts after it asked, so ingests that finish together share one.
+#[derive(Debug, Default)]
+struct Syncs {
+    state: Mutex<SyncState>,
+    done: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct SyncState {
+    /// Requests so far (each caller takes the next number).
+    asked: u64,
+    /// Every request up to this one is on disk.
+    covered: u64,
+    /// A sync is running.
+    running: bool,
+    /// Syncs run (tests and status).
+    runs: u64,
 }
 
 fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> StoreError {
@@ -38,6 +60,7 @@ impl ChunkDir {
             root,
             tmp,
             counter: AtomicU64::new(0),
+            syncs: Syncs::default(),
         })
     }
 
@@ -105,10 +128,58 @@ impl ChunkDir {
         Ok(out)
     }
 
-    /// Flushes everything written so far to disk (one `syncfs`).
+    /// Returns once everything this thread wrote so far is on disk: either
+    /// a `syncfs` of its own, or one that started after it asked.
     pub fn sync(&self) -> Result<()> {
-        let dir = fs::File::open(&self.root).map_err(io(format!("opening {}", self.root.display())))?;
-        syncfs(&dir).map_err(io("syncing the chunk store's filesystem"))
+        let root = &self.root;
+        self.syncs.sync_with(|| {
+            let dir = fs::File::open(root).map_err(io(format!("opening {}", root.display())))?;
+            syncfs(&dir).map_err(io("syncing the chunk store's filesystem"))
+        })
+    }
+
+    /// Syncs run so far.
+    pub fn sync_runs(&self) -> u64 {
+        self.syncs
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .runs
+    }
+}
+
+impl Syncs {
+    fn lock(&self) -> std::sync::MutexGuard<'_, SyncState> {
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Runs `flush` unless a run that started after this call covers it.
+    fn sync_with(&self, flush: impl Fn() -> Result<()>) -> Result<()> {
+        let mut s = self.lock();
+        s.asked += 1;
+        let mine = s.asked;
+        loop {
+            if s.covered >= mine {
+                return Ok(());
+            }
+            if !s.running {
+                s.running = true;
+                let upto = s.asked;
+                drop(s);
+                let r = flush();
+                s = self.lock();
+                s.running = false;
+                s.runs += 1;
+                if r.is_ok() {
+                    s.covered = s.covered.max(upto);
+                }
+                self.done.notify_all();
+                // On failure the waiters try a flush of their own.
+                r?;
+                continue;
+            }
+            s = self.done.wait(s).unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
     }
 }
 
@@ -120,5 +191,63 @@ fn syncfs(f: &fs::File) -> std::io::Result<()> {
         Ok(())
     } else {
         Err(std::io::Error::last_os_error())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::mpsc;
+
+    use super::*;
+
+    #[test]
+    fn callers_that_ask_during_a_sync_share_the_next_one() {
+        let syncs = Arc::new(Syncs::default());
+        let (release, gate) = mpsc::channel::<()>();
+        let gate = Mutex::new(gate);
+        // The first sync blocks until released.
+        let first = {
+            let syncs = syncs.clone();
+            std::thread::spawn(move || {
+                syncs.sync_with(|| {
+                    gate.lock().unwrap().recv().unwrap();
+                    Ok(())
+                })
+            })
+        };
+        while !syncs.lock().running {
+            std::thread::yield_now();
+        }
+        // Three more ask while it runs: its flush may predate their writes.
+        let later: Vec<_> = (0..3)
+            .map(|_| {
+                let syncs = syncs.clone();
+                std::thread::spawn(move || syncs.sync_with(|| Ok(())))
+            })
+            .collect();
+        while syncs.lock().asked < 4 {
+            std::thread::yield_now();
+        }
+        release.send(()).unwrap();
+        first.join().unwrap().unwrap();
+        for t in later {
+            t.join().unwrap().unwrap();
+        }
+        assert_eq!(syncs.lock().runs, 2, "one sync for the three that waited");
+    }
+
+    #[test]
+    fn a_failed_sync_fails_its_caller_and_the_next_tries_again() {
+        let syncs = Syncs::default();
+        let failing = || {
+            Err(StoreError::Io {
+                context: "test".into(),
+                source: std::io::Error::other("disk gone"),
+            })
+        };
+        assert!(syncs.sync_with(failing).is_err());
+        assert!(syncs.sync_with(|| Ok(())).is_ok());
+        assert_eq!(syncs.lock().runs, 2);
     }
 }

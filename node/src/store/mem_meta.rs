@@ -76,13 +76,15 @@ impl MetaDb for MemMeta {
         Ok(freed)
     }
 
-    fn touch(&self, hash: &str, now: u64) -> Result<()> {
+    fn touch(&self, accesses: &[(String, u64)]) -> Result<()> {
         let mut s = self.state();
-        let Some(old) = s.paths.get_mut(hash).map(|e| std::mem::replace(&mut e.1, now)) else {
-            return Ok(());
-        };
-        s.lru.remove(&(old, hash.to_owned()));
-        s.lru.insert((now, hash.to_owned()));
+        for (hash, now) in accesses {
+            let Some(old) = s.paths.get_mut(hash).map(|e| std::mem::replace(&mut e.1, *now)) else {
+                continue;
+            };
+            s.lru.remove(&(old, hash.clone()));
+            s.lru.insert((*now, hash.clone()));
+        }
         Ok(())
     }
 

@@ -35,8 +35,9 @@ pub trait MetaDb: Send + Sync + std::fmt::Debug + 'static {
     /// Removes a path and drops its chunk references. Returns the chunks no
     /// path references any more (whose files may now be deleted).
     fn remove(&self, hash: &str) -> Result<Vec<ChunkId>>;
-    /// Records an access for LRU. Need not be durable.
-    fn touch(&self, hash: &str, now: u64) -> Result<()>;
+    /// Records accesses for LRU, in one transaction; hashes not stored are
+    /// skipped. Need not be durable.
+    fn touch(&self, accesses: &[(String, u64)]) -> Result<()>;
     /// Up to `limit` stored paths, least recently used first.
     fn lru(&self, limit: usize) -> Result<Vec<String>>;
     /// How many stored paths reference a chunk.
@@ -107,11 +108,18 @@ pub(crate) fn conformance(db: &dyn MetaDb) {
     assert_eq!(db.path_count().unwrap(), 2);
     assert_eq!(db.lru(10).unwrap(), vec!["a".to_owned(), "b".to_owned()]);
 
-    db.touch("a", 300).unwrap();
+    db.touch(&[("a".into(), 300)]).unwrap();
     assert_eq!(db.lru(10).unwrap(), vec!["b".to_owned(), "a".to_owned()]);
     assert_eq!(db.lru(1).unwrap(), vec!["b".to_owned()]);
-    db.touch("missing", 400).unwrap();
+    db.touch(&[("missing".into(), 400)]).unwrap();
     assert_eq!(db.path_count().unwrap(), 2, "touching a missing path stores nothing");
+    db.touch(&[("b".into(), 500), ("missing".into(), 501), ("a".into(), 502)])
+        .unwrap();
+    assert_eq!(
+        db.lru(10).unwrap(),
+        vec!["b".to_owned(), "a".to_owned()],
+        "a batch, in order"
+    );
 
     let mut freed = db.remove("b").unwrap();
     freed.sort();

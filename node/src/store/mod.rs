@@ -9,9 +9,18 @@
 //! - Total chunk bytes plus space reserved by running ingests never exceed
 //!   the quota; least-recently-used paths are evicted to make room, and a
 //!   path being read is never evicted.
+//! - The state lock is never held across a database commit or a sync: an
+//!   eviction takes it once per chunk file it deletes, so reads of other
+//!   paths go on while a large NAR makes room. Access times are kept in
+//!   memory and written in batches; chunk syncs are shared by the ingests
+//!   that finish together.
+//!
+//! Everything here blocks; async code goes through [`AsyncStore`], the one
+//! place where the store meets the runtime.
 
 pub(crate) mod chunker;
 mod chunks;
+mod facade;
 mod ingest;
 mod mem_meta;
 mod meta;
@@ -19,7 +28,7 @@ mod pins;
 mod reader;
 mod redb_meta;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -33,6 +42,7 @@ pub(crate) fn chunk_id(data: &[u8]) -> ChunkId {
 }
 
 pub use chunker::{AVG as CHUNK_AVG, MAX as CHUNK_MAX, MIN as CHUNK_MIN};
+pub use facade::AsyncStore;
 pub use ingest::Ingest;
 pub use mem_meta::MemMeta;
 pub use meta::{MetaDb, PathRecord};
@@ -65,6 +75,8 @@ pub enum StoreError {
     QuotaFull { needed: u64, quota: u64 },
     #[error("stored narinfo of {0} is unreadable: {1}")]
     BadNarInfo(String, String),
+    #[error("a store task failed: {0}")]
+    Task(String),
 }
 
 /// Result with [`StoreError`].
@@ -95,7 +107,14 @@ struct State {
     pending: HashMap<ChunkId, usize>,
     /// Bytes reserved by running ingests.
     reserved: u64,
+    /// Paths being evicted or removed: not opened any more.
+    evicting: HashSet<StorePathHash>,
+    /// Access times not yet written (see [`ChunkStore::flush_touches`]).
+    touched: HashMap<StorePathHash, u64>,
 }
+
+/// Access times kept in memory before they are written in one transaction.
+const MAX_TOUCHED: usize = 1024;
 
 /// A change to the set of stored paths.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -150,6 +169,8 @@ impl ChunkStore {
                     in_use: HashMap::new(),
                     pending: HashMap::new(),
                     reserved: 0,
+                    evicting: HashSet::new(),
+                    touched: HashMap::new(),
                 }),
             }),
         };
@@ -209,14 +230,20 @@ impl ChunkStore {
     /// Opens a stored NAR for reading. The path cannot be evicted while the
     /// returned handle (or a reader made from it) lives.
     pub fn open_nar(&self, hash: &StorePathHash) -> Result<Option<NarHandle>> {
-        let guard = InUse::new(self.clone(), *hash);
+        let Some(guard) = InUse::new(self.clone(), *hash) else {
+            return Ok(None); // being evicted
+        };
         let Some(rec) = self.inner.meta.get(hash.as_str())? else {
             return Ok(None);
         };
-        // Best effort: a failed access-time update (a full disk) only
-        // perturbs eviction order; it must not fail the read.
-        if let Err(e) = self.inner.meta.touch(hash.as_str(), now()) {
-            tracing::warn!(%hash, error = %e, "cannot record the access time");
+        // No write on a hit: the access time is written later, with others.
+        let full = {
+            let mut state = self.state();
+            state.touched.insert(*hash, now());
+            state.touched.len() >= MAX_TOUCHED
+        };
+        if full {
+            self.flush_touches();
         }
         let narinfo =
             NarInfo::parse(&rec.narinfo).map_err(|e| StoreError::BadNarInfo(hash.to_string(), e.to_string()))?;
@@ -236,13 +263,32 @@ impl ChunkStore {
 
     /// Removes a path; its chunks go when no other path uses them.
     pub fn remove(&self, hash: &StorePathHash) -> Result<bool> {
-        let state = self.state();
-        self.remove_locked(&state, hash.as_str())
+        self.state().evicting.insert(*hash);
+        let r = self.evict(hash);
+        self.state().evicting.remove(hash);
+        r
+    }
+
+    /// Writes the access times kept in memory, in one transaction. Best
+    /// effort: a failure (a full disk) only perturbs the eviction order.
+    pub fn flush_touches(&self) {
+        let batch: Vec<(String, u64)> = std::mem::take(&mut self.state().touched)
+            .into_iter()
+            .map(|(h, t)| (h.to_string(), t))
+            .collect();
+        if let Err(e) = self.inner.meta.touch(&batch) {
+            tracing::warn!(paths = batch.len(), error = %e, "cannot record access times");
+        }
     }
 
     /// Every stored path hash.
     pub fn list(&self) -> Result<Vec<StorePathHash>> {
         Ok(self.inner.meta.list()?.iter().filter_map(|h| h.parse().ok()).collect())
+    }
+
+    /// Chunk-store syncs run so far (ingests that finish together share one).
+    pub fn sync_runs(&self) -> u64 {
+        self.inner.chunks.sync_runs()
     }
 
     /// Counts and sizes.
@@ -268,17 +314,21 @@ impl ChunkStore {
         Ok(removed)
     }
 
-    /// Removes a path (the caller holds the state lock); false if it was not stored.
-    fn remove_locked(&self, state: &State, hash: &str) -> Result<bool> {
-        let existed = self.inner.meta.contains(hash)?;
-        for id in self.inner.meta.remove(hash)? {
-            if !state.pending.contains_key(&id) {
+    /// Removes a path the caller marked `evicting`; false if it was not
+    /// stored. The database commit runs without the state lock; each chunk
+    /// file is deleted under it (so an ingest that takes the chunk as
+    /// pending either sees the file gone and writes it, or keeps it).
+    fn evict(&self, hash: &StorePathHash) -> Result<bool> {
+        let existed = self.inner.meta.contains(hash.as_str())?;
+        for id in self.inner.meta.remove(hash.as_str())? {
+            let state = self.state();
+            if !state.pending.contains_key(&id) && self.inner.meta.chunk_refs(&id)? == 0 {
                 self.inner.chunks.delete(&id)?;
             }
         }
         // After the removal: a listener that looks finds it gone.
-        if existed && let Ok(h) = hash.parse() {
-            self.notify(StoreEvent::Removed(h));
+        if existed {
+            self.notify(StoreEvent::Removed(*hash));
         }
         Ok(existed)
     }
@@ -291,25 +341,34 @@ impl ChunkStore {
         if needed > quota {
             return Err(full());
         }
-        let mut state = self.state();
+        // The eviction order sees the latest hits.
+        self.flush_touches();
         loop {
-            let used = self.inner.meta.total_bytes()? + state.reserved;
-            if used + needed <= quota {
-                state.reserved += needed;
-                return Ok(());
-            }
-            let victim = self
-                .inner
-                .meta
-                .lru(state.in_use.len() + state.pins.set.len() + 1)?
-                .into_iter()
-                .find(|h| {
-                    h.parse()
-                        .is_ok_and(|h: StorePathHash| !state.in_use.contains_key(&h) && !state.pins.set.contains(&h))
-                })
-                .ok_or_else(full)?;
+            let victim = {
+                let mut state = self.state();
+                let used = self.inner.meta.total_bytes()? + state.reserved;
+                if used + needed <= quota {
+                    state.reserved += needed;
+                    return Ok(());
+                }
+                let skip = state.in_use.len() + state.pins.set.len() + state.evicting.len() + 1;
+                let victim: StorePathHash = self
+                    .inner
+                    .meta
+                    .lru(skip)?
+                    .into_iter()
+                    .filter_map(|h| h.parse().ok())
+                    .find(|h| {
+                        !state.in_use.contains_key(h) && !state.pins.set.contains(h) && !state.evicting.contains(h)
+                    })
+                    .ok_or_else(full)?;
+                state.evicting.insert(victim);
+                victim
+            };
             tracing::debug!(path = %victim, "evicting least recently used path");
-            self.remove_locked(&state, &victim)?;
+            let r = self.evict(&victim);
+            self.state().evicting.remove(&victim);
+            r?;
         }
     }
 
@@ -335,9 +394,16 @@ struct InUse {
 }
 
 impl InUse {
-    fn new(store: ChunkStore, hash: StorePathHash) -> Self {
-        *store.state().in_use.entry(hash).or_insert(0) += 1;
-        Self { store, hash }
+    /// `None` if the path is being evicted.
+    fn new(store: ChunkStore, hash: StorePathHash) -> Option<Self> {
+        {
+            let mut state = store.state();
+            if state.evicting.contains(&hash) {
+                return None;
+            }
+            *state.in_use.entry(hash).or_insert(0) += 1;
+        }
+        Some(Self { store, hash })
     }
 }
 
@@ -374,5 +440,7 @@ impl NarHandle {
     }
 }
 
+#[cfg(test)]
+mod concurrency_tests;
 #[cfg(test)]
 pub(crate) mod tests;

@@ -182,19 +182,25 @@ impl MetaDb for RedbMeta {
         Ok(freed)
     }
 
-    fn touch(&self, hash: &str, now: u64) -> Result<()> {
+    fn touch(&self, accesses: &[(String, u64)]) -> Result<()> {
+        if accesses.is_empty() {
+            return Ok(());
+        }
         let mut tx = self.db.begin_write().map_err(db_err)?;
         // Access times steer eviction only; losing the last few on a crash is harmless.
         tx.set_durability(Durability::None).map_err(db_err)?;
         {
             let mut access = tx.open_table(ACCESS).map_err(db_err)?;
-            let Some(old) = access.get(hash).map_err(db_err)?.map(|v| v.value()) else {
-                return Ok(());
-            };
-            access.insert(hash, now).map_err(db_err)?;
             let mut lru = tx.open_table(LRU).map_err(db_err)?;
-            lru.remove((old, hash)).map_err(db_err)?;
-            lru.insert((now, hash), ()).map_err(db_err)?;
+            for (hash, now) in accesses {
+                let hash = hash.as_str();
+                let Some(old) = access.get(hash).map_err(db_err)?.map(|v| v.value()) else {
+                    continue;
+                };
+                access.insert(hash, *now).map_err(db_err)?;
+                lru.remove((old, hash)).map_err(db_err)?;
+                lru.insert((*now, hash), ()).map_err(db_err)?;
+            }
         }
         tx.commit().map_err(db_err)?;
         Ok(())

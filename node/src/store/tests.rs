@@ -35,7 +35,7 @@ fn open(dir: &Path, quota: u64) -> ChunkStore {
     ChunkStore::open(dir, StoreOptions { quota }).unwrap()
 }
 
-fn put(store: &ChunkStore, bytes: &[u8], n: u8) -> Result<()> {
+pub(crate) fn put(store: &ChunkStore, bytes: &[u8], n: u8) -> Result<()> {
     let mut ingest = store.begin_ingest(info_for(bytes, n))?;
     for piece in bytes.chunks(10_000) {
         ingest.write(piece)?;
@@ -43,7 +43,7 @@ fn put(store: &ChunkStore, bytes: &[u8], n: u8) -> Result<()> {
     ingest.finish()
 }
 
-fn read_all(store: &ChunkStore, n: u8, start: u64, end: u64) -> Result<Vec<u8>> {
+pub(crate) fn read_all(store: &ChunkStore, n: u8, start: u64, end: u64) -> Result<Vec<u8>> {
     let handle = store.open_nar(&StorePathHash::from_bytes(&[n; 20]))?.expect("stored");
     let mut out = Vec::new();
     for piece in handle.reader(start, end) {
@@ -52,7 +52,7 @@ fn read_all(store: &ChunkStore, n: u8, start: u64, end: u64) -> Result<Vec<u8>> 
     Ok(out)
 }
 
-fn hash(n: u8) -> StorePathHash {
+pub(crate) fn hash(n: u8) -> StorePathHash {
     StorePathHash::from_bytes(&[n; 20])
 }
 
