@@ -108,7 +108,9 @@ pub struct Provider {
 }
 
 impl Index {
-    pub fn new(limits: Limits) -> Self {
+    pub fn new(mut limits: Limits) -> Self {
+        limits.max_per_key = limits.max_per_key.max(1);
+        limits.max_per_peer = limits.max_per_peer.max(1);
         Self {
             limits,
             keys: BTreeMap::new(),
