@@ -174,6 +174,7 @@ fn dht_lookups(n: usize, keys_per_node: usize) -> Result<[f64; 4]> {
             let config = NodeConfig {
                 listen: vec!["/ip4/127.0.0.1/tcp/0".parse()?],
                 bootstrap: boot.clone().into_iter().collect(),
+                announce_private: true,
                 ..NodeConfig::default()
             };
             let policy = SharePolicy::new(vec![SecretKey::from_seed("k", &[1; 32]).public_key()], false);

@@ -38,7 +38,7 @@ in
     {
       # A contributing node answers the DHT and serves chunks; a
       # download-only machine runs its node as a client and listens nowhere.
-      mode = if contribute then "server" else "client";
+      mode = if contribute then "auto" else "client";
       listen =
         if contribute then
           [

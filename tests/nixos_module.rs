@@ -108,7 +108,7 @@ fn the_module_defaults_pass_check_config() -> Result<()> {
     support::fixture_nix_available();
     let contributing = check_config(&generated_settings("{ nixpkgsCache.contribution.enable = true; }")?)?;
     assert!(
-        contributing.contains("mode = \"server\"") && contributing.contains("/tcp/37516"),
+        contributing.contains("mode = \"auto\"") && contributing.contains("/tcp/37516"),
         "{contributing}"
     );
     assert!(

@@ -8,7 +8,7 @@ use anyhow::{Context as _, Result, bail};
 use clap::Args;
 use nixswarm_gateway::{Gateway, GatewayOptions, PeerSource, PeerWait, Source, Upstream, http_client};
 use nixswarm_node::installed::{InstalledOptions, InstalledStore, NixDb};
-use nixswarm_node::p2p::{FetchSettings, Fetcher, load_or_create_key};
+use nixswarm_node::p2p::{DhtMode, FetchSettings, Fetcher, load_or_create_key};
 use nixswarm_node::{ChunkStore, Node, NodeConfig, SharePolicy, Shelf, Shelves, StoreOptions};
 use tokio_util::sync::CancellationToken;
 
@@ -114,7 +114,13 @@ async fn start_node(eff: &Effective, shelves: Shelves, hooks: &TestHooks, cancel
         listen: eff.p2p_listen.clone(),
         bootstrap: eff.bootstrap.clone(),
         mdns: p2p.mdns,
-        server: p2p.mode == P2pMode::Server,
+        server: p2p.mode != P2pMode::Client,
+        dht: match p2p.mode {
+            P2pMode::Auto => DhtMode::Auto,
+            P2pMode::Server => DhtMode::Server,
+            P2pMode::Client => DhtMode::Client,
+        },
+        announce_private: p2p.announce_private,
         request_timeout: p2p.peer_timeout,
         upload_limit: p2p.upload_limit.map(|s| s.0).filter(|&r| r > 0),
         ..NodeConfig::default()

@@ -64,6 +64,18 @@ pub fn run(args: &StatusArgs) -> Result<()> {
         }
         println!("peers:          {}", n(&node["peers"]));
         println!("connections:    {}", n(&node["connections"]));
+        println!(
+            "reachability:   {} (DHT {})",
+            node["reachability"].as_str().unwrap_or("?"),
+            if node["dht_server"].as_bool().unwrap_or(false) {
+                "server"
+            } else {
+                "client"
+            }
+        );
+        for a in node["external_addrs"].as_array().into_iter().flatten() {
+            println!("advertised:     {}", a.as_str().unwrap_or("?"));
+        }
         println!("provided keys:  {}", n(&node["provided_keys"]));
         println!(
             "records held:   {} ({} refused: malformed or over a limit)",

@@ -60,8 +60,13 @@ pub struct P2pSection {
     pub bootstrap: Vec<String>,
     /// Find peers on the local network with mDNS.
     pub mdns: bool,
-    /// "server": answer DHT queries and serve chunks (contributing); "client": fetch only.
+    /// "auto": contribute (serve chunks, announce), and answer DHT queries
+    /// once an address is confirmed reachable; "server": contribute and
+    /// always answer DHT queries; "client": fetch only.
     pub mode: P2pMode,
+    /// Advertise loopback and private listen addresses as reachable (a
+    /// swarm on one machine or one LAN without AutoNAT servers; tests).
+    pub announce_private: bool,
     /// Time allowed for one request to a peer.
     #[serde(with = "humantime_serde")]
     pub peer_timeout: Duration,
@@ -90,11 +95,15 @@ pub struct P2pSection {
     pub hedge_after: Duration,
 }
 
-/// Kademlia mode.
+/// What the node does in the swarm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum P2pMode {
+    /// Contribute; a DHT server only when reachable (AutoNAT confirmed an address).
+    Auto,
+    /// Contribute, and always a DHT server.
     Server,
+    /// Fetch only.
     Client,
 }
 
@@ -105,7 +114,8 @@ impl Default for P2pSection {
             listen: vec![DEFAULT_P2P_TCP.to_owned(), DEFAULT_P2P_QUIC.to_owned()],
             bootstrap: vec![],
             mdns: true,
-            mode: P2pMode::Server,
+            mode: P2pMode::Auto,
+            announce_private: false,
             peer_timeout: Duration::from_secs(10),
             upload_limit: Some(Size(DEFAULT_UPLOAD_LIMIT)),
             lookup_budget: Duration::ZERO,
@@ -254,9 +264,12 @@ pub struct ConfigArgs {
     /// Run the gateway only, without the peer-to-peer node.
     #[arg(long, env = "NIXSWARM_NO_P2P")]
     pub no_p2p: bool,
-    /// server: contribute (answer the DHT, serve chunks); client: fetch only.
+    /// auto: contribute, a DHT server once reachable; server: contribute, always a DHT server; client: fetch only.
     #[arg(long, env = "NIXSWARM_P2P_MODE", value_name = "MODE")]
     pub p2p_mode: Option<P2pMode>,
+    /// Advertise loopback and private listen addresses as reachable (one machine or one LAN).
+    #[arg(long, env = "NIXSWARM_ANNOUNCE_PRIVATE")]
+    pub announce_private: bool,
     /// Time allowed for one request to a peer, e.g. 10s.
     #[arg(long, env = "NIXSWARM_PEER_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub peer_timeout: Option<Duration>,
@@ -349,6 +362,9 @@ impl Config {
         if args.no_mdns {
             self.p2p.mdns = false;
         }
+        if args.announce_private {
+            self.p2p.announce_private = true;
+        }
         if args.no_p2p {
             self.p2p.enable = false;
         }
@@ -431,7 +447,7 @@ impl Config {
                 bail!("bootstrap address {b} has no /p2p/<peer id> part");
             }
         }
-        if self.p2p.enable && p2p_listen.is_empty() && self.p2p.mode == P2pMode::Server {
+        if self.p2p.enable && p2p_listen.is_empty() && self.p2p.mode != P2pMode::Client {
             bail!("p2p.listen is empty: a contributing (server) node needs an address");
         }
         Ok(Effective {

@@ -180,6 +180,8 @@ impl Gateway {
         // full speed (flags override).
         .env("NIXSWARM_SHARE_INSTALLED", "false")
         .env("NIXSWARM_UPLOAD_LIMIT", "0")
+        // Every node is on 127.0.0.1: its loopback address is the one to dial.
+        .env("NIXSWARM_ANNOUNCE_PRIVATE", "true")
         .env(
             "RUST_LOG",
             std::env::var("NIXSWARM_CHILD_LOG")

@@ -62,6 +62,8 @@ pub enum Command {
     Peers { reply: oneshot::Sender<Vec<PeerId>> },
     /// Status for `nixswarm status`.
     Status { reply: oneshot::Sender<NodeStatus> },
+    /// The peers in the Kademlia routing table.
+    RoutingTable { reply: oneshot::Sender<Vec<PeerId>> },
     /// The providers this node's own record store lists for a key (one
     /// answer, as a DHT query would get it).
     LocalProviders {
@@ -83,6 +85,8 @@ pub(super) struct Actor {
     addresses: HashMap<PeerId, Vec<Multiaddr>>,
     /// Answers being written, and who waits for each to be.
     writing: HashMap<InboundRequestId, oneshot::Sender<()>>,
+    /// AutoNAT found an address candidate undialable.
+    unreachable: bool,
 }
 
 impl Actor {
@@ -106,6 +110,7 @@ impl Actor {
             requests: HashMap::new(),
             addresses: HashMap::new(),
             writing: HashMap::new(),
+            unreachable: false,
         }
     }
 
@@ -188,6 +193,14 @@ impl Actor {
                 let found = b.kad.store_mut().providers(&key);
                 let _ = reply.send(found.into_iter().map(|r| r.provider).collect());
             }
+            Command::RoutingTable { reply } => {
+                let peers = b
+                    .kad
+                    .kbuckets()
+                    .flat_map(|bucket| bucket.iter().map(|e| *e.node.key.preimage()).collect::<Vec<_>>())
+                    .collect();
+                let _ = reply.send(peers);
+            }
             Command::Peers { reply } => {
                 let _ = reply.send(self.swarm.connected_peers().copied().collect());
             }
@@ -197,6 +210,15 @@ impl Actor {
                     listen_addrs: self.swarm.listeners().map(ToString::to_string).collect(),
                     peers: self.swarm.connected_peers().count(),
                     connections: self.swarm.network_info().connection_counters().num_established(),
+                    reachability: if self.swarm.external_addresses().next().is_some() {
+                        "public".into()
+                    } else if self.unreachable {
+                        "private".into()
+                    } else {
+                        "unknown".into()
+                    },
+                    external_addrs: self.swarm.external_addresses().map(ToString::to_string).collect(),
+                    dht_server: self.swarm.behaviour_mut().kad.mode() == kad::Mode::Server,
                     provided_keys: self.swarm.behaviour_mut().kad.store_mut().provided_count(),
                     provider_records: self.swarm.behaviour_mut().kad.store_mut().provider_records(),
                     records_refused: {
@@ -268,6 +290,15 @@ impl Actor {
                 self.on_query(id, result, step.last);
             }
             SwarmEvent::Behaviour(BehaviourEvent::Transfer(ev)) => self.on_transfer(ev),
+            SwarmEvent::Behaviour(BehaviourEvent::Autonat(ev)) => match ev.result {
+                Ok(()) => tracing::info!(addr = %ev.tested_addr, server = %ev.server, "reachable: AutoNAT confirmed"),
+                Err(e) => {
+                    self.unreachable = true;
+                    tracing::info!(addr = %ev.tested_addr, server = %ev.server, error = %e, "not reachable at this address");
+                }
+            },
+            SwarmEvent::ExternalAddrConfirmed { address } => tracing::info!(%address, "external address confirmed"),
+            SwarmEvent::ExternalAddrExpired { address } => tracing::info!(%address, "external address expired"),
             _ => {}
         }
     }

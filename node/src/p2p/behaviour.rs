@@ -7,7 +7,9 @@ use std::time::Duration;
 use libp2p::connection_limits::{self, ConnectionLimits};
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::swarm::behaviour::toggle::Toggle;
-use libp2p::{StreamProtocol, Swarm, identify, identity, kad, mdns, noise, ping, request_response, tcp, yamux};
+use libp2p::{
+    StreamProtocol, Swarm, autonat, identify, identity, kad, mdns, noise, ping, request_response, tcp, yamux,
+};
 
 use super::codec::{PROTOCOL, TransferCodec};
 use super::records::ProviderStore;
@@ -29,14 +31,22 @@ pub struct Behaviour {
     pub ping: ping::Behaviour,
     pub mdns: Toggle<mdns::tokio::Behaviour>,
     pub transfer: request_response::Behaviour<TransferCodec>,
+    /// Asks peers to dial our address candidates back: the ones that work
+    /// become confirmed external addresses.
+    pub autonat: autonat::v2::client::Behaviour,
+    /// Dials peers' candidates back (contributing nodes).
+    pub autonat_server: Toggle<autonat::v2::server::Behaviour>,
 }
 
 /// Settings that shape the swarm.
 #[derive(Debug, Clone)]
 pub struct SwarmSettings {
     pub mdns: bool,
-    /// Kademlia server mode (answers DHT queries, stores records).
+    /// A contributing node: it also runs the AutoNAT server (dials peers
+    /// back to tell them whether they are reachable).
     pub server: bool,
+    /// When Kademlia answers queries and stores records.
+    pub dht: super::DhtMode,
     /// Time allowed for one transfer request.
     pub request_timeout: Duration,
     /// Concurrent transfer streams per connection.
@@ -113,7 +123,11 @@ fn behaviour(
     kcfg.set_provider_publication_interval(None);
     kcfg.set_record_filtering(kad::StoreInserts::Unfiltered);
     let mut kad = kad::Behaviour::with_config(local, store, kcfg);
-    kad.set_mode(Some(if s.server { kad::Mode::Server } else { kad::Mode::Client }));
+    kad.set_mode(match s.dht {
+        super::DhtMode::Auto => None, // server once an external address is confirmed
+        super::DhtMode::Server => Some(kad::Mode::Server),
+        super::DhtMode::Client => Some(kad::Mode::Client),
+    });
     let mdns = if s.mdns {
         Some(mdns::tokio::Behaviour::new(mdns::Config::default(), local)?)
     } else {
@@ -132,6 +146,8 @@ fn behaviour(
         ping: ping::Behaviour::default(),
         mdns: Toggle::from(mdns),
         transfer: request_response::Behaviour::new([(PROTOCOL, request_response::ProtocolSupport::Full)], rr),
+        autonat: autonat::v2::client::Behaviour::default(),
+        autonat_server: Toggle::from(s.server.then(autonat::v2::server::Behaviour::default)),
     })
 }
 

@@ -61,14 +61,56 @@ pub enum NodeError {
     Peer { peer: PeerId, message: String },
 }
 
+/// When a node answers DHT queries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DhtMode {
+    /// Once an external address is confirmed (Kademlia's own automatic
+    /// mode): a node others cannot dial never enters their routing tables.
+    Auto,
+    /// Always.
+    Server,
+    /// Never.
+    Client,
+}
+
+/// True for an address others outside this machine's LAN could dial: not
+/// loopback, private, link-local, shared (CGNAT) or unspecified.
+pub fn is_global(addr: &Multiaddr) -> bool {
+    use libp2p::multiaddr::Protocol;
+    match addr.iter().next() {
+        Some(Protocol::Ip4(ip)) => {
+            let [a, b, ..] = ip.octets();
+            !(ip.is_loopback()
+                || ip.is_private()
+                || ip.is_link_local()
+                || ip.is_unspecified()
+                || ip.is_broadcast()
+                || ip.is_documentation()
+                || (a == 100 && (64..128).contains(&b)))
+        }
+        Some(Protocol::Ip6(ip)) => {
+            let first = ip.segments()[0];
+            !(ip.is_loopback() || ip.is_unspecified() || (first & 0xfe00) == 0xfc00 || (first & 0xffc0) == 0xfe80)
+        }
+        Some(Protocol::Dns(_) | Protocol::Dns4(_) | Protocol::Dns6(_)) => true,
+        _ => false,
+    }
+}
+
 /// Node settings.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
     pub listen: Vec<Multiaddr>,
     pub bootstrap: Vec<Multiaddr>,
     pub mdns: bool,
-    /// Answer DHT queries and serve chunks (a contributing node).
+    /// Serve chunks and announce what is shared (a contributing node).
     pub server: bool,
+    /// When to answer DHT queries (Kademlia server mode).
+    pub dht: DhtMode,
+    /// Take loopback and private listen addresses for reachable ones (a
+    /// swarm on one machine or one LAN; tests). Otherwise only global
+    /// listen addresses count, and AutoNAT confirms the rest.
+    pub announce_private: bool,
     pub request_timeout: Duration,
     /// Upload limit in bytes/s (`None`: unlimited).
     pub upload_limit: Option<u64>,
@@ -97,6 +139,8 @@ impl Default for NodeConfig {
             bootstrap: vec![],
             mdns: false,
             server: true,
+            dht: DhtMode::Auto,
+            announce_private: false,
             request_timeout: Duration::from_secs(10),
             upload_limit: None,
             max_provides_in_flight: 256,
@@ -137,6 +181,13 @@ pub struct NodeStatus {
     pub peers: usize,
     /// Established connections (at most `behaviour::MAX_PER_PEER` per peer).
     pub connections: u32,
+    /// "public" (an external address is confirmed), "private" (AutoNAT
+    /// found none dialable) or "unknown" (not tested yet).
+    pub reachability: String,
+    /// The confirmed external addresses: the ones advertised.
+    pub external_addrs: Vec<String>,
+    /// Kademlia answers queries (server mode).
+    pub dht_server: bool,
     pub provided_keys: usize,
     pub provider_records: usize,
     /// Provider records other nodes sent that were not kept (malformed, or
@@ -231,6 +282,13 @@ impl NodeHandle {
         wait.await.map_err(|_| NodeError::Stopped)
     }
 
+    /// The peers in this node's Kademlia routing table (DHT servers only).
+    pub async fn routing_table(&self) -> Result<Vec<PeerId>, NodeError> {
+        let (reply, wait) = oneshot::channel();
+        self.send(Command::RoutingTable { reply }).await?;
+        wait.await.map_err(|_| NodeError::Stopped)
+    }
+
     /// Dials an address.
     pub async fn dial(&self, addr: Multiaddr) -> Result<(), NodeError> {
         self.send(Command::Dial { addr }).await
@@ -312,6 +370,7 @@ impl Node {
         let settings = behaviour::SwarmSettings {
             mdns: config.mdns,
             server: config.server,
+            dht: if config.server { config.dht } else { DhtMode::Client },
             request_timeout: config.request_timeout,
             max_streams: 64,
             provider_ttl: config.provider_ttl,
@@ -342,7 +401,9 @@ impl Node {
                 Err(_) => return Err(NodeError::Swarm("timed out waiting for listeners".into())),
             }
         }
-        for a in &listen_addrs {
+        // Only addresses others can dial are advertised (in identify and in
+        // provider records); AutoNAT confirms the ones behind a NAT.
+        for a in listen_addrs.iter().filter(|a| config.announce_private || is_global(a)) {
             swarm.add_external_address(a.clone());
         }
         let (tx, rx) = mpsc::channel(1024);

@@ -61,6 +61,7 @@ impl TestNode {
             listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
             bootstrap: bootstrap.into_iter().collect(),
             mdns: false,
+            announce_private: true,
             ..NodeConfig::default()
         };
         tweak(&mut config);
