@@ -15,6 +15,8 @@ let
       urls = [ ];
       trusted-keys = [ testPub ];
     };
+    # A swarm on one test LAN: its private addresses are the ones to dial.
+    nixpkgsCache.contribution.settings.p2p.announce-private = true;
     # The test key stands for cache.nixos.org's: what it signed is shared.
     nixpkgsCache.contribution.shareKeys = [ testPub ];
     nix.settings.trusted-public-keys = [ testPub ];
