@@ -71,3 +71,53 @@ async fn an_unconfirmed_node_is_a_dht_client_and_not_in_routing_tables() {
     assert_eq!(err, None);
     assert_eq!(got, bytes);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_talk_over_ipv6_and_an_unbindable_ipv6_address_is_skipped() {
+    let v6: libp2p::Multiaddr = "/ip6/::1/tcp/0".parse().unwrap();
+    let a = TestNode::start(None, |c| c.listen.push(v6.clone())).await;
+    let a6 = a
+        .node
+        .listen_addrs
+        .iter()
+        .find(|m| matches!(m.iter().next(), Some(libp2p::multiaddr::Protocol::Ip6(_))))
+        .expect("listening on IPv6")
+        .clone()
+        .with(libp2p::multiaddr::Protocol::P2p(a.node.handle.peer_id()));
+    // B has IPv6 only, and knows A by its IPv6 address.
+    let b = TestNode::start(Some(a6), |c| c.listen = vec![v6.clone()]).await;
+    wait(|| async { !b.node.handle.peers().await.unwrap().is_empty() }).await;
+    let bytes = nar(22, 200_000);
+    a.put(22, &bytes);
+    let a_id = a.node.handle.peer_id();
+    let path = lookup_until(&b.fetcher, hash(22), |p| p.providers.contains(&a_id)).await;
+    let (got, err) = collect(b.fetcher.stream(path)).await;
+    assert_eq!(err, None);
+    assert_eq!(got, bytes);
+
+    // An IPv6 address this host does not have (2001:db8::/32 is for
+    // documentation): skipped beside IPv4, an error alone.
+    let absent: libp2p::Multiaddr = "/ip6/2001:db8::1/tcp/0".parse().unwrap();
+    let c = TestNode::start(None, |c| c.listen.push(absent.clone())).await;
+    assert!(
+        c.node.listen_addrs.iter().all(|m| !m.to_string().contains("2001:db8")),
+        "{:?}",
+        c.node.listen_addrs
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let only = nixswarm_node::NodeConfig {
+        listen: vec![absent],
+        ..nixswarm_node::NodeConfig::default()
+    };
+    let key = nixswarm_node::p2p::load_or_create_key(&dir.path().join("k")).unwrap();
+    let err = nixswarm_node::Node::start(
+        dir.path(),
+        key,
+        nixswarm_node::Shelves::default(),
+        only,
+        tokio_util::sync::CancellationToken::new(),
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("2001:db8::1"), "{err}");
+}

@@ -21,10 +21,11 @@ pub use donor::{Contribute, DonorSection};
 
 /// The upstream used when none is configured.
 pub const DEFAULT_UPSTREAM: &str = "https://cache.nixos.org";
-/// The node's default TCP listen address.
-pub const DEFAULT_P2P_TCP: &str = "/ip4/0.0.0.0/tcp/37516";
-/// The node's default QUIC listen address.
-pub const DEFAULT_P2P_QUIC: &str = "/ip4/0.0.0.0/udp/37516/quic-v1";
+/// The node's default TCP listen addresses (IPv4 and IPv6: a home with a
+/// global IPv6 address needs no NAT traversal).
+pub const DEFAULT_P2P_TCP: [&str; 2] = ["/ip4/0.0.0.0/tcp/37516", "/ip6/::/tcp/37516"];
+/// The node's default QUIC listen addresses.
+pub const DEFAULT_P2P_QUIC: [&str; 2] = ["/ip4/0.0.0.0/udp/37516/quic-v1", "/ip6/::/udp/37516/quic-v1"];
 /// The gateway's default address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:37515";
 
@@ -111,7 +112,11 @@ impl Default for P2pSection {
     fn default() -> Self {
         Self {
             enable: true,
-            listen: vec![DEFAULT_P2P_TCP.to_owned(), DEFAULT_P2P_QUIC.to_owned()],
+            listen: DEFAULT_P2P_TCP
+                .iter()
+                .chain(&DEFAULT_P2P_QUIC)
+                .map(|a| (*a).to_owned())
+                .collect(),
             bootstrap: vec![],
             mdns: true,
             mode: P2pMode::Auto,

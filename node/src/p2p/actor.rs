@@ -87,6 +87,8 @@ pub(super) struct Actor {
     writing: HashMap<InboundRequestId, oneshot::Sender<()>>,
     /// AutoNAT found an address candidate undialable.
     unreachable: bool,
+    /// Loopback and private listen addresses count as external too.
+    pub announce_private: bool,
 }
 
 impl Actor {
@@ -111,6 +113,7 @@ impl Actor {
             addresses: HashMap::new(),
             writing: HashMap::new(),
             unreachable: false,
+            announce_private: false,
         }
     }
 
@@ -255,7 +258,12 @@ impl Actor {
 
     fn on_swarm_event(&mut self, ev: SwarmEvent<BehaviourEvent>) {
         match ev {
-            SwarmEvent::NewListenAddr { address, .. } => tracing::info!(%address, "p2p listening"),
+            SwarmEvent::NewListenAddr { address, .. } => {
+                tracing::info!(%address, "p2p listening");
+                if self.announce_private || super::is_global(&address) {
+                    self.swarm.add_external_address(address);
+                }
+            }
             SwarmEvent::ConnectionEstablished { peer_id, endpoint, .. } => {
                 tracing::debug!(peer = %peer_id, addr = %endpoint.get_remote_address(), "connected");
                 if endpoint.is_dialer() {

@@ -378,22 +378,43 @@ impl Node {
             test_latency: config.test_latency,
         };
         let mut swarm = behaviour::build(key, records, &settings).map_err(|e| NodeError::Swarm(e.to_string()))?;
+        // An IPv6 address that cannot be bound (a host without IPv6) is
+        // skipped while an IPv4 one works; anything else is an error.
+        let has_ip4 = config
+            .listen
+            .iter()
+            .any(|a| matches!(a.iter().next(), Some(libp2p::multiaddr::Protocol::Ip4(_))));
+        let mut pending = std::collections::HashSet::new();
         for addr in &config.listen {
-            swarm.listen_on(addr.clone()).map_err(|e| NodeError::Listen {
-                addr: addr.clone(),
-                message: e.to_string(),
-            })?;
+            match swarm.listen_on(addr.clone()) {
+                Ok(id) => {
+                    pending.insert(id);
+                }
+                Err(e) if has_ip4 && matches!(addr.iter().next(), Some(libp2p::multiaddr::Protocol::Ip6(_))) => {
+                    tracing::warn!(%addr, error = %e, "not listening on IPv6");
+                }
+                Err(e) => {
+                    return Err(NodeError::Listen {
+                        addr: addr.clone(),
+                        message: e.to_string(),
+                    });
+                }
+            }
         }
-        // Wait for the listeners so callers (and tests) know the real ports.
+        // Wait for each listener's first address, so callers (and tests)
+        // know the real ports.
         let mut listen_addrs = Vec::new();
-        while listen_addrs.len() < config.listen.len() {
+        while !pending.is_empty() {
             match tokio::time::timeout(
                 Duration::from_secs(10),
                 futures::StreamExt::select_next_some(&mut swarm),
             )
             .await
             {
-                Ok(libp2p::swarm::SwarmEvent::NewListenAddr { address, .. }) => listen_addrs.push(address),
+                Ok(libp2p::swarm::SwarmEvent::NewListenAddr { address, listener_id }) => {
+                    pending.remove(&listener_id);
+                    listen_addrs.push(address);
+                }
                 Ok(libp2p::swarm::SwarmEvent::ListenerError { error, .. }) => {
                     return Err(NodeError::Swarm(error.to_string()));
                 }
@@ -402,7 +423,8 @@ impl Node {
             }
         }
         // Only addresses others can dial are advertised (in identify and in
-        // provider records); AutoNAT confirms the ones behind a NAT.
+        // provider records); AutoNAT confirms the ones behind a NAT. The
+        // actor does the same for addresses that turn up later.
         for a in listen_addrs.iter().filter(|a| config.announce_private || is_global(a)) {
             swarm.add_external_address(a.clone());
         }
@@ -413,7 +435,8 @@ impl Node {
             peer_id,
             stats: stats.clone(),
         };
-        let actor = actor::Actor::new(swarm, rx, inbound_tx, stats, cancel.clone(), config.bootstrap.clone());
+        let mut actor = actor::Actor::new(swarm, rx, inbound_tx, stats, cancel.clone(), config.bootstrap.clone());
+        actor.announce_private = config.announce_private;
         tokio::spawn(actor.run());
         let limiter = Arc::new(RateLimiter::new(config.upload_limit));
         #[cfg(feature = "test-hooks")]
