@@ -66,7 +66,7 @@ NGINX
 "$NGINX" -c "$work/nginx/nginx.conf" -p "$work/nginx" & pids+=($!)
 nginx=http://127.0.0.1:$nport
 
-"$BIN" run --data-dir "$work/gw" --gateway-listen 127.0.0.1:0 --no-p2p --no-mdns --amount 4G --contribute cache --share-installed false --trusted-key "$key" \
+"$BIN" run --data-dir "$work/gw" --gateway-listen 127.0.0.1:0 --no-p2p --no-mdns --no-upnp --amount 4G --contribute cache --share-installed false --trusted-key "$key" \
   --upstream "$nginx/big" --upstream "$nginx/fixture" > "$work/gw.out" 2> "$work/gw.log" & pids+=($!)
 for _ in $(seq 100); do grep -q listening "$work/gw.out" 2>/dev/null && break; sleep 0.1; done
 gw=$(sed -n 's/^nixswarm gateway listening on //p' "$work/gw.out")

@@ -112,3 +112,34 @@ fn run_fails_clearly_when_the_port_is_taken() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("binding the gateway") && err.contains(&addr), "{err}");
 }
+
+#[test]
+fn reachability_defaults_and_their_switches() {
+    let out = stdout(&check_config(&[], &[]));
+    for want in [
+        "mode = \"auto\"",
+        "announce-private = false",
+        "upnp = true",
+        "upload-limit = \"5",
+        "/ip6/::/tcp/37516",
+        "/ip6/::/udp/37516/quic-v1",
+    ] {
+        assert!(out.contains(want), "{want} missing:\n{out}");
+    }
+    let out = stdout(&check_config(
+        &[
+            "--no-upnp",
+            "--announce-private",
+            "--p2p-mode",
+            "server",
+            "--upload-limit",
+            "0",
+        ],
+        &[],
+    ));
+    for want in ["mode = \"server\"", "announce-private = true", "upnp = false"] {
+        assert!(out.contains(want), "{want} missing:\n{out}");
+    }
+    let out = stdout(&check_config(&[], &[("NIXSWARM_NO_UPNP", "true")]));
+    assert!(out.contains("upnp = false"), "{out}");
+}

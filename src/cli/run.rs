@@ -121,6 +121,7 @@ async fn start_node(eff: &Effective, shelves: Shelves, hooks: &TestHooks, cancel
             P2pMode::Client => DhtMode::Client,
         },
         announce_private: p2p.announce_private,
+        upnp: p2p.upnp,
         request_timeout: p2p.peer_timeout,
         upload_limit: p2p.upload_limit.map(|s| s.0).filter(|&r| r > 0),
         ..NodeConfig::default()

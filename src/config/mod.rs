@@ -68,6 +68,8 @@ pub struct P2pSection {
     /// Advertise loopback and private listen addresses as reachable (a
     /// swarm on one machine or one LAN without AutoNAT servers; tests).
     pub announce_private: bool,
+    /// Ask the router to forward the listen ports (UPnP IGD) when contributing.
+    pub upnp: bool,
     /// Time allowed for one request to a peer.
     #[serde(with = "humantime_serde")]
     pub peer_timeout: Duration,
@@ -121,6 +123,7 @@ impl Default for P2pSection {
             mdns: true,
             mode: P2pMode::Auto,
             announce_private: false,
+            upnp: true,
             peer_timeout: Duration::from_secs(10),
             upload_limit: Some(Size(DEFAULT_UPLOAD_LIMIT)),
             lookup_budget: Duration::ZERO,
@@ -275,6 +278,9 @@ pub struct ConfigArgs {
     /// Advertise loopback and private listen addresses as reachable (one machine or one LAN).
     #[arg(long, env = "NIXSWARM_ANNOUNCE_PRIVATE")]
     pub announce_private: bool,
+    /// Do not ask the router to forward the listen ports (UPnP).
+    #[arg(long, env = "NIXSWARM_NO_UPNP")]
+    pub no_upnp: bool,
     /// Time allowed for one request to a peer, e.g. 10s.
     #[arg(long, env = "NIXSWARM_PEER_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub peer_timeout: Option<Duration>,
@@ -369,6 +375,9 @@ impl Config {
         }
         if args.announce_private {
             self.p2p.announce_private = true;
+        }
+        if args.no_upnp {
+            self.p2p.upnp = false;
         }
         if args.no_p2p {
             self.p2p.enable = false;

@@ -182,6 +182,8 @@ impl Gateway {
         .env("NIXSWARM_UPLOAD_LIMIT", "0")
         // Every node is on 127.0.0.1: its loopback address is the one to dial.
         .env("NIXSWARM_ANNOUNCE_PRIVATE", "true")
+        // No SSDP multicast from tests.
+        .env("NIXSWARM_NO_UPNP", "true")
         .env(
             "RUST_LOG",
             std::env::var("NIXSWARM_CHILD_LOG")

@@ -305,6 +305,7 @@ impl Actor {
                     tracing::info!(addr = %ev.tested_addr, server = %ev.server, error = %e, "not reachable at this address");
                 }
             },
+            SwarmEvent::Behaviour(BehaviourEvent::Upnp(ev)) => tracing::info!(?ev, "UPnP"),
             SwarmEvent::ExternalAddrConfirmed { address } => tracing::info!(%address, "external address confirmed"),
             SwarmEvent::ExternalAddrExpired { address } => tracing::info!(%address, "external address expired"),
             _ => {}

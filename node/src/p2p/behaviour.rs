@@ -36,6 +36,9 @@ pub struct Behaviour {
     pub autonat: autonat::v2::client::Behaviour,
     /// Dials peers' candidates back (contributing nodes).
     pub autonat_server: Toggle<autonat::v2::server::Behaviour>,
+    /// Maps the listen ports on a UPnP IGD router (contributing nodes,
+    /// unless turned off); a mapping becomes a confirmed external address.
+    pub upnp: Toggle<libp2p::upnp::tokio::Behaviour>,
 }
 
 /// Settings that shape the swarm.
@@ -47,6 +50,8 @@ pub struct SwarmSettings {
     pub server: bool,
     /// When Kademlia answers queries and stores records.
     pub dht: super::DhtMode,
+    /// Ask the router for port mappings (UPnP IGD).
+    pub upnp: bool,
     /// Time allowed for one transfer request.
     pub request_timeout: Duration,
     /// Concurrent transfer streams per connection.
@@ -148,6 +153,7 @@ fn behaviour(
         transfer: request_response::Behaviour::new([(PROTOCOL, request_response::ProtocolSupport::Full)], rr),
         autonat: autonat::v2::client::Behaviour::default(),
         autonat_server: Toggle::from(s.server.then(autonat::v2::server::Behaviour::default)),
+        upnp: Toggle::from((s.server && s.upnp).then(libp2p::upnp::tokio::Behaviour::default)),
     })
 }
 

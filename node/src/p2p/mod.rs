@@ -107,6 +107,10 @@ pub struct NodeConfig {
     pub server: bool,
     /// When to answer DHT queries (Kademlia server mode).
     pub dht: DhtMode,
+    /// Ask the router for port mappings with UPnP IGD (contributing nodes).
+    /// Off by default here: it multicasts on the LAN. `nixswarm run` turns
+    /// it on unless told not to.
+    pub upnp: bool,
     /// Take loopback and private listen addresses for reachable ones (a
     /// swarm on one machine or one LAN; tests). Otherwise only global
     /// listen addresses count, and AutoNAT confirms the rest.
@@ -140,6 +144,7 @@ impl Default for NodeConfig {
             mdns: false,
             server: true,
             dht: DhtMode::Auto,
+            upnp: false,
             announce_private: false,
             request_timeout: Duration::from_secs(10),
             upload_limit: None,
@@ -371,6 +376,7 @@ impl Node {
             mdns: config.mdns,
             server: config.server,
             dht: if config.server { config.dht } else { DhtMode::Client },
+            upnp: config.upnp,
             request_timeout: config.request_timeout,
             max_streams: 64,
             provider_ttl: config.provider_ttl,
