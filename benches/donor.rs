@@ -230,19 +230,6 @@ fn synthetic_store(root: &Path, n: usize, key: &SecretKey) -> Result<()> {
     Ok(())
 }
 
-fn rss_mib(pid: u32) -> Result<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let kb: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .context("VmRSS")?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()?;
-    Ok(kb / 1024.0)
-}
-
 /// (RSS MiB when idle, index bytes per path, paths indexed per second).
 fn idle_memory(work: &Path) -> Result<(f64, f64, f64)> {
     let key = SecretKey::from_seed("bench-donor-1", &[42; 32]);
@@ -274,7 +261,7 @@ fn idle_memory(work: &Path) -> Result<(f64, f64, f64)> {
     let per_s = SYNTHETIC_PATHS as f64 / t.elapsed().as_secs_f64();
     eprintln!("indexed; letting the node settle...");
     std::thread::sleep(Duration::from_secs(10));
-    let rss = rss_mib(node.pid())?;
+    let rss = support::rss(node.pid())? as f64 / f64::from(1 << 20);
     let index_bytes = std::fs::metadata(dir.join("installed.redb"))?.len() as f64 / SYNTHETIC_PATHS as f64;
     Ok((rss, index_bytes, per_s))
 }

@@ -12,14 +12,6 @@ use anyhow::Result;
 use nixswarm_protocol::{NarInfo, PublicKey};
 use support::{ClientStore, Fixture, Gateway, StaticServer, fixture, realise_with_retries};
 
-fn path_named<'a>(fx: &'a Fixture, name: &str) -> &'a str {
-    fx.paths
-        .iter()
-        .find(|p| p.ends_with(&format!("-{name}")))
-        .map(String::as_str)
-        .expect("fixture path")
-}
-
 fn hash_of(path: &str) -> &str {
     &path["/nix/store/".len().."/nix/store/".len() + 32]
 }
@@ -68,7 +60,7 @@ fn mangle_nar(dir: &Path, path: &str, f: impl FnOnce(&mut Vec<u8>)) -> Result<()
 /// Builds the lying cache; returns the store paths it lies about.
 fn make_bad_cache(fx: &Fixture, dir: &Path) -> Result<Vec<String>> {
     support::copy_dir(&fx.cache(), dir)?;
-    let bad = |n: &str| path_named(fx, n).to_owned();
+    let bad = |n: &str| fx.path_named(n).to_owned();
 
     // 1. A NAR altered at the upstream (narinfo and signature intact).
     mangle_nar(dir, &bad("mid-3"), |nar| {
@@ -132,7 +124,7 @@ fn a_lying_upstream_never_wins() -> Result<()> {
     // The gateway kept serving everything else.
     for name in ["leaf-0", "leaf-9", "mid-0", "mid-9", "xz-0"] {
         assert!(
-            valid.contains(&path_named(&fx, name).to_owned()),
+            valid.contains(&fx.path_named(name).to_owned()),
             "{name} should have arrived"
         );
     }

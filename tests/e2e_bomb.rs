@@ -22,27 +22,12 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, ensure};
 use nixswarm_protocol::{NarInfo, PublicKey};
-use support::{ClientStore, Fixture, Gateway, StaticServer, fixture, realise_with_retries};
+use support::{ClientStore, Fixture, Gateway, StaticServer, fixture, narinfo_file, realise_with_retries, rss};
 
 /// What the gateway may grow by while it is bombed.
 const BOUND: u64 = 200 << 20;
 /// Zeros after the real NAR in the size bombs.
 const EXTRA: usize = 512 << 20;
-
-fn path_named(fx: &Fixture, name: &str) -> String {
-    fx.paths
-        .iter()
-        .find(|p| p.ends_with(&format!("-{name}")))
-        .cloned()
-        .expect("fixture path")
-}
-
-fn narinfo_file(cache: &Path, path: &str) -> std::path::PathBuf {
-    cache.join(format!(
-        "{}.narinfo",
-        &path["/nix/store/".len().."/nix/store/".len() + 32]
-    ))
-}
 
 /// The uncompressed NAR of `path`, from the honest cache.
 fn nar_of(cache: &Path, info: &NarInfo) -> Result<Vec<u8>> {
@@ -98,7 +83,7 @@ fn make_bombs(fx: &Fixture, dir: &Path) -> Result<Vec<String>> {
     support::copy_dir(&fx.cache(), dir)?;
     let paths: Vec<String> = ["leaf-1", "leaf-2", "leaf-3"]
         .iter()
-        .map(|n| path_named(fx, n))
+        .map(|n| fx.path_named(n).to_owned())
         .collect();
     let nar = |p: &str| -> Result<Vec<u8>> {
         let info = NarInfo::parse(&std::fs::read_to_string(narinfo_file(&fx.cache(), p))?)?;
@@ -130,19 +115,6 @@ fn make_bombs(fx: &Fixture, dir: &Path) -> Result<Vec<String>> {
     Ok(paths)
 }
 
-fn rss(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
-    Some(kb * 1024)
-}
-
 /// Samples `pid`'s RSS every 50 ms until stopped; returns the peak.
 fn sample(pid: u32) -> (Arc<AtomicBool>, std::thread::JoinHandle<u64>) {
     let stop = Arc::new(AtomicBool::new(false));
@@ -150,7 +122,7 @@ fn sample(pid: u32) -> (Arc<AtomicBool>, std::thread::JoinHandle<u64>) {
     let s = stop.clone();
     let h = std::thread::spawn(move || {
         while !s.load(Ordering::Relaxed) {
-            if let Some(r) = rss(pid) {
+            if let Ok(r) = rss(pid) {
                 peak.fetch_max(r, Ordering::Relaxed);
             }
             std::thread::sleep(Duration::from_millis(50));

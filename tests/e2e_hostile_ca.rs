@@ -16,18 +16,11 @@ use support::{ClientStore, Gateway, StaticServer, realise_with_retries};
 const FLAT: &str = "a flat file, fetched as fetchurl would\n";
 const TEXT: &str = "Hello from a text path\n";
 
-fn narinfo_path(cache: &Path, path: &str) -> std::path::PathBuf {
-    cache.join(format!(
-        "{}.narinfo",
-        &path["/nix/store/".len().."/nix/store/".len() + 32]
-    ))
-}
-
 /// Rewrites `dir`'s copy of `path`: `contents` becomes other bytes of the
 /// same length, and the narinfo's NarHash and FileHash describe the new NAR,
 /// as an attacker would write them. Returns the forged narinfo.
 fn forge(dir: &Path, path: &str, contents: &str) -> Result<NarInfo> {
-    let file = narinfo_path(dir, path);
+    let file = support::narinfo_file(dir, path);
     let mut info = NarInfo::parse(&std::fs::read_to_string(&file)?)?;
     let nar = std::fs::read_to_string(dir.join(&info.url)).context("an uncompressed NAR")?;
     let evil = "X".repeat(contents.len());

@@ -15,14 +15,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 use futures::StreamExt as _;
-use futures::{AsyncRead, AsyncWrite, AsyncWriteExt as _};
+use futures::{AsyncRead, AsyncWrite};
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::{Multiaddr, StreamProtocol, noise, tcp, yamux};
-use nixswarm_node::p2p::PROTOCOL;
+use nixswarm_node::p2p::{PROTOCOL, TransferCodec};
 use nixswarm_protocol::ChunkId;
 use nixswarm_protocol::wire::{Request, Response};
 use support::probe::{path_info, probe};
-use support::{Gateway, down_upstream, fixture, import};
+use support::{Gateway, down_upstream, fixture, import, rss};
 
 /// Identities attacking at once.
 const ATTACKERS: usize = 8;
@@ -64,10 +64,8 @@ impl request_response::Codec for NeverRead {
         io: &mut T,
         req: Request,
     ) -> std::io::Result<()> {
-        let bytes = req.encode();
-        io.write_all(&(bytes.len() as u32).to_le_bytes()).await?;
-        io.write_all(&bytes).await?;
-        io.close().await
+        // Requests as any node writes them.
+        request_response::Codec::write_request(&mut TransferCodec, &PROTOCOL, io, req).await
     }
 
     async fn write_response<T: AsyncWrite + Unpin + Send>(
@@ -120,20 +118,6 @@ async fn attack(victim: Multiaddr, ids: Vec<ChunkId>, stop: tokio_util::sync::Ca
             }
         }
     }
-}
-
-/// Resident memory of a process, in bytes.
-fn rss(pid: u32) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .context("no VmRSS")?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()?;
-    Ok(kb * 1024)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -17,19 +17,7 @@ use anyhow::{Context as _, Result, bail, ensure};
 use nixswarm_protocol::wire::{Request, Response};
 use nixswarm_protocol::{NarInfo, PublicKey};
 use support::probe::{hash_of, path_info, probe};
-use support::{ClientStore, Fixture, Gateway, StaticServer, check, down_upstream, fixture};
-
-fn path_named(fx: &Fixture, name: &str) -> String {
-    fx.paths
-        .iter()
-        .find(|p| p.ends_with(&format!("-{name}")))
-        .cloned()
-        .expect("fixture path")
-}
-
-fn narinfo_file(cache: &Path, path: &str) -> std::path::PathBuf {
-    cache.join(format!("{}.narinfo", hash_of(path)))
-}
+use support::{ClientStore, Fixture, Gateway, StaticServer, check, down_upstream, fixture, narinfo_file};
 
 fn read(cache: &Path, path: &str) -> Result<NarInfo> {
     Ok(NarInfo::parse(&std::fs::read_to_string(narinfo_file(cache, path))?)?)
@@ -66,9 +54,9 @@ fn a_trusted_key_that_is_not_shared_never_leaves_the_machine() -> Result<()> {
         .to_owned();
     let company_name = company.split(':').next().context("key name")?.to_owned();
     let (open, private, both) = (
-        path_named(&fx, "leaf-0"),
-        path_named(&fx, "leaf-1"),
-        path_named(&fx, "leaf-2"),
+        fx.path_named("leaf-0").to_owned(),
+        fx.path_named("leaf-1").to_owned(),
+        fx.path_named("leaf-2").to_owned(),
     );
     let cache = tmp.path().join("cache");
     mixed_cache(&fx, &cache, &private, &both)?;

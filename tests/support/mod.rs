@@ -26,6 +26,14 @@ impl Fixture {
     pub fn untrusted_cache(&self) -> PathBuf {
         self.dir.join("cache-untrusted")
     }
+    /// The fixture store path named `name` (e.g. "leaf-1").
+    pub fn path_named(&self, name: &str) -> &str {
+        self.paths
+            .iter()
+            .find(|p| p.ends_with(&format!("-{name}")))
+            .map(String::as_str)
+            .expect("fixture path")
+    }
 }
 
 fn require_nix() {
@@ -576,4 +584,26 @@ pub fn copy_dir(from: &Path, to: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Where a binary cache keeps the narinfo of a store path.
+pub fn narinfo_file(cache: &Path, path: &str) -> PathBuf {
+    cache.join(format!(
+        "{}.narinfo",
+        &path["/nix/store/".len().."/nix/store/".len() + 32]
+    ))
+}
+
+/// Resident memory of a process, in bytes.
+pub fn rss(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .context("no VmRSS")?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()?;
+    Ok(kb * 1024)
 }

@@ -35,7 +35,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use actor::Command;
 pub use book::Found;
-pub use codec::PROTOCOL;
+pub use codec::{PROTOCOL, TransferCodec};
 pub use discover::{Discovery, DiscoverySettings};
 pub use fetch::{FetchSettings, Fetcher, PeerPath};
 pub use liar::Lie;
