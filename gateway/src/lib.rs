@@ -12,6 +12,7 @@
 //! - [`source`]: the [`Source`] trait; [`upstream`]: HTTP binary caches.
 //! - [`range`]: `Range` header parsing. [`metrics`]: Prometheus metrics.
 
+pub mod dht;
 pub mod error;
 pub mod file_source;
 pub mod legs;

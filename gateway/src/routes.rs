@@ -29,6 +29,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/nix-cache-info", get(cache_info))
         .route("/metrics", get(metrics))
         .route("/status", get(status))
+        .route("/dht", get(crate::dht::table))
+        .route("/dht/{hash}", get(crate::dht::providers))
         .route(
             "/pin/{hash}",
             axum::routing::post(crate::pin::pin).delete(crate::pin::unpin),

@@ -122,6 +122,7 @@ async fn start_node(eff: &Effective, shelves: Shelves, hooks: &TestHooks, cancel
         },
         announce_private: p2p.announce_private,
         upnp: p2p.upnp,
+        relay: p2p.relay.limits(),
         request_timeout: p2p.peer_timeout,
         upload_limit: p2p.upload_limit.map(|s| s.0).filter(|&r| r > 0),
         ..NodeConfig::default()

@@ -76,6 +76,9 @@ pub fn run(args: &StatusArgs) -> Result<()> {
         for a in node["external_addrs"].as_array().into_iter().flatten() {
             println!("advertised:     {}", a.as_str().unwrap_or("?"));
         }
+        for r in node["relays"].as_array().into_iter().flatten() {
+            println!("relay:          {}", r.as_str().unwrap_or("?"));
+        }
         println!("provided keys:  {}", n(&node["provided_keys"]));
         println!(
             "records held:   {} ({} refused: malformed or over a limit)",

@@ -70,6 +70,8 @@ pub struct P2pSection {
     pub announce_private: bool,
     /// Ask the router to forward the listen ports (UPnP IGD) when contributing.
     pub upnp: bool,
+    /// The circuit-relay service a contributing node offers.
+    pub relay: RelaySection,
     /// Time allowed for one request to a peer.
     #[serde(with = "humantime_serde")]
     pub peer_timeout: Duration,
@@ -98,6 +100,51 @@ pub struct P2pSection {
     pub hedge_after: Duration,
 }
 
+/// `[p2p.relay]`: the circuit-relay v2 service. Nodes behind NAT reserve a
+/// slot on two reachable nodes and are dialled through them until hole
+/// punching gives a direct connection; NAR bytes never cross a relay, so a
+/// circuit needs little.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct RelaySection {
+    /// Offer the service (contributing nodes; useful once reachable).
+    pub serve: bool,
+    /// Peers holding a reservation at once.
+    pub max_reservations: usize,
+    /// Circuits open at once.
+    pub max_circuits: usize,
+    /// The longest one circuit lives.
+    #[serde(with = "humantime_serde")]
+    pub circuit_duration: Duration,
+    /// The most bytes one circuit carries each way.
+    pub circuit_bytes: Size,
+}
+
+impl Default for RelaySection {
+    fn default() -> Self {
+        let l = nixswarm_node::p2p::RelayLimits::default();
+        Self {
+            serve: true,
+            max_reservations: l.max_reservations,
+            max_circuits: l.max_circuits,
+            circuit_duration: l.circuit_duration,
+            circuit_bytes: Size(l.circuit_bytes),
+        }
+    }
+}
+
+impl RelaySection {
+    /// The node's relay setting (`None`: no service).
+    pub fn limits(&self) -> Option<nixswarm_node::p2p::RelayLimits> {
+        self.serve.then(|| nixswarm_node::p2p::RelayLimits {
+            max_reservations: self.max_reservations,
+            max_circuits: self.max_circuits,
+            circuit_duration: self.circuit_duration,
+            circuit_bytes: self.circuit_bytes.0,
+        })
+    }
+}
+
 /// What the node does in the swarm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
@@ -124,6 +171,7 @@ impl Default for P2pSection {
             mode: P2pMode::Auto,
             announce_private: false,
             upnp: true,
+            relay: RelaySection::default(),
             peer_timeout: Duration::from_secs(10),
             upload_limit: Some(Size(DEFAULT_UPLOAD_LIMIT)),
             lookup_budget: Duration::ZERO,
@@ -281,6 +329,21 @@ pub struct ConfigArgs {
     /// Do not ask the router to forward the listen ports (UPnP).
     #[arg(long, env = "NIXSWARM_NO_UPNP")]
     pub no_upnp: bool,
+    /// Do not offer the circuit-relay service to nodes behind NAT.
+    #[arg(long, env = "NIXSWARM_NO_RELAY_SERVICE")]
+    pub no_relay_service: bool,
+    /// Relay service: peers holding a reservation at once [default: 128].
+    #[arg(long, env = "NIXSWARM_RELAY_MAX_RESERVATIONS", value_name = "N")]
+    pub relay_max_reservations: Option<usize>,
+    /// Relay service: circuits open at once [default: 16].
+    #[arg(long, env = "NIXSWARM_RELAY_MAX_CIRCUITS", value_name = "N")]
+    pub relay_max_circuits: Option<usize>,
+    /// Relay service: the longest one circuit lives, e.g. 2m [default: 2m].
+    #[arg(long, env = "NIXSWARM_RELAY_CIRCUIT_DURATION", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub relay_circuit_duration: Option<Duration>,
+    /// Relay service: the most bytes one circuit carries each way, e.g. 128K [default: 128K].
+    #[arg(long, env = "NIXSWARM_RELAY_CIRCUIT_BYTES", value_name = "SIZE")]
+    pub relay_circuit_bytes: Option<Size>,
     /// Time allowed for one request to a peer, e.g. 10s.
     #[arg(long, env = "NIXSWARM_PEER_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub peer_timeout: Option<Duration>,
@@ -378,6 +441,22 @@ impl Config {
         }
         if args.no_upnp {
             self.p2p.upnp = false;
+        }
+        let relay = &mut self.p2p.relay;
+        if args.no_relay_service {
+            relay.serve = false;
+        }
+        if let Some(n) = args.relay_max_reservations {
+            relay.max_reservations = n;
+        }
+        if let Some(n) = args.relay_max_circuits {
+            relay.max_circuits = n;
+        }
+        if let Some(d) = args.relay_circuit_duration {
+            relay.circuit_duration = d;
+        }
+        if let Some(b) = args.relay_circuit_bytes {
+            relay.circuit_bytes = b;
         }
         if args.no_p2p {
             self.p2p.enable = false;

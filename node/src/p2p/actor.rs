@@ -1,26 +1,40 @@
 //! The one task that owns the libp2p `Swarm`. Everything else talks to it
 //! through [`NodeHandle`] over a bounded command channel; each command that
 //! needs an answer carries a oneshot. Pending queries and requests wait in
-//! maps keyed by their ids.
+//! maps keyed by their ids; requests to a peer with no direct connection
+//! wait in [`Links`], relay reservations are kept by [`Relays`].
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
 use libp2p::kad::{self, GetProvidersOk, QueryId, QueryResult, RecordKey};
 use libp2p::request_response::{self, InboundRequestId, OutboundRequestId, ResponseChannel};
-use libp2p::swarm::SwarmEvent;
-use libp2p::{Multiaddr, PeerId, Swarm, identify, mdns};
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+use libp2p::swarm::{ConnectionId, DialError, SwarmEvent};
+use libp2p::{Multiaddr, PeerId, Swarm, dcutr, identify, mdns};
 use nixswarm_protocol::wire::{Request, Response};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::behaviour::{Behaviour, BehaviourEvent};
-use super::{NodeStats, NodeStatus};
+use super::direct::is_relayed;
+use super::links::Links;
+use super::relays::Relays;
+use super::{NodeStats, NodeStatus, ProviderInfo};
 
 /// Peers whose addresses the actor keeps for dialling.
 const MAX_KNOWN_PEERS: usize = 8192;
+/// How long a request waits for a direct connection to its peer (a dial,
+/// or hole punching through a relayed connection) before it fails and the
+/// fetcher moves on.
+pub const DIRECT_WAIT: Duration = Duration::from_secs(5);
+/// The relay service's protocol: a peer that speaks it can be reserved on.
+const RELAY_HOP: &str = "/libp2p/circuit/relay/0.2.0/hop";
+
+type Reply = oneshot::Sender<Result<Response, String>>;
 
 /// A request from another node, for the server task.
 #[derive(Debug)]
@@ -68,7 +82,7 @@ pub enum Command {
     /// answer, as a DHT query would get it).
     LocalProviders {
         key: RecordKey,
-        reply: oneshot::Sender<Vec<PeerId>>,
+        reply: oneshot::Sender<Vec<ProviderInfo>>,
     },
 }
 
@@ -89,6 +103,15 @@ pub(super) struct Actor {
     unreachable: bool,
     /// Loopback and private listen addresses count as external too.
     pub announce_private: bool,
+    /// Kademlia mode follows reachability (`DhtMode::Auto`).
+    pub dht_auto: bool,
+    /// Contributing: reserve relay slots when not reachable directly.
+    pub contributing: bool,
+    /// Connections by kind; requests waiting for a direct one.
+    links: Links<(Request, Reply)>,
+    relays: Relays,
+    /// Where we dialled each direct outbound connection.
+    dialed: HashMap<ConnectionId, Multiaddr>,
 }
 
 impl Actor {
@@ -114,6 +137,11 @@ impl Actor {
             writing: HashMap::new(),
             unreachable: false,
             announce_private: false,
+            dht_auto: false,
+            contributing: false,
+            links: Links::default(),
+            relays: Relays::default(),
+            dialed: HashMap::new(),
         }
     }
 
@@ -126,6 +154,7 @@ impl Actor {
         let mut bootstrap_tick = tokio::time::interval(std::time::Duration::from_secs(300));
         // Expired provider records go a slice of keys at a time.
         let mut sweep_tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        self.update_mode();
         loop {
             tokio::select! {
                 () = self.cancel.cancelled() => break,
@@ -141,6 +170,12 @@ impl Actor {
                     self.swarm.behaviour_mut().kad.store_mut().sweep();
                     // Waiters that gave up (an event that never came).
                     self.writing.retain(|_, tx| !tx.is_closed());
+                    for (peer, (_, reply)) in self.links.expire(Instant::now()) {
+                        let _ = reply.send(Err(format!(
+                            "no direct connection to {peer} within {DIRECT_WAIT:?} (behind NAT, and hole punching did not finish)"
+                        )));
+                    }
+                    self.ensure_relays();
                 }
             }
         }
@@ -164,11 +199,7 @@ impl Actor {
                 let id = b.kad.get_providers(key);
                 self.finds.insert(id, (found, HashSet::new()));
             }
-            Command::Request { peer, request, reply } => {
-                let addrs = self.addresses.get(&peer).cloned().unwrap_or_default();
-                let id = b.transfer.send_request_with_addresses(&peer, request, addrs);
-                self.requests.insert(id, reply);
-            }
+            Command::Request { peer, request, reply } => self.request(peer, request, reply),
             Command::Respond {
                 channel,
                 response,
@@ -180,7 +211,7 @@ impl Actor {
                 }
                 // If the stream is gone, `written` drops here: its waiter
                 // wakes at once.
-                if b.transfer.send_response(channel, response).is_ok()
+                if b.transfer.inner.send_response(channel, response).is_ok()
                     && let Some((id, tx)) = written
                 {
                     self.writing.insert(id, tx);
@@ -194,7 +225,15 @@ impl Actor {
             Command::LocalProviders { key, reply } => {
                 use libp2p::kad::store::RecordStore as _;
                 let found = b.kad.store_mut().providers(&key);
-                let _ = reply.send(found.into_iter().map(|r| r.provider).collect());
+                let _ = reply.send(
+                    found
+                        .into_iter()
+                        .map(|r| ProviderInfo {
+                            peer: r.provider,
+                            addrs: r.addresses,
+                        })
+                        .collect(),
+                );
             }
             Command::RoutingTable { reply } => {
                 let peers = b
@@ -221,6 +260,7 @@ impl Actor {
                         "unknown".into()
                     },
                     external_addrs: self.swarm.external_addresses().map(ToString::to_string).collect(),
+                    relays: self.relays.reserved().iter().map(ToString::to_string).collect(),
                     dht_server: self.swarm.behaviour_mut().kad.mode() == kad::Mode::Server,
                     provided_keys: self.swarm.behaviour_mut().kad.store_mut().provided_count(),
                     provider_records: self.swarm.behaviour_mut().kad.store_mut().provider_records(),
@@ -233,6 +273,87 @@ impl Actor {
                     bytes_fetched_duplicate: self.stats.bytes_fetched_duplicate.load(Ordering::Relaxed),
                 };
                 let _ = reply.send(status);
+            }
+        }
+    }
+
+    /// Sends a transfer request on a direct connection, or parks it until
+    /// one is up (dialling the peer if it is not connected at all).
+    fn request(&mut self, peer: PeerId, request: Request, reply: Reply) {
+        if self.links.direct(&peer) {
+            let id = self.swarm.behaviour_mut().transfer.inner.send_request(&peer, request);
+            self.requests.insert(id, reply);
+            return;
+        }
+        let connected = self.links.connected(&peer);
+        if let Err((_, reply)) = self.links.park(peer, (request, reply), Instant::now() + DIRECT_WAIT) {
+            let _ = reply.send(Err("too many requests wait for a direct connection".into()));
+            return;
+        }
+        if !connected {
+            let addrs = self.addresses.get(&peer).cloned().unwrap_or_default();
+            let opts = DialOpts::peer_id(peer)
+                .condition(PeerCondition::DisconnectedAndNotDialing)
+                .addresses(addrs)
+                .extend_addresses_through_behaviour()
+                .build();
+            match self.swarm.dial(opts) {
+                Ok(()) | Err(DialError::DialPeerConditionFalse(_)) => {}
+                Err(e) => self.fail_parked(&peer, &format!("cannot dial: {e}")),
+            }
+        }
+    }
+
+    fn fail_parked(&mut self, peer: &PeerId, why: &str) {
+        for (_, reply) in self.links.take(peer) {
+            let _ = reply.send(Err(why.to_owned()));
+        }
+    }
+
+    /// A direct external address is confirmed.
+    fn reachable(&self) -> bool {
+        self.swarm.external_addresses().any(|a| !is_relayed(a))
+    }
+
+    /// Kademlia serves only while a direct address is reachable: a node
+    /// behind NAT, reached through relays, stays a client.
+    fn update_mode(&mut self) {
+        if !self.dht_auto {
+            return;
+        }
+        let mode = if self.reachable() {
+            kad::Mode::Server
+        } else {
+            kad::Mode::Client
+        };
+        let kad = &mut self.swarm.behaviour_mut().kad;
+        if kad.mode() != mode {
+            tracing::info!(?mode, "DHT mode");
+            kad.set_mode(Some(mode));
+        }
+        let advertised: Vec<Multiaddr> = self.swarm.external_addresses().cloned().collect();
+        self.swarm.behaviour_mut().kad.store_mut().set_advertised(advertised);
+    }
+
+    /// Keeps relay reservations while the node is contributing and not
+    /// reachable directly; lets them go once it is.
+    fn ensure_relays(&mut self) {
+        if !self.contributing {
+            return;
+        }
+        if self.reachable() {
+            for l in self.relays.release() {
+                self.swarm.remove_listener(l);
+            }
+            return;
+        }
+        for (relay, addr) in self.relays.wanted(self.unreachable, Instant::now()) {
+            match self.swarm.listen_on(addr.clone()) {
+                Ok(id) => {
+                    tracing::info!(%relay, %addr, "reserving a relay slot");
+                    self.relays.asked(id, relay);
+                }
+                Err(e) => tracing::warn!(%addr, error = %e, "cannot listen through a relay"),
             }
         }
     }
@@ -260,22 +381,94 @@ impl Actor {
         match ev {
             SwarmEvent::NewListenAddr { address, .. } => {
                 tracing::info!(%address, "p2p listening");
+                // A relayed address is as dialable as its relay's.
                 if self.announce_private || super::is_global(&address) {
                     self.swarm.add_external_address(address);
                 }
             }
-            SwarmEvent::ConnectionEstablished { peer_id, endpoint, .. } => {
-                tracing::debug!(peer = %peer_id, addr = %endpoint.get_remote_address(), "connected");
-                if endpoint.is_dialer() {
-                    self.learn(peer_id, [endpoint.get_remote_address().clone()]);
+            SwarmEvent::ExpiredListenAddr { address, .. } if is_relayed(&address) => {
+                self.swarm.remove_external_address(&address);
+            }
+            SwarmEvent::ListenerClosed {
+                listener_id,
+                addresses,
+                reason,
+            } => {
+                if let Some(relay) = self.relays.closed(listener_id, Instant::now()) {
+                    tracing::info!(%relay, ?reason, "relay reservation ended");
+                    for a in &addresses {
+                        self.swarm.remove_external_address(a);
+                    }
+                    self.ensure_relays();
                 }
             }
-            // Without this, inbound peers never enter the routing table.
-            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }))
-                if info.protocols.contains(&super::behaviour::KAD_PROTOCOL) =>
-            {
-                self.learn(peer_id, info.listen_addrs);
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                connection_id,
+                endpoint,
+                ..
+            } => {
+                let relayed = endpoint.is_relayed();
+                tracing::debug!(peer = %peer_id, addr = %endpoint.get_remote_address(), relayed, "connected");
+                for (request, reply) in self.links.up(peer_id, connection_id, relayed) {
+                    let id = self.swarm.behaviour_mut().transfer.inner.send_request(&peer_id, request);
+                    self.requests.insert(id, reply);
+                }
+                // The circuit costs the relay; the direct connection serves.
+                for c in self.links.redundant_relayed(&peer_id) {
+                    self.swarm.close_connection(c);
+                }
+                if endpoint.is_dialer() && !relayed {
+                    let addr = endpoint.get_remote_address().clone();
+                    self.dialed.insert(connection_id, addr.clone());
+                    self.learn(peer_id, [addr]);
+                }
             }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                connection_id,
+                num_established,
+                ..
+            } => {
+                self.links.down(&peer_id, connection_id);
+                self.dialed.remove(&connection_id);
+                if num_established == 0 {
+                    self.relays.gone(&peer_id);
+                }
+            }
+            SwarmEvent::OutgoingConnectionError {
+                peer_id: Some(peer), error, ..
+            } if !self.links.connected(&peer) => {
+                self.fail_parked(&peer, &format!("cannot connect: {error}"));
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
+                peer_id,
+                info,
+                connection_id,
+            })) => {
+                // Without this, inbound peers never enter the routing table.
+                if info.protocols.contains(&super::behaviour::KAD_PROTOCOL) {
+                    self.learn(peer_id, info.listen_addrs);
+                }
+                if info.protocols.iter().any(|p| p.as_ref() == RELAY_HOP)
+                    && let Some(addr) = self.dialed.get(&connection_id)
+                    && (self.announce_private || super::is_global(addr))
+                {
+                    self.relays.candidate(peer_id, addr.clone());
+                    self.ensure_relays();
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Dcutr(dcutr::Event { remote_peer_id, result })) => match result {
+                Ok(_) => tracing::info!(peer = %remote_peer_id, "hole punched: direct connection"),
+                Err(e) => {
+                    tracing::info!(peer = %remote_peer_id, error = %e, "hole punching failed");
+                    if !self.links.direct(&remote_peer_id) {
+                        self.fail_parked(&remote_peer_id, &format!("hole punching failed: {e}"));
+                    }
+                }
+            },
+            SwarmEvent::Behaviour(BehaviourEvent::Relay(ev)) => tracing::debug!(?ev, "relay service"),
+            SwarmEvent::Behaviour(BehaviourEvent::RelayClient(ev)) => tracing::info!(?ev, "relay client"),
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(list))) => {
                 for (peer, addr) in list {
                     self.learn(peer, [addr]);
@@ -303,11 +496,22 @@ impl Actor {
                 Err(e) => {
                     self.unreachable = true;
                     tracing::info!(addr = %ev.tested_addr, server = %ev.server, error = %e, "not reachable at this address");
+                    self.ensure_relays();
                 }
             },
             SwarmEvent::Behaviour(BehaviourEvent::Upnp(ev)) => tracing::info!(?ev, "UPnP"),
-            SwarmEvent::ExternalAddrConfirmed { address } => tracing::info!(%address, "external address confirmed"),
-            SwarmEvent::ExternalAddrExpired { address } => tracing::info!(%address, "external address expired"),
+            SwarmEvent::ExternalAddrConfirmed { address } => {
+                tracing::info!(%address, "external address confirmed");
+                self.update_mode();
+                self.ensure_relays();
+                // Records made before carry no (or stale) addresses.
+                self.stats.joined.notify_one();
+            }
+            SwarmEvent::ExternalAddrExpired { address } => {
+                tracing::info!(%address, "external address expired");
+                self.update_mode();
+                self.ensure_relays();
+            }
             _ => {}
         }
     }
@@ -324,8 +528,20 @@ impl Actor {
                     if let Ok(GetProvidersOk::FoundProviders { providers, .. }) = r {
                         let local = *self.swarm.local_peer_id();
                         for p in providers {
-                            if p != local && seen.insert(p) && tx.try_send(p).is_err() {
-                                break;
+                            if p != local && seen.insert(p) {
+                                // Dial now, while the query still holds the
+                                // addresses the record came with (a provider
+                                // behind NAT is in nobody's routing table).
+                                if !self.links.connected(&p) {
+                                    // (No addresses given: the behaviours' are used.)
+                                    let opts = DialOpts::peer_id(p)
+                                        .condition(PeerCondition::DisconnectedAndNotDialing)
+                                        .build();
+                                    let _ = self.swarm.dial(opts);
+                                }
+                                if tx.try_send(p).is_err() {
+                                    break;
+                                }
                             }
                         }
                     }
@@ -362,6 +578,7 @@ impl Actor {
                             .swarm
                             .behaviour_mut()
                             .transfer
+                            .inner
                             .send_response(inb.channel, Response::Busy);
                     }
                 }

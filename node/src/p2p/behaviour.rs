@@ -1,6 +1,9 @@
 //! The libp2p behaviour and swarm construction: TCP and QUIC, noise, yamux,
 //! identify, ping, a private Kademlia DHT, optional mDNS, the transfer
-//! protocol (request-response), and connection limits per peer and in all.
+//! protocol (request-response, on direct connections only), reachability
+//! (AutoNAT v2, UPnP), circuit relay v2 (client, and a bounded service on
+//! contributing nodes), hole punching (DCUtR), and connection limits per
+//! peer and in all.
 
 use std::time::Duration;
 
@@ -8,10 +11,12 @@ use libp2p::connection_limits::{self, ConnectionLimits};
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::{
-    StreamProtocol, Swarm, autonat, identify, identity, kad, mdns, noise, ping, request_response, tcp, yamux,
+    StreamProtocol, Swarm, autonat, dcutr, identify, identity, kad, mdns, noise, ping, relay, request_response, tcp,
+    yamux,
 };
 
 use super::codec::{PROTOCOL, TransferCodec};
+use super::direct::DirectOnly;
 use super::records::ProviderStore;
 
 /// Our private DHT's protocol name: nixswarm nodes never join the IPFS DHT.
@@ -30,7 +35,8 @@ pub struct Behaviour {
     pub identify: identify::Behaviour,
     pub ping: ping::Behaviour,
     pub mdns: Toggle<mdns::tokio::Behaviour>,
-    pub transfer: request_response::Behaviour<TransferCodec>,
+    /// NAR bytes: never through a relay.
+    pub transfer: DirectOnly<request_response::Behaviour<TransferCodec>>,
     /// Asks peers to dial our address candidates back: the ones that work
     /// become confirmed external addresses.
     pub autonat: autonat::v2::client::Behaviour,
@@ -39,6 +45,53 @@ pub struct Behaviour {
     /// Maps the listen ports on a UPnP IGD router (contributing nodes,
     /// unless turned off); a mapping becomes a confirmed external address.
     pub upnp: Toggle<libp2p::upnp::tokio::Behaviour>,
+    /// Listens through relays while no direct address is reachable.
+    pub relay_client: relay::client::Behaviour,
+    /// The relay service (contributing nodes, unless turned off).
+    pub relay: Toggle<relay::Behaviour>,
+    /// Upgrades a relayed connection to a direct one (hole punching).
+    pub dcutr: dcutr::Behaviour,
+}
+
+/// Bounds of the circuit-relay service a node offers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayLimits {
+    /// Peers holding a reservation at once.
+    pub max_reservations: usize,
+    /// Circuits open at once.
+    pub max_circuits: usize,
+    /// The longest one circuit lives.
+    pub circuit_duration: Duration,
+    /// The most bytes one circuit carries (each way).
+    pub circuit_bytes: u64,
+}
+
+impl Default for RelayLimits {
+    /// libp2p's defaults: enough for DHT and control traffic and for hole
+    /// punching, far too little to carry NARs (which never go over a relay).
+    fn default() -> Self {
+        Self {
+            max_reservations: 128,
+            max_circuits: 16,
+            circuit_duration: Duration::from_secs(120),
+            circuit_bytes: 128 << 10,
+        }
+    }
+}
+
+impl RelayLimits {
+    fn config(&self) -> relay::Config {
+        relay::Config {
+            max_reservations: self.max_reservations,
+            max_reservations_per_peer: 4,
+            reservation_duration: Duration::from_secs(3600),
+            max_circuits: self.max_circuits,
+            max_circuits_per_peer: 4,
+            max_circuit_duration: self.circuit_duration,
+            max_circuit_bytes: self.circuit_bytes,
+            ..relay::Config::default()
+        }
+    }
 }
 
 /// Settings that shape the swarm.
@@ -52,6 +105,8 @@ pub struct SwarmSettings {
     pub dht: super::DhtMode,
     /// Ask the router for port mappings (UPnP IGD).
     pub upnp: bool,
+    /// Offer the relay service, so bounded (contributing nodes).
+    pub relay: Option<RelayLimits>,
     /// Time allowed for one transfer request.
     pub request_timeout: Duration,
     /// Concurrent transfer streams per connection.
@@ -73,7 +128,9 @@ pub fn build(key: identity::Keypair, store: ProviderStore, s: &SwarmSettings) ->
             .with_tokio()
             .with_other_transport(|key| super::delay::transport(key, delay).map_err(Into::into))
             .map_err(|e| anyhow_like::Error(format!("delayed TCP transport: {e}")))?
-            .with_behaviour(|key| behaviour(key, store, s))
+            .with_relay_client(noise::Config::new, yamux::Config::default)
+            .map_err(|e| anyhow_like::Error(format!("relay client: {e}")))?
+            .with_behaviour(|key, relay| behaviour(key, relay, store, s))
             .map_err(|e| anyhow_like::Error(format!("behaviour: {e}")))?
             .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE))
             .build();
@@ -88,15 +145,18 @@ pub fn build(key: identity::Keypair, store: ProviderStore, s: &SwarmSettings) ->
         )
         .map_err(|e| anyhow_like::Error(format!("TCP transport: {e}")))?
         .with_quic()
-        .with_behaviour(|key| behaviour(key, store, s))
+        .with_relay_client(noise::Config::new, yamux::Config::default)
+        .map_err(|e| anyhow_like::Error(format!("relay client: {e}")))?
+        .with_behaviour(|key, relay| behaviour(key, relay, store, s))
         .map_err(|e| anyhow_like::Error(format!("behaviour: {e}")))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE))
         .build();
     Ok(swarm)
 }
 
-/// Connections kept with one peer (a TCP and a QUIC one may overlap).
-pub const MAX_PER_PEER: u32 = 2;
+/// Connections kept with one peer (a TCP and a QUIC one may overlap, and
+/// a relayed one lasts until hole punching has given a direct one).
+pub const MAX_PER_PEER: u32 = 3;
 /// Connections kept in all: each may hold `max_streams` requests, so this
 /// bounds what the peers together can make the node hold.
 pub const MAX_ESTABLISHED: u32 = 256;
@@ -116,6 +176,7 @@ const IDLE: Duration = Duration::from_secs(120);
 
 fn behaviour(
     key: &identity::Keypair,
+    relay_client: relay::client::Behaviour,
     store: ProviderStore,
     s: &SwarmSettings,
 ) -> Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> {
@@ -129,7 +190,9 @@ fn behaviour(
     kcfg.set_record_filtering(kad::StoreInserts::Unfiltered);
     let mut kad = kad::Behaviour::with_config(local, store, kcfg);
     kad.set_mode(match s.dht {
-        super::DhtMode::Auto => None, // server once an external address is confirmed
+        // The actor makes it a server once a direct external address is
+        // confirmed (kad's own auto mode would count relayed ones too).
+        super::DhtMode::Auto => Some(kad::Mode::Client),
         super::DhtMode::Server => Some(kad::Mode::Server),
         super::DhtMode::Client => Some(kad::Mode::Client),
     });
@@ -150,10 +213,21 @@ fn behaviour(
         ),
         ping: ping::Behaviour::default(),
         mdns: Toggle::from(mdns),
-        transfer: request_response::Behaviour::new([(PROTOCOL, request_response::ProtocolSupport::Full)], rr),
+        transfer: DirectOnly::new(request_response::Behaviour::new(
+            [(PROTOCOL, request_response::ProtocolSupport::Full)],
+            rr,
+        )),
         autonat: autonat::v2::client::Behaviour::default(),
         autonat_server: Toggle::from(s.server.then(autonat::v2::server::Behaviour::default)),
         upnp: Toggle::from((s.server && s.upnp).then(libp2p::upnp::tokio::Behaviour::default)),
+        relay_client,
+        relay: Toggle::from(
+            s.relay
+                .as_ref()
+                .filter(|_| s.server)
+                .map(|l| relay::Behaviour::new(local, l.config())),
+        ),
+        dcutr: dcutr::Behaviour::new(local),
     })
 }
 

@@ -10,12 +10,15 @@ mod book;
 mod codec;
 #[cfg(feature = "test-hooks")]
 mod delay;
+pub mod direct;
 mod discover;
 mod fetch;
 mod liar;
+mod links;
 pub mod proven;
 mod ratelimit;
 pub mod records;
+mod relays;
 mod schedule;
 mod scores;
 mod serve;
@@ -33,7 +36,8 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-pub use actor::Command;
+pub use actor::{Command, DIRECT_WAIT};
+pub use behaviour::RelayLimits;
 pub use book::Found;
 pub use codec::{PROTOCOL, TransferCodec};
 pub use discover::{Discovery, DiscoverySettings};
@@ -127,6 +131,9 @@ pub struct NodeConfig {
     pub provider_ttl: Duration,
     /// Bounds of the provider records kept for other nodes.
     pub record_limits: records::Limits,
+    /// Offer the circuit-relay service, so bounded (contributing nodes;
+    /// `None`: off).
+    pub relay: Option<RelayLimits>,
     /// Test builds only: lie to peers (corrupt chunks or a fake manifest).
     #[cfg(feature = "test-hooks")]
     pub lie: Lie,
@@ -152,6 +159,7 @@ impl Default for NodeConfig {
             reprovide_interval: Duration::from_secs(4 * 3600),
             provider_ttl: Duration::from_secs(12 * 3600),
             record_limits: records::Limits::default(),
+            relay: Some(RelayLimits::default()),
             #[cfg(feature = "test-hooks")]
             lie: Lie::Honest,
             #[cfg(feature = "test-hooks")]
@@ -189,8 +197,11 @@ pub struct NodeStatus {
     /// "public" (an external address is confirmed), "private" (AutoNAT
     /// found none dialable) or "unknown" (not tested yet).
     pub reachability: String,
-    /// The confirmed external addresses: the ones advertised.
+    /// The confirmed external addresses: the ones advertised (direct, or
+    /// through relays while not reachable directly).
     pub external_addrs: Vec<String>,
+    /// The relays this node holds (or asks for) a reservation on.
+    pub relays: Vec<String>,
     /// Kademlia answers queries (server mode).
     pub dht_server: bool,
     pub provided_keys: usize,
@@ -201,6 +212,14 @@ pub struct NodeStatus {
     pub bytes_served: u64,
     pub bytes_fetched: u64,
     pub bytes_fetched_duplicate: u64,
+}
+
+/// One provider of a key as this node's record store lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProviderInfo {
+    pub peer: PeerId,
+    /// The addresses its record carries (for our own: the advertised ones).
+    pub addrs: Vec<Multiaddr>,
 }
 
 /// A cheap, cloneable handle to the running node.
@@ -278,6 +297,12 @@ impl NodeHandle {
     /// The providers of a path this node's record store lists, as one DHT
     /// answer from it would.
     pub async fn local_providers(&self, hash: &StorePathHash) -> Result<Vec<PeerId>, NodeError> {
+        Ok(self.provider_records(hash).await?.into_iter().map(|p| p.peer).collect())
+    }
+
+    /// The provider records of a path this node holds, with the addresses
+    /// they carry.
+    pub async fn provider_records(&self, hash: &StorePathHash) -> Result<Vec<ProviderInfo>, NodeError> {
         let (reply, wait) = oneshot::channel();
         self.send(Command::LocalProviders {
             key: dht_key(hash),
@@ -377,6 +402,7 @@ impl Node {
             server: config.server,
             dht: if config.server { config.dht } else { DhtMode::Client },
             upnp: config.upnp,
+            relay: config.relay.clone(),
             request_timeout: config.request_timeout,
             max_streams: 64,
             provider_ttl: config.provider_ttl,
@@ -443,6 +469,8 @@ impl Node {
         };
         let mut actor = actor::Actor::new(swarm, rx, inbound_tx, stats, cancel.clone(), config.bootstrap.clone());
         actor.announce_private = config.announce_private;
+        actor.dht_auto = config.server && config.dht == DhtMode::Auto;
+        actor.contributing = config.server;
         tokio::spawn(actor.run());
         let limiter = Arc::new(RateLimiter::new(config.upload_limit));
         #[cfg(feature = "test-hooks")]

@@ -18,7 +18,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use libp2p::PeerId;
+use libp2p::{Multiaddr, PeerId};
 use libp2p::kad::store::{Error, RecordStore, Result};
 use libp2p::kad::{ProviderRecord, Record, RecordKey};
 
@@ -51,6 +51,8 @@ pub struct ProviderStore {
     proven: Arc<Proven>,
     refused: Refused,
     values: HashMap<RecordKey, Record>,
+    /// The addresses this node advertises (its own records carry them).
+    advertised: Vec<Multiaddr>,
 }
 
 fn path_key(key: &RecordKey) -> Option<Key> {
@@ -69,6 +71,7 @@ impl ProviderStore {
             proven,
             refused: Refused::default(),
             values: HashMap::new(),
+            advertised: Vec::new(),
         }
     }
 
@@ -90,6 +93,11 @@ impl ProviderStore {
     /// What was refused so far.
     pub fn refused(&self) -> Refused {
         self.refused
+    }
+
+    /// The addresses our own records carry from now on.
+    pub fn set_advertised(&mut self, addrs: Vec<Multiaddr>) {
+        self.advertised = addrs;
     }
 
     /// Drops expired records from the next slice of keys.
@@ -156,11 +164,14 @@ impl RecordStore for ProviderStore {
         let Some(k) = path_key(key) else {
             return Vec::new();
         };
-        let own = self.own.contains(&k).then(|| ProviderRecord {
+        // Our own record carries the advertised addresses. With none it is
+        // left out: Kademlia would fill in every listen address, private
+        // and loopback ones too, and nobody could dial them.
+        let own = (self.own.contains(&k) && !self.advertised.is_empty()).then(|| ProviderRecord {
             key: key.clone(),
             provider: self.local,
             expires: None,
-            addresses: Vec::new(), // Kademlia fills in the current ones
+            addresses: self.advertised.clone(),
         });
         let proven = &self.proven;
         let remote = self

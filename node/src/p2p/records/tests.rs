@@ -227,10 +227,17 @@ fn own_records_are_never_refused_and_come_first() {
     }
     assert_eq!(s.provided_count(), 5000);
     assert_eq!(s.provided().count(), 5000);
+    assert_eq!(
+        s.providers(&rkey(0)).len(),
+        2,
+        "with no advertised address our own record is left out"
+    );
+    let public: libp2p::Multiaddr = "/ip4/198.18.0.1/tcp/4001".parse().unwrap();
+    s.set_advertised(vec![public.clone()]);
     let p = s.providers(&rkey(0));
     assert_eq!(p.len(), 3);
     assert_eq!(p[0].provider, local);
-    assert!(p[0].addresses.is_empty(), "Kademlia fills in our current addresses");
+    assert_eq!(p[0].addresses, vec![public], "our own record carries the advertised addresses");
     s.remove_provider(&rkey(0), &local);
     assert_eq!(s.provided_count(), 4999);
     assert!(!s.providers(&rkey(0)).iter().any(|r| r.provider == local));
