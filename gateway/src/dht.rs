@@ -32,10 +32,7 @@ pub async fn table(State(state): State<Arc<AppState>>) -> Result<Response, Gatew
 }
 
 /// The provider records held for a path, with their addresses.
-pub async fn providers(
-    State(state): State<Arc<AppState>>,
-    Path(hash): Path<String>,
-) -> Result<Response, GatewayError> {
+pub async fn providers(State(state): State<Arc<AppState>>, Path(hash): Path<String>) -> Result<Response, GatewayError> {
     let hash: StorePathHash = hash
         .parse()
         .map_err(|e| GatewayError::BadRequest(format!("not a store path hash: {e}")))?;

@@ -228,5 +228,8 @@ async fn one_peer_cannot_open_more_connections_than_the_limit() {
     }
     assert!(most >= 1);
     let limit = nixswarm_node::p2p::behaviour::MAX_PER_PEER;
-    assert!(most <= limit, "the victim held {most} connections from one peer (limit {limit})");
+    assert!(
+        most <= limit,
+        "the victim held {most} connections from one peer (limit {limit})"
+    );
 }

@@ -3,6 +3,7 @@
 //! real Nix client (Debian's nix-bin) substituting through the gateway.
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod netns;
 pub mod probe;
 
 use std::io::{BufRead as _, BufReader};
@@ -88,12 +89,22 @@ pub struct StaticServer {
 
 impl StaticServer {
     pub fn start(dir: &Path) -> Self {
+        Self::start_in(dir, None)
+    }
+
+    /// The same, listening on 127.0.0.1 of network namespace `ns`.
+    pub fn start_in(dir: &Path, ns: Option<&str>) -> Self {
         let dir = dir.to_owned();
+        let ns = ns.map(str::to_owned);
         let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let logger = log.clone();
         let thread = std::thread::spawn(move || {
+            // Threads the runtime starts inherit this thread's namespace.
+            if let Some(ns) = ns {
+                netns::enter(&ns).unwrap();
+            }
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
@@ -158,6 +169,8 @@ pub struct Gateway {
     pub data_dir: PathBuf,
     /// The node's addresses, with /p2p/<peer id>.
     pub node_addrs: Vec<String>,
+    /// The network namespace it runs in (its URL is that namespace's).
+    pub netns: Option<String>,
     child: Child,
 }
 
@@ -170,9 +183,41 @@ impl Gateway {
     /// Same, with extra flags for `nixswarm run`.
     pub fn start_with(data_dir: &Path, upstreams: &[&str], key: &str, extra: &[&str]) -> Result<Self> {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_nixswarm"));
+        cmd.args(["run", "--no-mdns", "--p2p-listen", "/ip4/127.0.0.1/tcp/0"])
+            // Every node is on 127.0.0.1: its loopback address is the one to dial.
+            .env("NIXSWARM_ANNOUNCE_PRIVATE", "true");
+        Self::launch(cmd, None, data_dir, upstreams, key, extra)
+    }
+
+    /// Starts it inside network namespace `ns`, listening for peers on
+    /// `listen`, advertising only the addresses the node finds reachable
+    /// (as on the internet).
+    pub fn start_in(
+        ns: &str,
+        listen: &[&str],
+        data_dir: &Path,
+        upstreams: &[&str],
+        key: &str,
+        extra: &[&str],
+    ) -> Result<Self> {
+        let mut cmd = netns::Net::command(ns, env!("CARGO_BIN_EXE_nixswarm"));
+        cmd.args(["run", "--no-mdns"]);
+        for l in listen {
+            cmd.args(["--p2p-listen", l]);
+        }
+        Self::launch(cmd, Some(ns), data_dir, upstreams, key, extra)
+    }
+
+    fn launch(
+        mut cmd: Command,
+        netns: Option<&str>,
+        data_dir: &Path,
+        upstreams: &[&str],
+        key: &str,
+        extra: &[&str],
+    ) -> Result<Self> {
         // The test key stands for cache.nixos.org's: trusted and shared.
         cmd.args([
-            "run",
             "--gateway-listen",
             "127.0.0.1:0",
             "--trusted-key",
@@ -180,7 +225,6 @@ impl Gateway {
             "--share-key",
             key,
         ])
-        .args(["--no-mdns", "--p2p-listen", "/ip4/127.0.0.1/tcp/0"])
         .arg("--data-dir")
         .arg(data_dir)
         .args(extra)
@@ -188,8 +232,6 @@ impl Gateway {
         // full speed (flags override).
         .env("NIXSWARM_SHARE_INSTALLED", "false")
         .env("NIXSWARM_UPLOAD_LIMIT", "0")
-        // Every node is on 127.0.0.1: its loopback address is the one to dial.
-        .env("NIXSWARM_ANNOUNCE_PRIVATE", "true")
         // No SSDP multicast from tests.
         .env("NIXSWARM_NO_UPNP", "true")
         .env(
@@ -212,9 +254,11 @@ impl Gateway {
         loop {
             let mut line = String::new();
             if reader.read_line(&mut line)? == 0 {
+                let log = std::fs::read_to_string(data_dir.with_extension("log")).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(20).collect();
                 bail!(
-                    "nixswarm exited during start-up; see {}",
-                    data_dir.with_extension("log").display()
+                    "nixswarm exited during start-up; the end of its log:\n{}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
                 );
             }
             if let Some(a) = line.trim().strip_prefix("nixswarm node listening on ") {
@@ -224,6 +268,7 @@ impl Gateway {
                     url: url.to_owned(),
                     data_dir: data_dir.to_owned(),
                     node_addrs,
+                    netns: netns.map(str::to_owned),
                     child,
                 });
             }
@@ -232,7 +277,8 @@ impl Gateway {
 
     /// JSON from `/status`.
     pub fn status(&self) -> Result<String> {
-        let out = Command::new(env!("CARGO_BIN_EXE_nixswarm"))
+        let out = self
+            .command(env!("CARGO_BIN_EXE_nixswarm"))
             .args(["status", "--json", "--gateway", &self.url])
             .output()?;
         ensure!(
@@ -241,6 +287,22 @@ impl Gateway {
             String::from_utf8_lossy(&out.stderr)
         );
         Ok(String::from_utf8(out.stdout)?)
+    }
+
+    /// `program`, run where the gateway runs (its namespace, if any).
+    pub fn command(&self, program: &str) -> Command {
+        match &self.netns {
+            Some(ns) => netns::Net::command(ns, program),
+            None => Command::new(program),
+        }
+    }
+
+    /// The body of `GET path` from the gateway (curl, in its namespace).
+    pub fn get(&self, path: &str) -> Result<String> {
+        run_ok(
+            self.command("curl").args(["-sSf", &format!("{}{path}", self.url)]),
+            &format!("GET {path}"),
+        )
     }
 
     /// A number from `/status` (e.g. "peers", "provider_records").
@@ -324,6 +386,8 @@ pub fn down_upstream() -> String {
 pub struct ClientStore {
     pub root: PathBuf,
     xdg: PathBuf,
+    /// Nix runs in this network namespace.
+    netns: Option<String>,
 }
 
 impl ClientStore {
@@ -331,6 +395,15 @@ impl ClientStore {
         Self {
             root: dir.join("root"),
             xdg: dir.join("xdg"),
+            netns: None,
+        }
+    }
+
+    /// A client store whose Nix runs in network namespace `ns`.
+    pub fn new_in(dir: &Path, ns: &str) -> Self {
+        Self {
+            netns: Some(ns.to_owned()),
+            ..Self::new(dir)
         }
     }
 
@@ -339,7 +412,10 @@ impl ClientStore {
     }
 
     fn nix(&self, program: &str) -> Command {
-        let mut c = Command::new(program);
+        let mut c = match &self.netns {
+            Some(ns) => netns::Net::command(ns, program),
+            None => Command::new(program),
+        };
         c.env("XDG_CACHE_HOME", &self.xdg)
             .env("NIX_CONFIG", "build-users-group =\n");
         c

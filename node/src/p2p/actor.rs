@@ -31,6 +31,11 @@ const MAX_KNOWN_PEERS: usize = 8192;
 /// or hole punching through a relayed connection) before it fails and the
 /// fetcher moves on.
 pub const DIRECT_WAIT: Duration = Duration::from_secs(5);
+/// A node connected this long with no direct address confirmed counts as
+/// behind NAT. AutoNAT v2 reports a failed dial-back, but a router that
+/// drops the dial-back's packets makes the probe time out instead, which
+/// it does not report; a success arrives within a probe round (5 s).
+pub const PRIVATE_AFTER: Duration = Duration::from_secs(15);
 /// The relay service's protocol: a peer that speaks it can be reserved on.
 const RELAY_HOP: &str = "/libp2p/circuit/relay/0.2.0/hop";
 
@@ -112,6 +117,8 @@ pub(super) struct Actor {
     relays: Relays,
     /// Where we dialled each direct outbound connection.
     dialed: HashMap<ConnectionId, Multiaddr>,
+    /// When the first connection came up (AutoNAT servers to ask).
+    first_connected: Option<Instant>,
 }
 
 impl Actor {
@@ -142,6 +149,7 @@ impl Actor {
             links: Links::default(),
             relays: Relays::default(),
             dialed: HashMap::new(),
+            first_connected: None,
         }
     }
 
@@ -170,10 +178,22 @@ impl Actor {
                     self.swarm.behaviour_mut().kad.store_mut().sweep();
                     // Waiters that gave up (an event that never came).
                     self.writing.retain(|_, tx| !tx.is_closed());
+                    let mut given_up = HashSet::new();
                     for (peer, (_, reply)) in self.links.expire(Instant::now()) {
-                        let _ = reply.send(Err(format!(
+                        let why = format!(
                             "no direct connection to {peer} within {DIRECT_WAIT:?} (behind NAT, and hole punching did not finish)"
-                        )));
+                        );
+                        if given_up.insert(peer) {
+                            tracing::info!("{why}: its requests fail");
+                        }
+                        let _ = reply.send(Err(why));
+                    }
+                    if !self.unreachable
+                        && self.first_connected.is_some_and(|t| t.elapsed() >= PRIVATE_AFTER)
+                        && !self.reachable()
+                    {
+                        tracing::info!("no address confirmed reachable {PRIVATE_AFTER:?} after joining: behind NAT");
+                        self.unreachable = true;
                     }
                     self.ensure_relays();
                 }
@@ -252,7 +272,7 @@ impl Actor {
                     listen_addrs: self.swarm.listeners().map(ToString::to_string).collect(),
                     peers: self.swarm.connected_peers().count(),
                     connections: self.swarm.network_info().connection_counters().num_established(),
-                    reachability: if self.swarm.external_addresses().next().is_some() {
+                    reachability: if self.reachable() {
                         "public".into()
                     } else if self.unreachable {
                         "private".into()
@@ -315,21 +335,32 @@ impl Actor {
         self.swarm.external_addresses().any(|a| !is_relayed(a))
     }
 
-    /// Kademlia serves only while a direct address is reachable: a node
-    /// behind NAT, reached through relays, stays a client.
+    /// Follows reachability: Kademlia serves (auto mode) and the relay
+    /// service is offered only while a direct address is reachable (a node
+    /// behind NAT, reached through relays, is a client of both); our own
+    /// records carry the advertised addresses.
     fn update_mode(&mut self) {
-        if !self.dht_auto {
-            return;
+        let reachable = self.reachable();
+        // A forced DHT server is taken to be reachable.
+        let serve = reachable || !self.dht_auto;
+        if let Some(r) = self.swarm.behaviour_mut().relay.as_mut() {
+            r.inner.set_status(Some(if serve {
+                libp2p::relay::Status::Enable
+            } else {
+                libp2p::relay::Status::Disable
+            }));
         }
-        let mode = if self.reachable() {
-            kad::Mode::Server
-        } else {
-            kad::Mode::Client
-        };
-        let kad = &mut self.swarm.behaviour_mut().kad;
-        if kad.mode() != mode {
-            tracing::info!(?mode, "DHT mode");
-            kad.set_mode(Some(mode));
+        if self.dht_auto {
+            let mode = if reachable {
+                kad::Mode::Server
+            } else {
+                kad::Mode::Client
+            };
+            let kad = &mut self.swarm.behaviour_mut().kad;
+            if kad.mode() != mode {
+                tracing::info!(?mode, "DHT mode");
+                kad.set_mode(Some(mode));
+            }
         }
         let advertised: Vec<Multiaddr> = self.swarm.external_addresses().cloned().collect();
         self.swarm.behaviour_mut().kad.store_mut().set_advertised(advertised);
@@ -409,9 +440,15 @@ impl Actor {
                 ..
             } => {
                 let relayed = endpoint.is_relayed();
+                self.first_connected.get_or_insert_with(Instant::now);
                 tracing::debug!(peer = %peer_id, addr = %endpoint.get_remote_address(), relayed, "connected");
                 for (request, reply) in self.links.up(peer_id, connection_id, relayed) {
-                    let id = self.swarm.behaviour_mut().transfer.inner.send_request(&peer_id, request);
+                    let id = self
+                        .swarm
+                        .behaviour_mut()
+                        .transfer
+                        .inner
+                        .send_request(&peer_id, request);
                     self.requests.insert(id, reply);
                 }
                 // The circuit costs the relay; the direct connection serves.
@@ -437,7 +474,9 @@ impl Actor {
                 }
             }
             SwarmEvent::OutgoingConnectionError {
-                peer_id: Some(peer), error, ..
+                peer_id: Some(peer),
+                error,
+                ..
             } if !self.links.connected(&peer) => {
                 self.fail_parked(&peer, &format!("cannot connect: {error}"));
             }

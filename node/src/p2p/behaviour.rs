@@ -47,8 +47,11 @@ pub struct Behaviour {
     pub upnp: Toggle<libp2p::upnp::tokio::Behaviour>,
     /// Listens through relays while no direct address is reachable.
     pub relay_client: relay::client::Behaviour,
-    /// The relay service (contributing nodes, unless turned off).
-    pub relay: Toggle<relay::Behaviour>,
+    /// The relay service (contributing nodes, unless turned off), offered
+    /// while a direct address is reachable. It never sees relayed
+    /// connections: libp2p-relay 0.22 would send its status to their dummy
+    /// handlers and panic the connection task.
+    pub relay: Toggle<DirectOnly<relay::Behaviour>>,
     /// Upgrades a relayed connection to a direct one (hole punching).
     pub dcutr: dcutr::Behaviour,
 }
@@ -221,12 +224,12 @@ fn behaviour(
         autonat_server: Toggle::from(s.server.then(autonat::v2::server::Behaviour::default)),
         upnp: Toggle::from((s.server && s.upnp).then(libp2p::upnp::tokio::Behaviour::default)),
         relay_client,
-        relay: Toggle::from(
-            s.relay
-                .as_ref()
-                .filter(|_| s.server)
-                .map(|l| relay::Behaviour::new(local, l.config())),
-        ),
+        relay: Toggle::from(s.relay.as_ref().filter(|_| s.server).map(|l| {
+            let mut r = relay::Behaviour::new(local, l.config());
+            // The actor enables it once a direct address is confirmed.
+            r.set_status(Some(relay::Status::Disable));
+            DirectOnly::new(r)
+        })),
         dcutr: dcutr::Behaviour::new(local),
     })
 }

@@ -9,6 +9,7 @@ use std::collections::{HashMap, HashSet};
 use std::task::{Context, Poll};
 
 use either::Either;
+use libp2p::PeerId;
 use libp2p::core::transport::PortUse;
 use libp2p::core::{Endpoint, Multiaddr};
 use libp2p::multiaddr::Protocol;
@@ -16,7 +17,6 @@ use libp2p::swarm::behaviour::{ConnectionClosed, FromSwarm};
 use libp2p::swarm::{
     ConnectionDenied, ConnectionId, NetworkBehaviour, THandler, THandlerInEvent, THandlerOutEvent, ToSwarm, dummy,
 };
-use libp2p::PeerId;
 
 /// True for an address through a relay (`.../p2p-circuit/...`).
 pub fn is_relayed(addr: &Multiaddr) -> bool {

@@ -194,8 +194,9 @@ pub struct NodeStatus {
     pub peers: usize,
     /// Established connections (at most `behaviour::MAX_PER_PEER` per peer).
     pub connections: u32,
-    /// "public" (an external address is confirmed), "private" (AutoNAT
-    /// found none dialable) or "unknown" (not tested yet).
+    /// "public" (a direct external address is confirmed), "private"
+    /// (AutoNAT found none dialable; relayed addresses may be advertised)
+    /// or "unknown" (not tested yet).
     pub reachability: String,
     /// The confirmed external addresses: the ones advertised (direct, or
     /// through relays while not reachable directly).

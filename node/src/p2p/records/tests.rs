@@ -237,7 +237,11 @@ fn own_records_are_never_refused_and_come_first() {
     let p = s.providers(&rkey(0));
     assert_eq!(p.len(), 3);
     assert_eq!(p[0].provider, local);
-    assert_eq!(p[0].addresses, vec![public], "our own record carries the advertised addresses");
+    assert_eq!(
+        p[0].addresses,
+        vec![public],
+        "our own record carries the advertised addresses"
+    );
     s.remove_provider(&rkey(0), &local);
     assert_eq!(s.provided_count(), 4999);
     assert!(!s.providers(&rkey(0)).iter().any(|r| r.provider == local));

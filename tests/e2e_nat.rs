@@ -1,0 +1,335 @@
+//! Home donors behind NAT, in network namespaces the test makes itself
+//! (`tests/support/netns.rs`): public nodes R and R2 on a switch, a donor D
+//! behind one masquerading router and a client C behind another, each
+//! router dropping every unsolicited inbound connection. Every address
+//! exists only inside those namespaces.
+//!
+//! - With routers that keep source ports, D reserves a slot on both relays,
+//!   its provider records carry only relayed addresses, C's gateway gets
+//!   every path from D with its upstream down, and the bytes go direct
+//!   (hole punched): the relays' interfaces carry under 5% of the NAR bytes.
+//! - With a router that picks a random source port for every connection,
+//!   hole punching cannot work: C's gateway gets every path from its
+//!   upstream, each within the normal fallback time, with no hang.
+//!
+//! Needs root, iproute2 and nftables (scripts/test.sh runs it as root);
+//! without them each test fails and says why.
+
+mod support;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use serde_json::Value;
+use support::netns::{Nat, Net};
+use support::{ClientStore, Gateway, StaticServer, check, down_upstream, fixture, import};
+
+const R: &str = "198.18.0.1";
+const R2: &str = "198.18.0.2";
+
+fn listen_on(ip: &str) -> [String; 2] {
+    [format!("/ip4/{ip}/tcp/4001"), format!("/ip4/{ip}/udp/4001/quic-v1")]
+}
+
+fn start(ns: &str, ip: &str, dir: &Path, upstreams: &[&str], key: &str, extra: &[&str]) -> Result<Gateway> {
+    let [tcp, quic] = listen_on(ip);
+    Gateway::start_in(ns, &[&tcp, &quic], dir, upstreams, key, extra)
+}
+
+fn json(text: &str) -> Result<Value> {
+    serde_json::from_str(text).with_context(|| format!("not JSON: {text}"))
+}
+
+/// Polls `f` every 250 ms for up to `secs` seconds until it gives `Some`.
+fn wait<T>(secs: u64, what: &str, mut f: impl FnMut() -> Result<Option<T>>) -> Result<T> {
+    let end = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(t) = f()? {
+            return Ok(t);
+        }
+        if Instant::now() > end {
+            bail!("timed out after {secs} s waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// The swarm of both tests: R and R2 public, D (holding the fixture's
+/// signed paths) behind `d_nat`, C behind `c_nat`. Returns the nodes and
+/// the namespaces' names; D has reserved its relays when this returns.
+struct Swarm {
+    r: Gateway,
+    r2: Gateway,
+    d: Gateway,
+    d_id: String,
+    c_ns: String,
+    // Last: the namespaces go after the processes in them.
+    net: Net,
+}
+
+fn swarm(
+    tag: &str,
+    tmp: &Path,
+    d_nat: Nat,
+    c_nat: Nat,
+    c_upstream: impl FnOnce(&str) -> String,
+    c_extra: &[&str],
+) -> Result<(Swarm, Gateway)> {
+    let fx = fixture();
+    let key = fx.trusted_pub.as_str();
+    let mut net = Net::new(tag)?;
+    let r_ns = net.public("r", 1)?;
+    let r2_ns = net.public("r2", 2)?;
+    let d_ns = net.home("d", 11, d_nat)?;
+    let c_ns = net.home("c", 12, c_nat)?;
+
+    let r = start(&r_ns, R, &tmp.join("r"), &[], key, &[])?;
+    let boot = r
+        .node_addrs
+        .iter()
+        .find(|a| a.contains("/tcp/"))
+        .context("R's TCP address")?
+        .clone();
+    let r2 = start(&r2_ns, R2, &tmp.join("r2"), &[], key, &["--bootstrap", &boot])?;
+    let boot2 = r2
+        .node_addrs
+        .iter()
+        .find(|a| a.contains("/tcp/"))
+        .context("R2's TCP address")?
+        .clone();
+
+    import(&tmp.join("d"), &fx.cache(), key)?;
+    let d = start(
+        &d_ns,
+        "0.0.0.0",
+        &tmp.join("d"),
+        &[],
+        key,
+        &["--bootstrap", &boot, "--bootstrap", &boot2],
+    )?;
+    let d_id = json(&d.status()?)?["node"]["peer_id"]
+        .as_str()
+        .context("D's peer id")?
+        .to_owned();
+
+    // D finds out it is not reachable (AutoNAT) and reserves both relays.
+    let status = wait(90, "D to reserve two relays", || {
+        let s = json(&d.status()?)?;
+        let relays = s["node"]["relays"].as_array().map_or(0, Vec::len);
+        let relayed = s["node"]["external_addrs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|a| a.as_str().is_some_and(|a| a.contains("/p2p-circuit")))
+            .count();
+        Ok((relays >= 2 && relayed >= 2).then_some(s))
+    })
+    .map_err(|e| e.context(d.log()))?;
+    ensure!(status["node"]["reachability"] == "private", "D is behind NAT: {status}");
+    ensure!(status["node"]["dht_server"] == false, "D stays a DHT client: {status}");
+
+    let upstream = c_upstream(&c_ns);
+    let [tcp, quic] = listen_on("0.0.0.0");
+    let c = Gateway::start_in(
+        &c_ns,
+        &[&tcp, &quic],
+        &tmp.join("c"),
+        &[&upstream],
+        key,
+        &[&["--bootstrap", &boot], c_extra].concat(),
+    )?;
+    Ok((
+        Swarm {
+            r,
+            r2,
+            d,
+            d_id,
+            c_ns,
+            net,
+        },
+        c,
+    ))
+}
+
+/// The NarSize of every fixture path, summed.
+fn nar_bytes(cache: &Path) -> Result<u64> {
+    let mut total = 0;
+    for e in std::fs::read_dir(cache)? {
+        let p = e?.path();
+        if p.extension().is_some_and(|x| x == "narinfo") {
+            let text = std::fs::read_to_string(&p)?;
+            let size = text
+                .lines()
+                .find_map(|l| l.strip_prefix("NarSize: "))
+                .context("NarSize")?;
+            total += size.trim().parse::<u64>()?;
+        }
+    }
+    Ok(total)
+}
+
+fn hash_of(path: &str) -> &str {
+    &path["/nix/store/".len()..][..32]
+}
+
+#[test]
+fn a_donor_behind_nat_serves_a_client_behind_nat_over_a_punched_direct_connection() -> Result<()> {
+    let fx = fixture();
+    let tmp = tempfile::tempdir()?;
+    let key = fx.trusted_pub.as_str();
+    // The DHT wait gets the whole cap for any NAR, and C has no upstream:
+    // what is tested is that D is found and reached, not timing.
+    let flags = [
+        "--peer-wait-have",
+        "20s",
+        "--peer-wait-rate",
+        "0",
+        "--peer-wait-max",
+        "20s",
+    ];
+    let (s, c) = swarm(
+        "a",
+        tmp.path(),
+        Nat::PortPreserving,
+        Nat::PortPreserving,
+        |_| down_upstream(),
+        &flags,
+    )?;
+
+    // Outside D's LAN, D's records carry only its relayed addresses, and D
+    // is in no routing table (it is not reachable, so not a DHT server).
+    let probe = hash_of(&fx.paths[0]);
+    for (name, relay) in [("R", &s.r), ("R2", &s.r2)] {
+        let addrs = wait(
+            60,
+            &format!("{name} to hold D's record with its relayed addresses"),
+            || {
+                let v = json(&relay.get(&format!("/dht/{probe}"))?)?;
+                let d = v["providers"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|p| p["peer"] == s.d_id.as_str())
+                    .cloned();
+                Ok(d.and_then(|d| {
+                    let addrs: Vec<String> = d["addrs"]
+                        .as_array()?
+                        .iter()
+                        .filter_map(|a| a.as_str().map(str::to_owned))
+                        .collect();
+                    (!addrs.is_empty()).then_some(addrs)
+                }))
+            },
+        )?;
+        for a in &addrs {
+            ensure!(
+                a.contains("/p2p-circuit") && !a.contains("/ip4/10.") && !a.contains("/ip4/127."),
+                "{name} holds a record of D with an address nobody outside D's LAN can dial: {addrs:?}"
+            );
+        }
+        let table = json(&relay.get("/dht")?)?;
+        ensure!(
+            !table["routing_table"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|p| p == s.d_id.as_str()),
+            "D (unreachable) is in {name}'s routing table: {table}"
+        );
+    }
+
+    let before = Net::traffic(&s.net.ns("r"), "eth0")? + Net::traffic(&s.net.ns("r2"), "eth0")?;
+    let client = ClientStore::new_in(&tmp.path().join("client"), &s.c_ns);
+    check(
+        &client.realise(&c.url, key, &fx.paths, false),
+        "nix-store -r in C's namespace",
+    )
+    .map_err(|e| e.context(format!("--- C ---\n{}\n--- D ---\n{}", c.log(), s.d.log())))?;
+    assert_eq!(client.valid(&fx.paths), fx.paths);
+    client.verify_contents(&fx.paths)?;
+    let relayed = Net::traffic(&s.net.ns("r"), "eth0")? + Net::traffic(&s.net.ns("r2"), "eth0")? - before;
+
+    ensure!(
+        c.log().contains("hole punched: direct connection") || s.d.log().contains("hole punched: direct connection"),
+        "no hole punch was logged"
+    );
+    let nar = nar_bytes(&fx.cache())?;
+    let status = json(&c.status()?)?;
+    let from_peers = status["served"]["peer"].as_u64().unwrap_or(0);
+    eprintln!(
+        "NAR bytes {nar}; served to C's Nix from peers {from_peers}; through R and R2's interfaces meanwhile {relayed} ({:.2}%)",
+        100.0 * relayed as f64 / nar as f64
+    );
+    ensure!(from_peers >= nar, "every NAR came from peers: {status}");
+    ensure!(
+        relayed * 20 < nar,
+        "the relays carried {relayed} bytes of {nar} NAR bytes (5% or more): the transfer was not direct"
+    );
+    // Chunks that several NARs share cross the network once: what D sent
+    // is below the NAR bytes, and the relays carried a small part of it too.
+    let d = json(&s.d.status()?)?;
+    let sent = d["node"]["bytes_served"].as_u64().unwrap_or(0);
+    eprintln!(
+        "D sent {sent} chunk bytes; the relays carried {:.2}% of that",
+        100.0 * relayed as f64 / sent as f64
+    );
+    ensure!(
+        relayed * 20 < sent,
+        "D sent {sent} bytes, the relays carried {relayed}: {d}"
+    );
+    Ok(())
+}
+
+#[test]
+fn behind_a_router_that_cannot_be_punched_the_upstream_serves_without_a_stall() -> Result<()> {
+    let fx = fixture();
+    let tmp = tempfile::tempdir()?;
+    let key = fx.trusted_pub.as_str();
+    let mut upstream = None;
+    let (s, c) = swarm(
+        "b",
+        tmp.path(),
+        Nat::Random,
+        Nat::Random,
+        |ns| {
+            let u = StaticServer::start_in(&fx.cache(), Some(ns));
+            let url = u.url.clone();
+            upstream = Some(u);
+            url
+        },
+        &[],
+    )?;
+    let upstream = upstream.context("C's upstream")?;
+
+    // C finds D through the DHT, reaches it through a relay, and cannot
+    // punch through: every path comes from the upstream, one at a time so
+    // each one's time shows.
+    let client = ClientStore::new_in(&tmp.path().join("client"), &s.c_ns);
+    let mut slowest = Duration::ZERO;
+    for p in &fx.paths {
+        let t = Instant::now();
+        check(
+            &client.realise(&c.url, key, std::slice::from_ref(p), false),
+            "nix-store -r in C's namespace",
+        )?;
+        slowest = slowest.max(t.elapsed());
+    }
+    client.verify_contents(&fx.paths)?;
+    let log = c.log();
+    eprintln!("slowest path through C's gateway: {slowest:?}");
+    ensure!(
+        log.contains("hole punching failed") || log.contains("no direct connection"),
+        "C tried D and could not reach it directly:\n{log}"
+    );
+    let nars = upstream.requests().iter().filter(|r| r.contains("/nar/")).count();
+    ensure!(nars >= fx.paths.len(), "the upstream served every NAR ({nars})");
+    // Not a speed target (benchmarks measure speed): a path that took as
+    // long as several request timeouts would be a hang.
+    ensure!(
+        slowest < Duration::from_secs(30),
+        "a path took {slowest:?}: the fetch hung on a peer it cannot reach"
+    );
+    drop(s);
+    Ok(())
+}
