@@ -123,6 +123,12 @@ fn reachability_defaults_and_their_switches() {
         "upload-limit = \"5",
         "/ip6/::/tcp/37516",
         "/ip6/::/udp/37516/quic-v1",
+        "[p2p.relay]",
+        "serve = true",
+        "max-reservations = 128",
+        "max-circuits = 16",
+        "circuit-duration = \"2m\"",
+        "circuit-bytes = \"128",
     ] {
         assert!(out.contains(want), "{want} missing:\n{out}");
     }
@@ -134,10 +140,28 @@ fn reachability_defaults_and_their_switches() {
             "server",
             "--upload-limit",
             "0",
+            "--no-relay-service",
+            "--relay-max-reservations",
+            "8",
+            "--relay-max-circuits",
+            "4",
+            "--relay-circuit-duration",
+            "30s",
+            "--relay-circuit-bytes",
+            "64K",
         ],
         &[],
     ));
-    for want in ["mode = \"server\"", "announce-private = true", "upnp = false"] {
+    for want in [
+        "mode = \"server\"",
+        "announce-private = true",
+        "upnp = false",
+        "serve = false",
+        "max-reservations = 8",
+        "max-circuits = 4",
+        "circuit-duration = \"30s\"",
+        "circuit-bytes = \"64",
+    ] {
         assert!(out.contains(want), "{want} missing:\n{out}");
     }
     let out = stdout(&check_config(&[], &[("NIXSWARM_NO_UPNP", "true")]));

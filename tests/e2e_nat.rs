@@ -197,6 +197,17 @@ fn a_donor_behind_nat_serves_a_client_behind_nat_over_a_punched_direct_connectio
         &flags,
     )?;
 
+    // The metrics say the same as the status.
+    let metrics = s.d.get("/metrics")?;
+    for want in [
+        "nixswarm_node_reachability{state=\"private\"} 1",
+        "nixswarm_node_relay_reservations 2",
+        "nixswarm_node_dht_server 0",
+        "/p2p-circuit",
+    ] {
+        ensure!(metrics.contains(want), "{want} is not in D's metrics:\n{metrics}");
+    }
+
     // Outside D's LAN, D's records carry only its relayed addresses, and D
     // is in no routing table (it is not reachable, so not a DHT server).
     let probe = hash_of(&fx.paths[0]);

@@ -6,7 +6,9 @@ use std::sync::{Arc, OnceLock};
 use nixswarm_node::p2p::NodeStats;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric as _};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -104,6 +106,40 @@ impl Collector for NodeCounters {
             let counter = ConstCounter::new(value.load(Ordering::Relaxed));
             let metric = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
             counter.encode(metric)?;
+        }
+        let reach = stats.reach.lock().map(|r| r.clone()).unwrap_or_default();
+        let mut family = encoder.encode_descriptor(
+            "node_reachability",
+            "1 for the current state: public (a direct address confirmed), private (behind NAT) or unknown",
+            None,
+            MetricType::Gauge,
+        )?;
+        for state in ["public", "private", "unknown"] {
+            ConstGauge::new(i64::from(reach.state == state)).encode(family.encode_family(&[("state", state)])?)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "node_external_address",
+            "The addresses advertised to peers (direct, or through a relay)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for a in &reach.external_addrs {
+            ConstGauge::new(1).encode(family.encode_family(&[("address", a.as_str())])?)?;
+        }
+        for (name, help, value) in [
+            (
+                "node_relay_reservations",
+                "Relays holding (or asked for) a reservation for this node",
+                reach.relays as i64,
+            ),
+            (
+                "node_dht_server",
+                "1 while Kademlia answers queries (server mode)",
+                i64::from(reach.dht_server),
+            ),
+        ] {
+            let gauge = ConstGauge::new(value);
+            gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;
         }
         Ok(())
     }

@@ -136,7 +136,7 @@ impl Default for RelaySection {
 impl RelaySection {
     /// The node's relay setting (`None`: no service).
     pub fn limits(&self) -> Option<nixswarm_node::p2p::RelayLimits> {
-        self.serve.then(|| nixswarm_node::p2p::RelayLimits {
+        self.serve.then_some(nixswarm_node::p2p::RelayLimits {
             max_reservations: self.max_reservations,
             max_circuits: self.max_circuits,
             circuit_duration: self.circuit_duration,

@@ -36,6 +36,9 @@ pub const DIRECT_WAIT: Duration = Duration::from_secs(5);
 /// drops the dial-back's packets makes the probe time out instead, which
 /// it does not report; a success arrives within a probe round (5 s).
 pub const PRIVATE_AFTER: Duration = Duration::from_secs(15);
+/// After a peer's requests gave up on a direct connection, new ones fail at
+/// once for this long (unless a direct connection comes up meanwhile).
+pub const OUT_OF_REACH: Duration = Duration::from_secs(60);
 /// The relay service's protocol: a peer that speaks it can be reserved on.
 const RELAY_HOP: &str = "/libp2p/circuit/relay/0.2.0/hop";
 
@@ -185,6 +188,7 @@ impl Actor {
                         );
                         if given_up.insert(peer) {
                             tracing::info!("{why}: its requests fail");
+                            self.links.give_up(peer, Instant::now() + OUT_OF_REACH);
                         }
                         let _ = reply.send(Err(why));
                     }
@@ -196,6 +200,7 @@ impl Actor {
                         self.unreachable = true;
                     }
                     self.ensure_relays();
+                    self.publish_reach();
                 }
             }
         }
@@ -272,13 +277,7 @@ impl Actor {
                     listen_addrs: self.swarm.listeners().map(ToString::to_string).collect(),
                     peers: self.swarm.connected_peers().count(),
                     connections: self.swarm.network_info().connection_counters().num_established(),
-                    reachability: if self.reachable() {
-                        "public".into()
-                    } else if self.unreachable {
-                        "private".into()
-                    } else {
-                        "unknown".into()
-                    },
+                    reachability: self.reach_state().into(),
                     external_addrs: self.swarm.external_addresses().map(ToString::to_string).collect(),
                     relays: self.relays.reserved().iter().map(ToString::to_string).collect(),
                     dht_server: self.swarm.behaviour_mut().kad.mode() == kad::Mode::Server,
@@ -305,6 +304,12 @@ impl Actor {
             self.requests.insert(id, reply);
             return;
         }
+        if self.links.out_of_reach(&peer, Instant::now()) {
+            let _ = reply.send(Err(format!(
+                "no direct connection to {peer}: the last attempt failed (behind NAT, hole punching did not work)"
+            )));
+            return;
+        }
         let connected = self.links.connected(&peer);
         if let Err((_, reply)) = self.links.park(peer, (request, reply), Instant::now() + DIRECT_WAIT) {
             let _ = reply.send(Err("too many requests wait for a direct connection".into()));
@@ -325,6 +330,7 @@ impl Actor {
     }
 
     fn fail_parked(&mut self, peer: &PeerId, why: &str) {
+        self.links.give_up(*peer, Instant::now() + OUT_OF_REACH);
         for (_, reply) in self.links.take(peer) {
             let _ = reply.send(Err(why.to_owned()));
         }
@@ -333,6 +339,29 @@ impl Actor {
     /// A direct external address is confirmed.
     fn reachable(&self) -> bool {
         self.swarm.external_addresses().any(|a| !is_relayed(a))
+    }
+
+    fn reach_state(&self) -> &'static str {
+        if self.reachable() {
+            "public"
+        } else if self.unreachable {
+            "private"
+        } else {
+            "unknown"
+        }
+    }
+
+    /// Publishes reachability for the metrics.
+    fn publish_reach(&mut self) {
+        let reach = super::Reach {
+            state: self.reach_state(),
+            external_addrs: self.swarm.external_addresses().map(ToString::to_string).collect(),
+            relays: self.relays.reserved().len(),
+            dht_server: self.swarm.behaviour_mut().kad.mode() == kad::Mode::Server,
+        };
+        if let Ok(mut r) = self.stats.reach.lock() {
+            *r = reach;
+        }
     }
 
     /// Follows reachability: Kademlia serves (auto mode) and the relay
@@ -364,6 +393,7 @@ impl Actor {
         }
         let advertised: Vec<Multiaddr> = self.swarm.external_addresses().cloned().collect();
         self.swarm.behaviour_mut().kad.store_mut().set_advertised(advertised);
+        self.publish_reach();
     }
 
     /// Keeps relay reservations while the node is contributing and not

@@ -17,6 +17,8 @@ use libp2p::swarm::ConnectionId;
 pub const MAX_PARKED_PER_PEER: usize = 64;
 /// Requests waiting in all.
 pub const MAX_PARKED: usize = 1024;
+/// Peers remembered as out of direct reach.
+pub const MAX_OUT_OF_REACH: usize = 4096;
 
 #[derive(Debug, Default)]
 struct Peer {
@@ -30,6 +32,9 @@ pub struct Links<T> {
     peers: HashMap<PeerId, Peer>,
     parked: HashMap<PeerId, VecDeque<(Instant, T)>>,
     parked_total: usize,
+    /// Peers whose dial or hole punch just failed, until when: requests to
+    /// them fail at once instead of waiting again.
+    out_of_reach: HashMap<PeerId, Instant>,
 }
 
 impl<T> Default for Links<T> {
@@ -38,6 +43,7 @@ impl<T> Default for Links<T> {
             peers: HashMap::new(),
             parked: HashMap::new(),
             parked_total: 0,
+            out_of_reach: HashMap::new(),
         }
     }
 }
@@ -51,7 +57,26 @@ impl<T> Links<T> {
             return Vec::new();
         }
         p.direct.insert(id);
+        self.out_of_reach.remove(&peer);
         self.take(&peer)
+    }
+
+    /// No direct connection to `peer` could be made; until `until`,
+    /// [`Links::out_of_reach`] says so.
+    pub fn give_up(&mut self, peer: PeerId, until: Instant) {
+        if self.out_of_reach.len() >= MAX_OUT_OF_REACH {
+            let now = Instant::now();
+            self.out_of_reach.retain(|_, t| *t > now);
+            if self.out_of_reach.len() >= MAX_OUT_OF_REACH {
+                return;
+            }
+        }
+        self.out_of_reach.insert(peer, until);
+    }
+
+    /// A direct connection to `peer` failed recently (and none came since).
+    pub fn out_of_reach(&self, peer: &PeerId, now: Instant) -> bool {
+        !self.direct(peer) && self.out_of_reach.get(peer).is_some_and(|t| *t > now)
     }
 
     /// A connection closed.
@@ -177,6 +202,19 @@ mod tests {
         assert_eq!(l.parked(), 1);
         assert_eq!(l.expire(now + Duration::from_secs(3)), vec![(a, 2)]);
         assert_eq!(l.parked(), 0);
+    }
+
+    #[test]
+    fn a_peer_given_up_on_is_out_of_reach_until_then_or_until_a_direct_connection() {
+        let mut l: Links<u32> = Links::default();
+        let (p, q) = (PeerId::random(), PeerId::random());
+        let now = Instant::now();
+        l.give_up(p, now + Duration::from_secs(30));
+        l.give_up(q, now + Duration::from_secs(30));
+        assert!(l.out_of_reach(&p, now));
+        assert!(!l.out_of_reach(&p, now + Duration::from_secs(31)));
+        l.up(q, ConnectionId::new_unchecked(7), false);
+        assert!(!l.out_of_reach(&q, now));
     }
 
     #[test]

@@ -181,9 +181,24 @@ pub struct NodeStats {
     pub bytes_fetched_duplicate: AtomicU64,
     /// Peers that served verified chunks (the record store prefers them).
     pub proven: Arc<proven::Proven>,
-    /// Fires when the node goes from no connections to some: what it
-    /// announced while alone reached nobody, so it announces again.
+    /// Fires when the node goes from no connections to some, or its
+    /// advertised addresses change: what it announced before reached
+    /// nobody or carries stale addresses, so it announces again.
     pub joined: tokio::sync::Notify,
+    /// Reachability as the swarm task last saw it (for the metrics).
+    pub reach: std::sync::Mutex<Reach>,
+}
+
+/// Whether and how others can reach this node.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reach {
+    /// "public", "private" or "unknown" (as in [`NodeStatus`]).
+    pub state: &'static str,
+    /// The advertised addresses.
+    pub external_addrs: Vec<String>,
+    /// Relays holding (or asked for) a reservation.
+    pub relays: usize,
+    pub dht_server: bool,
 }
 
 /// What `nixswarm status` shows about the node.
