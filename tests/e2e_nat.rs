@@ -333,6 +333,9 @@ fn behind_a_router_that_cannot_be_punched_the_upstream_serves_without_a_stall() 
         log.contains("hole punching failed") || log.contains("no direct connection"),
         "C tried D and could not reach it directly:\n{log}"
     );
+    // C reached D only through the relays, and NAR bytes never cross one.
+    let d = json(&s.d.status()?)?;
+    ensure!(d["node"]["bytes_served"] == 0, "D served chunks through a relay: {d}");
     let nars = upstream.requests().iter().filter(|r| r.contains("/nar/")).count();
     ensure!(nars >= fx.paths.len(), "the upstream served every NAR ({nars})");
     // Not a speed target (benchmarks measure speed): a path that took as

@@ -580,6 +580,8 @@ impl Actor {
                 tracing::info!(%address, "external address expired");
                 self.update_mode();
                 self.ensure_relays();
+                // Records made before carry an address that is gone.
+                self.stats.joined.notify_one();
             }
             _ => {}
         }

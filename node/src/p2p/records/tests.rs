@@ -293,3 +293,19 @@ fn holds_100k_records_from_many_peers() {
     assert_eq!(s.records_of(&peers[0]), 5000);
     assert_eq!(s.refused().over_limit, 0);
 }
+
+#[test]
+fn a_re_announcement_replaces_stale_addresses() {
+    let (mut s, _) = store(limits(10, 10, 10));
+    let peer = PeerId::random();
+    let old: Multiaddr = "/ip4/198.18.0.1/tcp/4001/p2p-circuit".parse().unwrap();
+    let new: Multiaddr = "/ip4/198.18.0.2/tcp/4001/p2p-circuit".parse().unwrap();
+    let mut r = record(&rkey(1), peer);
+    r.addresses = vec![old];
+    s.add_provider(r.clone()).unwrap();
+    r.addresses = vec![new.clone()];
+    s.add_provider(r).unwrap();
+    let p = s.providers(&rkey(1));
+    assert_eq!(p.len(), 1);
+    assert_eq!(p[0].addresses, vec![new], "the relay it moved to, not the one it left");
+}
