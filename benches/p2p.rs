@@ -170,7 +170,7 @@ fn dht_lookups(n: usize, keys_per_node: usize) -> Result<[f64; 4]> {
         let mut boot = None;
         for i in 0..n {
             let dir = tmp.path().join(format!("n{i}"));
-            let store = ChunkStore::open(&dir.join("store"), StoreOptions { quota: 1 << 30 })?;
+            let store = ChunkStore::open(&dir.join("store"), StoreOptions::with_quota(1 << 30))?;
             let config = NodeConfig {
                 listen: vec!["/ip4/127.0.0.1/tcp/0".parse()?],
                 bootstrap: boot.clone().into_iter().collect(),

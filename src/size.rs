@@ -159,30 +159,18 @@ impl<'de> Deserialize<'de> for Amount {
     }
 }
 
+pub use nixswarm_node::store::FsSpace;
+
 impl Amount {
-    /// Bytes, resolving a percentage against the size of the filesystem
-    /// holding `dir` (or its nearest existing parent).
-    pub fn bytes(&self, dir: &std::path::Path) -> std::io::Result<u64> {
+    /// Bytes for the store's quota. A percentage is of the space a plain
+    /// user may fill on the filesystem holding the store, the reserve kept
+    /// ([`FsSpace::usable`]): `100%` leaves [`FsSpace::reserve`] free.
+    pub fn bytes(&self, fs: &FsSpace) -> u64 {
         match self {
-            Self::Bytes(b) => Ok(b.0),
-            Self::Percent(p) => Ok((filesystem_size(dir)? as f64 * p / 100.0) as u64),
+            Self::Bytes(b) => b.0,
+            Self::Percent(p) => (fs.usable() as f64 * p / 100.0) as u64,
         }
     }
-}
-
-fn filesystem_size(dir: &std::path::Path) -> std::io::Result<u64> {
-    use std::os::unix::ffi::OsStrExt as _;
-    let existing = dir
-        .ancestors()
-        .find(|a| a.exists())
-        .unwrap_or(std::path::Path::new("/"));
-    let c = std::ffi::CString::new(existing.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `c` is a valid NUL-terminated path and `st` a valid out-pointer.
-    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(st.f_blocks as u64 * st.f_frsize as u64)
 }
 
 #[cfg(test)]
@@ -198,14 +186,53 @@ mod amount_tests {
         assert!("0%".parse::<Amount>().is_err());
         assert!("101%".parse::<Amount>().is_err());
         assert!("x%".parse::<Amount>().is_err());
-        let dir = std::path::Path::new("/nonexistent/below/root");
-        let ten = Amount::Percent(10.0).bytes(dir).unwrap();
-        let twenty = Amount::Percent(20.0).bytes(dir).unwrap();
-        assert!(ten > 0 && twenty >= 2 * ten - 1, "{ten} {twenty}");
-        assert_eq!(Amount::Bytes(Size(5)).bytes(dir).unwrap(), 5);
+        let here = FsSpace::of(std::path::Path::new("/nonexistent/below/root")).unwrap();
+        assert!(here.size > 0 && here.available <= here.free && here.free <= here.size);
+        assert_eq!(Amount::Bytes(Size(5)).bytes(&here), 5);
+    }
+
+    #[test]
+    fn a_dedicated_disk_at_100_percent_keeps_its_reserve_free() {
+        let g = 1u64 << 30;
+        // 1 TiB ext4 with 5% for root, nothing else on it.
+        let disk = FsSpace {
+            size: 1024 * g,
+            free: 1024 * g,
+            available: 1024 * g - 51 * g,
+        };
+        assert_eq!(disk.reserve(), 8 * g, "1% capped at 8 GiB");
+        assert_eq!(Amount::Percent(100.0).bytes(&disk), 1024 * g - 51 * g - 8 * g);
+        assert_eq!(Amount::Percent(50.0).bytes(&disk), (1024 * g - 59 * g) / 2);
+        // 100 GiB: 1 GiB reserve; 8 MiB (a test tmpfs): a tenth of it.
+        let small = FsSpace {
+            size: 100 * g,
+            free: 100 * g,
+            available: 100 * g,
+        };
+        assert_eq!(small.reserve(), g);
+        let tiny = FsSpace {
+            size: 8 << 20,
+            free: 8 << 20,
+            available: 8 << 20,
+        };
+        assert_eq!(tiny.reserve(), (8 << 20) / 10);
     }
 
     proptest! {
+        #[test]
+        fn a_percentage_never_eats_the_reserve_or_roots_blocks(
+            size in 0u64..(1 << 50),
+            free_pct in 0u64..=100,
+            root_pct in 0u64..=10,
+            p in 1u32..=1000,
+        ) {
+            let free = size / 100 * free_pct;
+            let fs = FsSpace { size, free, available: free.saturating_sub(size / 100 * root_pct) };
+            let q = Amount::Percent(f64::from(p) / 10.0).bytes(&fs);
+            prop_assert!(q + fs.reserve() + (fs.free - fs.available) <= fs.size);
+            prop_assert!(fs.reserve() <= fs.size / 10);
+        }
+
         #[test]
         fn display_round_trips(p in 1u32..=1000) {
             let a = Amount::Percent(f64::from(p) / 10.0);

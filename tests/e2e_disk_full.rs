@@ -6,7 +6,11 @@
 //! with a 5xx. Then the rest of the tmpfs is filled, and a second client
 //! gets everything again from what is kept and from the upstream.
 //!
-//! Needs root (to mount the tmpfs); without it the test fails and says so.
+//! A second test gives the store a whole small disk shared with other data,
+//! `amount = "100%"`, as the NixOS proposal does: the disk never fills, the
+//! store evicting to leave its reserve free.
+//!
+//! Needs root (to mount the tmpfs); without it the tests fail and say so.
 
 mod support;
 
@@ -80,8 +84,8 @@ fn a_full_disk_costs_no_path_and_no_server_error() -> Result<()> {
     first.verify_contents(&fx.paths)?;
     let log = gw.log();
     ensure!(
-        log.contains("No space left on device") || log.contains("os error 28"),
-        "the store met ENOSPC and said so:\n{log}"
+        log.contains("No space left on device") || log.contains("os error 28") || log.contains("no room for"),
+        "the store met the full disk and said so:\n{log}"
     );
     // What a failed write left behind was cleaned up; now fill the rest, so
     // that every write (and access-time update) fails from here on.
@@ -108,5 +112,63 @@ fn a_full_disk_costs_no_path_and_no_server_error() -> Result<()> {
     );
     let errors = server_errors(&metrics);
     ensure!(errors.is_empty(), "server errors: {errors:?}\n{}", gw.log());
+    gw.stop()
+}
+
+#[test]
+fn a_whole_disk_at_100_percent_never_fills_up_even_shared() -> Result<()> {
+    let fx = fixture();
+    let key = fx.trusted_pub.as_str();
+    let tmp = tempfile::tempdir()?;
+    let disk = tmp.path().join("disk");
+    let _mount = Mount::tmpfs(&disk, "32m")?;
+    // Other data takes 20 MiB of the 32 after the gateway has sized its
+    // quota (100% of the disk less the reserve): the quota alone would let
+    // the store fill the disk.
+    let upstream = StaticServer::start(&fx.cache());
+    let gw = Gateway::start_with(
+        &tmp.path().join("gw"),
+        &[&upstream.url],
+        key,
+        &["--location", disk.join("store").to_str().unwrap(), "--amount", "100%"],
+    )?;
+    let status: serde_json::Value = serde_json::from_str(&gw.status()?)?;
+    let quota = status["store"]["quota"].as_u64().unwrap_or(0);
+    let size = 32u64 << 20;
+    let reserve = size / 10; // a small disk's reserve: a tenth of it
+    ensure!(quota == size - reserve, "100% of 32 MiB less its reserve, got {quota}");
+    let filler = Command::new("dd")
+        .args(["if=/dev/zero", "bs=1M", "count=20", "status=none"])
+        .arg(format!("of={}", disk.join("other-data").display()))
+        .status()?;
+    ensure!(filler.success(), "writing the other data");
+
+    // One path at a time, so the free space is seen after each.
+    let client = ClientStore::new(&tmp.path().join("client"));
+    let mut lowest = u64::MAX;
+    for p in &fx.paths {
+        check(
+            &client.realise(&gw.url, key, std::slice::from_ref(p), false),
+            "nix-store -r",
+        )?;
+        lowest = lowest.min(free_bytes(&disk)?);
+    }
+    client.verify_contents(&fx.paths)?;
+    let status: serde_json::Value = serde_json::from_str(&gw.status()?)?;
+    eprintln!(
+        "lowest free space {lowest} bytes (reserve {reserve}); the store keeps {} paths, {} bytes",
+        status["store"]["paths"], status["store"]["bytes"]
+    );
+    // The metadata database grows outside the reservation: a page or two.
+    ensure!(
+        lowest + (256 << 10) >= reserve,
+        "the disk fell to {lowest} bytes free, below the {reserve}-byte reserve"
+    );
+    ensure!(
+        status["store"]["paths"].as_u64().unwrap_or(0) > 0,
+        "the store still keeps what fits: {status}"
+    );
+    let errors = server_errors(&http_get(&format!("{}/metrics", gw.url))?);
+    ensure!(errors.is_empty(), "server errors: {errors:?}");
     gw.stop()
 }

@@ -103,7 +103,7 @@ fn setup(sources: Vec<Arc<dyn Source>>) -> Setup {
 
 fn setup_with(sources: Vec<Arc<dyn Source>>, options: GatewayOptions) -> Setup {
     let dir = tempfile::tempdir().unwrap();
-    let store = ChunkStore::open(dir.path(), StoreOptions { quota: 1 << 30 }).unwrap();
+    let store = ChunkStore::open(dir.path(), StoreOptions::with_quota(1 << 30)).unwrap();
     let gateway = Gateway::new(
         store.clone(),
         sources,
@@ -524,7 +524,7 @@ async fn a_local_store_that_fails_falls_through_to_the_sources() {
     let dir = tempfile::tempdir().unwrap();
     let flaky = Flaky::default();
     let broken = flaky.broken.clone();
-    let store = ChunkStore::open_with(dir.path(), Box::new(flaky), StoreOptions { quota: 1 << 30 }).unwrap();
+    let store = ChunkStore::open_with(dir.path(), Box::new(flaky), StoreOptions::with_quota(1 << 30)).unwrap();
     let gateway = Gateway::new(
         store.clone(),
         vec![Arc::new(MemSource::default().with(info.clone(), nar.clone()))],

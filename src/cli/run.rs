@@ -9,6 +9,7 @@ use clap::Args;
 use nixswarm_gateway::{Gateway, GatewayOptions, PeerSource, PeerWait, Source, Upstream, http_client};
 use nixswarm_node::installed::{InstalledOptions, InstalledStore, NixDb};
 use nixswarm_node::p2p::{DhtMode, FetchSettings, Fetcher, load_or_create_key};
+use nixswarm_node::store::FsSpace;
 use nixswarm_node::{ChunkStore, Node, NodeConfig, SharePolicy, Shelf, Shelves, StoreOptions};
 use tokio_util::sync::CancellationToken;
 
@@ -63,10 +64,14 @@ pub fn open_store(eff: &Effective) -> Result<ChunkStore> {
     let dir = &eff.store_dir;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let amount = eff.config.store.amount;
-    let quota = amount
-        .bytes(dir)
-        .with_context(|| format!("sizing store.amount {amount} against {}", dir.display()))?;
-    ChunkStore::open(dir, StoreOptions { quota }).with_context(|| format!("opening the store in {}", dir.display()))
+    let fs = FsSpace::of(dir).with_context(|| format!("sizing store.amount {amount} against {}", dir.display()))?;
+    let quota = amount.bytes(&fs);
+    // Whatever the amount, and whatever else shares the disk, this much of
+    // it stays free (least recently used paths are evicted to keep it).
+    let keep_free = fs.reserve();
+    tracing::info!(%amount, quota, keep_free, filesystem = fs.size, "store size");
+    ChunkStore::open(dir, StoreOptions { quota, keep_free })
+        .with_context(|| format!("opening the store in {}", dir.display()))
 }
 
 /// Opens the donor index of installed paths and starts following the Nix

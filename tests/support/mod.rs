@@ -608,7 +608,7 @@ pub fn audit_gateway_store(
 ) -> Result<std::collections::HashSet<String>> {
     use nixswarm_node::{ChunkStore, StoreOptions};
     use nixswarm_protocol::NarCheck;
-    let store = ChunkStore::open(&data_dir.join("store"), StoreOptions { quota: u64::MAX })?;
+    let store = ChunkStore::open(&data_dir.join("store"), StoreOptions::with_quota(u64::MAX))?;
     let mut seen = std::collections::HashSet::new();
     for hash in store.list()? {
         let handle = store.open_nar(&hash)?.context("listed but not openable")?;

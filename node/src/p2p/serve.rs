@@ -250,7 +250,7 @@ mod tests {
     #[test]
     fn a_request_repeating_one_chunk_gets_it_once() {
         let dir = tempfile::tempdir().unwrap();
-        let store = ChunkStore::open(dir.path(), StoreOptions { quota: 1 << 30 }).unwrap();
+        let store = ChunkStore::open(dir.path(), StoreOptions::with_quota(1 << 30)).unwrap();
         let bytes = crate::store::tests::data(300_000, 5);
         let info = NarInfo {
             store_path: StorePath::new(StorePathHash::from_bytes(&[5; 20]), "p").unwrap(),

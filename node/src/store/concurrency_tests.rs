@@ -67,7 +67,7 @@ fn local_hits_go_on_while_a_large_nar_is_evicted_for() {
         inner: MemMeta::default(),
         removing: removing.clone(),
     };
-    let store = ChunkStore::open_with(dir.path(), Box::new(meta), StoreOptions { quota: 1_000_000 }).unwrap();
+    let store = ChunkStore::open_with(dir.path(), Box::new(meta), StoreOptions::with_quota(1_000_000)).unwrap();
     let big = data(700_000, 1);
     let small = data(100_000, 2);
     put(&store, &big, 1).unwrap();
@@ -105,7 +105,7 @@ fn local_hits_go_on_while_a_large_nar_is_evicted_for() {
 #[test]
 fn a_path_being_evicted_is_not_opened() {
     let dir = tempfile::tempdir().unwrap();
-    let store = ChunkStore::open(dir.path(), StoreOptions { quota: 1 << 30 }).unwrap();
+    let store = ChunkStore::open(dir.path(), StoreOptions::with_quota(1 << 30)).unwrap();
     let bytes = data(100_000, 4);
     put(&store, &bytes, 4).unwrap();
     store.state().evicting.insert(hash(4));

@@ -27,6 +27,7 @@ mod meta;
 mod pins;
 mod reader;
 mod redb_meta;
+mod space;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -48,6 +49,7 @@ pub use mem_meta::MemMeta;
 pub use meta::{MetaDb, PathRecord};
 pub use reader::NarReader;
 pub use redb_meta::RedbMeta;
+pub use space::FsSpace;
 
 use chunks::ChunkDir;
 
@@ -73,6 +75,10 @@ pub enum StoreError {
     },
     #[error("no room for {needed} bytes within the {quota}-byte quota (everything else is in use)")]
     QuotaFull { needed: u64, quota: u64 },
+    #[error(
+        "no room for {needed} bytes on the disk: {keep_free} bytes must stay free, and nothing left can be evicted"
+    )]
+    DiskFull { needed: u64, keep_free: u64 },
     #[error("stored narinfo of {0} is unreadable: {1}")]
     BadNarInfo(String, String),
     #[error("a store task failed: {0}")]
@@ -87,6 +93,17 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 pub struct StoreOptions {
     /// Most bytes of chunk data to keep.
     pub quota: u64,
+    /// Bytes to leave free on the store's filesystem, whatever else fills
+    /// it: least recently used paths are evicted to keep them (0: no
+    /// check).
+    pub keep_free: u64,
+}
+
+impl StoreOptions {
+    /// A quota, and no free-space check.
+    pub fn with_quota(quota: u64) -> Self {
+        Self { quota, keep_free: 0 }
+    }
 }
 
 /// Sizes and counts, for status and metrics.
@@ -129,6 +146,8 @@ struct Inner {
     meta: Box<dyn MetaDb>,
     chunks: ChunkDir,
     quota: u64,
+    dir: std::path::PathBuf,
+    keep_free: u64,
     state: Mutex<State>,
 }
 
@@ -164,6 +183,8 @@ impl ChunkStore {
                 meta,
                 chunks,
                 quota: options.quota,
+                dir: dir.to_owned(),
+                keep_free: options.keep_free,
                 state: Mutex::new(State {
                     pins: pins::Pins::load(dir)?,
                     in_use: HashMap::new(),
@@ -333,13 +354,40 @@ impl ChunkStore {
         Ok(existed)
     }
 
-    /// Evicts least-recently-used paths until `needed` more bytes fit, then
-    /// reserves them.
+    /// Whether `needed` more bytes, beyond those `reserved` already, leave
+    /// `keep_free` bytes free on the disk (what is reserved may not be
+    /// written yet, so it counts as still to come).
+    fn disk_has_room(&self, reserved: u64, needed: u64) -> bool {
+        let keep = self.inner.keep_free;
+        if keep == 0 {
+            return true;
+        }
+        match FsSpace::of(&self.inner.dir) {
+            Ok(fs) => fs.available >= keep.saturating_add(reserved).saturating_add(needed),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the store's free space");
+                true
+            }
+        }
+    }
+
+    /// Evicts least-recently-used paths until `needed` more bytes fit, in
+    /// the quota and on the disk, then reserves them.
     fn reserve(&self, needed: u64) -> Result<()> {
         let quota = self.inner.quota;
-        let full = || StoreError::QuotaFull { needed, quota };
+        let mut disk_short = false;
+        let full = |disk: bool| {
+            if disk {
+                StoreError::DiskFull {
+                    needed,
+                    keep_free: self.inner.keep_free,
+                }
+            } else {
+                StoreError::QuotaFull { needed, quota }
+            }
+        };
         if needed > quota {
-            return Err(full());
+            return Err(full(false));
         }
         // The eviction order sees the latest hits.
         self.flush_touches();
@@ -348,8 +396,11 @@ impl ChunkStore {
                 let mut state = self.state();
                 let used = self.inner.meta.total_bytes()? + state.reserved;
                 if used + needed <= quota {
-                    state.reserved += needed;
-                    return Ok(());
+                    disk_short = !self.disk_has_room(state.reserved, needed);
+                    if !disk_short {
+                        state.reserved += needed;
+                        return Ok(());
+                    }
                 }
                 let skip = state.in_use.len() + state.pins.set.len() + state.evicting.len() + 1;
                 let victim: StorePathHash = self
@@ -361,7 +412,7 @@ impl ChunkStore {
                     .find(|h| {
                         !state.in_use.contains_key(h) && !state.pins.set.contains(h) && !state.evicting.contains(h)
                     })
-                    .ok_or_else(full)?;
+                    .ok_or_else(|| full(disk_short))?;
                 state.evicting.insert(victim);
                 victim
             };

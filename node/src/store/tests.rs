@@ -32,7 +32,7 @@ fn info_for(bytes: &[u8], n: u8) -> NarInfo {
 }
 
 fn open(dir: &Path, quota: u64) -> ChunkStore {
-    ChunkStore::open(dir, StoreOptions { quota }).unwrap()
+    ChunkStore::open(dir, StoreOptions::with_quota(quota)).unwrap()
 }
 
 pub(crate) fn put(store: &ChunkStore, bytes: &[u8], n: u8) -> Result<()> {

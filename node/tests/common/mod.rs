@@ -56,7 +56,7 @@ pub struct TestNode {
 impl TestNode {
     pub async fn start(bootstrap: Option<Multiaddr>, tweak: impl FnOnce(&mut NodeConfig)) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let store = ChunkStore::open(&dir.path().join("store"), StoreOptions { quota: 1 << 30 }).unwrap();
+        let store = ChunkStore::open(&dir.path().join("store"), StoreOptions::with_quota(1 << 30)).unwrap();
         let mut config = NodeConfig {
             listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
             bootstrap: bootstrap.into_iter().collect(),
