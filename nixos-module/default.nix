@@ -38,14 +38,15 @@ let
     gatewayPort = cfg.gateway.port;
     gatewayPriority = cfg.gateway.priority;
   };
-  configFile = settingsFormat.generate "nixswarm.toml" (lib.recursiveUpdate generated contrib.settings);
+  where = import ./location.nix contrib.location;
+  finalSettings = lib.recursiveUpdate generated contrib.settings;
+  configFile = settingsFormat.generate "nixswarm.toml" finalSettings;
   # Refuse a configuration nixswarm would refuse, at build time.
   checkedConfig = pkgs.runCommand "nixswarm-config-checked.toml" { } ''
     ${lib.getExe contrib.package} check-config --config ${configFile} > /dev/null
     cp ${configFile} $out
   '';
   gatewayUrl = "http://127.0.0.1:${toString cfg.gateway.port}";
-  stateDirectory = lib.removePrefix "/var/lib/" contrib.location;
 in
 {
   options.nixpkgsCache = {
@@ -59,22 +60,32 @@ in
       amount = mkOption {
         type = types.strMatching "[0-9]+(\\.[0-9]+)?([KMGTkmgt]?(i?B)?|%)";
         default = defaults.amount;
-        example = "10%";
+        example = "100%";
         description = ''
-          Most disk space nixswarm keeps: a size (K, M, G and T are powers
+          Most disk space the store keeps: a size (K, M, G and T are powers
           of 1024) or a percentage of the filesystem holding `location`.
-          Least recently used paths are evicted first.
+          A percentage is of what a plain user may fill there, less a
+          reserve that always stays free (1% of the filesystem, at least
+          256 MiB and at most 8 GiB): `"100%"` of a dedicated disk fills it
+          up to that reserve and no further. On a disk shared with other
+          data the store also evicts to keep the reserve free as the other
+          data grows. Least recently used paths are evicted first.
         '';
       };
 
       location = mkOption {
-        type = types.strMatching "/var/lib/[^/].*";
+        type = types.str;
         default = defaults.location;
-        example = "/var/lib/nixswarm-cache";
+        example = "/mnt/nixpkgsDisk/";
         description = ''
-          Where nixswarm keeps its store, node key and provider records. A
-          directory under /var/lib, managed by systemd as the service's
-          StateDirectory.
+          The directory for the store, on a dedicated disk or volume if you
+          like (a trailing slash is fine). The store goes to
+          `<location>/store`; the node key and small state stay in
+          /var/lib/nixswarm. Anywhere other than /var/lib/nixswarm, the
+          directory is created (or taken over) for the `nixswarm` user and
+          made the only place outside /var/lib/nixswarm the service may
+          write; the service waits for its mount. It must be absolute and
+          outside /nix/store, /tmp, /var/tmp, /home, /root and /run/user.
         '';
       };
 
@@ -138,6 +149,14 @@ in
         description = "The nixswarm package.";
       };
 
+      finalSettings = mkOption {
+        type = types.attrsOf types.anything;
+        internal = true;
+        readOnly = true;
+        default = finalSettings;
+        description = "The configuration written to nixswarm.toml: what the options generate, with `settings` merged over it.";
+      };
+
       settings = mkOption {
         type = settingsFormat.type;
         default = { };
@@ -183,6 +202,11 @@ in
   };
 
   config = mkIf (contrib.enable || cfg.gateway.enable) {
+    assertions = map (message: {
+      assertion = false;
+      inherit message;
+    }) where.problems;
+
     # The gateway first; cache.nixos.org (added by NixOS with mkAfter) stays
     # behind it as the fallback. Trusted keys are unchanged: the gateway
     # passes the central cache's signatures through.
@@ -196,24 +220,42 @@ in
       allowedUDPPorts = [ contrib.listenPort ];
     };
 
+    # A static user (not DynamicUser): it owns `location`, which may be on
+    # another disk, across restarts.
+    users.users.nixswarm = {
+      isSystemUser = true;
+      group = "nixswarm";
+      description = "nixswarm peer-to-peer Nix cache";
+    };
+    users.groups.nixswarm = { };
+
+    # `location` outside the StateDirectory: created, or taken over (the
+    # root of a freshly formatted disk), for the service's user.
+    systemd.tmpfiles.rules = lib.optional where.own "d ${where.path} 0750 nixswarm nixswarm - -";
+
     systemd.services.nixswarm = {
       description = "nixswarm peer-to-peer Nix cache node and gateway";
       wantedBy = [ "multi-user.target" ];
       after = [ "network-online.target" ];
       wants = [ "network-online.target" ];
+      # A dedicated disk is mounted first.
+      unitConfig.RequiresMountsFor = lib.optional where.own where.path;
       serviceConfig = {
         ExecStart = "${lib.getExe contrib.package} run --config ${checkedConfig}";
         Restart = "on-failure";
         RestartSec = 5;
-        DynamicUser = true;
-        StateDirectory = stateDirectory;
+        User = "nixswarm";
+        Group = "nixswarm";
+        StateDirectory = "nixswarm";
         StateDirectoryMode = "0700";
-        # Read-only access to the store and the Nix database, nothing else.
+        # Read-only access to the store and the Nix database; writes only
+        # to the StateDirectory and `location`.
         ProtectSystem = "strict";
         ReadOnlyPaths = [
           "/nix/store"
           "/nix/var/nix/db"
         ];
+        ReadWritePaths = lib.optional where.own where.path;
         ProtectHome = true;
         PrivateTmp = true;
         PrivateDevices = true;

@@ -15,14 +15,20 @@
 }:
 let
   port = toString listenPort;
+  where = import ./location.nix location;
 in
 {
-  data-dir = location;
+  # The node key and small state in the StateDirectory; the store (what
+  # `amount` bounds) under `location`.
+  data-dir = where.stateDir;
   gateway = {
     listen = "127.0.0.1:${toString gatewayPort}";
     priority = gatewayPriority;
   };
-  store.amount = amount;
+  store = {
+    inherit amount;
+    location = where.store;
+  };
   # A contributing node keeps and shares what it fetches, and (unless
   # turned off) the signed paths installed in /nix/store. A download-only
   # machine shares and keeps nothing.

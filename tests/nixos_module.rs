@@ -18,7 +18,8 @@ fn nix_files(dir: &Path, out: &mut Vec<PathBuf>) {
     for e in std::fs::read_dir(dir).expect("readable repository").flatten() {
         let p = e.path();
         let name = e.file_name();
-        if p.is_dir() && name != "target" && name != ".git" {
+        // The copy of nixpkgs' lib is nixpkgs' own code, parsed when used.
+        if p.is_dir() && name != "target" && name != ".git" && name != "nixpkgs-lib" {
             nix_files(&p, out);
         } else if p.extension().is_some_and(|x| x == "nix") {
             out.push(p);
@@ -43,45 +44,36 @@ fn every_nix_file_parses() {
     }
 }
 
-/// Evaluates `example` (a NixOS configuration attribute set without
-/// function arguments) through the module's defaults and settings function,
-/// as the module does, and returns the generated settings as JSON.
-fn generated_settings(example: &str) -> Result<serde_json::Value> {
-    let dir = repo().join("nixos-module");
-    let expr = format!(
-        r#"
-        let
-          d = import {dir}/defaults.nix;
-          ex = {example};
-          c = (ex.nixpkgsCache or {{ }}).contribution or {{ }};
-          g = (ex.nixpkgsCache or {{ }}).gateway or {{ }};
-          update = a: b: a // builtins.mapAttrs (n: v:
-            if builtins.isAttrs v && builtins.isAttrs (a.${{n}} or null) then update a.${{n}} v else v) b;
-        in update (import {dir}/settings.nix {{
-          contribute = c.enable or false;
-          amount = c.amount or d.amount;
-          location = c.location or d.location;
-          shareInstalledPaths = c.shareInstalledPaths or d.shareInstalledPaths;
-          shareKeys = c.shareKeys or d.shareKeys;
-          uploadLimit = c.uploadLimit or d.uploadLimit;
-          listenPort = c.listenPort or d.listenPort;
-          bootstrapPeers = c.bootstrapPeers or d.bootstrapPeers;
-          gatewayPort = g.port or d.gatewayPort;
-          gatewayPriority = g.priority or d.gatewayPriority;
-        }}) (c.settings or {{ }})
-        "#,
-        dir = dir.display()
-    );
+/// Evaluates the module with nixpkgs' real module system
+/// (`tests/nixos_module_eval.nix`, over the copy of nixpkgs' lib in
+/// `tests/nixpkgs-lib`) and `configuration` on top; returns what it made:
+/// failed assertions, settings, the service's configuration, tmpfiles,
+/// users, firewall and substituters.
+fn evaluate(configuration: &str) -> Result<serde_json::Value> {
     let out = Command::new("nix-instantiate")
-        .args(["--eval", "--strict", "--json", "--expr", &expr])
+        .args(["--eval", "--strict", "--json", "--readonly-mode"])
+        .arg(repo().join("tests/nixos_module_eval.nix"))
+        .args(["--arg", "configuration", configuration])
         .env("NIX_CONFIG", "build-users-group =\n")
         .output()?;
     ensure!(
         out.status.success(),
-        "nix-instantiate: {}",
+        "the module does not evaluate with {configuration}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+/// The module's generated settings for `configuration`, which must pass
+/// its assertions.
+fn generated_settings(configuration: &str) -> Result<serde_json::Value> {
+    let v = evaluate(configuration)?;
+    ensure!(
+        v["failed"] == serde_json::json!([]),
+        "assertions failed: {}",
+        v["failed"]
+    );
+    Ok(v["settings"].clone())
 }
 
 /// Writes `settings` as TOML and runs `nixswarm check-config` on it.
@@ -143,7 +135,128 @@ fn the_readme_example_passes_check_config() -> Result<()> {
         .strip_prefix("{ ... }:")
         .context("the example is a module `{ ... }: { ... }`")?;
     let out = check_config(&generated_settings(body)?)?;
-    assert!(out.contains("amount = \"15%\""), "{out}");
-    assert!(out.contains("upload-limit = \"5M\""), "{out}");
+    assert!(out.contains("amount = \"100%\""), "{out}");
+    assert!(out.contains("location = \"/mnt/nixpkgsDisk/store\""), "{out}");
+    Ok(())
+}
+
+/// The NixOS proposal's own configuration, as it wrote it (but for
+/// `lib.percentage "100"`, which no nixpkgs has: the option takes "100%").
+const PROPOSAL: &str = r#"{
+  nixpkgsCache = {
+    contribution = {
+      enable = true;
+      amount = "100%";
+      location = "/mnt/nixpkgsDisk/";
+    };
+  };
+}"#;
+
+#[test]
+fn the_proposals_configuration_evaluates_and_writes_only_to_its_disk() -> Result<()> {
+    support::fixture_nix_available();
+    let v = evaluate(PROPOSAL)?;
+    ensure!(
+        v["failed"] == serde_json::json!([]),
+        "assertions failed: {}",
+        v["failed"]
+    );
+    let out = check_config(&v["settings"])?;
+    for want in [
+        "data-dir = \"/var/lib/nixswarm\"",
+        "amount = \"100%\"",
+        "location = \"/mnt/nixpkgsDisk/store\"",
+    ] {
+        ensure!(out.contains(want), "{want} missing:\n{out}");
+    }
+    let svc = &v["serviceConfig"];
+    ensure!(
+        svc["ReadWritePaths"] == serde_json::json!(["/mnt/nixpkgsDisk"]),
+        "the disk (without its trailing slash) is the one place outside the StateDirectory it may write: {svc}"
+    );
+    ensure!(
+        svc["User"] == "nixswarm" && svc["Group"] == "nixswarm" && svc.get("DynamicUser").is_none(),
+        "{svc}"
+    );
+    ensure!(
+        v["tmpfiles"] == serde_json::json!(["d /mnt/nixpkgsDisk 0750 nixswarm nixswarm - -"]),
+        "{}",
+        v["tmpfiles"]
+    );
+    ensure!(
+        v["unitConfig"]["RequiresMountsFor"] == serde_json::json!(["/mnt/nixpkgsDisk"]),
+        "{}",
+        v["unitConfig"]
+    );
+    ensure!(v["users"] == serde_json::json!(["nixswarm"]) && v["groups"] == serde_json::json!(["nixswarm"]));
+
+    // The hardening is the default location's, with that one path added.
+    let default = evaluate("{ nixpkgsCache.contribution.enable = true; }")?;
+    let mut expected = default["serviceConfig"].clone();
+    ensure!(expected["ReadWritePaths"] == serde_json::json!([]), "{expected}");
+    expected["ReadWritePaths"] = serde_json::json!(["/mnt/nixpkgsDisk"]);
+    ensure!(
+        *svc == expected,
+        "the service differs beyond ReadWritePaths:\n{svc}\n{expected}"
+    );
+    ensure!(
+        default["tmpfiles"] == serde_json::json!([]),
+        "the StateDirectory needs no tmpfiles rule"
+    );
+    for (k, want) in [
+        ("ProtectSystem", serde_json::json!("strict")),
+        ("ProtectHome", serde_json::json!(true)),
+        ("NoNewPrivileges", serde_json::json!(true)),
+        ("PrivateTmp", serde_json::json!(true)),
+    ] {
+        ensure!(svc[k] == want, "{k} is {} ", svc[k]);
+    }
+    Ok(())
+}
+
+#[test]
+fn a_location_the_service_could_not_use_fails_the_build_with_a_clear_message() -> Result<()> {
+    support::fixture_nix_available();
+    for (location, says) in [
+        ("cache/", "must be an absolute path, not \"cache/\""),
+        ("/nix/store/cache", "must not be inside /nix/store"),
+        ("/nix/store", "must not be inside /nix/store"),
+        ("/", "must be a directory of its own"),
+        ("/tmp/cache", "must not be under /tmp or /var/tmp"),
+        ("/home/alice/cache", "must not be under /home, /root or /run/user"),
+    ] {
+        let v = evaluate(&format!(
+            "{{ nixpkgsCache.contribution = {{ enable = true; location = \"{location}\"; }}; }}"
+        ))?;
+        let failed: Vec<String> = serde_json::from_value(v["failed"].clone())?;
+        let failed = failed.join("\n");
+        ensure!(
+            failed.contains("nixpkgsCache.contribution.location") && failed.contains(says),
+            "{location}: {failed}"
+        );
+    }
+    // A good one under /var/lib, or a trailing slash, is fine.
+    for location in ["/var/lib/nixswarm-big", "/srv/nixswarm/", "/mnt/nixpkgsDisk"] {
+        let v = evaluate(&format!(
+            "{{ nixpkgsCache.contribution = {{ enable = true; location = \"{location}\"; }}; }}"
+        ))?;
+        ensure!(v["failed"] == serde_json::json!([]), "{location}: {}", v["failed"]);
+    }
+    // What the option type refuses, nixpkgs' lib refuses with the option's name.
+    let out = Command::new("nix-instantiate")
+        .args(["--eval", "--strict", "--json", "--readonly-mode"])
+        .arg(repo().join("tests/nixos_module_eval.nix"))
+        .args([
+            "--arg",
+            "configuration",
+            "{ nixpkgsCache.contribution = { enable = true; amount = \"all\"; }; }",
+        ])
+        .env("NIX_CONFIG", "build-users-group =\n")
+        .output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !out.status.success() && err.contains("nixpkgsCache.contribution.amount"),
+        "{err}"
+    );
     Ok(())
 }
