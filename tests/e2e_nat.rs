@@ -28,13 +28,47 @@ use support::{ClientStore, Gateway, StaticServer, check, down_upstream, fixture,
 const R: &str = "198.18.0.1";
 const R2: &str = "198.18.0.2";
 
-fn listen_on(ip: &str) -> [String; 2] {
-    [format!("/ip4/{ip}/tcp/4001"), format!("/ip4/{ip}/udp/4001/quic-v1")]
+/// Which transports the nodes listen on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Transports {
+    TcpAndQuic,
+    QuicOnly,
 }
 
-fn start(ns: &str, ip: &str, dir: &Path, upstreams: &[&str], key: &str, extra: &[&str]) -> Result<Gateway> {
-    let [tcp, quic] = listen_on(ip);
-    Gateway::start_in(ns, &[&tcp, &quic], dir, upstreams, key, extra)
+fn listen_on(ip: &str, t: Transports) -> Vec<String> {
+    let quic = format!("/ip4/{ip}/udp/4001/quic-v1");
+    match t {
+        Transports::TcpAndQuic => vec![format!("/ip4/{ip}/tcp/4001"), quic],
+        Transports::QuicOnly => vec![quic],
+    }
+}
+
+fn start(
+    ns: &str,
+    ip: &str,
+    t: Transports,
+    dir: &Path,
+    upstreams: &[&str],
+    key: &str,
+    extra: &[&str],
+) -> Result<Gateway> {
+    let listen = listen_on(ip, t);
+    let listen: Vec<&str> = listen.iter().map(String::as_str).collect();
+    Gateway::start_in(ns, &listen, dir, upstreams, key, extra)
+}
+
+/// A node's address to bootstrap through, on the transport in use.
+fn boot_addr(g: &Gateway, t: Transports) -> Result<String> {
+    let want = if t == Transports::QuicOnly {
+        "/quic-v1/"
+    } else {
+        "/tcp/"
+    };
+    g.node_addrs
+        .iter()
+        .find(|a| a.contains(want))
+        .cloned()
+        .with_context(|| format!("no {want} address in {:?}", g.node_addrs))
 }
 
 fn json(text: &str) -> Result<Value> {
@@ -71,6 +105,7 @@ struct Swarm {
 fn swarm(
     tag: &str,
     tmp: &Path,
+    t: Transports,
     d_nat: Nat,
     c_nat: Nat,
     c_upstream: impl FnOnce(&str) -> String,
@@ -84,25 +119,16 @@ fn swarm(
     let d_ns = net.home("d", 11, d_nat)?;
     let c_ns = net.home("c", 12, c_nat)?;
 
-    let r = start(&r_ns, R, &tmp.join("r"), &[], key, &[])?;
-    let boot = r
-        .node_addrs
-        .iter()
-        .find(|a| a.contains("/tcp/"))
-        .context("R's TCP address")?
-        .clone();
-    let r2 = start(&r2_ns, R2, &tmp.join("r2"), &[], key, &["--bootstrap", &boot])?;
-    let boot2 = r2
-        .node_addrs
-        .iter()
-        .find(|a| a.contains("/tcp/"))
-        .context("R2's TCP address")?
-        .clone();
+    let r = start(&r_ns, R, t, &tmp.join("r"), &[], key, &[])?;
+    let boot = boot_addr(&r, t)?;
+    let r2 = start(&r2_ns, R2, t, &tmp.join("r2"), &[], key, &["--bootstrap", &boot])?;
+    let boot2 = boot_addr(&r2, t)?;
 
     import(&tmp.join("d"), &fx.cache(), key)?;
     let d = start(
         &d_ns,
         "0.0.0.0",
+        t,
         &tmp.join("d"),
         &[],
         key,
@@ -130,10 +156,10 @@ fn swarm(
     ensure!(status["node"]["dht_server"] == false, "D stays a DHT client: {status}");
 
     let upstream = c_upstream(&c_ns);
-    let [tcp, quic] = listen_on("0.0.0.0");
-    let c = Gateway::start_in(
+    let c = start(
         &c_ns,
-        &[&tcp, &quic],
+        "0.0.0.0",
+        t,
         &tmp.join("c"),
         &[&upstream],
         key,
@@ -175,6 +201,16 @@ fn hash_of(path: &str) -> &str {
 
 #[test]
 fn a_donor_behind_nat_serves_a_client_behind_nat_over_a_punched_direct_connection() -> Result<()> {
+    direct_transfer("a", Transports::TcpAndQuic)
+}
+
+/// The same over QUIC alone: UDP hole punching.
+#[test]
+fn the_same_over_quic_alone() -> Result<()> {
+    direct_transfer("q", Transports::QuicOnly)
+}
+
+fn direct_transfer(tag: &str, t: Transports) -> Result<()> {
     let fx = fixture();
     let tmp = tempfile::tempdir()?;
     let key = fx.trusted_pub.as_str();
@@ -189,8 +225,9 @@ fn a_donor_behind_nat_serves_a_client_behind_nat_over_a_punched_direct_connectio
         "20s",
     ];
     let (s, c) = swarm(
-        "a",
+        tag,
         tmp.path(),
+        t,
         Nat::PortPreserving,
         Nat::PortPreserving,
         |_| down_upstream(),
@@ -301,6 +338,7 @@ fn behind_a_router_that_cannot_be_punched_the_upstream_serves_without_a_stall() 
     let (s, c) = swarm(
         "b",
         tmp.path(),
+        Transports::TcpAndQuic,
         Nat::Random,
         Nat::Random,
         |ns| {
