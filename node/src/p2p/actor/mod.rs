@@ -1,8 +1,9 @@
 //! The one task that owns the libp2p `Swarm`. Everything else talks to it
 //! through [`NodeHandle`] over a bounded command channel; each command that
 //! needs an answer carries a oneshot. Pending queries and requests wait in
-//! maps keyed by their ids; requests to a peer with no direct connection
-//! wait in [`Links`], relay reservations are kept by [`Relays`].
+//! maps keyed by their ids. Requests to a peer with no direct connection
+//! wait in [`Links`] (`requests.rs`); reachability, relay reservations
+//! ([`Relays`]) and hole punching are handled in `reach.rs`.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -13,14 +14,16 @@ use futures::StreamExt as _;
 use libp2p::kad::{self, GetProvidersOk, QueryId, QueryResult, RecordKey};
 use libp2p::request_response::{self, InboundRequestId, OutboundRequestId, ResponseChannel};
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
-use libp2p::swarm::{ConnectionId, DialError, SwarmEvent};
-use libp2p::{Multiaddr, PeerId, Swarm, dcutr, identify, mdns};
+use libp2p::swarm::{ConnectionId, SwarmEvent};
+use libp2p::{Multiaddr, PeerId, Swarm, identify, mdns};
 use nixswarm_protocol::wire::{Request, Response};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+mod reach;
+mod requests;
+
 use super::behaviour::{Behaviour, BehaviourEvent};
-use super::direct::is_relayed;
 use super::links::Links;
 use super::relays::Relays;
 use super::{NodeStats, NodeStatus, ProviderInfo};
@@ -181,26 +184,8 @@ impl Actor {
                     self.swarm.behaviour_mut().kad.store_mut().sweep();
                     // Waiters that gave up (an event that never came).
                     self.writing.retain(|_, tx| !tx.is_closed());
-                    let mut given_up = HashSet::new();
-                    for (peer, (_, reply)) in self.links.expire(Instant::now()) {
-                        let why = format!(
-                            "no direct connection to {peer} within {DIRECT_WAIT:?} (behind NAT, and hole punching did not finish)"
-                        );
-                        if given_up.insert(peer) {
-                            tracing::info!("{why}: its requests fail");
-                            self.links.give_up(peer, Instant::now() + OUT_OF_REACH);
-                        }
-                        let _ = reply.send(Err(why));
-                    }
-                    if !self.unreachable
-                        && self.first_connected.is_some_and(|t| t.elapsed() >= PRIVATE_AFTER)
-                        && !self.reachable()
-                    {
-                        tracing::info!("no address confirmed reachable {PRIVATE_AFTER:?} after joining: behind NAT");
-                        self.unreachable = true;
-                    }
-                    self.ensure_relays();
-                    self.publish_reach();
+                    self.expire_parked();
+                    self.reach_tick();
                 }
             }
         }
@@ -296,129 +281,6 @@ impl Actor {
         }
     }
 
-    /// Sends a transfer request on a direct connection, or parks it until
-    /// one is up (dialling the peer if it is not connected at all).
-    fn request(&mut self, peer: PeerId, request: Request, reply: Reply) {
-        if self.links.direct(&peer) {
-            let id = self.swarm.behaviour_mut().transfer.inner.send_request(&peer, request);
-            self.requests.insert(id, reply);
-            return;
-        }
-        if self.links.out_of_reach(&peer, Instant::now()) {
-            let _ = reply.send(Err(format!(
-                "no direct connection to {peer}: the last attempt failed (behind NAT, hole punching did not work)"
-            )));
-            return;
-        }
-        let connected = self.links.connected(&peer);
-        if let Err((_, reply)) = self.links.park(peer, (request, reply), Instant::now() + DIRECT_WAIT) {
-            let _ = reply.send(Err("too many requests wait for a direct connection".into()));
-            return;
-        }
-        if !connected {
-            let addrs = self.addresses.get(&peer).cloned().unwrap_or_default();
-            let opts = DialOpts::peer_id(peer)
-                .condition(PeerCondition::DisconnectedAndNotDialing)
-                .addresses(addrs)
-                .extend_addresses_through_behaviour()
-                .build();
-            match self.swarm.dial(opts) {
-                Ok(()) | Err(DialError::DialPeerConditionFalse(_)) => {}
-                Err(e) => self.fail_parked(&peer, &format!("cannot dial: {e}")),
-            }
-        }
-    }
-
-    fn fail_parked(&mut self, peer: &PeerId, why: &str) {
-        self.links.give_up(*peer, Instant::now() + OUT_OF_REACH);
-        for (_, reply) in self.links.take(peer) {
-            let _ = reply.send(Err(why.to_owned()));
-        }
-    }
-
-    /// A direct external address is confirmed.
-    fn reachable(&self) -> bool {
-        self.swarm.external_addresses().any(|a| !is_relayed(a))
-    }
-
-    fn reach_state(&self) -> &'static str {
-        if self.reachable() {
-            "public"
-        } else if self.unreachable {
-            "private"
-        } else {
-            "unknown"
-        }
-    }
-
-    /// Publishes reachability for the metrics.
-    fn publish_reach(&mut self) {
-        let reach = super::Reach {
-            state: self.reach_state(),
-            external_addrs: self.swarm.external_addresses().map(ToString::to_string).collect(),
-            relays: self.relays.reserved().len(),
-            dht_server: self.swarm.behaviour_mut().kad.mode() == kad::Mode::Server,
-        };
-        if let Ok(mut r) = self.stats.reach.lock() {
-            *r = reach;
-        }
-    }
-
-    /// Follows reachability: Kademlia serves (auto mode) and the relay
-    /// service is offered only while a direct address is reachable (a node
-    /// behind NAT, reached through relays, is a client of both); our own
-    /// records carry the advertised addresses.
-    fn update_mode(&mut self) {
-        let reachable = self.reachable();
-        // A forced DHT server is taken to be reachable.
-        let serve = reachable || !self.dht_auto;
-        if let Some(r) = self.swarm.behaviour_mut().relay.as_mut() {
-            r.inner.set_status(Some(if serve {
-                libp2p::relay::Status::Enable
-            } else {
-                libp2p::relay::Status::Disable
-            }));
-        }
-        if self.dht_auto {
-            let mode = if reachable {
-                kad::Mode::Server
-            } else {
-                kad::Mode::Client
-            };
-            let kad = &mut self.swarm.behaviour_mut().kad;
-            if kad.mode() != mode {
-                tracing::info!(?mode, "DHT mode");
-                kad.set_mode(Some(mode));
-            }
-        }
-        let advertised: Vec<Multiaddr> = self.swarm.external_addresses().cloned().collect();
-        self.swarm.behaviour_mut().kad.store_mut().set_advertised(advertised);
-        self.publish_reach();
-    }
-
-    /// Keeps relay reservations while the node is contributing and not
-    /// reachable directly; lets them go once it is.
-    fn ensure_relays(&mut self) {
-        if !self.contributing {
-            return;
-        }
-        if self.reachable() {
-            for l in self.relays.release() {
-                self.swarm.remove_listener(l);
-            }
-            return;
-        }
-        for (relay, addr) in self.relays.wanted(self.unreachable, Instant::now()) {
-            match self.swarm.listen_on(addr.clone()) {
-                Ok(id) => {
-                    tracing::info!(%relay, %addr, "reserving a relay slot");
-                    self.relays.asked(id, relay);
-                }
-                Err(e) => tracing::warn!(%addr, error = %e, "cannot listen through a relay"),
-            }
-        }
-    }
-
     fn learn(&mut self, peer: PeerId, addrs: impl IntoIterator<Item = Multiaddr>) {
         if !self.addresses.contains_key(&peer) && self.addresses.len() >= MAX_KNOWN_PEERS {
             // Full (many identities): forget the peers not connected now.
@@ -439,30 +301,10 @@ impl Actor {
     }
 
     fn on_swarm_event(&mut self, ev: SwarmEvent<BehaviourEvent>) {
+        let Some(ev) = self.on_reach_event(ev) else {
+            return;
+        };
         match ev {
-            SwarmEvent::NewListenAddr { address, .. } => {
-                tracing::info!(%address, "p2p listening");
-                // A relayed address is as dialable as its relay's.
-                if self.announce_private || super::is_global(&address) {
-                    self.swarm.add_external_address(address);
-                }
-            }
-            SwarmEvent::ExpiredListenAddr { address, .. } if is_relayed(&address) => {
-                self.swarm.remove_external_address(&address);
-            }
-            SwarmEvent::ListenerClosed {
-                listener_id,
-                addresses,
-                reason,
-            } => {
-                if let Some(relay) = self.relays.closed(listener_id, Instant::now()) {
-                    tracing::info!(%relay, ?reason, "relay reservation ended");
-                    for a in &addresses {
-                        self.swarm.remove_external_address(a);
-                    }
-                    self.ensure_relays();
-                }
-            }
             SwarmEvent::ConnectionEstablished {
                 peer_id,
                 connection_id,
@@ -473,13 +315,7 @@ impl Actor {
                 self.first_connected.get_or_insert_with(Instant::now);
                 tracing::debug!(peer = %peer_id, addr = %endpoint.get_remote_address(), relayed, "connected");
                 for (request, reply) in self.links.up(peer_id, connection_id, relayed) {
-                    let id = self
-                        .swarm
-                        .behaviour_mut()
-                        .transfer
-                        .inner
-                        .send_request(&peer_id, request);
-                    self.requests.insert(id, reply);
+                    self.send_request(peer_id, request, reply);
                 }
                 // The circuit costs the relay; the direct connection serves.
                 for c in self.links.redundant_relayed(&peer_id) {
@@ -527,17 +363,6 @@ impl Actor {
                     self.ensure_relays();
                 }
             }
-            SwarmEvent::Behaviour(BehaviourEvent::Dcutr(dcutr::Event { remote_peer_id, result })) => match result {
-                Ok(_) => tracing::info!(peer = %remote_peer_id, "hole punched: direct connection"),
-                Err(e) => {
-                    tracing::info!(peer = %remote_peer_id, error = %e, "hole punching failed");
-                    if !self.links.direct(&remote_peer_id) {
-                        self.fail_parked(&remote_peer_id, &format!("hole punching failed: {e}"));
-                    }
-                }
-            },
-            SwarmEvent::Behaviour(BehaviourEvent::Relay(ev)) => tracing::debug!(?ev, "relay service"),
-            SwarmEvent::Behaviour(BehaviourEvent::RelayClient(ev)) => tracing::info!(?ev, "relay client"),
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(list))) => {
                 for (peer, addr) in list {
                     self.learn(peer, [addr]);
@@ -560,29 +385,6 @@ impl Actor {
                 self.on_query(id, result, step.last);
             }
             SwarmEvent::Behaviour(BehaviourEvent::Transfer(ev)) => self.on_transfer(ev),
-            SwarmEvent::Behaviour(BehaviourEvent::Autonat(ev)) => match ev.result {
-                Ok(()) => tracing::info!(addr = %ev.tested_addr, server = %ev.server, "reachable: AutoNAT confirmed"),
-                Err(e) => {
-                    self.unreachable = true;
-                    tracing::info!(addr = %ev.tested_addr, server = %ev.server, error = %e, "not reachable at this address");
-                    self.ensure_relays();
-                }
-            },
-            SwarmEvent::Behaviour(BehaviourEvent::Upnp(ev)) => tracing::info!(?ev, "UPnP"),
-            SwarmEvent::ExternalAddrConfirmed { address } => {
-                tracing::info!(%address, "external address confirmed");
-                self.update_mode();
-                self.ensure_relays();
-                // Records made before carry no (or stale) addresses.
-                self.stats.joined.notify_one();
-            }
-            SwarmEvent::ExternalAddrExpired { address } => {
-                tracing::info!(%address, "external address expired");
-                self.update_mode();
-                self.ensure_relays();
-                // Records made before carry an address that is gone.
-                self.stats.joined.notify_one();
-            }
             _ => {}
         }
     }

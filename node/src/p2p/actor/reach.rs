@@ -1,0 +1,176 @@
+//! Reachability: whether a direct address is confirmed (AutoNAT, UPnP, a
+//! global listen address), what follows from it (Kademlia's mode, the
+//! relay service, the addresses our records carry), and the relay
+//! reservations a node behind NAT keeps.
+
+use std::time::Instant;
+
+use libp2p::swarm::SwarmEvent;
+use libp2p::{Multiaddr, dcutr, kad};
+
+use super::super::behaviour::BehaviourEvent;
+use super::super::direct::is_relayed;
+use super::{Actor, PRIVATE_AFTER};
+
+impl Actor {
+    /// A direct external address is confirmed.
+    pub(super) fn reachable(&self) -> bool {
+        self.swarm.external_addresses().any(|a| !is_relayed(a))
+    }
+
+    pub(super) fn reach_state(&self) -> &'static str {
+        if self.reachable() {
+            "public"
+        } else if self.unreachable {
+            "private"
+        } else {
+            "unknown"
+        }
+    }
+
+    /// Publishes reachability for the metrics.
+    pub(super) fn publish_reach(&mut self) {
+        let reach = crate::p2p::Reach {
+            state: self.reach_state(),
+            external_addrs: self.swarm.external_addresses().map(ToString::to_string).collect(),
+            relays: self.relays.reserved().len(),
+            dht_server: self.swarm.behaviour_mut().kad.mode() == kad::Mode::Server,
+        };
+        if let Ok(mut r) = self.stats.reach.lock() {
+            *r = reach;
+        }
+    }
+
+    /// Follows reachability: Kademlia serves (auto mode) and the relay
+    /// service is offered only while a direct address is reachable (a node
+    /// behind NAT, reached through relays, is a client of both); our own
+    /// records carry the advertised addresses.
+    pub(super) fn update_mode(&mut self) {
+        let reachable = self.reachable();
+        // A forced DHT server is taken to be reachable.
+        let serve = reachable || !self.dht_auto;
+        if let Some(r) = self.swarm.behaviour_mut().relay.as_mut() {
+            r.inner.set_status(Some(if serve {
+                libp2p::relay::Status::Enable
+            } else {
+                libp2p::relay::Status::Disable
+            }));
+        }
+        if self.dht_auto {
+            let mode = if reachable {
+                kad::Mode::Server
+            } else {
+                kad::Mode::Client
+            };
+            let kad = &mut self.swarm.behaviour_mut().kad;
+            if kad.mode() != mode {
+                tracing::info!(?mode, "DHT mode");
+                kad.set_mode(Some(mode));
+            }
+        }
+        let advertised: Vec<Multiaddr> = self.swarm.external_addresses().cloned().collect();
+        self.swarm.behaviour_mut().kad.store_mut().set_advertised(advertised);
+        self.publish_reach();
+    }
+
+    /// Keeps relay reservations while the node is contributing and not
+    /// reachable directly; lets them go once it is.
+    pub(super) fn ensure_relays(&mut self) {
+        if !self.contributing {
+            return;
+        }
+        if self.reachable() {
+            for l in self.relays.release() {
+                self.swarm.remove_listener(l);
+            }
+            return;
+        }
+        for (relay, addr) in self.relays.wanted(self.unreachable, Instant::now()) {
+            match self.swarm.listen_on(addr.clone()) {
+                Ok(id) => {
+                    tracing::info!(%relay, %addr, "reserving a relay slot");
+                    self.relays.asked(id, relay);
+                }
+                Err(e) => tracing::warn!(%addr, error = %e, "cannot listen through a relay"),
+            }
+        }
+    }
+
+    /// Once a second: a node connected for [`PRIVATE_AFTER`] with nothing
+    /// confirmed counts as behind NAT; relays are kept; metrics published.
+    pub(super) fn reach_tick(&mut self) {
+        if !self.unreachable && self.first_connected.is_some_and(|t| t.elapsed() >= PRIVATE_AFTER) && !self.reachable()
+        {
+            tracing::info!("no address confirmed reachable {PRIVATE_AFTER:?} after joining: behind NAT");
+            self.unreachable = true;
+        }
+        self.ensure_relays();
+        self.publish_reach();
+    }
+
+    /// Handles the events about addresses, reachability, relays and hole
+    /// punching; gives back any other.
+    pub(super) fn on_reach_event(&mut self, ev: SwarmEvent<BehaviourEvent>) -> Option<SwarmEvent<BehaviourEvent>> {
+        match ev {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                tracing::info!(%address, "p2p listening");
+                // A relayed address is as dialable as its relay's.
+                if self.announce_private || super::super::is_global(&address) {
+                    self.swarm.add_external_address(address);
+                }
+            }
+            SwarmEvent::ExpiredListenAddr { address, .. } if is_relayed(&address) => {
+                self.swarm.remove_external_address(&address);
+            }
+            SwarmEvent::ListenerClosed {
+                listener_id,
+                addresses,
+                reason,
+            } => {
+                if let Some(relay) = self.relays.closed(listener_id, Instant::now()) {
+                    tracing::info!(%relay, ?reason, "relay reservation ended");
+                    for a in &addresses {
+                        self.swarm.remove_external_address(a);
+                    }
+                    self.ensure_relays();
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Dcutr(dcutr::Event { remote_peer_id, result })) => match result {
+                Ok(_) => tracing::info!(peer = %remote_peer_id, "hole punched: direct connection"),
+                Err(e) => {
+                    tracing::info!(peer = %remote_peer_id, error = %e, "hole punching failed");
+                    if !self.links.direct(&remote_peer_id) {
+                        self.fail_parked(&remote_peer_id, &format!("hole punching failed: {e}"));
+                    }
+                }
+            },
+            SwarmEvent::Behaviour(BehaviourEvent::Relay(ev)) => tracing::debug!(?ev, "relay service"),
+            SwarmEvent::Behaviour(BehaviourEvent::RelayClient(ev)) => tracing::info!(?ev, "relay client"),
+            SwarmEvent::Behaviour(BehaviourEvent::Autonat(ev)) => match ev.result {
+                Ok(()) => tracing::info!(addr = %ev.tested_addr, server = %ev.server, "reachable: AutoNAT confirmed"),
+                Err(e) => {
+                    self.unreachable = true;
+                    tracing::info!(addr = %ev.tested_addr, server = %ev.server, error = %e, "not reachable at this address");
+                    self.ensure_relays();
+                }
+            },
+            SwarmEvent::Behaviour(BehaviourEvent::Upnp(ev)) => tracing::info!(?ev, "UPnP"),
+            SwarmEvent::ExternalAddrConfirmed { address } => {
+                tracing::info!(%address, "external address confirmed");
+                self.update_mode();
+                self.ensure_relays();
+                // Records made before carry no (or stale) addresses.
+                self.stats.joined.notify_one();
+            }
+            SwarmEvent::ExternalAddrExpired { address } => {
+                tracing::info!(%address, "external address expired");
+                self.update_mode();
+                self.ensure_relays();
+                // Records made before carry an address that is gone.
+                self.stats.joined.notify_one();
+            }
+            other => return Some(other),
+        }
+        None
+    }
+}
