@@ -21,9 +21,10 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail, ensure};
+use nixswarm_protocol::NarInfo;
 use serde_json::Value;
 use support::netns::{Nat, Net};
-use support::{ClientStore, Gateway, StaticServer, check, down_upstream, fixture, import};
+use support::{ClientStore, Gateway, StaticServer, check, down_upstream, fixture, import, narinfo_file};
 
 const R: &str = "198.18.0.1";
 const R2: &str = "198.18.0.2";
@@ -179,18 +180,10 @@ fn swarm(
 }
 
 /// The NarSize of every fixture path, summed.
-fn nar_bytes(cache: &Path) -> Result<u64> {
+fn nar_bytes(cache: &Path, paths: &[String]) -> Result<u64> {
     let mut total = 0;
-    for e in std::fs::read_dir(cache)? {
-        let p = e?.path();
-        if p.extension().is_some_and(|x| x == "narinfo") {
-            let text = std::fs::read_to_string(&p)?;
-            let size = text
-                .lines()
-                .find_map(|l| l.strip_prefix("NarSize: "))
-                .context("NarSize")?;
-            total += size.trim().parse::<u64>()?;
-        }
+    for p in paths {
+        total += NarInfo::parse(&std::fs::read_to_string(narinfo_file(cache, p))?)?.nar_size;
     }
     Ok(total)
 }
@@ -302,7 +295,7 @@ fn direct_transfer(tag: &str, t: Transports) -> Result<()> {
         c.log().contains("hole punched: direct connection") || s.d.log().contains("hole punched: direct connection"),
         "no hole punch was logged"
     );
-    let nar = nar_bytes(&fx.cache())?;
+    let nar = nar_bytes(&fx.cache(), &fx.paths)?;
     let status = json(&c.status()?)?;
     let from_peers = status["served"]["peer"].as_u64().unwrap_or(0);
     eprintln!(

@@ -50,18 +50,23 @@ fn every_nix_file_parses() {
 /// failed assertions, settings, the service's configuration, tmpfiles,
 /// users, firewall and substituters.
 fn evaluate(configuration: &str) -> Result<serde_json::Value> {
-    let out = Command::new("nix-instantiate")
-        .args(["--eval", "--strict", "--json", "--readonly-mode"])
-        .arg(repo().join("tests/nixos_module_eval.nix"))
-        .args(["--arg", "configuration", configuration])
-        .env("NIX_CONFIG", "build-users-group =\n")
-        .output()?;
+    let out = instantiate(configuration)?;
     ensure!(
         out.status.success(),
         "the module does not evaluate with {configuration}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+/// `nix-instantiate` of the evaluation harness with `configuration`.
+fn instantiate(configuration: &str) -> Result<std::process::Output> {
+    Ok(Command::new("nix-instantiate")
+        .args(["--eval", "--strict", "--json", "--readonly-mode"])
+        .arg(repo().join("tests/nixos_module_eval.nix"))
+        .args(["--arg", "configuration", configuration])
+        .env("NIX_CONFIG", "build-users-group =\n")
+        .output()?)
 }
 
 /// The module's generated settings for `configuration`, which must pass
@@ -243,16 +248,7 @@ fn a_location_the_service_could_not_use_fails_the_build_with_a_clear_message() -
         ensure!(v["failed"] == serde_json::json!([]), "{location}: {}", v["failed"]);
     }
     // What the option type refuses, nixpkgs' lib refuses with the option's name.
-    let out = Command::new("nix-instantiate")
-        .args(["--eval", "--strict", "--json", "--readonly-mode"])
-        .arg(repo().join("tests/nixos_module_eval.nix"))
-        .args([
-            "--arg",
-            "configuration",
-            "{ nixpkgsCache.contribution = { enable = true; amount = \"all\"; }; }",
-        ])
-        .env("NIX_CONFIG", "build-users-group =\n")
-        .output()?;
+    let out = instantiate("{ nixpkgsCache.contribution = { enable = true; amount = \"all\"; }; }")?;
     let err = String::from_utf8_lossy(&out.stderr);
     ensure!(
         !out.status.success() && err.contains("nixpkgsCache.contribution.amount"),

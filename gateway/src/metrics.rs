@@ -130,7 +130,7 @@ impl Collector for NodeCounters {
             (
                 "node_relay_reservations",
                 "Relays holding (or asked for) a reservation for this node",
-                reach.relays as i64,
+                reach.relays.len() as i64,
             ),
             (
                 "node_dht_server",

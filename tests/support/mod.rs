@@ -291,10 +291,7 @@ impl Gateway {
 
     /// `program`, run where the gateway runs (its namespace, if any).
     pub fn command(&self, program: &str) -> Command {
-        match &self.netns {
-            Some(ns) => netns::Net::command(ns, program),
-            None => Command::new(program),
-        }
+        netns::Net::command_in(self.netns.as_deref(), program)
     }
 
     /// The body of `GET path` from the gateway (curl, in its namespace).
@@ -412,10 +409,7 @@ impl ClientStore {
     }
 
     fn nix(&self, program: &str) -> Command {
-        let mut c = match &self.netns {
-            Some(ns) => netns::Net::command(ns, program),
-            None => Command::new(program),
-        };
+        let mut c = netns::Net::command_in(self.netns.as_deref(), program);
         c.env("XDG_CACHE_HOME", &self.xdg)
             .env("NIX_CONFIG", "build-users-group =\n");
         c

@@ -171,6 +171,14 @@ table ip filter {{
         c
     }
 
+    /// `program`, inside namespace `ns` if there is one.
+    pub fn command_in(ns: Option<&str>, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        match ns {
+            Some(ns) => Self::command(ns, program),
+            None => Command::new(program),
+        }
+    }
+
     /// Bytes received plus sent on `dev` in `ns`.
     pub fn traffic(ns: &str, dev: &str) -> Result<u64> {
         let read = |what: &str| -> Result<u64> {

@@ -197,7 +197,7 @@ pub struct Reach {
     /// The advertised addresses.
     pub external_addrs: Vec<String>,
     /// Relays holding (or asked for) a reservation.
-    pub relays: usize,
+    pub relays: Vec<String>,
     pub dht_server: bool,
 }
 

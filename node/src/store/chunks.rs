@@ -65,6 +65,11 @@ impl ChunkDir {
     }
 
     /// Where a chunk's file is.
+    /// The directory the chunk files live in.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
     pub fn path(&self, id: &ChunkId) -> PathBuf {
         let hex = id.to_hex();
         self.root.join(&hex[..2]).join(hex)

@@ -146,7 +146,6 @@ struct Inner {
     meta: Box<dyn MetaDb>,
     chunks: ChunkDir,
     quota: u64,
-    dir: std::path::PathBuf,
     keep_free: u64,
     state: Mutex<State>,
 }
@@ -183,7 +182,6 @@ impl ChunkStore {
                 meta,
                 chunks,
                 quota: options.quota,
-                dir: dir.to_owned(),
                 keep_free: options.keep_free,
                 state: Mutex::new(State {
                     pins: pins::Pins::load(dir)?,
@@ -362,7 +360,7 @@ impl ChunkStore {
         if keep == 0 {
             return true;
         }
-        match FsSpace::of(&self.inner.dir) {
+        match FsSpace::of(self.inner.chunks.root()) {
             Ok(fs) => fs.available >= keep.saturating_add(reserved).saturating_add(needed),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the store's free space");

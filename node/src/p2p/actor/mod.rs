@@ -72,7 +72,7 @@ pub enum Command {
     Request {
         peer: PeerId,
         request: Request,
-        reply: oneshot::Sender<Result<Response, String>>,
+        reply: Reply,
     },
     /// Answer an inbound request; `written` fires once the answer has
     /// been written to the peer, or could not be.
@@ -106,7 +106,7 @@ pub(super) struct Actor {
     pub bootstrap: Vec<Multiaddr>,
     provides: HashMap<QueryId, oneshot::Sender<()>>,
     finds: HashMap<QueryId, (mpsc::Sender<PeerId>, HashSet<PeerId>)>,
-    requests: HashMap<OutboundRequestId, oneshot::Sender<Result<Response, String>>>,
+    requests: HashMap<OutboundRequestId, Reply>,
     addresses: HashMap<PeerId, Vec<Multiaddr>>,
     /// Answers being written, and who waits for each to be.
     writing: HashMap<InboundRequestId, oneshot::Sender<()>>,
@@ -257,15 +257,16 @@ impl Actor {
                 let _ = reply.send(self.swarm.connected_peers().copied().collect());
             }
             Command::Status { reply } => {
+                let reach = self.reach();
                 let status = NodeStatus {
                     peer_id: self.swarm.local_peer_id().to_string(),
                     listen_addrs: self.swarm.listeners().map(ToString::to_string).collect(),
                     peers: self.swarm.connected_peers().count(),
                     connections: self.swarm.network_info().connection_counters().num_established(),
-                    reachability: self.reach_state().into(),
-                    external_addrs: self.swarm.external_addresses().map(ToString::to_string).collect(),
-                    relays: self.relays.reserved().iter().map(ToString::to_string).collect(),
-                    dht_server: self.swarm.behaviour_mut().kad.mode() == kad::Mode::Server,
+                    reachability: reach.state.into(),
+                    external_addrs: reach.external_addrs,
+                    relays: reach.relays,
+                    dht_server: reach.dht_server,
                     provided_keys: self.swarm.behaviour_mut().kad.store_mut().provided_count(),
                     provider_records: self.swarm.behaviour_mut().kad.store_mut().provider_records(),
                     records_refused: {

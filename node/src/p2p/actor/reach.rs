@@ -8,6 +8,7 @@ use std::time::Instant;
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, dcutr, kad};
 
+use super::super::Reach;
 use super::super::behaviour::BehaviourEvent;
 use super::super::direct::is_relayed;
 use super::{Actor, PRIVATE_AFTER};
@@ -18,24 +19,25 @@ impl Actor {
         self.swarm.external_addresses().any(|a| !is_relayed(a))
     }
 
-    pub(super) fn reach_state(&self) -> &'static str {
-        if self.reachable() {
-            "public"
-        } else if self.unreachable {
-            "private"
-        } else {
-            "unknown"
+    /// Reachability as `nixswarm status` and the metrics show it.
+    pub(super) fn reach(&mut self) -> Reach {
+        Reach {
+            state: if self.reachable() {
+                "public"
+            } else if self.unreachable {
+                "private"
+            } else {
+                "unknown"
+            },
+            external_addrs: self.swarm.external_addresses().map(ToString::to_string).collect(),
+            relays: self.relays.reserved().iter().map(ToString::to_string).collect(),
+            dht_server: self.swarm.behaviour_mut().kad.mode() == kad::Mode::Server,
         }
     }
 
     /// Publishes reachability for the metrics.
     pub(super) fn publish_reach(&mut self) {
-        let reach = crate::p2p::Reach {
-            state: self.reach_state(),
-            external_addrs: self.swarm.external_addresses().map(ToString::to_string).collect(),
-            relays: self.relays.reserved().len(),
-            dht_server: self.swarm.behaviour_mut().kad.mode() == kad::Mode::Server,
-        };
+        let reach = self.reach();
         if let Ok(mut r) = self.stats.reach.lock() {
             *r = reach;
         }
@@ -108,6 +110,15 @@ impl Actor {
         self.publish_reach();
     }
 
+    /// The advertised addresses changed: the mode and relays follow, and
+    /// the records made before (with no, stale or gone addresses) are
+    /// announced again.
+    fn addresses_changed(&mut self) {
+        self.update_mode();
+        self.ensure_relays();
+        self.stats.joined.notify_one();
+    }
+
     /// Handles the events about addresses, reachability, relays and hole
     /// punching; gives back any other.
     pub(super) fn on_reach_event(&mut self, ev: SwarmEvent<BehaviourEvent>) -> Option<SwarmEvent<BehaviourEvent>> {
@@ -157,17 +168,11 @@ impl Actor {
             SwarmEvent::Behaviour(BehaviourEvent::Upnp(ev)) => tracing::info!(?ev, "UPnP"),
             SwarmEvent::ExternalAddrConfirmed { address } => {
                 tracing::info!(%address, "external address confirmed");
-                self.update_mode();
-                self.ensure_relays();
-                // Records made before carry no (or stale) addresses.
-                self.stats.joined.notify_one();
+                self.addresses_changed();
             }
             SwarmEvent::ExternalAddrExpired { address } => {
                 tracing::info!(%address, "external address expired");
-                self.update_mode();
-                self.ensure_relays();
-                // Records made before carry an address that is gone.
-                self.stats.joined.notify_one();
+                self.addresses_changed();
             }
             other => return Some(other),
         }
