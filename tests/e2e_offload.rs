@@ -1,4 +1,4 @@
-//! Offload first, with far-away peers: every node's peer traffic goes
+//! `offload = max`, with far-away peers: every node's peer traffic goes
 //! through the test-only delay line (`--test-peer-latency`), so the
 //! upstream (a real HTTP server on loopback, serving the signed cache made
 //! with Nix) answers far sooner than any peer. Still, once a peer holds a
@@ -19,10 +19,20 @@ use support::{ClientStore, Gateway, StaticServer, check, fixture, http_get};
 const LATENCY: &str = "30ms";
 
 fn node(dir: &std::path::Path, upstream: &str, key: &str, bootstrap: Option<&str>, latency: &str) -> Result<Gateway> {
-    // Deadlines far beyond the peers' round trip: what is tested is the
-    // decision (peers hold it, so peers send it), not how a busy machine's
-    // timing falls; the hedge has tests of its own (gateway/src/legs_tests.rs).
-    let mut flags = vec!["--contribute", "cache", "--test-peer-latency", latency];
+    // `offload = max`: peers first whenever they hold a path (the default,
+    // balanced, would let this fast upstream carry the heads; see
+    // tests/e2e_policy.rs). Deadlines far beyond the peers' round trip:
+    // what is tested is the decision (peers hold it, so peers send it), not
+    // how a busy machine's timing falls; the hedge has tests of its own
+    // (gateway/src/nar/merge_tests.rs).
+    let mut flags = vec![
+        "--contribute",
+        "cache",
+        "--offload",
+        "max",
+        "--test-peer-latency",
+        latency,
+    ];
     // The DHT wait too (rate 0: the whole cap for any NAR), so a `Have`
     // answer that a loaded machine delays past its 2 s deadline still
     // finds the provider through the DHT instead of falling back.

@@ -5,25 +5,28 @@
 //! its signed NarHash and NarSize as the bytes pass, and keeps what verified.
 //!
 //! - [`routes`]: the HTTP routes and narinfo rewriting.
-//! - [`resolve`]: source order, verification, negative and bad-source caches.
-//! - [`legs`]: one NAR from several sources: hedge and failover.
-//! - [`peers`]: the swarm as a source, and how long a NAR waits for it.
-//! - [`stream`]: verified streaming to the client and into the store.
+//! - [`resolve`]: narinfos: source order, verification, negative and
+//!   bad-source caches.
+//! - [`nar`]: the NAR pipeline: the fetch policy, the legs of one NAR
+//!   (upstream head, peers' tail, hedge, failover), verification and
+//!   ingest, prefetching at the narinfo.
+//! - [`peers`]: the swarm as a source.
 //! - [`source`]: the [`Source`] trait; [`upstream`]: HTTP binary caches.
 //! - [`range`]: `Range` header parsing. [`metrics`]: Prometheus metrics.
+//! - [`ttl`]: the expiring map every cache here uses.
 
 pub mod dht;
 pub mod error;
 pub mod file_source;
-pub mod legs;
 pub mod metrics;
+pub mod nar;
 pub mod peers;
 pub mod pin;
 pub mod range;
 pub mod resolve;
 pub mod routes;
 pub mod source;
-pub mod stream;
+pub mod ttl;
 pub mod upstream;
 
 use std::sync::Arc;
@@ -36,10 +39,11 @@ use tokio_util::sync::CancellationToken;
 pub use error::GatewayError;
 pub use file_source::FileSource;
 pub use metrics::Metrics;
+pub use nar::{NarPipeline, NarSettings, Offload, PrefetchSettings};
 pub use peers::{PeerSource, PeerWait};
 pub use reqwest::Url;
 pub use resolve::Resolver;
-pub use source::{ByteStream, Source, SourceError, SourceKind};
+pub use source::{ByteStream, Source, SourceError, SourceId, SourceKind};
 pub use upstream::{Upstream, http_client};
 
 /// Gateway behaviour settings.
@@ -54,9 +58,8 @@ pub struct GatewayOptions {
     /// How long peers get to answer a narinfo lookup before the upstreams
     /// are asked as well.
     pub lookup_budget: Duration,
-    /// If peers send no first NAR byte within this long, an upstream starts
-    /// too and whichever sends first serves the NAR.
-    pub hedge_after: Duration,
+    /// Where NAR bytes come from: offload, hedge, tail budget, prefetch.
+    pub nar: NarSettings,
 }
 
 impl Default for GatewayOptions {
@@ -66,7 +69,7 @@ impl Default for GatewayOptions {
             negative_ttl: Duration::from_secs(30),
             keep_fetched: true,
             lookup_budget: Duration::ZERO,
-            hedge_after: Duration::from_secs(1),
+            nar: NarSettings::default(),
         }
     }
 }
@@ -76,7 +79,9 @@ impl Default for GatewayOptions {
 pub struct AppState {
     /// The local store, through its async facade.
     pub store: AsyncStore,
-    pub resolver: Resolver,
+    pub resolver: Arc<Resolver>,
+    /// Where NARs the store lacks come from.
+    pub nar: NarPipeline,
     /// Upstreams for unsigned pass-through (logs, `.ls`).
     pub upstreams: Vec<Upstream>,
     pub metrics: Arc<Metrics>,
@@ -105,17 +110,24 @@ impl Gateway {
         cancel: CancellationToken,
     ) -> Self {
         let metrics = Metrics::new();
-        let resolver = Resolver::new(
+        let resolver = Arc::new(Resolver::new(
             sources,
             keys,
             options.negative_ttl,
             options.lookup_budget,
             metrics.clone(),
-        );
+        ));
+        let store: AsyncStore = store.into();
+        let mut nar_settings = options.nar.clone();
+        if !options.keep_fetched {
+            nar_settings.prefetch.running = 0; // nowhere to put them
+        }
+        let nar = NarPipeline::new(resolver.clone(), store.clone(), metrics.clone(), nar_settings);
         Self {
             state: Arc::new(AppState {
-                store: store.into(),
+                store,
                 resolver,
+                nar,
                 upstreams,
                 metrics,
                 options,

@@ -71,6 +71,11 @@ pub struct Metrics {
     pub installed_paths: Gauge,
     pub installed_bytes: Gauge,
     pub installed_queued: Gauge,
+    /// NAR bytes fetched from peers into the store when their narinfo was
+    /// served, before Nix asked for the NAR.
+    pub prefetched_bytes: Counter,
+    /// Of those, the bytes of NARs Nix then asked for.
+    pub prefetched_asked_bytes: Counter,
     /// The node's transfer counters, once a node is attached.
     pub node: Arc<OnceLock<Arc<NodeStats>>>,
 }
@@ -216,6 +221,17 @@ impl Metrics {
             "Valid installed paths waiting to be indexed",
             installed_queued.clone(),
         );
+        let (prefetched_bytes, prefetched_asked_bytes) = (Counter::default(), Counter::default());
+        registry.register(
+            "gateway_prefetched_bytes",
+            "NAR bytes fetched from peers into the store when the narinfo was served",
+            prefetched_bytes.clone(),
+        );
+        registry.register(
+            "gateway_prefetched_asked_bytes",
+            "Prefetched NAR bytes that Nix then asked for (the rest it never did)",
+            prefetched_asked_bytes.clone(),
+        );
         let node = Arc::new(OnceLock::new());
         registry.register_collector(Box::new(NodeCounters(node.clone())));
         Arc::new(Self {
@@ -231,6 +247,8 @@ impl Metrics {
             installed_paths,
             installed_bytes,
             installed_queued,
+            prefetched_bytes,
+            prefetched_asked_bytes,
             node,
         })
     }

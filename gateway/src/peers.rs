@@ -1,22 +1,21 @@
 //! Peers as a [`Source`]: narinfo lookups through the node's provider
-//! discovery, NARs striped across providers by its fetcher. Before a NAR
-//! goes to an upstream, peers get a wait that grows with its size
-//! ([`PeerWait`]): the connected peers' `Have` answers are always worth
-//! waiting for, the DHT walk only in proportion to what the NAR costs the
-//! upstream. A prefetched path's narinfo and manifest are fetched as soon
-//! as it has a provider, so its NAR request starts the transfer at once.
-//! Hedging and failover to the upstreams happen in [`crate::legs`].
+//! discovery, NARs striped across providers by its fetcher, in order or
+//! from the tail ([`PeerSource::tail_now`], [`PeerSource::tail_later`]).
+//! A prefetched path's narinfo and manifest are fetched as soon as it has
+//! a provider, so its NAR request starts the transfer at once. When peers
+//! are the only source, a NAR waits for them ([`PeerWait`]); otherwise
+//! nothing waits for discovery (see [`crate::nar`]).
 
-use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::future::BoxFuture;
-use nixswarm_node::p2p::{Fetcher, PeerPath};
+use nixswarm_node::p2p::{Fetcher, PeerPath, TailStream};
 use nixswarm_protocol::{NarInfo, StorePathHash};
 
 use crate::source::{ByteStream, Source, SourceError, SourceKind};
+use crate::ttl::TtlMap;
 
 /// How long a lookup result is reused for the NAR request that follows.
 const REMEMBER: Duration = Duration::from_secs(300);
@@ -64,42 +63,13 @@ impl PeerWait {
     }
 }
 
-/// Lookup results (verified narinfo, manifest, providers) by path.
-#[derive(Debug, Default)]
-struct Remembered(Mutex<HashMap<StorePathHash, (Instant, PeerPath)>>);
-
-impl Remembered {
-    fn get(&self, hash: &StorePathHash) -> Option<PeerPath> {
-        let found = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        found
-            .get(hash)
-            .filter(|(at, _)| at.elapsed() < REMEMBER)
-            .map(|(_, p)| p.clone())
-    }
-
-    fn insert(&self, hash: StorePathHash, path: PeerPath) {
-        let mut found = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if found.len() >= REMEMBER_CAP {
-            found.retain(|_, (at, _)| at.elapsed() < REMEMBER);
-            if found.len() >= REMEMBER_CAP {
-                found.clear();
-            }
-        }
-        found.insert(hash, (Instant::now(), path));
-    }
-
-    fn remove(&self, hash: &StorePathHash) -> Option<PeerPath> {
-        let mut found = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        found.remove(hash).map(|(_, p)| p)
-    }
-}
-
 /// The swarm, seen as a source.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct PeerSource {
     fetcher: Fetcher,
     wait: PeerWait,
-    found: Arc<Remembered>,
+    /// Lookup results (verified narinfo, manifest, providers) by path.
+    found: Arc<TtlMap<StorePathHash, PeerPath>>,
     /// Prefetches waiting for providers.
     waiting: Arc<AtomicUsize>,
     lookups: Arc<tokio::sync::Semaphore>,
@@ -110,7 +80,7 @@ impl PeerSource {
         Self {
             fetcher,
             wait,
-            found: Arc::default(),
+            found: Arc::new(TtlMap::new(REMEMBER, REMEMBER_CAP)),
             waiting: Arc::default(),
             lookups: Arc::new(tokio::sync::Semaphore::new(PREFETCH_LOOKUPS)),
         }
@@ -118,6 +88,57 @@ impl PeerSource {
 
     fn remembered(&self, hash: &StorePathHash) -> Option<PeerPath> {
         self.found.get(hash)
+    }
+
+    /// The peers' lookup of `info`'s NAR if it is done and a provider is
+    /// not banned: they can start at once.
+    pub fn ready(&self, info: &NarInfo) -> Option<PeerPath> {
+        self.remembered(&info.store_path.hash())
+            .filter(|p| p.info.nar_hash == info.nar_hash)
+            .filter(|p| p.providers.iter().any(|peer| !self.fetcher.is_banned(peer)))
+    }
+
+    /// The longest a lookup waits for the DHT walk: what a NAR that only
+    /// peers can serve, or a prefetch, waits.
+    pub fn patience(&self) -> Duration {
+        self.wait.max
+    }
+
+    /// The NAR's tail from the peers ready now ([`Self::ready`]).
+    pub fn tail_now(&self, info: &NarInfo) -> Option<TailStream> {
+        self.ready(info).map(|p| self.fetcher.stream_tail(p))
+    }
+
+    /// The NAR's tail once discovery finds a provider (within
+    /// [`PeerWait`]'s longest wait); `None` if nobody turns up.
+    pub fn tail_later(&self, info: &NarInfo) -> BoxFuture<'static, Option<TailStream>> {
+        let this = self.clone();
+        let info = info.clone();
+        Box::pin(async move {
+            let path = this.path_for(&info, this.wait.max).await?;
+            Some(this.fetcher.stream_tail(path))
+        })
+    }
+
+    /// A verified lookup of `info`'s NAR: remembered, or found within
+    /// the connected peers' answer and `dht` of the DHT walk.
+    pub async fn path_for(&self, info: &NarInfo, dht: Duration) -> Option<PeerPath> {
+        if let Some(p) = self.ready(info) {
+            return Some(p);
+        }
+        let hash = info.store_path.hash();
+        let p = self
+            .fetcher
+            .lookup_nar(&hash, &info.nar_hash, self.wait.have, dht)
+            .await?;
+        // Remembered, so a rejection blames its providers.
+        self.found.insert(hash, p.clone());
+        Some(p)
+    }
+
+    /// Streams the NAR of a path found by [`Self::path_for`], in order.
+    pub fn stream(&self, path: PeerPath) -> ByteStream {
+        self.fetcher.stream(path)
     }
 
     /// In the background: once `hash` has a provider, fetch its narinfo
@@ -174,27 +195,13 @@ impl Source for PeerSource {
 
     fn nar<'a>(&'a self, info: &'a NarInfo) -> BoxFuture<'a, Result<Option<ByteStream>, SourceError>> {
         Box::pin(async move {
-            let hash = info.store_path.hash();
-            let path = match self.remembered(&hash) {
-                Some(p) if p.info.nar_hash == info.nar_hash => p,
-                _ => {
-                    let dht = self.wait.dht_wait(info.nar_size);
-                    match self
-                        .fetcher
-                        .lookup_nar(&hash, &info.nar_hash, self.wait.have, dht)
-                        .await
-                    {
-                        // Remembered, so a rejection blames its providers.
-                        Some(p) => {
-                            self.found.insert(hash, p.clone());
-                            p
-                        }
-                        None => return Ok(None),
-                    }
-                }
-            };
-            Ok(Some(self.fetcher.stream(path)))
+            let dht = self.wait.dht_wait(info.nar_size);
+            Ok(self.path_for(info, dht).await.map(|p| self.fetcher.stream(p)))
         })
+    }
+
+    fn as_peers(&self) -> Option<&PeerSource> {
+        Some(self)
     }
 
     fn rejected(&self, info: &NarInfo, wrong_nar: bool) -> bool {

@@ -4,19 +4,18 @@
 //! failed verification is skipped for that NAR for a while.
 //!
 //! The narinfo and the NAR are two decisions. A narinfo comes from the
-//! first verified source (its latency is what the user feels); a NAR's
-//! bytes come from peers whenever they hold the path (that is what saves
-//! the upstream's egress), with the upstreams as hedge and fallback.
+//! first verified source (its latency is what the user feels); where a
+//! NAR's bytes come from is [`crate::nar`]'s decision.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use nixswarm_protocol::{NarInfo, PublicKey, Sha256Hash, StorePath, StorePathHash};
 
-use crate::legs::{self, Fallback, TaggedStream};
 use crate::metrics::Metrics;
-use crate::source::{Source, SourceKind};
+use crate::peers::PeerSource;
+use crate::source::{Source, SourceId, SourceKind};
+use crate::ttl::TtlMap;
 
 /// How long a source stays skipped for a NAR after it served a bad one.
 const BAD_SOURCE_TTL: Duration = Duration::from_secs(600);
@@ -24,44 +23,6 @@ const BAD_SOURCE_TTL: Duration = Duration::from_secs(600);
 const FOUND_TTL: Duration = Duration::from_secs(300);
 /// Entries kept per cache before expired ones are purged.
 const CACHE_CAP: usize = 50_000;
-
-/// A small map whose entries expire.
-#[derive(Debug)]
-struct TtlMap<K, V> {
-    ttl: Duration,
-    map: Mutex<HashMap<K, (Instant, V)>>,
-}
-
-impl<K: std::hash::Hash + Eq + Clone, V: Clone> TtlMap<K, V> {
-    fn new(ttl: Duration) -> Self {
-        Self {
-            ttl,
-            map: Mutex::default(),
-        }
-    }
-
-    fn get(&self, k: &K) -> Option<V> {
-        let map = self.map.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        map.get(k)
-            .filter(|(at, _)| at.elapsed() < self.ttl)
-            .map(|(_, v)| v.clone())
-    }
-
-    fn insert(&self, k: K, v: V) {
-        if self.ttl.is_zero() {
-            return;
-        }
-        let mut map = self.map.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if map.len() >= CACHE_CAP {
-            let ttl = self.ttl;
-            map.retain(|_, (at, _)| at.elapsed() < ttl);
-            if map.len() >= CACHE_CAP {
-                map.clear();
-            }
-        }
-        map.insert(k, (Instant::now(), v));
-    }
-}
 
 /// The sources in priority order and what is known about them.
 #[derive(Debug)]
@@ -72,13 +33,13 @@ pub struct Resolver {
     /// How long peers get before the upstreams are asked as well.
     lookup_budget: Duration,
     /// Verified narinfo per (source, path).
-    found: TtlMap<(usize, StorePathHash), NarInfo>,
+    found: TtlMap<(SourceId, StorePathHash), NarInfo>,
     /// An upstream's "no such path", kept for the negative TTL.
-    absent: TtlMap<(usize, StorePathHash), ()>,
+    absent: TtlMap<(SourceId, StorePathHash), ()>,
     /// Paths no source had.
     missing: TtlMap<StorePathHash, ()>,
     /// (source, path, NarHash) that failed verification.
-    bad: TtlMap<(usize, StorePathHash, Sha256Hash), ()>,
+    bad: TtlMap<(SourceId, StorePathHash, Sha256Hash), ()>,
 }
 
 impl Resolver {
@@ -94,10 +55,10 @@ impl Resolver {
             keys,
             metrics,
             lookup_budget,
-            found: TtlMap::new(FOUND_TTL),
-            absent: TtlMap::new(negative_ttl),
-            missing: TtlMap::new(negative_ttl),
-            bad: TtlMap::new(BAD_SOURCE_TTL),
+            found: TtlMap::new(FOUND_TTL, CACHE_CAP),
+            absent: TtlMap::new(negative_ttl, CACHE_CAP),
+            missing: TtlMap::new(negative_ttl, CACHE_CAP),
+            bad: TtlMap::new(BAD_SOURCE_TTL, CACHE_CAP),
         }
     }
 
@@ -118,12 +79,12 @@ impl Resolver {
     /// stay wrong there even after the NAR failed. The NAR is fetched again
     /// to be served; this costs a second download, but only for unsigned
     /// flat and text paths (signed ones are bound by their signature).
-    async fn check_unbound(&self, idx: usize, info: &NarInfo) -> Result<(), String> {
+    async fn check_unbound(&self, idx: SourceId, info: &NarInfo) -> Result<(), String> {
         let hash = info.store_path.hash();
         if !self.usable(idx, &hash, &info.nar_hash) {
             return Err("its NAR failed verification lately".into());
         }
-        let mut stream = match self.sources[idx].nar(info).await {
+        let mut stream = match self.source(idx).nar(info).await {
             Ok(Some(s)) => s,
             Ok(None) => return Err("no NAR".into()),
             Err(e) => return Err(e.to_string()),
@@ -140,20 +101,35 @@ impl Resolver {
         .await;
         if outcome.is_err() {
             self.mark_bad(idx, &hash, &info.nar_hash);
-            self.sources[idx].rejected(info, true);
+            self.source(idx).rejected(info, true);
         }
         outcome
     }
 
+    /// The source with this id.
+    pub fn source(&self, id: SourceId) -> &Arc<dyn Source> {
+        &self.sources[id.0]
+    }
+
+    /// Every source's id, in priority order.
+    pub fn ids(&self) -> impl Iterator<Item = SourceId> + '_ {
+        (0..self.sources.len()).map(SourceId)
+    }
+
+    /// The swarm, if it is one of the sources.
+    pub fn peers(&self) -> Option<(SourceId, &PeerSource)> {
+        self.ids().find_map(|id| self.source(id).as_peers().map(|p| (id, p)))
+    }
+
     /// The verified narinfo of `hash` from source `idx`.
-    async fn narinfo_from(&self, idx: usize, hash: &StorePathHash) -> Answer {
+    pub(crate) async fn narinfo_from(&self, idx: SourceId, hash: &StorePathHash) -> Answer {
         if let Some(info) = self.found.get(&(idx, *hash)) {
             return Answer::Found(Box::new(info));
         }
         if self.absent.get(&(idx, *hash)).is_some() {
             return Answer::Absent;
         }
-        let source = &self.sources[idx];
+        let source = self.source(idx);
         let kind = source.kind().as_str();
         let result = match source.narinfo(hash).await {
             Ok(Some(info)) => match self.acceptable(hash, &info) {
@@ -192,7 +168,7 @@ impl Resolver {
 
     /// The first verified answer among `idxs`, asked in order; otherwise
     /// whether every one of them answered that it has no such path.
-    async fn first(&self, idxs: &[usize], hash: &StorePathHash) -> Result<(usize, NarInfo), Miss> {
+    async fn first(&self, idxs: &[SourceId], hash: &StorePathHash) -> Result<(SourceId, NarInfo), Miss> {
         let mut all_absent = true;
         for &idx in idxs {
             match self.narinfo_from(idx, hash).await {
@@ -227,13 +203,13 @@ impl Resolver {
     /// answer is a miss at once: no waiting for the DHT walk. Once found,
     /// the path's references are prefetched too (Nix asks for a closure's
     /// narinfos before any NAR).
-    pub async fn narinfo(&self, hash: &StorePathHash) -> Option<(usize, NarInfo)> {
+    pub async fn narinfo(&self, hash: &StorePathHash) -> Option<(SourceId, NarInfo)> {
         if self.missing.get(hash).is_some() {
             return None;
         }
         self.prefetch(std::slice::from_ref(hash));
-        let (peers, ups): (Vec<usize>, Vec<usize>) =
-            (0..self.sources.len()).partition(|&i| self.sources[i].kind() == SourceKind::Peer);
+        let (peers, ups): (Vec<SourceId>, Vec<SourceId>) =
+            self.ids().partition(|&i| self.source(i).kind() == SourceKind::Peer);
         let result = if peers.is_empty() {
             self.first(&ups, hash).await.ok()
         } else if ups.is_empty() {
@@ -281,14 +257,15 @@ impl Resolver {
 
     /// A verified narinfo of `hash` with `nar_hash`: one already known, or
     /// the first source's that has it.
-    async fn info_for(&self, hash: &StorePathHash, nar_hash: &Sha256Hash) -> Option<NarInfo> {
-        let known = (0..self.sources.len())
+    pub(crate) async fn info_for(&self, hash: &StorePathHash, nar_hash: &Sha256Hash) -> Option<NarInfo> {
+        let known = self
+            .ids()
             .filter_map(|idx| self.found.get(&(idx, *hash)))
             .find(|i| i.nar_hash == *nar_hash);
         if known.is_some() {
             return known;
         }
-        for idx in 0..self.sources.len() {
+        for idx in self.ids() {
             if let Answer::Found(info) = self.narinfo_from(idx, hash).await
                 && info.nar_hash == *nar_hash
             {
@@ -298,69 +275,24 @@ impl Resolver {
         None
     }
 
-    fn usable(&self, idx: usize, hash: &StorePathHash, nar_hash: &Sha256Hash) -> bool {
+    /// A verified narinfo of `hash` from `idx`, if known without asking.
+    pub(crate) fn known(&self, idx: SourceId, hash: &StorePathHash) -> Option<NarInfo> {
+        self.found.get(&(idx, *hash))
+    }
+
+    /// False if `idx` served a bad copy of this NAR lately.
+    pub(crate) fn usable(&self, idx: SourceId, hash: &StorePathHash, nar_hash: &Sha256Hash) -> bool {
         self.bad.get(&(idx, *hash, *nar_hash)).is_none()
     }
 
-    /// Opens the NAR of `hash` with `nar_hash`, choosing for offload: from
-    /// peers when they hold it (within their [`crate::PeerWait`]), hedged
-    /// after `hedge_after` and failing over to the upstreams; otherwise
-    /// from the first upstream that has it, failing over to the next.
-    /// Sources that served a bad copy lately are skipped. Returns the
-    /// narinfo, the stream and the index of the source tried first.
-    pub async fn open_nar(
-        &self,
-        hash: &StorePathHash,
-        nar_hash: &Sha256Hash,
-        hedge_after: Duration,
-    ) -> Option<(NarInfo, TaggedStream, usize)> {
-        let info = self.info_for(hash, nar_hash).await?;
-        let fallbacks = |after: Option<usize>| -> Vec<Fallback> {
-            (0..self.sources.len())
-                .filter(|&i| self.sources[i].kind() == SourceKind::Upstream && Some(i) != after)
-                .filter(|&i| self.usable(i, hash, nar_hash))
-                .map(|idx| Fallback {
-                    idx,
-                    source: self.sources[idx].clone(),
-                    info: self.found.get(&(idx, *hash)),
-                })
-                .collect()
-        };
-        for (idx, source) in self.sources.iter().enumerate() {
-            if !self.usable(idx, hash, nar_hash) {
-                continue;
-            }
-            let theirs = match source.kind() {
-                // Peers need only the path and NarHash: any verified narinfo will do.
-                SourceKind::Peer => info.clone(),
-                SourceKind::Upstream => match self.narinfo_from(idx, hash).await {
-                    Answer::Found(i) if i.nar_hash == *nar_hash => *i,
-                    _ => continue,
-                },
-            };
-            let stream = match source.nar(&theirs).await {
-                Ok(Some(s)) => s,
-                Ok(None) => continue,
-                Err(e) => {
-                    tracing::warn!(source = source.name(), error = %e, %hash, "source failed to open NAR");
-                    continue;
-                }
-            };
-            let hedge = (source.kind() == SourceKind::Peer).then_some(hedge_after);
-            let rest = fallbacks(Some(idx));
-            return Some((info, legs::serve(idx, stream, theirs, rest, hedge), idx));
-        }
-        None
-    }
-
     /// Remembers that source `idx` served a bad NAR for this path.
-    pub fn mark_bad(&self, idx: usize, hash: &StorePathHash, nar_hash: &Sha256Hash) {
+    pub fn mark_bad(&self, idx: SourceId, hash: &StorePathHash, nar_hash: &Sha256Hash) {
         self.bad.insert((idx, *hash, *nar_hash), ());
     }
 }
 
 /// One source's answer for a narinfo.
-enum Answer {
+pub(crate) enum Answer {
     Found(Box<NarInfo>),
     /// It answered that it has no such path (or its answer did not verify).
     Absent,

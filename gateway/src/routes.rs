@@ -18,9 +18,9 @@ use tokio_util::io::{ReaderStream, StreamReader};
 
 use crate::AppState;
 use crate::error::GatewayError;
+use crate::nar::verify::{self, Verified};
 use crate::range::{self, RangeRequest};
 use crate::source::ByteStream;
-use crate::stream::{self, Verified};
 
 type Result<T> = std::result::Result<T, GatewayError>;
 
@@ -137,6 +137,11 @@ async fn status(State(state): State<Arc<AppState>>) -> Result<Response> {
             // Of the NAR bytes fetched for the client, the part peers sent.
             "offload_share": share,
         },
+        "prefetch": {
+            // NAR bytes fetched from peers when their narinfo was served.
+            "bytes": state.metrics.prefetched_bytes.get(),
+            "asked_bytes": state.metrics.prefetched_asked_bytes.get(),
+        },
         "store": { "paths": store.paths, "bytes": store.bytes, "quota": store.quota, "keep_fetched": state.options.keep_fetched },
         "installed": installed,
     });
@@ -184,7 +189,11 @@ async fn narinfo(state: &AppState, h: &str) -> Result<Response> {
     let (info, source) = if let Some(info) = local {
         (info, "local")
     } else if let Some((idx, info)) = state.resolver.narinfo(&hash).await {
-        (info, state.resolver.sources[idx].kind().as_str())
+        // Nix asks for the NAR next, after the rest of the closure's narinfos.
+        if state.options.keep_fetched {
+            state.nar.prefetch(&info);
+        }
+        (info, state.resolver.source(idx).kind().as_str())
     } else {
         state.metrics.request("narinfo", "none");
         return Err(GatewayError::NotFound);
@@ -211,10 +220,18 @@ async fn nar(State(state): State<Arc<AppState>>, Path(file): Path<String>, heade
                 .any(|e| e.split(';').next().is_some_and(|e| e.trim() == "zstd"))
         });
 
-    let local = state.store.open_nar(hash).await.unwrap_or_else(|e| {
-        tracing::warn!(%hash, error = %e, "local NAR unreadable: asking the sources");
-        None
-    });
+    state.nar.asked(&hash);
+    let mut local = open_local(&state, hash).await;
+    if local.is_none() {
+        let file_size = state
+            .resolver
+            .info_for(&hash, &nar_hash)
+            .await
+            .map_or(0, |i| i.file_size.unwrap_or(i.nar_size));
+        if state.nar.join_prefetch(&hash, file_size).await {
+            local = open_local(&state, hash).await;
+        }
+    }
     if let Some(handle) = local
         && handle.narinfo.nar_hash == nar_hash
     {
@@ -222,25 +239,23 @@ async fn nar(State(state): State<Arc<AppState>>, Path(file): Path<String>, heade
         let (start, end, partial) = byte_range(range_header, size)?;
         state.metrics.request("nar", "local");
         let store = state.store.clone();
-        let body = stream::local(handle, start, end, state.metrics.clone(), move |why| {
+        let body = verify::local(handle, start, end, state.metrics.clone(), move |why| {
             tracing::error!(%hash, %why, "stored NAR is damaged: removing it so it is fetched again");
             let _ = store.blocking().remove(&hash);
         });
         return Ok(nar_response(body, size, start, end, partial, zstd));
     }
 
-    let Some((info, stream, first)) = state
-        .resolver
-        .open_nar(&hash, &nar_hash, state.options.hedge_after)
-        .await
-    else {
-        state.metrics.request("nar", "none");
-        return Err(GatewayError::NotFound);
+    let opened = match state.nar.open(&hash, &nar_hash).await {
+        Ok(o) => o,
+        Err(e) => {
+            state.metrics.request("nar", "none");
+            return Err(e.into());
+        }
     };
     // By the source asked first; the bytes are counted by who sent them.
-    state
-        .metrics
-        .request("nar", state.resolver.sources[first].kind().as_str());
+    state.metrics.request("nar", opened.first.as_str());
+    let info = opened.info;
     let size = info.nar_size;
     let (start, end, partial) = byte_range(range_header, size)?;
     let ingest = if state.options.keep_fetched && !state.store.contains(hash).await.unwrap_or(true) {
@@ -255,30 +270,27 @@ async fn nar(State(state): State<Arc<AppState>>, Path(file): Path<String>, heade
     } else {
         None
     };
-    let st = state.clone();
-    let rejected_info = info.clone();
-    let on_reject = move |why: stream::Rejection, used: Vec<usize>| {
-        let wrong_nar = !matches!(why, stream::Rejection::Stream(_));
-        for idx in used {
-            let source = &st.resolver.sources[idx];
-            tracing::warn!(source = source.name(), %hash, %why, "NAR failed verification: aborting the response");
-            st.metrics.reject(source.kind().as_str(), why.reason());
-            if !source.rejected(&rejected_info, wrong_nar) {
-                st.resolver.mark_bad(idx, &hash, &nar_hash);
-            }
-        }
-    };
     let v = Verified {
         info,
         start,
         end,
         ingest,
         sources: state.resolver.sources.clone(),
+        blame: state.nar.blame(),
         metrics: state.metrics.clone(),
         cancel: state.cancel.clone(),
     };
-    let body = stream::verified(stream, v, on_reject);
+    let body = verify::verified(opened.stream, v);
     Ok(nar_response(body, size, start, end, partial, zstd))
+}
+
+/// The stored NAR of `hash`, if the store holds it and can read it (a
+/// local read failure falls through to the sources).
+async fn open_local(state: &AppState, hash: StorePathHash) -> Option<nixswarm_node::NarHandle> {
+    state.store.open_nar(hash).await.unwrap_or_else(|e| {
+        tracing::warn!(%hash, error = %e, "local NAR unreadable: asking the sources");
+        None
+    })
 }
 
 fn byte_range(header: Option<&str>, size: u64) -> Result<(u64, u64, bool)> {

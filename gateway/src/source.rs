@@ -15,6 +15,16 @@ use thiserror::Error;
 /// An uncompressed NAR as a stream of bytes.
 pub type ByteStream = BoxStream<'static, std::io::Result<Bytes>>;
 
+/// Which source, by its place in the gateway's priority order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SourceId(pub usize);
+
+impl std::fmt::Display for SourceId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "source {}", self.0)
+    }
+}
+
 /// What kind of source answered (for metrics and logs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SourceKind {
@@ -63,4 +73,10 @@ pub trait Source: Send + Sync + std::fmt::Debug {
     /// asked for, its references), so it can start looking in the
     /// background. Returns at once; peers start provider discovery.
     fn prefetch(&self, _hashes: &[StorePathHash]) {}
+
+    /// The swarm, if this source is it: the NAR pipeline asks it for the
+    /// tail of a two-ended fetch and for prefetches.
+    fn as_peers(&self) -> Option<&crate::peers::PeerSource> {
+        None
+    }
 }

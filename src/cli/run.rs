@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
 use clap::Args;
-use nixswarm_gateway::{Gateway, GatewayOptions, PeerSource, PeerWait, Source, Upstream, http_client};
+use nixswarm_gateway::{Gateway, GatewayOptions, NarSettings, PeerSource, PeerWait, Source, Upstream, http_client};
 use nixswarm_node::installed::{InstalledOptions, InstalledStore, NixDb};
 use nixswarm_node::p2p::{DhtMode, FetchSettings, Fetcher, load_or_create_key};
 use nixswarm_node::store::FsSpace;
@@ -214,7 +214,11 @@ async fn serve(eff: Effective, hooks: TestHooks) -> Result<()> {
         negative_ttl: eff.config.gateway.negative_ttl,
         keep_fetched: eff.config.donor.keeps_fetched(),
         lookup_budget: eff.config.p2p.lookup_budget,
-        hedge_after: eff.config.p2p.hedge_after,
+        nar: NarSettings {
+            offload: eff.config.p2p.offload.into(),
+            hedge_after: eff.config.p2p.hedge_after,
+            ..NarSettings::default()
+        },
     };
     let mut gateway = Gateway::new(
         store,

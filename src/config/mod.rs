@@ -94,10 +94,34 @@ pub struct P2pSection {
     /// The longest any NAR waits for the DHT walk.
     #[serde(with = "humantime_serde")]
     pub peer_wait_max: Duration,
-    /// If peers send no first NAR byte within this long, an upstream starts
-    /// too and whichever sends first serves the NAR.
+    /// With `offload = "max"`: how long peers serve a NAR alone before an
+    /// upstream starts beside them (whichever is ahead serves).
     #[serde(with = "humantime_serde")]
     pub hedge_after: Duration,
+    /// How much to give: "balanced" (Nix never slower than the upstream
+    /// alone; peers carry what they can within that) or "max" (peers first
+    /// whenever they hold a path, a bounded slowdown for more offload).
+    pub offload: Offload,
+}
+
+/// How much of a NAR peers carry (`p2p.offload`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Offload {
+    /// Never slower than the upstream alone; peers carry what fits.
+    #[default]
+    Balanced,
+    /// Peers first whenever they hold the path; the upstream after `hedge-after`.
+    Max,
+}
+
+impl From<Offload> for nixswarm_gateway::Offload {
+    fn from(o: Offload) -> Self {
+        match o {
+            Offload::Balanced => Self::Balanced,
+            Offload::Max => Self::Max,
+        }
+    }
 }
 
 /// `[p2p.relay]`: the circuit-relay v2 service. Nodes behind NAT reserve a
@@ -179,6 +203,7 @@ impl Default for P2pSection {
             peer_wait_rate: Size(100 << 20),
             peer_wait_max: Duration::from_secs(2),
             hedge_after: Duration::from_secs(1),
+            offload: Offload::Balanced,
         }
     }
 }
@@ -362,9 +387,12 @@ pub struct ConfigArgs {
     /// Longest wait of any NAR request for the DHT walk, e.g. 2s.
     #[arg(long, env = "NIXSWARM_PEER_WAIT_MAX", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub peer_wait_max: Option<Duration>,
-    /// Start an upstream too when peers send no first NAR byte within this, e.g. 1s.
+    /// With --offload max: peers alone this long before an upstream starts beside them, e.g. 1s.
     #[arg(long, env = "NIXSWARM_HEDGE_AFTER", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub hedge_after: Option<Duration>,
+    /// balanced: never slower than the upstream alone; max: peers first whenever they hold a path.
+    #[arg(long, env = "NIXSWARM_OFFLOAD", value_name = "MODE")]
+    pub offload: Option<Offload>,
 }
 
 /// Parses a rate: a size per second, with an optional "/s".
@@ -484,6 +512,9 @@ impl Config {
         }
         if let Some(h) = args.hedge_after {
             self.p2p.hedge_after = h;
+        }
+        if let Some(o) = args.offload {
+            self.p2p.offload = o;
         }
         self
     }

@@ -83,6 +83,7 @@ pub fn fixture() -> Fixture {
 pub struct StaticServer {
     pub url: String,
     log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    sent: std::sync::Arc<std::sync::Mutex<Vec<Sent>>>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -94,9 +95,21 @@ impl StaticServer {
 
     /// The same, listening on 127.0.0.1 of network namespace `ns`.
     pub fn start_in(dir: &Path, ns: Option<&str>) -> Self {
+        Self::start_with(dir, ns, None)
+    }
+
+    /// The same, sending each response body at most `rate` bytes a second
+    /// (a slower upstream than loopback).
+    pub fn start_paced(dir: &Path, rate: u64) -> Self {
+        Self::start_with(dir, None, Some(rate))
+    }
+
+    fn start_with(dir: &Path, ns: Option<&str>, rate: Option<u64>) -> Self {
         let dir = dir.to_owned();
         let ns = ns.map(str::to_owned);
         let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sent = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sent_log = sent.clone();
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let logger = log.clone();
@@ -120,8 +133,18 @@ impl StaticServer {
                         .push(format!("{} {}", req.method(), req.uri().path()));
                     req
                 });
+                let count =
+                    axum::middleware::from_fn(move |req: axum::extract::Request, next: axum::middleware::Next| {
+                        let sent_log = sent_log.clone();
+                        async move {
+                            let path = req.uri().path().to_owned();
+                            let resp = next.run(req).await;
+                            count_body(resp, path, sent_log, rate)
+                        }
+                    });
                 let app = axum::Router::new()
                     .fallback_service(tower_http::services::ServeDir::new(dir))
+                    .layer(count)
                     .layer(record);
                 axum::serve(listener, app)
                     .with_graceful_shutdown(async {
@@ -135,6 +158,7 @@ impl StaticServer {
         Self {
             url: format!("http://{addr}"),
             log,
+            sent,
             stop: Some(stop),
             thread: Some(thread),
         }
@@ -143,6 +167,12 @@ impl StaticServer {
     /// Every request so far, as "METHOD /path", in order.
     pub fn requests(&self) -> Vec<String> {
         self.log.lock().unwrap().clone()
+    }
+
+    /// Every response body finished or dropped so far: how much of it was
+    /// written before the client had all of it or went away.
+    pub fn sent(&self) -> Vec<Sent> {
+        self.sent.lock().unwrap().clone()
     }
 
     pub fn stop(&mut self) {
@@ -159,6 +189,63 @@ impl Drop for StaticServer {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// One response body as the server wrote it, like an access log's
+/// `$body_bytes_sent` beside the file's length.
+#[derive(Debug, Clone)]
+pub struct Sent {
+    pub path: String,
+    /// Content-Length, if the response had one.
+    pub len: Option<u64>,
+    pub sent: u64,
+}
+
+impl Sent {
+    /// True if the client went away before the whole body was written.
+    pub fn cut_short(&self) -> bool {
+        self.len.is_some_and(|l| self.sent < l)
+    }
+}
+
+/// Records a body's bytes as they go out (when the body is dropped), and
+/// paces them to `rate` bytes a second if given.
+fn count_body(
+    resp: axum::response::Response,
+    path: String,
+    log: std::sync::Arc<std::sync::Mutex<Vec<Sent>>>,
+    rate: Option<u64>,
+) -> axum::response::Response {
+    use futures::StreamExt as _;
+    struct Count {
+        entry: Sent,
+        log: std::sync::Arc<std::sync::Mutex<Vec<Sent>>>,
+    }
+    impl Drop for Count {
+        fn drop(&mut self) {
+            self.log.lock().unwrap().push(self.entry.clone());
+        }
+    }
+    let len = resp
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse().ok());
+    let (parts, body) = resp.into_parts();
+    let count = Count {
+        entry: Sent { path, len, sent: 0 },
+        log,
+    };
+    let stream = futures::stream::unfold((body.into_data_stream(), count), move |(mut s, mut count)| async move {
+        let piece = s.next().await?;
+        if let Ok(b) = &piece {
+            if let Some(rate) = rate {
+                tokio::time::sleep(Duration::from_secs_f64(b.len() as f64 / rate as f64)).await;
+            }
+            count.entry.sent += b.len() as u64;
+        }
+        Some((piece, (s, count)))
+    });
+    axum::response::Response::from_parts(parts, axum::body::Body::from_stream(stream))
 }
 
 /// `nixswarm run` as a child process: gateway on 127.0.0.1:0, node on
@@ -425,9 +512,22 @@ impl ClientStore {
 
     /// `nix-store -r PATHS` substituting only from `substituter`.
     pub fn realise(&self, substituter: &str, key: &str, paths: &[String], keep_going: bool) -> Output {
+        self.realise_with(substituter, key, paths, keep_going, &[])
+    }
+
+    /// The same, with more `nix-store` arguments (options).
+    pub fn realise_with(
+        &self,
+        substituter: &str,
+        key: &str,
+        paths: &[String],
+        keep_going: bool,
+        extra: &[&str],
+    ) -> Output {
         let mut c = self.nix("nix-store");
         c.args(["--store", &self.store()]);
         Self::common(&mut c, substituter, key);
+        c.args(extra);
         if keep_going {
             c.arg("--keep-going");
         }

@@ -115,6 +115,17 @@ fn manifest_id(m: &ChunkManifest) -> [u8; 32] {
 
 type ByteStream = BoxStream<'static, std::io::Result<Bytes>>;
 
+/// Verified chunks of a NAR with their offsets, from the end backwards
+/// ([`Fetcher::stream_tail`]).
+pub type TailStream = BoxStream<'static, std::io::Result<(u64, Bytes)>>;
+
+/// Which end of the NAR a transfer starts from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Order {
+    Head,
+    Tail,
+}
+
 impl Fetcher {
     /// A fetcher; starts its discovery tasks on the current runtime.
     pub fn new(handle: NodeHandle, store: ChunkStore, keys: Vec<PublicKey>, settings: FetchSettings) -> Self {
@@ -362,10 +373,30 @@ impl Fetcher {
     /// provider failed before the end, or the transfer stalled (the caller
     /// then falls back).
     pub fn stream(&self, path: PeerPath) -> ByteStream {
-        let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(16);
+        let (tx, rx) = mpsc::channel::<std::io::Result<(u64, Bytes)>>(16);
         let this = self.clone();
         tokio::spawn(async move {
-            if let Err(e) = this.transfer(path, &tx).await {
+            if let Err(e) = this.transfer(path, Order::Head, &tx).await {
+                let _ = tx.send(Err(std::io::Error::other(e))).await;
+            }
+        });
+        futures::stream::unfold(
+            rx,
+            |mut rx| async move { rx.recv().await.map(|i| (i.map(|(_, b)| b), rx)) },
+        )
+        .boxed()
+    }
+
+    /// Streams the NAR of `path` from its end backwards: each item is a
+    /// verified chunk and its offset in the NAR, and the items so far always
+    /// cover a contiguous tail `[offset, NarSize)`. This is the peers' end of
+    /// a two-ended fetch (an upstream streams the head). Dropping the stream
+    /// stops the transfer.
+    pub fn stream_tail(&self, path: PeerPath) -> TailStream {
+        let (tx, rx) = mpsc::channel::<std::io::Result<(u64, Bytes)>>(16);
+        let this = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = this.transfer(path, Order::Tail, &tx).await {
                 let _ = tx.send(Err(std::io::Error::other(e))).await;
             }
         });
@@ -374,11 +405,37 @@ impl Fetcher {
 
     /// Runs one transfer: the [`Schedule`] decides, this task sends its
     /// requests, checks the answers and feeds them back.
-    async fn transfer(&self, path: PeerPath, tx: &mpsc::Sender<std::io::Result<Bytes>>) -> Result<(), String> {
+    async fn transfer(
+        &self,
+        path: PeerPath,
+        order: Order,
+        tx: &mpsc::Sender<std::io::Result<(u64, Bytes)>>,
+    ) -> Result<(), String> {
         let hash = path.info.store_path.hash();
+        // The schedule hands chunks out in its manifest's order: for the
+        // tail, a reversed manifest, with each chunk's offset in the NAR.
+        let mut offsets: Vec<u64> = path
+            .manifest
+            .chunks
+            .iter()
+            .scan(0u64, |at, c| {
+                let o = *at;
+                *at += u64::from(c.size);
+                Some(o)
+            })
+            .collect();
+        let manifest = match order {
+            Order::Head => path.manifest.clone(),
+            Order::Tail => {
+                offsets.reverse();
+                let mut m = (*path.manifest).clone();
+                m.chunks.reverse();
+                Arc::new(m)
+            }
+        };
         let providers = path.providers.iter().copied().filter(|p| !self.is_banned(p));
         // Chunks already here (shared with other stored paths), in one trip.
-        let ids: Vec<ChunkId> = path.manifest.chunks.iter().map(|c| c.id).collect();
+        let ids: Vec<ChunkId> = manifest.chunks.iter().map(|c| c.id).collect();
         let here = self.store.has_chunks(ids.clone()).await.unwrap_or_default();
         let local: HashSet<ChunkId> = ids
             .into_iter()
@@ -387,7 +444,7 @@ impl Fetcher {
             .collect();
         let is_local = |id: &ChunkId| local.contains(id);
         let mut sched = Schedule::new(
-            &path.manifest,
+            &manifest,
             is_local,
             providers,
             self.settings.schedule.clone(),
@@ -397,6 +454,7 @@ impl Fetcher {
         let mut in_flight = FuturesUnordered::new();
         loop {
             while let Some(ready) = sched.next_ready() {
+                let at = offsets[sched.progress().0 - 1];
                 let data = match ready {
                     Ready::Data(d) => d,
                     Ready::Local(id) => match self.store.read_chunk(id).await {
@@ -407,7 +465,7 @@ impl Fetcher {
                         }
                     },
                 };
-                if tx.send(Ok(data)).await.is_err() {
+                if tx.send(Ok((at, data))).await.is_err() {
                     return Ok(()); // nobody is listening any more
                 }
             }
@@ -427,6 +485,8 @@ impl Fetcher {
             }
             let wake = tokio::time::Instant::from_std(sched.next_deadline());
             tokio::select! {
+                // Nobody is listening any more: stop asking peers at once.
+                () = tx.closed() => return Ok(()),
                 Some((send, r)) = in_flight.next(), if !in_flight.is_empty() => {
                     let peer = send.peer;
                     let current = sched.peers().any(|p| *p == peer);

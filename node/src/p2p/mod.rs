@@ -41,7 +41,7 @@ pub use behaviour::RelayLimits;
 pub use book::Found;
 pub use codec::{PROTOCOL, TransferCodec};
 pub use discover::{Discovery, DiscoverySettings};
-pub use fetch::{FetchSettings, Fetcher, PeerPath};
+pub use fetch::{FetchSettings, Fetcher, PeerPath, TailStream};
 pub use liar::Lie;
 pub use ratelimit::RateLimiter;
 pub use schedule::ScheduleSettings;

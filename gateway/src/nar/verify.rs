@@ -8,13 +8,14 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures::StreamExt as _;
 use nixswarm_node::{Ingest, NarHandle};
-use nixswarm_protocol::{NarCheck, NarCheckError, NarInfo};
+use nixswarm_protocol::{NarCheck, NarInfo};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::legs::TaggedStream;
+use super::error::NarError;
+use super::merge::TaggedStream;
 use crate::metrics::Metrics;
-use crate::source::{ByteStream, Source, SourceKind};
+use crate::source::{ByteStream, Source, SourceId, SourceKind};
 
 /// Pieces in flight between the producer and the HTTP body.
 const BODY_QUEUE: usize = 16;
@@ -61,12 +62,15 @@ pub fn local(
     body_stream(rx)
 }
 
-enum IngestMsg {
+pub(crate) enum IngestMsg {
     Data(Bytes),
-    Commit,
+    /// Commit; the answer says whether the NAR is now stored.
+    Commit(Option<tokio::sync::oneshot::Sender<bool>>),
 }
 
-fn spawn_ingest(mut ingest: Ingest, path: String) -> mpsc::Sender<IngestMsg> {
+/// Writes a NAR into the store off the runtime, as its pieces arrive;
+/// dropping the sender without a commit discards it.
+pub(crate) fn spawn_ingest(mut ingest: Ingest, path: String) -> mpsc::Sender<IngestMsg> {
     let (tx, mut rx) = mpsc::channel(INGEST_QUEUE);
     tokio::task::spawn_blocking(move || {
         while let Some(msg) = rx.blocking_recv() {
@@ -77,9 +81,16 @@ fn spawn_ingest(mut ingest: Ingest, path: String) -> mpsc::Sender<IngestMsg> {
                         return;
                     }
                 }
-                IngestMsg::Commit => {
-                    if let Err(e) = ingest.finish() {
-                        tracing::warn!(%path, error = %e, "not storing: commit failed");
+                IngestMsg::Commit(reply) => {
+                    let stored = match ingest.finish() {
+                        Ok(_) => true,
+                        Err(e) => {
+                            tracing::warn!(%path, error = %e, "not storing: commit failed");
+                            false
+                        }
+                    };
+                    if let Some(reply) = reply {
+                        let _ = reply.send(stored);
                     }
                     return;
                 }
@@ -87,35 +98,6 @@ fn spawn_ingest(mut ingest: Ingest, path: String) -> mpsc::Sender<IngestMsg> {
         }
     });
     tx
-}
-
-/// Why a source's NAR was rejected.
-#[derive(Debug, Clone)]
-pub enum Rejection {
-    /// The source's stream failed (connection, decompression).
-    Stream(String),
-    /// The NAR does not match its narinfo: size, NarHash, or (for a flat or
-    /// text path) the content address.
-    Mismatch(NarCheckError),
-}
-
-impl Rejection {
-    /// A short label for metrics.
-    pub fn reason(&self) -> &'static str {
-        match self {
-            Self::Stream(_) => "stream_error",
-            Self::Mismatch(e) => e.reason(),
-        }
-    }
-}
-
-impl std::fmt::Display for Rejection {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Stream(e) => write!(f, "stream failed: {e}"),
-            Self::Mismatch(e) => write!(f, "{e}"),
-        }
-    }
 }
 
 /// Everything [`verified`] needs besides the bytes.
@@ -127,9 +109,11 @@ pub struct Verified {
     pub end: u64,
     /// Where to store the NAR if it verifies (none if it should not be kept).
     pub ingest: Option<Ingest>,
-    /// The sources, by the index each piece is tagged with (for the
+    /// The sources, by the id each piece is tagged with (for the
     /// served-bytes metrics).
     pub sources: Vec<Arc<dyn Source>>,
+    /// Told who sent a NAR that failed verification.
+    pub blame: Arc<dyn super::merge::Blame>,
     pub metrics: Arc<Metrics>,
     /// Stops the transfer early (shutdown).
     pub cancel: CancellationToken,
@@ -137,13 +121,9 @@ pub struct Verified {
 
 /// Streams a NAR from sources to the client while verifying it. If it
 /// fails verification the body errors (the connection is aborted, never
-/// ended cleanly), nothing is stored, and `on_reject` runs with the
-/// indexes of the sources that sent any of it.
-pub fn verified(
-    mut src: TaggedStream,
-    v: Verified,
-    on_reject: impl FnOnce(Rejection, Vec<usize>) + Send + 'static,
-) -> ByteStream {
+/// ended cleanly), nothing is stored, and the sources that sent any of it
+/// are blamed ([`super::merge::Blame::nar_rejected`]).
+pub fn verified(mut src: TaggedStream, v: Verified) -> ByteStream {
     let (tx, rx) = mpsc::channel(BODY_QUEUE);
     let path = v.info.store_path.to_string();
     tokio::spawn(async move {
@@ -153,21 +133,22 @@ pub fn verified(
             end,
             ingest,
             sources,
+            blame,
             metrics,
             cancel,
         } = v;
-        let mut used: Vec<usize> = Vec::new();
+        let mut used: Vec<SourceId> = Vec::new();
         let mut ingest_tx = ingest.map(|i| spawn_ingest(i, path.clone()));
         let mut check = NarCheck::new(&info);
         let mut size = 0u64;
-        let mut held: Option<(usize, u64, Bytes)> = None;
-        let mut tail: Option<(usize, u64, Bytes)> = None;
+        let mut held: Option<(SourceId, u64, Bytes)> = None;
+        let mut tail: Option<(SourceId, u64, Bytes)> = None;
         let mut client = Some(tx);
 
-        let emit = |client: &mut Option<mpsc::Sender<std::io::Result<Bytes>>>, idx: usize, at: u64, b: Bytes| {
+        let emit = |client: &mut Option<mpsc::Sender<std::io::Result<Bytes>>>, id: SourceId, at: u64, b: Bytes| {
             let client = client.clone();
             let metrics = metrics.clone();
-            let source = sources.get(idx).cloned();
+            let source = sources.get(id.0).cloned();
             async move {
                 let (s, e) = (at.max(start), (at + b.len() as u64).min(end));
                 let Some(tx) = client else { return true };
@@ -190,7 +171,7 @@ pub fn verified(
         let outcome = loop {
             let next = tokio::select! {
                 n = src.next() => n,
-                () = cancel.cancelled() => break Err(Rejection::Stream("gateway shutting down".into())),
+                () = cancel.cancelled() => break Err(NarError::ShuttingDown),
             };
             match next {
                 Some(Ok((_, b))) if b.is_empty() => {}
@@ -201,7 +182,7 @@ pub fn verified(
                     let at = size;
                     size += b.len() as u64;
                     if let Err(e) = check.update(&b) {
-                        break Err(Rejection::Mismatch(e));
+                        break Err(NarError::Check(e));
                     }
                     if let Some(itx) = &ingest_tx
                         && itx.send(IngestMsg::Data(b.clone())).await.is_err()
@@ -228,8 +209,8 @@ pub fn verified(
                         }
                     }
                 }
-                Some(Err(e)) => break Err(Rejection::Stream(e.to_string())),
-                None => break check.finish().map(drop).map_err(Rejection::Mismatch),
+                Some(Err(e)) => break Err(NarError::Stream(e)),
+                None => break check.finish().map(drop).map_err(NarError::Check),
             }
         };
         match outcome {
@@ -238,7 +219,7 @@ pub fn verified(
                     emit(&mut client, pidx, pat, prev).await;
                 }
                 if let Some(itx) = ingest_tx {
-                    let _ = itx.send(IngestMsg::Commit).await;
+                    let _ = itx.send(IngestMsg::Commit(None)).await;
                 }
             }
             Err(why) => {
@@ -247,7 +228,7 @@ pub fn verified(
                 if let Some(tx) = client {
                     let _ = tx.send(Err(std::io::Error::other(format!("{path}: {why}")))).await;
                 }
-                on_reject(why, used);
+                blame.nar_rejected(&info, &why, &used);
             }
         }
     });

@@ -1,0 +1,277 @@
+//! The NAR pipeline: everything between Nix asking for a NAR the local
+//! store lacks and the verified bytes reaching it.
+//!
+//! - [`policy`]: where the bytes come from (upstream, peers, both ends),
+//!   from the rates measured lately; a pure function with unit tests.
+//! - [`merge`]: the legs of one NAR in order: forward legs, the peers' tail,
+//!   the hedge and failover.
+//! - [`verify`]: NarSize, NarHash and content address checked as the bytes
+//!   pass, the last piece held back until they pass, and ingest.
+//! - [`prefetch`]: NARs started from peers when their narinfo is served.
+//! - [`error`]: the pipeline's error and its HTTP mapping.
+//!
+//! Blame is the pipeline's: a source whose NAR failed (short, long or
+//! wrong) is skipped for that NAR for a while, and peers score their
+//! providers themselves.
+
+pub mod error;
+pub mod merge;
+pub mod policy;
+pub mod prefetch;
+pub mod verify;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use nixswarm_node::AsyncStore;
+use nixswarm_protocol::{NarInfo, Sha256Hash, StorePathHash};
+
+pub use error::NarError;
+use merge::{Blame, Fallback, Forward, Spec, TaggedStream};
+pub use policy::{Estimates, Offload, Plan, Tail};
+pub use prefetch::{PrefetchSettings, Prefetcher};
+
+use crate::metrics::Metrics;
+use crate::resolve::{Answer, Resolver};
+use crate::source::{SourceId, SourceKind};
+
+/// How long a NAR request may wait for its prefetch before the upstream
+/// has been measured, and at most.
+const JOIN_COLD: Duration = Duration::from_millis(200);
+const JOIN_MAX: Duration = Duration::from_secs(5);
+
+/// How the pipeline behaves.
+#[derive(Debug, Clone)]
+pub struct NarSettings {
+    pub offload: Offload,
+    /// With `offload = max`: peers alone this long before an upstream
+    /// starts beside them.
+    pub hedge_after: Duration,
+    /// Most NAR bytes the peers' tail holds in memory per transfer.
+    pub tail_budget: u64,
+    pub prefetch: PrefetchSettings,
+}
+
+impl Default for NarSettings {
+    fn default() -> Self {
+        Self {
+            offload: Offload::Balanced,
+            hedge_after: Duration::from_secs(1),
+            tail_budget: 64 << 20,
+            prefetch: PrefetchSettings::default(),
+        }
+    }
+}
+
+/// A NAR on its way: the narinfo it is checked against, its pieces, and
+/// the kind of source asked first (for the request metrics).
+pub struct Opened {
+    pub info: NarInfo,
+    pub stream: TaggedStream,
+    pub first: SourceKind,
+}
+
+impl std::fmt::Debug for Opened {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Opened")
+            .field("path", &self.info.store_path)
+            .field("first", &self.first)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Answers for bad NARs: skips the source for that NAR, counts and logs.
+#[derive(Debug)]
+struct Blamer {
+    resolver: Arc<Resolver>,
+    metrics: Arc<Metrics>,
+}
+
+impl Blame for Blamer {
+    fn leg_failed(&self, id: SourceId, info: &NarInfo, why: &str) {
+        let source = self.resolver.source(id);
+        tracing::warn!(source = source.name(), path = %info.store_path, why, "NAR from this source is wrong: skipping it for this NAR");
+        self.metrics.reject(source.kind().as_str(), "truncated");
+        if !source.rejected(info, true) {
+            self.resolver.mark_bad(id, &info.store_path.hash(), &info.nar_hash);
+        }
+    }
+
+    fn nar_rejected(&self, info: &NarInfo, why: &NarError, used: &[SourceId]) {
+        for &id in used {
+            let source = self.resolver.source(id);
+            tracing::warn!(source = source.name(), path = %info.store_path, %why, "NAR failed verification: aborting the response");
+            self.metrics.reject(source.kind().as_str(), why.reason());
+            if !source.rejected(info, why.wrong_nar()) {
+                self.resolver.mark_bad(id, &info.store_path.hash(), &info.nar_hash);
+            }
+        }
+    }
+}
+
+/// The NAR pipeline (one per gateway).
+#[derive(Debug)]
+pub struct NarPipeline {
+    resolver: Arc<Resolver>,
+    store: AsyncStore,
+    blamer: Arc<Blamer>,
+    estimates: Arc<Estimates>,
+    settings: NarSettings,
+    prefetcher: Prefetcher,
+}
+
+impl NarPipeline {
+    pub fn new(resolver: Arc<Resolver>, store: AsyncStore, metrics: Arc<Metrics>, settings: NarSettings) -> Self {
+        let estimates = Arc::new(Estimates::default());
+        Self {
+            blamer: Arc::new(Blamer {
+                resolver: resolver.clone(),
+                metrics: metrics.clone(),
+            }),
+            prefetcher: Prefetcher::new(settings.prefetch, metrics, estimates.clone()),
+            resolver,
+            store,
+            estimates,
+            settings,
+        }
+    }
+
+    /// Who answers for a NAR that failed verification.
+    pub fn blame(&self) -> Arc<dyn Blame> {
+        self.blamer.clone()
+    }
+
+    /// The rates measured so far.
+    pub fn estimates(&self) -> &Estimates {
+        &self.estimates
+    }
+
+    /// Nix asked for this NAR (counts a prefetch of it as used).
+    pub fn asked(&self, hash: &StorePathHash) {
+        self.prefetcher.asked(hash);
+    }
+
+    /// A narinfo was served: if peers hold the path, its NAR starts
+    /// towards the store now (bounded; see [`prefetch`]).
+    pub fn prefetch(&self, info: &NarInfo) {
+        if self.settings.prefetch.running == 0 {
+            return;
+        }
+        if let Some((_, peers)) = self.resolver.peers() {
+            self.prefetcher.start(info, peers, &self.store, peers.patience());
+        }
+    }
+
+    /// Nix asks for a NAR the store lacks: if a prefetch of it is running,
+    /// wait for it while its progress says it will be done within what the
+    /// upstream would take (200 ms before the upstream is measured). True
+    /// if it is in the store now.
+    pub async fn join_prefetch(&self, hash: &StorePathHash, file_size: u64) -> bool {
+        if !self.prefetcher.is_running(hash) {
+            return false;
+        }
+        let budget = self
+            .estimates
+            .upstream()
+            .map_or(JOIN_COLD, |e| e.time(file_size).min(JOIN_MAX));
+        self.prefetcher.join(hash, budget).await
+    }
+
+    /// Opens the NAR of `hash` with `nar_hash` from the sources, as the
+    /// policy decides. Sources that served a bad copy lately are skipped.
+    pub async fn open(&self, hash: &StorePathHash, nar_hash: &Sha256Hash) -> Result<Opened, NarError> {
+        let r = &self.resolver;
+        let info = r.info_for(hash, nar_hash).await.ok_or(NarError::Unavailable)?;
+        let usable = |id: SourceId| r.usable(id, hash, nar_hash);
+        let peers = r.peers().filter(|(id, _)| usable(*id));
+        let mut ups: Vec<Fallback> = r
+            .ids()
+            .filter(|&id| r.source(id).kind() == SourceKind::Upstream && usable(id))
+            .map(|id| Fallback {
+                id,
+                source: r.source(id).clone(),
+                info: r.known(id, hash),
+            })
+            .filter(|f| f.info.as_ref().is_none_or(|i| i.nar_hash == *nar_hash))
+            .collect();
+        // The first upstream with this NAR gives its compressed size.
+        let mut file_size = None;
+        for f in &mut ups {
+            if f.info.is_none()
+                && let Answer::Found(i) = r.narinfo_from(f.id, hash).await
+            {
+                f.info = Some(*i);
+            }
+            if let Some(i) = f.info.as_ref().filter(|i| i.nar_hash == *nar_hash) {
+                file_size = Some(i.file_size.unwrap_or(i.nar_size));
+                break;
+            }
+        }
+        ups.retain(|f| f.info.as_ref().is_none_or(|i| i.nar_hash == *nar_hash));
+        let ready = peers.as_ref().and_then(|(_, p)| p.ready(&info));
+        let plan = match &peers {
+            None => Plan::TwoEnded(Tail::Never),
+            Some(_) => policy::plan(&policy::Inputs {
+                nar_size: info.nar_size,
+                file_size: file_size.filter(|_| !ups.is_empty()),
+                peers_ready: ready.as_ref().map(|_| info.nar_size),
+                upstream: self.estimates.upstream(),
+                peers: self.estimates.peers(),
+                offload: self.settings.offload,
+                hedge_after: self.settings.hedge_after,
+            }),
+        };
+        tracing::debug!(path = %info.store_path, ?plan, "NAR plan");
+        let spec = |forward: Vec<Forward>, ups: Vec<Fallback>| Spec {
+            info: info.clone(),
+            forward,
+            tail: None,
+            tail_later: None,
+            hedge: None,
+            fallbacks: ups,
+            tail_budget: self.settings.tail_budget,
+            estimates: self.estimates.clone(),
+            blame: self.blamer.clone(),
+        };
+        if let (Plan::Peers { upstream_after }, Some((id, p))) = (plan, &peers) {
+            let stream = match ready {
+                Some(path) => Some(p.stream(path)),
+                None => p.path_for(&info, p.patience()).await.map(|path| p.stream(path)),
+            };
+            if let Some(stream) = stream {
+                let mut s = spec(vec![Forward::new(*id, SourceKind::Peer, stream)], ups);
+                s.hedge = upstream_after;
+                return Ok(self.opened(s, SourceKind::Peer));
+            }
+        }
+        let mut rest = ups.into_iter();
+        let Some(up) = merge::open_next(&info, &mut rest).await else {
+            // No upstream could open it: peers alone, if they have it.
+            let (id, p) = peers.ok_or(NarError::Unavailable)?;
+            let path = p.path_for(&info, p.patience()).await.ok_or(NarError::Unavailable)?;
+            let s = spec(vec![Forward::new(id, SourceKind::Peer, p.stream(path))], vec![]);
+            return Ok(self.opened(s, SourceKind::Peer));
+        };
+        let mut s = spec(vec![up], rest.collect());
+        if let (Plan::TwoEnded(tail), Some((id, p))) = (plan, &peers) {
+            let id = *id;
+            match tail {
+                Tail::Now => s.tail = p.tail_now(&info).map(|t| (id, t)),
+                Tail::Later => {
+                    let later = p.tail_later(&info);
+                    s.tail_later = Some(Box::pin(async move { later.await.map(|t| (id, t)) }));
+                }
+                Tail::Never => {}
+            }
+        }
+        Ok(self.opened(s, SourceKind::Upstream))
+    }
+
+    fn opened(&self, spec: Spec, first: SourceKind) -> Opened {
+        Opened {
+            info: spec.info.clone(),
+            stream: merge::merge(spec),
+            first,
+        }
+    }
+}

@@ -1,0 +1,285 @@
+//! NARs started at the narinfo. Nix asks for every narinfo of a closure
+//! before it asks for any NAR, so when a narinfo is served and peers hold
+//! the path, its NAR is fetched from them into the store at once: the NAR
+//! request that follows joins the transfer in progress or finds it done (a
+//! local hit). Bounded: transfers at once, NAR bytes in flight, and the
+//! store's own quota. The bytes fetched, and the part Nix then asked for,
+//! are counted (`gateway_prefetched_bytes`, `..._asked_bytes`).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures::StreamExt as _;
+use nixswarm_node::AsyncStore;
+use nixswarm_protocol::{NarCheck, NarInfo, StorePathHash};
+use tokio::sync::{Semaphore, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::policy::Estimates;
+use super::verify::{IngestMsg, spawn_ingest};
+use crate::metrics::Metrics;
+use crate::peers::PeerSource;
+use crate::ttl::TtlMap;
+
+/// How long a prefetch is remembered (for joining and for counting).
+const REMEMBER: Duration = Duration::from_secs(3600);
+const REMEMBER_CAP: usize = 20_000;
+
+/// Bounds of NAR prefetching.
+#[derive(Debug, Clone, Copy)]
+pub struct PrefetchSettings {
+    /// Prefetches running at once (0: none); more wait their turn.
+    pub running: usize,
+    /// NarSize bytes of prefetches running or waiting, at most.
+    pub bytes: u64,
+}
+
+impl Default for PrefetchSettings {
+    fn default() -> Self {
+        Self {
+            running: 8,
+            bytes: 256 << 20,
+        }
+    }
+}
+
+/// A prefetch, as the NAR request sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// NAR bytes verified so far.
+    Running(u64),
+    /// The NAR verified and is in the store.
+    Stored,
+    Failed,
+}
+
+/// A prefetch in progress: started when, its NarSize, its progress, and
+/// how to stop it (a NAR request that will not wait for it frees the
+/// peers' upload for its own transfer).
+#[derive(Debug, Clone)]
+struct Running {
+    started: tokio::time::Instant,
+    size: u64,
+    state: watch::Receiver<State>,
+    stop: CancellationToken,
+}
+
+/// What was prefetched: its size, and whether Nix asked for it.
+#[derive(Debug, Clone, Copy)]
+struct Done {
+    bytes: u64,
+    asked: bool,
+}
+
+/// Starts and tracks NAR prefetches.
+#[derive(Debug)]
+pub struct Prefetcher {
+    settings: PrefetchSettings,
+    slots: Arc<Semaphore>,
+    in_flight: Arc<AtomicU64>,
+    /// Started when, its NarSize, its progress.
+    running: Arc<TtlMap<StorePathHash, Running>>,
+    done: Arc<TtlMap<StorePathHash, Done>>,
+    metrics: Arc<Metrics>,
+    estimates: Arc<Estimates>,
+}
+
+impl Prefetcher {
+    pub fn new(settings: PrefetchSettings, metrics: Arc<Metrics>, estimates: Arc<Estimates>) -> Self {
+        Self {
+            settings,
+            slots: Arc::new(Semaphore::new(settings.running)),
+            in_flight: Arc::default(),
+            running: Arc::new(TtlMap::new(REMEMBER, REMEMBER_CAP)),
+            done: Arc::new(TtlMap::new(REMEMBER, REMEMBER_CAP)),
+            metrics,
+            estimates,
+        }
+    }
+
+    /// Fetches `info`'s NAR from `peers` into `store` in the background, if
+    /// peers hold it and the bounds allow; returns at once.
+    pub fn start(&self, info: &NarInfo, peers: &PeerSource, store: &AsyncStore, wait: Duration) {
+        let hash = info.store_path.hash();
+        if self.running.get(&hash).is_some() || self.done.get(&hash).is_some() {
+            return;
+        }
+        let size = info.nar_size;
+        // Queued and running prefetches together hold at most `bytes`.
+        if self.in_flight.fetch_add(size, Ordering::Relaxed) + size > self.settings.bytes {
+            self.in_flight.fetch_sub(size, Ordering::Relaxed);
+            return;
+        }
+        let (tx, rx) = watch::channel(State::Running(0));
+        let stop = CancellationToken::new();
+        self.running.insert(
+            hash,
+            Running {
+                started: tokio::time::Instant::now(),
+                size,
+                state: rx,
+                stop: stop.clone(),
+            },
+        );
+        let (info, peers, store) = (info.clone(), peers.clone(), store.clone());
+        let (in_flight, done, metrics) = (self.in_flight.clone(), self.done.clone(), self.metrics.clone());
+        let estimates = self.estimates.clone();
+        let slots = self.slots.clone();
+        tokio::spawn(async move {
+            let work = async {
+                match slots.acquire_owned().await {
+                    Ok(_permit) => fetch(&info, &peers, &store, wait, &tx, &estimates).await,
+                    Err(_) => false,
+                }
+            };
+            let stored = tokio::select! {
+                stored = work => stored,
+                () = stop.cancelled() => false,
+            };
+            in_flight.fetch_sub(size, Ordering::Relaxed);
+            if stored {
+                metrics.prefetched_bytes.inc_by(size);
+                done.insert(
+                    hash,
+                    Done {
+                        bytes: size,
+                        asked: false,
+                    },
+                );
+            }
+            let _ = tx.send(if stored { State::Stored } else { State::Failed });
+        });
+    }
+
+    /// Nix asked for this NAR: counts a prefetch of it as used.
+    pub fn asked(&self, hash: &StorePathHash) {
+        let mut asked = 0;
+        self.done.update(hash, |d| {
+            if !d.asked {
+                d.asked = true;
+                asked = d.bytes;
+            }
+        });
+        self.metrics.prefetched_asked_bytes.inc_by(asked);
+    }
+
+    /// Waits for a prefetch of this NAR still running while its progress
+    /// says it will be done within `budget` (what the upstream would take);
+    /// one that will not is stopped, so the NAR's own transfer gets the
+    /// peers' upload. True if the NAR is in the store now.
+    pub async fn join(&self, hash: &StorePathHash, budget: Duration) -> bool {
+        let mut stored = false;
+        if let Some(Running {
+            started,
+            size,
+            state: mut rx,
+            stop,
+        }) = self.running.get(hash)
+        {
+            let deadline = tokio::time::Instant::now() + budget;
+            loop {
+                let state = *rx.borrow_and_update();
+                match state {
+                    State::Stored => {
+                        stored = true;
+                        break;
+                    }
+                    State::Failed => break,
+                    State::Running(done) if done > 0 => {
+                        let rate = done as f64 / started.elapsed().as_secs_f64().max(1e-6);
+                        let eta = Duration::from_secs_f64(size.saturating_sub(done) as f64 / rate);
+                        if tokio::time::Instant::now() + eta > deadline {
+                            break; // it will not make it: the NAR goes its own way
+                        }
+                    }
+                    State::Running(_) => {}
+                }
+                tokio::select! {
+                    r = rx.changed() => if r.is_err() { break },
+                    () = tokio::time::sleep_until(deadline) => break,
+                }
+            }
+            if !stored {
+                stop.cancel();
+            }
+        }
+        if stored {
+            self.asked(hash);
+        }
+        stored
+    }
+
+    /// True if a prefetch of this path is running now.
+    pub fn is_running(&self, hash: &StorePathHash) -> bool {
+        self.running
+            .get(hash)
+            .is_some_and(|r| matches!(*r.state.borrow(), State::Running(_)))
+    }
+}
+
+/// One prefetch: find the peers, stream the NAR in order, check it whole,
+/// store it. True if it is stored. Its rate feeds the peers' estimate.
+async fn fetch(
+    info: &NarInfo,
+    peers: &PeerSource,
+    store: &AsyncStore,
+    wait: Duration,
+    progress: &watch::Sender<State>,
+    estimates: &Estimates,
+) -> bool {
+    let hash = info.store_path.hash();
+    let Some(path) = peers.path_for(info, wait).await else {
+        return false;
+    };
+    if store.contains(hash).await.unwrap_or(true) {
+        return false;
+    }
+    let ingest = match store.begin_ingest(info.clone()).await {
+        Ok(i) => i,
+        Err(e) => {
+            tracing::debug!(%hash, error = %e, "not prefetching: the store cannot take it");
+            return false;
+        }
+    };
+    let writer = spawn_ingest(ingest, info.store_path.to_string());
+    let opened = tokio::time::Instant::now();
+    let mut first = None;
+    let mut done = 0u64;
+    let mut stream = peers.stream(path.clone());
+    let mut check = NarCheck::new(info);
+    while let Some(piece) = stream.next().await {
+        let Ok(piece) = piece else {
+            tracing::debug!(%hash, "prefetch from peers failed");
+            return false;
+        };
+        if let Err(e) = check.update(&piece) {
+            tracing::warn!(%hash, error = %e, "prefetched NAR failed verification");
+            crate::source::Source::rejected(peers, info, true);
+            return false;
+        }
+        first.get_or_insert_with(tokio::time::Instant::now);
+        done += piece.len() as u64;
+        progress.send_replace(State::Running(done));
+        if writer.send(IngestMsg::Data(piece)).await.is_err() {
+            return false;
+        }
+    }
+    if let Some(first) = first {
+        estimates.record(true, first - opened, done, first.elapsed());
+    }
+    if let Err(e) = check.finish() {
+        tracing::warn!(%hash, error = %e, "prefetched NAR failed verification");
+        crate::source::Source::rejected(peers, info, true);
+        return false;
+    }
+    let (reply, stored) = tokio::sync::oneshot::channel();
+    if writer.send(IngestMsg::Commit(Some(reply))).await.is_err() {
+        return false;
+    }
+    let stored = stored.await.unwrap_or(false);
+    if stored {
+        tracing::info!(path = %info.store_path, bytes = info.nar_size, "prefetched from peers");
+    }
+    stored
+}
