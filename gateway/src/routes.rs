@@ -220,7 +220,6 @@ async fn nar(State(state): State<Arc<AppState>>, Path(file): Path<String>, heade
                 .any(|e| e.split(';').next().is_some_and(|e| e.trim() == "zstd"))
         });
 
-    state.nar.asked(&hash);
     let mut local = open_local(&state, hash).await;
     if local.is_none() {
         let file_size = state
@@ -232,14 +231,17 @@ async fn nar(State(state): State<Arc<AppState>>, Path(file): Path<String>, heade
             local = open_local(&state, hash).await;
         }
     }
+    // A NAR prefetched from peers, asked for the first time, counts as
+    // the peers' bytes (the egress they saved).
+    let origin = if state.nar.asked(&hash) { "peer" } else { "local" };
     if let Some(handle) = local
         && handle.narinfo.nar_hash == nar_hash
     {
         let size = handle.narinfo.nar_size;
         let (start, end, partial) = byte_range(range_header, size)?;
-        state.metrics.request("nar", "local");
+        state.metrics.request("nar", origin);
         let store = state.store.clone();
-        let body = verify::local(handle, start, end, state.metrics.clone(), move |why| {
+        let body = verify::local(handle, start, end, origin, state.metrics.clone(), move |why| {
             tracing::error!(%hash, %why, "stored NAR is damaged: removing it so it is fetched again");
             let _ = store.blocking().remove(&hash);
         });

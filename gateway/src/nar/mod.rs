@@ -146,9 +146,10 @@ impl NarPipeline {
         &self.estimates
     }
 
-    /// Nix asked for this NAR (counts a prefetch of it as used).
-    pub fn asked(&self, hash: &StorePathHash) {
-        self.prefetcher.asked(hash);
+    /// Nix asked for this NAR: counts a prefetch of it as used. True if
+    /// this is the first ask of a prefetched NAR (its bytes came from peers).
+    pub fn asked(&self, hash: &StorePathHash) -> bool {
+        self.prefetcher.asked(hash) > 0
     }
 
     /// A narinfo was served: if peers hold the path, its NAR starts
@@ -236,7 +237,8 @@ impl NarPipeline {
         if let (Plan::Peers { upstream_after }, Some((id, p))) = (plan, &peers) {
             let stream = match ready {
                 Some(path) => Some(p.stream(path)),
-                None => p.path_for(&info, p.patience()).await.map(|path| p.stream(path)),
+                // Waits for discovery as `PeerWait` allows.
+                None => crate::source::Source::nar(*p, &info).await.ok().flatten(),
             };
             if let Some(stream) = stream {
                 let mut s = spec(vec![Forward::new(*id, SourceKind::Peer, stream)], ups);

@@ -164,6 +164,12 @@ pub fn plan(i: &Inputs) -> Plan {
         // No upstream has it: the peers are all there is, worth a wait.
         return Plan::Peers { upstream_after: None };
     };
+    if i.offload == Offload::Max {
+        // Peers first, found within the peers' wait if not yet.
+        return Plan::Peers {
+            upstream_after: Some(i.hedge_after),
+        };
+    }
     let t_up = i.upstream.map(|e| e.time(file_size));
     let Some(missing) = i.peers_ready else {
         return Plan::TwoEnded(match t_up {
@@ -171,11 +177,6 @@ pub fn plan(i: &Inputs) -> Plan {
             _ => Tail::Later,
         });
     };
-    if i.offload == Offload::Max {
-        return Plan::Peers {
-            upstream_after: Some(i.hedge_after),
-        };
-    }
     let t_peers = i.peers.map(|e| e.time(missing));
     match (t_up, t_peers) {
         (Some(up), Some(p)) if p.as_secs_f64() <= up.as_secs_f64() * PEERS_ALONE_SHARE => Plan::Peers {
@@ -297,6 +298,11 @@ mod tests {
                 upstream_after: Some(Duration::from_secs(1))
             }
         );
+        let not_yet = Inputs {
+            peers_ready: None,
+            ..max
+        };
+        assert_eq!(plan(&not_yet), plan(&max), "max waits for the peers' lookup");
     }
 
     #[test]

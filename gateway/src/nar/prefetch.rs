@@ -152,8 +152,9 @@ impl Prefetcher {
         });
     }
 
-    /// Nix asked for this NAR: counts a prefetch of it as used.
-    pub fn asked(&self, hash: &StorePathHash) {
+    /// Nix asked for this NAR: counts a prefetch of it as used; returns
+    /// its bytes the first time.
+    pub fn asked(&self, hash: &StorePathHash) -> u64 {
         let mut asked = 0;
         self.done.update(hash, |d| {
             if !d.asked {
@@ -162,6 +163,7 @@ impl Prefetcher {
             }
         });
         self.metrics.prefetched_asked_bytes.inc_by(asked);
+        asked
     }
 
     /// Waits for a prefetch of this NAR still running while its progress
@@ -203,9 +205,6 @@ impl Prefetcher {
             if !stored {
                 stop.cancel();
             }
-        }
-        if stored {
-            self.asked(hash);
         }
         stored
     }

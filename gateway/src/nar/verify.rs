@@ -30,12 +30,15 @@ fn body_stream(rx: mpsc::Receiver<std::io::Result<Bytes>>) -> ByteStream {
     futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) }).boxed()
 }
 
-/// Streams `start..end` of a stored NAR. On a corrupt or missing chunk the
-/// body fails (so the connection is aborted) and `on_corrupt` runs.
+/// Streams `start..end` of a stored NAR, its bytes counted as `origin`'s
+/// (`local`, or `peer` for a NAR prefetched from peers). On a corrupt or
+/// missing chunk the body fails (so the connection is aborted) and
+/// `on_corrupt` runs.
 pub fn local(
     handle: NarHandle,
     start: u64,
     end: u64,
+    origin: &'static str,
     metrics: Arc<Metrics>,
     on_corrupt: impl FnOnce(String) + Send + 'static,
 ) -> ByteStream {
@@ -48,7 +51,7 @@ pub fn local(
                     if tx.blocking_send(Ok(b)).is_err() {
                         return;
                     }
-                    metrics.served("local", n);
+                    metrics.served(origin, n);
                 }
                 Err(e) => {
                     let msg = e.to_string();
