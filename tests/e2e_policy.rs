@@ -66,12 +66,7 @@ fn with_capped_peers_the_upstream_sends_the_head_and_peers_the_tail() -> Result<
     ensure!(!cut.is_empty(), "some NAR left the upstream only in part: {sent:?}");
     ensure!(from_peers > 0, "peers carried bytes: {status}");
     let big = fx.path_named("big-20m");
-    let big_nar = std::fs::read_to_string(narinfo_file(&fx.cache(), big))?;
-    let url = big_nar
-        .lines()
-        .find_map(|l| l.strip_prefix("URL: "))
-        .unwrap_or_default()
-        .to_owned();
+    let url = nixswarm_protocol::NarInfo::parse(&std::fs::read_to_string(narinfo_file(&fx.cache(), big))?)?.url;
     ensure!(
         cut.iter().any(|s| s.path.ends_with(&url)),
         "the 20 MB NAR's upstream response was cut where the peers' tail began: {cut:?}"

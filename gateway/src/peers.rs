@@ -1,6 +1,6 @@
 //! Peers as a [`Source`]: narinfo lookups through the node's provider
 //! discovery, NARs striped across providers by its fetcher, in order or
-//! from the tail ([`PeerSource::tail_now`], [`PeerSource::tail_later`]).
+//! from the tail ([`PeerSource::stream_tail`], [`PeerSource::tail_later`]).
 //! A prefetched path's narinfo and manifest are fetched as soon as it has
 //! a provider, so its NAR request starts the transfer at once. When peers
 //! are the only source, a NAR waits for them ([`PeerWait`]); otherwise
@@ -104,11 +104,6 @@ impl PeerSource {
         self.wait.max
     }
 
-    /// The NAR's tail from the peers ready now ([`Self::ready`]).
-    pub fn tail_now(&self, info: &NarInfo) -> Option<TailStream> {
-        self.ready(info).map(|p| self.fetcher.stream_tail(p))
-    }
-
     /// The NAR's tail once discovery finds a provider (within
     /// [`PeerWait`]'s longest wait); `None` if nobody turns up.
     pub fn tail_later(&self, info: &NarInfo) -> BoxFuture<'static, Option<TailStream>> {
@@ -116,7 +111,7 @@ impl PeerSource {
         let info = info.clone();
         Box::pin(async move {
             let path = this.path_for(&info, this.wait.max).await?;
-            Some(this.fetcher.stream_tail(path))
+            Some(this.stream_tail(path))
         })
     }
 
@@ -139,6 +134,12 @@ impl PeerSource {
     /// Streams the NAR of a path found by [`Self::path_for`], in order.
     pub fn stream(&self, path: PeerPath) -> ByteStream {
         self.fetcher.stream(path)
+    }
+
+    /// Streams the NAR of a path found by [`Self::path_for`] from its end
+    /// backwards, each chunk with its offset (the tail of a two-ended fetch).
+    pub fn stream_tail(&self, path: PeerPath) -> TailStream {
+        self.fetcher.stream_tail(path)
     }
 
     /// In the background: once `hash` has a provider, fetch its narinfo

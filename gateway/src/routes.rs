@@ -221,15 +221,8 @@ async fn nar(State(state): State<Arc<AppState>>, Path(file): Path<String>, heade
         });
 
     let mut local = open_local(&state, hash).await;
-    if local.is_none() {
-        let file_size = state
-            .resolver
-            .info_for(&hash, &nar_hash)
-            .await
-            .map_or(0, |i| i.file_size.unwrap_or(i.nar_size));
-        if state.nar.join_prefetch(&hash, file_size).await {
-            local = open_local(&state, hash).await;
-        }
+    if local.is_none() && state.nar.join_prefetch(&hash, &nar_hash).await {
+        local = open_local(&state, hash).await;
     }
     // A NAR prefetched from peers, asked for the first time, counts as
     // the peers' bytes (the egress they saved).

@@ -167,10 +167,15 @@ impl NarPipeline {
     /// wait for it while its progress says it will be done within what the
     /// upstream would take (200 ms before the upstream is measured). True
     /// if it is in the store now.
-    pub async fn join_prefetch(&self, hash: &StorePathHash, file_size: u64) -> bool {
+    pub async fn join_prefetch(&self, hash: &StorePathHash, nar_hash: &Sha256Hash) -> bool {
         if !self.prefetcher.is_running(hash) {
             return false;
         }
+        let file_size = self
+            .resolver
+            .info_for(hash, nar_hash)
+            .await
+            .map_or(0, |i| i.file_size.unwrap_or(i.nar_size));
         let budget = self
             .estimates
             .upstream()
@@ -193,7 +198,6 @@ impl NarPipeline {
                 source: r.source(id).clone(),
                 info: r.known(id, hash),
             })
-            .filter(|f| f.info.as_ref().is_none_or(|i| i.nar_hash == *nar_hash))
             .collect();
         // The first upstream with this NAR gives its compressed size.
         let mut file_size = None;
@@ -208,8 +212,9 @@ impl NarPipeline {
                 break;
             }
         }
+        // Upstreams known to hold another NAR of the path are no use.
         ups.retain(|f| f.info.as_ref().is_none_or(|i| i.nar_hash == *nar_hash));
-        let ready = peers.as_ref().and_then(|(_, p)| p.ready(&info));
+        let mut ready = peers.as_ref().and_then(|(_, p)| p.ready(&info));
         let plan = match &peers {
             None => Plan::TwoEnded(Tail::Never),
             Some(_) => policy::plan(&policy::Inputs {
@@ -235,7 +240,7 @@ impl NarPipeline {
             blame: self.blamer.clone(),
         };
         if let (Plan::Peers { upstream_after }, Some((id, p))) = (plan, &peers) {
-            let stream = match ready {
+            let stream = match ready.take() {
                 Some(path) => Some(p.stream(path)),
                 // Waits for discovery as `PeerWait` allows.
                 None => crate::source::Source::nar(*p, &info).await.ok().flatten(),
@@ -258,7 +263,7 @@ impl NarPipeline {
         if let (Plan::TwoEnded(tail), Some((id, p))) = (plan, &peers) {
             let id = *id;
             match tail {
-                Tail::Now => s.tail = p.tail_now(&info).map(|t| (id, t)),
+                Tail::Now => s.tail = ready.map(|path| (id, p.stream_tail(path))),
                 Tail::Later => {
                     let later = p.tail_later(&info);
                     s.tail_later = Some(Box::pin(async move { later.await.map(|t| (id, t)) }));

@@ -373,18 +373,9 @@ impl Fetcher {
     /// provider failed before the end, or the transfer stalled (the caller
     /// then falls back).
     pub fn stream(&self, path: PeerPath) -> ByteStream {
-        let (tx, rx) = mpsc::channel::<std::io::Result<(u64, Bytes)>>(16);
-        let this = self.clone();
-        tokio::spawn(async move {
-            if let Err(e) = this.transfer(path, Order::Head, &tx).await {
-                let _ = tx.send(Err(std::io::Error::other(e))).await;
-            }
-        });
-        futures::stream::unfold(
-            rx,
-            |mut rx| async move { rx.recv().await.map(|i| (i.map(|(_, b)| b), rx)) },
-        )
-        .boxed()
+        self.spawn_transfer(path, Order::Head)
+            .map(|r| r.map(|(_, b)| b))
+            .boxed()
     }
 
     /// Streams the NAR of `path` from its end backwards: each item is a
@@ -393,10 +384,16 @@ impl Fetcher {
     /// a two-ended fetch (an upstream streams the head). Dropping the stream
     /// stops the transfer.
     pub fn stream_tail(&self, path: PeerPath) -> TailStream {
+        self.spawn_transfer(path, Order::Tail)
+    }
+
+    /// Runs [`Self::transfer`] in a task of its own; its chunks, with their
+    /// offsets, come out of the stream, and its failure as the last item.
+    fn spawn_transfer(&self, path: PeerPath, order: Order) -> TailStream {
         let (tx, rx) = mpsc::channel::<std::io::Result<(u64, Bytes)>>(16);
         let this = self.clone();
         tokio::spawn(async move {
-            if let Err(e) = this.transfer(path, Order::Tail, &tx).await {
+            if let Err(e) = this.transfer(path, order, &tx).await {
                 let _ = tx.send(Err(std::io::Error::other(e))).await;
             }
         });
