@@ -2,8 +2,10 @@
 //! medians.
 #![allow(dead_code)]
 
+pub mod corpus;
+
 use std::path::Path;
-use std::process::{Child, Command};
+use std::process::Child;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, ensure};
@@ -32,16 +34,28 @@ pub struct Nginx {
 impl Nginx {
     /// Serves `root` on 127.0.0.1 (sendfile on), with its files under `work/nginx`.
     pub fn start(root: &Path, work: &Path) -> Result<Self> {
-        Self::launch(root, work, false)
+        Self::launch(root, work, false, None)
     }
 
     /// The same, keeping an access log of each request's URI and body bytes.
     pub fn start_logged(root: &Path, work: &Path) -> Result<Self> {
-        Self::launch(root, work, true)
+        Self::launch(root, work, true, None)
     }
 
-    fn launch(root: &Path, work: &Path, log: bool) -> Result<Self> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    /// Serves `root` inside network namespace `ns` on `ip`:`port`, with an
+    /// access log if `log`.
+    pub fn start_in(root: &Path, work: &Path, ns: &str, (ip, port): (&str, u16), log: bool) -> Result<Self> {
+        Self::launch(root, work, log, Some((ns, ip, port)))
+    }
+
+    fn launch(root: &Path, work: &Path, log: bool, at: Option<(&str, &str, u16)>) -> Result<Self> {
+        let (ip, port) = match at {
+            Some((_, ip, port)) => (ip.to_owned(), port),
+            None => (
+                "127.0.0.1".to_owned(),
+                std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port(),
+            ),
+        };
         let dir = work.join("nginx");
         std::fs::create_dir_all(&dir)?;
         let user = if unsafe { libc::geteuid() } == 0 {
@@ -53,7 +67,7 @@ impl Nginx {
         let access_log = log.then(|| dir.join("access.log"));
         let logging = match &access_log {
             Some(p) => format!(
-                "log_format bench '$request_uri $body_bytes_sent'; access_log {} bench;",
+                "log_format bench '$request_uri $body_bytes_sent $msec $request_time'; access_log {} bench;",
                 p.display()
             ),
             None => "access_log off;".to_owned(),
@@ -63,7 +77,7 @@ impl Nginx {
              events {{ worker_connections 1024; }}\nhttp {{ {logging} sendfile on; tcp_nopush on;\n\
              types {{ text/x-nix-narinfo narinfo; }} default_type application/octet-stream;\n\
              client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};\n\
-             server {{ listen 127.0.0.1:{port}; root {}; disable_symlinks off; }} }}\n",
+             server {{ listen {ip}:{port}; root {}; disable_symlinks off; }} }}\n",
             root.display()
         );
         std::fs::write(dir.join("nginx.conf"), conf)?;
@@ -72,20 +86,31 @@ impl Nginx {
         } else {
             "nginx"
         };
-        let child = Command::new(nginx)
+        let child = crate::support::netns::Net::command_in(at.map(|(ns, ..)| ns), nginx)
             .arg("-c")
             .arg(dir.join("nginx.conf"))
             .arg("-p")
             .arg(&dir)
             .spawn()?;
-        let url = format!("http://127.0.0.1:{port}");
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Ok(Self { child, url, access_log });
+        let url = format!("http://{ip}:{port}");
+        let ns = at.map(|(ns, ..)| ns.to_owned());
+        let up = std::thread::spawn(move || -> Result<bool> {
+            if let Some(ns) = ns {
+                crate::support::netns::enter(&ns)?;
             }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        anyhow::bail!("nginx did not start")
+            for _ in 0..100 {
+                if std::net::TcpStream::connect((ip.as_str(), port)).is_ok() {
+                    return Ok(true);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Ok(false)
+        });
+        ensure!(
+            up.join().map_err(|_| anyhow::anyhow!("panicked"))??,
+            "nginx did not start"
+        );
+        Ok(Self { child, url, access_log })
     }
 }
 
@@ -98,7 +123,12 @@ impl Drop for Nginx {
 
 /// GETs `url` with curl; returns (seconds, bytes).
 pub fn curl(url: &str) -> Result<(f64, u64)> {
-    let out = Command::new("curl")
+    curl_in(None, url)
+}
+
+/// The same, from inside network namespace `ns` if there is one.
+pub fn curl_in(ns: Option<&str>, url: &str) -> Result<(f64, u64)> {
+    let out = crate::support::netns::Net::command_in(ns, "curl")
         .args(["-sf", "-o", "/dev/null", "-w", "%{time_total} %{size_download}", url])
         .output()?;
     ensure!(out.status.success(), "curl {url} failed");

@@ -3,6 +3,7 @@
 //! real Nix client (Debian's nix-bin) substituting through the gateway.
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod delay;
 pub mod netns;
 pub mod probe;
 

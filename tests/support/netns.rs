@@ -13,11 +13,16 @@ use std::process::{Command, Stdio};
 
 use anyhow::{Context as _, Result, bail, ensure};
 
+use super::delay::{DelayLine, Tap};
+
 /// The namespaces of one test.
 pub struct Net {
     prefix: String,
     namespaces: Vec<String>,
     homes: u8,
+    /// The delay lines of [`Net::delayed`] hosts; stopped before the
+    /// namespaces go.
+    lines: Vec<DelayLine>,
 }
 
 /// How a home router maps its LAN's connections.
@@ -63,6 +68,7 @@ impl Net {
             prefix: format!("nsw{}{tag}", std::process::id()),
             namespaces: Vec::new(),
             homes: 0,
+            lines: Vec::new(),
         };
         net.add("inet")
             .context("cannot create a network namespace (ip netns add); the NAT tests need them")?;
@@ -100,6 +106,39 @@ impl Net {
         let ns = self.add(name)?;
         self.plug(&ns, "eth0", &format!("p{n}"), &format!("198.18.0.{n}/24"))?;
         Ok(ns)
+    }
+
+    /// A host on the internet at 198.18.0.`n` whose link to the switch
+    /// passes through a userspace delay line, `delay` late each way
+    /// (1500-byte MTU). Returns its namespace.
+    pub fn delayed(&mut self, name: &str, n: u8, delay: std::time::Duration) -> Result<String> {
+        let ns = self.add(name)?;
+        let inet = self.ns("inet");
+        let port = format!("d{n}");
+        let host_end = Tap::open(Some(&ns), "eth0")?;
+        let switch_end = Tap::open(Some(&inet), &port)?;
+        self.lines.push(DelayLine::start(host_end, switch_end, delay)?);
+        ip(&["-n", &inet, "link", "set", &port, "mtu", "1500", "master", "sw", "up"])?;
+        ip(&["-n", &ns, "addr", "add", &format!("198.18.0.{n}/24"), "dev", "eth0"])?;
+        ip(&["-n", &ns, "link", "set", "eth0", "mtu", "1500", "up"])?;
+        Ok(ns)
+    }
+
+    /// Caps what `ns` sends on `dev` at `mbit` Mbit/s (a token bucket, as
+    /// a home uplink).
+    pub fn cap_uplink(ns: &str, dev: &str, mbit: u32) -> Result<()> {
+        let rate = format!("{mbit}mbit");
+        let out = Self::command(ns, "tc")
+            .args(["qdisc", "replace", "dev", dev, "root", "tbf", "rate", &rate])
+            .args(["burst", "64kb", "latency", "200ms"])
+            .output()
+            .context("running tc (iproute2)")?;
+        ensure!(
+            out.status.success(),
+            "tc tbf on {dev} in {ns}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
     }
 
     /// A home: a router at 198.18.0.`n` masquerading for one host at
@@ -204,6 +243,7 @@ pub fn enter(ns: &str) -> Result<()> {
 
 impl Drop for Net {
     fn drop(&mut self) {
+        self.lines.clear();
         for ns in self.namespaces.iter().rev() {
             let _ = ip(&["netns", "del", ns]);
         }

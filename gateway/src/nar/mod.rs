@@ -35,9 +35,7 @@ use crate::metrics::Metrics;
 use crate::resolve::{Answer, Resolver};
 use crate::source::{SourceId, SourceKind};
 
-/// How long a NAR request may wait for its prefetch before the upstream
-/// has been measured, and at most.
-const JOIN_COLD: Duration = Duration::from_millis(200);
+/// The longest a NAR request waits for its prefetch.
 const JOIN_MAX: Duration = Duration::from_secs(5);
 
 /// How the pipeline behaves.
@@ -158,6 +156,15 @@ impl NarPipeline {
         if self.settings.prefetch.running == 0 {
             return;
         }
+        let file_size = info.file_size.unwrap_or(info.nar_size);
+        if !policy::prefetch_pays(
+            info.nar_size,
+            file_size,
+            self.estimates.upstream(),
+            self.estimates.peers(),
+        ) {
+            return;
+        }
         if let Some((_, peers)) = self.resolver.peers() {
             self.prefetcher.start(info, peers, &self.store, peers.patience());
         }
@@ -176,10 +183,12 @@ impl NarPipeline {
             .info_for(hash, nar_hash)
             .await
             .map_or(0, |i| i.file_size.unwrap_or(i.nar_size));
+        // Before the upstream is measured there is nothing to be faster
+        // than: no wait, unless the prefetch's bytes are all here.
         let budget = self
             .estimates
             .upstream()
-            .map_or(JOIN_COLD, |e| e.time(file_size).min(JOIN_MAX));
+            .map_or(Duration::ZERO, |e| e.time(file_size).min(JOIN_MAX));
         self.prefetcher.join(hash, budget).await
     }
 

@@ -26,6 +26,15 @@ pub const SMALL: Duration = Duration::from_millis(100);
 /// Peers alone only when predicted to take at most this share of the
 /// upstream's time: the margin that pays for a wrong estimate.
 const PEERS_ALONE_SHARE: f64 = 0.5;
+/// A peers' tail predicted to bring less than this share of a NAR is not
+/// started: its requests would cost the peers' upload and this link's
+/// bandwidth for bytes the upstream delivers first anyway.
+const MIN_TAIL_SHARE: f64 = 0.1;
+/// A prefetch is started while the peers' predicted time is within this
+/// many times the upstream's.
+const PREFETCH_SLACK: u32 = 2;
+/// The usual time from a narinfo to its NAR request.
+const PREFETCH_HEAD_START: Duration = Duration::from_millis(100);
 /// Samples smaller than this say more about latency than about rate.
 const MIN_RATE_SAMPLE: u64 = 256 << 10;
 /// Weight of a new sample in the moving averages.
@@ -102,11 +111,19 @@ impl Estimates {
 
     /// A finished (or cut) transfer: its first byte came after `latency`;
     /// `bytes` (counted as the link carried them) took `busy` after that.
+    ///
+    /// Each side's error is made to fall toward the plan that is never
+    /// slower (two-ended): an upstream's rate is its bytes over the time
+    /// after the first byte (never underestimated), the peers' over the
+    /// whole transfer. Peers answer in batches of chunks a round trip
+    /// apart, so a NAR of one or two batches arrives in a burst whose rate
+    /// says nothing about a large NAR's.
     pub fn record(&self, peer: bool, latency: Duration, bytes: u64, busy: Duration) {
         let mut e = Self::lock(if peer { &self.peers } else { &self.upstream });
         Ewma::add(&mut e.latency, latency.as_secs_f64());
-        if bytes >= MIN_RATE_SAMPLE && !busy.is_zero() {
-            Ewma::add(&mut e.rate, bytes as f64 / busy.as_secs_f64());
+        let time = if peer { latency + busy } else { busy };
+        if bytes >= MIN_RATE_SAMPLE && !time.is_zero() {
+            Ewma::add(&mut e.rate, bytes as f64 / time.as_secs_f64());
         }
     }
 
@@ -171,9 +188,10 @@ pub fn plan(i: &Inputs) -> Plan {
         };
     }
     let t_up = i.upstream.map(|e| e.time(file_size));
+    let tail_pays = tail_share(i, file_size).is_none_or(|s| s >= MIN_TAIL_SHARE);
     let Some(missing) = i.peers_ready else {
         return Plan::TwoEnded(match t_up {
-            Some(t) if t < SMALL => Tail::Never,
+            Some(t) if t < SMALL || !tail_pays => Tail::Never,
             _ => Tail::Later,
         });
     };
@@ -185,8 +203,35 @@ pub fn plan(i: &Inputs) -> Plan {
             // time (p is at most half of it).
             upstream_after: Some(p.mul_f64(2.0).max(i.peers.map_or(p, |e| e.latency * 2))),
         },
+        _ if !tail_pays => Plan::TwoEnded(Tail::Never),
         _ => Plan::TwoEnded(Tail::Now),
     }
+}
+
+/// Whether to start a NAR from peers when its narinfo is served: unless
+/// both ends are measured and the peers would take more than twice the
+/// upstream's time plus the head start a prefetch has (Nix asks for the
+/// NAR after the rest of the closure's narinfos; a prefetch that cannot
+/// be done by then is stopped and its bytes wasted).
+pub fn prefetch_pays(nar_size: u64, file_size: u64, upstream: Option<Estimate>, peers: Option<Estimate>) -> bool {
+    let (Some(up), Some(peers)) = (upstream, peers) else {
+        return true;
+    };
+    peers.time(nar_size) <= up.time(file_size) * PREFETCH_SLACK + PREFETCH_HEAD_START
+}
+
+/// The share of the NAR a two-ended fetch is predicted to get from the
+/// peers, where both ends are measured: the upstream sends ρ·C NAR bytes a
+/// second after its latency, the peers P after theirs, and they meet when
+/// together they have sent NarSize.
+fn tail_share(i: &Inputs, file_size: u64) -> Option<f64> {
+    let (up, peers) = (i.upstream?, i.peers?);
+    let size = i.nar_size.max(1) as f64;
+    let head_rate = up.rate * size / file_size.max(1) as f64;
+    let (lu, lp) = (up.latency.as_secs_f64(), peers.latency.as_secs_f64());
+    let meet = (size + head_rate * lu + peers.rate * lp) / (head_rate + peers.rate).max(1.0);
+    let tail = (peers.rate * (meet - lp)).clamp(0.0, i.peers_ready.map_or(size, |m| m as f64));
+    Some(tail / size)
 }
 
 #[cfg(test)]
@@ -217,13 +262,61 @@ mod tests {
 
     #[test]
     fn slower_peers_take_the_tail_of_a_two_ended_fetch() {
-        assert_eq!(plan(&inputs()), Plan::TwoEnded(Tail::Now));
+        // 50 MB/s of zstd at ρ = 3 is 150 MB/s of NAR; peers at 30 MB/s
+        // bring about a sixth.
+        let i = Inputs {
+            peers: Some(Estimate {
+                latency: ms(40),
+                rate: 30e6,
+            }),
+            ..inputs()
+        };
+        let share = tail_share(&i, 10 << 20).unwrap();
+        assert!((0.12..0.2).contains(&share), "{share}");
+        assert_eq!(plan(&i), Plan::TwoEnded(Tail::Now));
+    }
+
+    #[test]
+    fn prefetches_start_unless_peers_are_measured_far_slower() {
+        let i = inputs();
+        assert!(prefetch_pays(30 << 20, 10 << 20, None, i.peers), "cold: start");
+        // 30 MiB at 5 MB/s against 10 MiB of zstd at 50 MB/s.
+        assert!(!prefetch_pays(30 << 20, 10 << 20, i.upstream, i.peers));
+        // A small NAR: both are mostly latency (40 ms against 20 ms).
+        assert!(prefetch_pays(3000, 1000, i.upstream, i.peers));
+    }
+
+    #[test]
+    fn a_tail_that_would_bring_little_is_not_started() {
+        // Peers at 5 MB/s against 150 MB/s of NAR from the upstream: ~3%.
+        assert_eq!(plan(&inputs()), Plan::TwoEnded(Tail::Never));
+        let later = Inputs {
+            peers_ready: None,
+            ..inputs()
+        };
+        assert_eq!(plan(&later), Plan::TwoEnded(Tail::Never));
+        // A small NAR: the upstream is done before the peers' first batch.
+        let small = Inputs {
+            nar_size: 300 << 10,
+            file_size: Some(100 << 10),
+            peers: Some(Estimate {
+                latency: ms(40),
+                rate: 100e6,
+            }),
+            ..inputs()
+        };
+        assert_eq!(tail_share(&small, 100 << 10), Some(0.0));
+        assert_eq!(plan(&small), Plan::TwoEnded(Tail::Never));
     }
 
     #[test]
     fn nothing_waits_for_discovery() {
         let i = Inputs {
             peers_ready: None,
+            peers: Some(Estimate {
+                latency: ms(40),
+                rate: 30e6,
+            }),
             ..inputs()
         };
         assert_eq!(plan(&i), Plan::TwoEnded(Tail::Later), "a large NAR: peers may join");
@@ -318,5 +411,17 @@ mod tests {
         let up = e.upstream().unwrap();
         assert!(up.rate > f64::from(10 << 20) && up.rate < f64::from(20 << 20));
         assert!(e.peers().is_none(), "kept apart");
+    }
+
+    #[test]
+    fn a_burst_from_peers_does_not_pass_for_their_rate() {
+        // 1 MiB in one batch: a 40 ms round trip, then 1 ms of bytes.
+        let e = Estimates::default();
+        e.record(true, ms(40), 1 << 20, ms(1));
+        let p = e.peers().unwrap();
+        assert!(p.rate < f64::from(30 << 20), "peers' rate {} B/s from a burst", p.rate);
+        // The same burst from an upstream counts after its first byte.
+        e.record(false, ms(40), 1 << 20, ms(1));
+        assert!(e.upstream().unwrap().rate > f64::from(500 << 20));
     }
 }

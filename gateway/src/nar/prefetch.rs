@@ -25,6 +25,9 @@ use crate::ttl::TtlMap;
 /// How long a prefetch is remembered (for joining and for counting).
 const REMEMBER: Duration = Duration::from_secs(3600);
 const REMEMBER_CAP: usize = 20_000;
+/// How long a NAR request waits for the store commit of a prefetch whose
+/// bytes have all arrived.
+const COMMIT_WAIT: Duration = Duration::from_secs(2);
 
 /// Bounds of NAR prefetching.
 #[derive(Debug, Clone, Copy)]
@@ -166,10 +169,12 @@ impl Prefetcher {
         asked
     }
 
-    /// Waits for a prefetch of this NAR still running while its progress
-    /// says it will be done within `budget` (what the upstream would take);
-    /// one that will not is stopped, so the NAR's own transfer gets the
-    /// peers' upload. True if the NAR is in the store now.
+    /// Waits for a prefetch of this NAR still running only while its
+    /// progress predicts it done within `budget` (what the upstream would
+    /// take); one with no bytes yet, or none predicted to make it, is
+    /// stopped (the NAR's own transfer gets the peers' upload) and not
+    /// waited for. One whose bytes have all arrived is waited for (its
+    /// store commit). True if the NAR is in the store now.
     pub async fn join(&self, hash: &StorePathHash, budget: Duration) -> bool {
         let mut stored = false;
         if let Some(Running {
@@ -182,24 +187,28 @@ impl Prefetcher {
             let deadline = tokio::time::Instant::now() + budget;
             loop {
                 let state = *rx.borrow_and_update();
-                match state {
+                let now = tokio::time::Instant::now();
+                let wait_until = match state {
                     State::Stored => {
                         stored = true;
                         break;
                     }
                     State::Failed => break,
+                    State::Running(done) if done >= size => now + COMMIT_WAIT,
                     State::Running(done) if done > 0 => {
                         let rate = done as f64 / started.elapsed().as_secs_f64().max(1e-6);
                         let eta = Duration::from_secs_f64(size.saturating_sub(done) as f64 / rate);
-                        if tokio::time::Instant::now() + eta > deadline {
+                        if now + eta > deadline {
                             break; // it will not make it: the NAR goes its own way
                         }
+                        deadline
                     }
-                    State::Running(_) => {}
-                }
+                    // No bytes yet: nothing says it will be first.
+                    State::Running(_) => break,
+                };
                 tokio::select! {
                     r = rx.changed() => if r.is_err() { break },
-                    () = tokio::time::sleep_until(deadline) => break,
+                    () = tokio::time::sleep_until(wait_until) => break,
                 }
             }
             if !stored {

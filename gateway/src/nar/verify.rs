@@ -140,6 +140,7 @@ pub fn verified(mut src: TaggedStream, v: Verified) -> ByteStream {
             metrics,
             cancel,
         } = v;
+        let began = tokio::time::Instant::now();
         let mut used: Vec<SourceId> = Vec::new();
         let mut ingest_tx = ingest.map(|i| spawn_ingest(i, path.clone()));
         let mut check = NarCheck::new(&info);
@@ -221,6 +222,12 @@ pub fn verified(mut src: TaggedStream, v: Verified) -> ByteStream {
                 for (pidx, pat, prev) in tail.take().into_iter().chain(held.take()) {
                     emit(&mut client, pidx, pat, prev).await;
                 }
+                let from: Vec<&str> = used
+                    .iter()
+                    .filter_map(|id| sources.get(id.0))
+                    .map(|s| s.name())
+                    .collect();
+                tracing::info!(%path, bytes = size, from = from.join("+"), ms = began.elapsed().as_millis(), "NAR served");
                 if let Some(itx) = ingest_tx {
                     let _ = itx.send(IngestMsg::Commit(None)).await;
                 }
