@@ -172,8 +172,8 @@ impl NarPipeline {
 
     /// Nix asks for a NAR the store lacks: if a prefetch of it is running,
     /// wait for it while its progress says it will be done within what the
-    /// upstream would take (200 ms before the upstream is measured). True
-    /// if it is in the store now.
+    /// upstream would take (no wait before the upstream is measured, nor
+    /// for a prefetch with no bytes yet). True if it is in the store now.
     pub async fn join_prefetch(&self, hash: &StorePathHash, nar_hash: &Sha256Hash) -> bool {
         if !self.prefetcher.is_running(hash) {
             return false;
