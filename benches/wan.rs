@@ -38,11 +38,11 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, ensure};
-use common::corpus::{Content, PATHS, build_cache, closure, narinfos, samples};
+use common::corpus::{Content, PATHS, build_cache, closure, nar_responses, narinfos, samples, timed_realise};
 use common::{Nginx, curl_in, pseudo_random};
 use nixswarm_protocol::NarInfo;
 use support::netns::Net;
-use support::{ClientStore, Gateway, check, fixture};
+use support::{ClientStore, Gateway, fixture};
 
 const NODES: usize = 6;
 const DELAY: Duration = Duration::from_millis(10);
@@ -75,23 +75,12 @@ struct Row {
     rho: f64,
 }
 
-fn timed_realise(client: &ClientStore, url: &str, key: &str, roots: &[String], what: &str) -> Result<f64> {
-    let t = Instant::now();
-    check(&client.realise(url, key, roots, false), what)?;
-    Ok(t.elapsed().as_secs_f64())
-}
-
 /// NAR bytes the upstream's access log says it sent: (wire bytes, the NAR
 /// bytes they stand for, each response's bytes scaled by its NAR's
 /// NarSize/FileSize).
 fn upstream_sent(log: &Path, by_url: &HashMap<String, &NarInfo>) -> Result<(u64, f64)> {
-    let text = std::fs::read_to_string(log).unwrap_or_default();
     let (mut wire, mut nar) = (0u64, 0f64);
-    for l in text.lines().filter(|l| l.starts_with("/nar/")) {
-        let mut it = l.split_whitespace();
-        let (Some(uri), Some(bytes)) = (it.next(), it.next().and_then(|b| b.parse::<u64>().ok())) else {
-            continue;
-        };
+    for (uri, bytes) in nar_responses(log) {
         let info = by_url
             .get(uri.trim_start_matches('/'))
             .context("an unknown NAR in the log")?;
@@ -145,14 +134,9 @@ impl Run<'_> {
         );
 
         let flags = ["--contribute", "cache", "--amount", "4G"];
-        let listen = |i: usize| {
-            [
-                format!("/ip4/{}/tcp/4001", node_ip(i)),
-                format!("/ip4/{}/udp/4001/quic-v1", node_ip(i)),
-            ]
-        };
         let start = |i: usize, extra: &[&str], upstreams: &[&str], port: u16| -> Result<Gateway> {
-            let l = listen(i).map(|a| a.replace("4001", &port.to_string()));
+            let ip = node_ip(i);
+            let l = [format!("/ip4/{ip}/tcp/{port}"), format!("/ip4/{ip}/udp/{port}/quic-v1")];
             let l: Vec<&str> = l.iter().map(String::as_str).collect();
             let mut f: Vec<&str> = flags.to_vec();
             f.extend(extra);
@@ -239,9 +223,8 @@ impl Run<'_> {
         let info = &infos[big];
         let probe = start(NODES, &["--bootstrap", &boot], &[], 4002)?;
         probe.wait_for("peers", 1)?;
-        let hash = &big["/nix/store/".len().."/nix/store/".len() + 32];
         let t = Instant::now();
-        let narinfo = probe.get(&format!("/{hash}.narinfo"))?;
+        let narinfo = probe.get(&format!("/{}.narinfo", info.store_path.hash()))?;
         let url = NarInfo::parse(&narinfo).map_err(|e| anyhow::anyhow!("{e}"))?.url;
         let (_, got) = curl_in(Some(last), &format!("{}/{url}", probe.url))?;
         ensure!(

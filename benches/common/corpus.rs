@@ -16,22 +16,22 @@ const ROOTS: usize = 8;
 const ZIPF_S: f64 = 1.1;
 
 /// Deterministic xorshift.
-pub struct Rng(pub u64);
+struct Rng(u64);
 
 impl Rng {
-    pub fn next(&mut self) -> u64 {
+    fn next(&mut self) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
         self.0
     }
-    pub fn unit(&mut self) -> f64 {
+    fn unit(&mut self) -> f64 {
         (self.next() >> 11) as f64 / (1u64 << 53) as f64
     }
 }
 
 /// The paths of the benchmark cache: (size in bytes, indexes of references).
-pub fn spec() -> Vec<(u64, Vec<usize>)> {
+fn spec() -> Vec<(u64, Vec<usize>)> {
     let mut rng = Rng(0x5eed_1234_abcd_0001);
     (0..PATHS)
         .map(|i| {
@@ -202,12 +202,33 @@ pub fn samples(paths: &[String], nodes: usize) -> Vec<Vec<String>> {
         .collect()
 }
 
-/// NAR bytes the access log says were sent.
-pub fn nar_bytes_sent(log: &Path) -> Result<u64> {
+/// The NAR responses in an access log ("URI BYTES_SENT ..."): each one's
+/// URI and body bytes sent.
+pub fn nar_responses(log: &Path) -> Vec<(String, u64)> {
     let text = std::fs::read_to_string(log).unwrap_or_default();
-    Ok(text
-        .lines()
+    text.lines()
         .filter(|l| l.starts_with("/nar/"))
-        .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .sum())
+        .filter_map(|l| {
+            let mut it = l.split_whitespace();
+            Some((it.next()?.to_owned(), it.next()?.parse().ok()?))
+        })
+        .collect()
+}
+
+/// NAR bytes the access log says were sent.
+pub fn nar_bytes_sent(log: &Path) -> u64 {
+    nar_responses(log).iter().map(|(_, b)| b).sum()
+}
+
+/// Seconds `nix-store -r ROOTS` takes through `url`.
+pub fn timed_realise(
+    client: &crate::support::ClientStore,
+    url: &str,
+    key: &str,
+    roots: &[String],
+    what: &str,
+) -> Result<f64> {
+    let t = std::time::Instant::now();
+    crate::support::check(&client.realise(url, key, roots, false), what)?;
+    Ok(t.elapsed().as_secs_f64())
 }

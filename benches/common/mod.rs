@@ -26,11 +26,9 @@ pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
 
 pub struct Nginx {
     child: Child,
-    /// nginx's own pid file: inside a namespace the child is `ip netns
-    /// exec`, which forks nginx rather than becoming it.
-    pid_file: std::path::PathBuf,
     pub url: String,
-    /// With [`Nginx::start_logged`]: one line per request, "URI BYTES_SENT".
+    /// With [`Nginx::start_logged`]: one line per request,
+    /// "URI BYTES_SENT MSEC REQUEST_TIME".
     pub access_log: Option<std::path::PathBuf>,
 }
 
@@ -113,24 +111,22 @@ impl Nginx {
             up.join().map_err(|_| anyhow::anyhow!("panicked"))??,
             "nginx did not start"
         );
-        Ok(Self {
-            child,
-            pid_file: dir.join("nginx.pid"),
-            url,
-            access_log,
-        })
+        Ok(Self { child, url, access_log })
     }
 }
 
 impl Drop for Nginx {
+    /// SIGTERM, so the master stops its workers (a SIGKILLed master leaves
+    /// them running); SIGKILL only if it has not exited within 5 s.
     fn drop(&mut self) {
-        // SIGTERM to the master stops its workers too.
-        if let Some(pid) = std::fs::read_to_string(&self.pid_file)
-            .ok()
-            .and_then(|p| p.trim().parse::<i32>().ok())
-        {
-            // SAFETY: kill(2) on the pid nginx wrote for itself.
-            unsafe { libc::kill(pid, libc::SIGTERM) };
+        // SAFETY: kill(2) on our own child, nginx's master (`ip netns exec`
+        // execs it).
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        for _ in 0..100 {
+            if !matches!(self.child.try_wait(), Ok(None)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
