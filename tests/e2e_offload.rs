@@ -102,7 +102,7 @@ fn once_a_peer_holds_a_path_its_nar_comes_from_peers_even_when_the_upstream_is_f
             let text = n.log();
             let lines: Vec<&str> = text
                 .lines()
-                .filter(|l| !l.contains("DEBUG") || l.contains("nar"))
+                .filter(|l| !l.contains("DEBUG") || l.contains("nar") || l.contains("p2p") || l.contains("fetch"))
                 .collect();
             eprintln!(
                 "--- node {} log (not DEBUG, or about NARs) ---\n{}",

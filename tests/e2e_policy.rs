@@ -194,7 +194,7 @@ fn a_truncated_nar_from_the_first_upstream_is_completed_from_the_second() -> Res
     let gw = Gateway::start(&tmp.path().join("gw"), &[&first.url, &second.url], key)?;
     let client = ClientStore::new(&tmp.path().join("client"));
     let out = client.realise_with(&gw.url, key, &fx.paths, false, &["--option", "download-attempts", "3"]);
-    check(&out, "one nix-store -r with retries")?;
+    check(&out, "one nix-store -r with retries").map_err(|e| e.context(gw.log()))?;
     assert_eq!(client.valid(&fx.paths), fx.paths);
     client.verify_contents(&fx.paths)?;
     let log = gw.log();

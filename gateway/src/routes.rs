@@ -18,7 +18,9 @@ use tokio_util::io::{ReaderStream, StreamReader};
 
 use crate::AppState;
 use crate::error::GatewayError;
+use crate::nar::file::{self, Passed};
 use crate::nar::verify::{self, Verified};
+use crate::nar::{Body as NarBody, Codings};
 use crate::range::{self, RangeRequest};
 use crate::source::ByteStream;
 
@@ -212,16 +214,20 @@ async fn nar(State(state): State<Arc<AppState>>, Path(file): Path<String>, heade
     let _t = Timer::new(&state, "nar");
     let (hash, nar_hash) = parse_nar_file(&file).ok_or(GatewayError::NotFound)?;
     let range_header = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
-    let zstd = headers
-        .get(header::ACCEPT_ENCODING)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.split(',')
-                .any(|e| e.split(';').next().is_some_and(|e| e.trim() == "zstd"))
-        });
-
-    let mut local = open_local(&state, hash).await;
-    if local.is_none() && state.nar.join_prefetch(&hash, &nar_hash).await {
+    let accepted = Codings::from_header(headers.get(header::ACCEPT_ENCODING).and_then(|v| v.to_str().ok()));
+    // zstd on the fly only for a client that names it.
+    let zstd = accepted.lists("zstd");
+    // Nix resuming a file it was getting: the rest of that same file, even
+    // if the store has the NAR by now.
+    let resumed = match range_header {
+        Some(_) => state.nar.open_resumed(&hash, &nar_hash, &accepted).await,
+        None => None,
+    };
+    let mut local = match resumed {
+        Some(_) => None,
+        None => open_local(&state, hash).await,
+    };
+    if resumed.is_none() && local.is_none() && state.nar.join_prefetch(&hash, &nar_hash).await {
         local = open_local(&state, hash).await;
     }
     // A NAR prefetched from peers, asked for the first time, counts as
@@ -241,7 +247,13 @@ async fn nar(State(state): State<Arc<AppState>>, Path(file): Path<String>, heade
         return Ok(nar_response(body, size, start, end, partial, zstd));
     }
 
-    let opened = match state.nar.open(&hash, &nar_hash).await {
+    let opened = match resumed {
+        Some(r) => r,
+        // A Range request otherwise wants the NAR's own bytes.
+        None if range_header.is_some() => state.nar.open(&hash, &nar_hash, &Codings::None).await,
+        None => state.nar.open(&hash, &nar_hash, &accepted).await,
+    };
+    let opened = match opened {
         Ok(o) => o,
         Err(e) => {
             state.metrics.request("nar", "none");
@@ -251,32 +263,65 @@ async fn nar(State(state): State<Arc<AppState>>, Path(file): Path<String>, heade
     // By the source asked first; the bytes are counted by who sent them.
     state.metrics.request("nar", opened.first.as_str());
     let info = opened.info;
+    // Written behind the client: the writer thread checks the store and
+    // makes room, so this request waits for neither.
+    let keep = state.options.keep_fetched.then(|| state.store.blocking().clone());
+    let stream = match opened.body {
+        NarBody::Nar(stream) => stream,
+        NarBody::File(leg) => {
+            let (encoding, file_size) = (leg.file.compression.clone(), leg.file.file_size.unwrap_or(0));
+            let (start, end, partial) = byte_range(range_header, file_size)?;
+            let p = Passed {
+                info,
+                start,
+                end,
+                keep,
+                source: state.resolver.source(leg.id).clone(),
+                blame: state.nar.blame(),
+                metrics: state.metrics.clone(),
+                cancel: state.cancel.clone(),
+            };
+            let body = file::passed_through(leg, p);
+            return Ok(file_response(body, &encoding, (start, end, partial), file_size));
+        }
+    };
     let size = info.nar_size;
     let (start, end, partial) = byte_range(range_header, size)?;
-    let ingest = if state.options.keep_fetched && !state.store.contains(hash).await.unwrap_or(true) {
-        // Making room may evict paths (file deletes, a database write).
-        match state.store.begin_ingest(info.clone()).await {
-            Ok(ingest) => Some(ingest),
-            Err(e) => {
-                tracing::info!(%hash, error = %e, "serving without storing");
-                None
-            }
-        }
-    } else {
-        None
-    };
     let v = Verified {
         info,
         start,
         end,
-        ingest,
+        keep,
         sources: state.resolver.sources.clone(),
         blame: state.nar.blame(),
         metrics: state.metrics.clone(),
         cancel: state.cancel.clone(),
     };
-    let body = verify::verified(opened.stream, v);
+    let body = verify::verified(stream, v);
     Ok(nar_response(body, size, start, end, partial, zstd))
+}
+
+/// A NAR's file passed through (or the rest of it, for a resumed
+/// download): the client decodes `encoding`.
+fn file_response(
+    body: ByteStream,
+    encoding: &str,
+    (start, end, partial): (u64, u64, bool),
+    file_size: u64,
+) -> Response {
+    let mut builder = Response::builder()
+        .header(header::CONTENT_TYPE, "application/x-nix-nar")
+        .header(header::CONTENT_ENCODING, encoding)
+        .header(header::CONTENT_LENGTH, end - start)
+        .header(header::VARY, "Accept-Encoding");
+    if partial {
+        builder = builder
+            .status(StatusCode::PARTIAL_CONTENT)
+            .header(header::CONTENT_RANGE, format!("bytes {start}-{}/{file_size}", end - 1));
+    }
+    builder
+        .body(Body::from_stream(body))
+        .unwrap_or_else(|_| GatewayError::Internal("building NAR response".into()).into_response())
 }
 
 /// The stored NAR of `hash`, if the store holds it and can read it (a

@@ -60,6 +60,13 @@ pub trait Source: Send + Sync + std::fmt::Debug {
     /// returned); `None` if absent.
     fn nar<'a>(&'a self, info: &'a NarInfo) -> BoxFuture<'a, Result<Option<ByteStream>, SourceError>>;
 
+    /// The NAR's file as this source stores it (compressed as `info`, a
+    /// narinfo this source returned, says), for a client that decompresses
+    /// it itself; `None` if this source cannot serve files.
+    fn file<'a>(&'a self, _info: &'a NarInfo) -> BoxFuture<'a, Result<Option<ByteStream>, SourceError>> {
+        Box::pin(async { Ok(None) })
+    }
+
     /// Told when a NAR from this source failed verification; `wrong_nar`
     /// is true if the bytes arrived but did not match NarHash/NarSize.
     /// Returns true if the source dealt with it itself (peers score the

@@ -86,6 +86,26 @@ impl Upstream {
     }
 }
 
+/// A blocking decoder of `compression` for the store's writer thread
+/// (zstd and xz, with the same limits as [`decoder`]). These are also the
+/// compressions a NAR's file may be passed through to Nix in: Nix decodes
+/// them from a `Content-Encoding` header (through libarchive).
+pub fn write_decoder(compression: &str) -> Option<nixswarm_node::Decode> {
+    Some(match compression {
+        "zstd" => Box::new(|sink| {
+            let mut raw = zstd::stream::raw::Decoder::new()?;
+            raw.set_parameter(zstd::stream::raw::DParameter::WindowLogMax(ZSTD_WINDOW_LOG_MAX))?;
+            Ok(Box::new(zstd::stream::write::Decoder::with_decoder(sink, raw)))
+        }),
+        "xz" => Box::new(|sink| {
+            let stream = xz2::stream::Stream::new_stream_decoder(XZ_MEMLIMIT, xz2::stream::CONCATENATED)
+                .map_err(std::io::Error::other)?;
+            Ok(Box::new(xz2::write::XzDecoder::new_stream(sink, stream)))
+        }),
+        _ => return None,
+    })
+}
+
 pub(crate) fn decoder(
     compression: &str,
     raw: impl AsyncRead + Send + Unpin + 'static,
@@ -158,6 +178,15 @@ impl Source for Upstream {
                 return Err(self.fail(format!("unsupported compression {:?}", info.compression)));
             };
             Ok(Some(ReaderStream::with_capacity(reader, READ_SIZE).boxed()))
+        })
+    }
+
+    fn file<'a>(&'a self, info: &'a NarInfo) -> BoxFuture<'a, Result<Option<ByteStream>, SourceError>> {
+        Box::pin(async move {
+            let Some(resp) = self.get(&info.url, None).await? else {
+                return Ok(None);
+            };
+            Ok(Some(resp.bytes_stream().map_err(std::io::Error::other).boxed()))
         })
     }
 }

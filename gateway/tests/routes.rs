@@ -543,3 +543,100 @@ async fn a_local_store_that_fails_falls_through_to_the_sources() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body.unwrap(), nar, "the upstream's NAR, verified");
 }
+
+/// An upstream that stores one NAR as a zstd file, as caches do.
+#[derive(Debug)]
+struct ZstdUpstream {
+    info: NarInfo,
+    nar: Vec<u8>,
+    file: Vec<u8>,
+}
+
+impl ZstdUpstream {
+    fn new(n: u8, nar: Vec<u8>) -> Self {
+        let file = zstd::encode_all(&nar[..], 3).unwrap();
+        let mut info = signed(n, &nar, &key());
+        info.url = format!("nar/{n}.nar.zst");
+        info.compression = "zstd".into();
+        info.file_hash = Some(Sha256Hash::digest(&file));
+        info.file_size = Some(file.len() as u64);
+        Self { info, nar, file }
+    }
+}
+
+impl Source for ZstdUpstream {
+    fn kind(&self) -> SourceKind {
+        SourceKind::Upstream
+    }
+    fn name(&self) -> &str {
+        "zstd-upstream"
+    }
+    fn narinfo<'a>(&'a self, hash: &'a StorePathHash) -> BoxFuture<'a, Result<Option<NarInfo>, SourceError>> {
+        Box::pin(async move { Ok((*hash == self.info.store_path.hash()).then(|| self.info.clone())) })
+    }
+    fn nar<'a>(&'a self, _info: &'a NarInfo) -> BoxFuture<'a, Result<Option<ByteStream>, SourceError>> {
+        let pieces: Vec<std::io::Result<Bytes>> =
+            self.nar.chunks(7_000).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
+        Box::pin(async move { Ok(Some(futures::stream::iter(pieces).boxed())) })
+    }
+    fn file<'a>(&'a self, _info: &'a NarInfo) -> BoxFuture<'a, Result<Option<ByteStream>, SourceError>> {
+        let pieces: Vec<std::io::Result<Bytes>> =
+            self.file.chunks(3_000).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
+        Box::pin(async move { Ok(Some(futures::stream::iter(pieces).boxed())) })
+    }
+}
+
+#[tokio::test]
+async fn an_upstream_file_passes_through_resumes_from_the_same_file_and_is_stored_decoded() {
+    let nar = nar_bytes(40, 200_000);
+    let up = Arc::new(ZstdUpstream::new(40, nar.clone()));
+    let (info, file) = (up.info.clone(), up.file.clone());
+    let s = setup(vec![up]);
+    let uri = nar_uri(&info);
+
+    // Nix's request (no Accept-Encoding): the file itself, content-coded.
+    let (status, headers, body) = get(&s.gateway, &uri, &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers[header::CONTENT_ENCODING], "zstd");
+    assert_eq!(headers[header::CONTENT_LENGTH], file.len().to_string().as_str());
+    assert_eq!(body.unwrap(), file);
+
+    // The store decodes and keeps the NAR behind the client.
+    assert!(stored(&s.store, &info.store_path.hash()).await, "the NAR was kept");
+
+    // Nix resuming: the rest of the same file, although the store has the
+    // NAR by now.
+    let (status, headers, body) = get(&s.gateway, &uri, &[("range", "bytes=100-")]).await;
+    assert_eq!(status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(headers[header::CONTENT_ENCODING], "zstd");
+    assert_eq!(body.unwrap(), file[100..]);
+
+    // A client that lists codings gets a range of the NAR's own bytes.
+    let (status, headers, body) = get(
+        &s.gateway,
+        &uri,
+        &[("range", "bytes=100-"), ("accept-encoding", "identity")],
+    )
+    .await;
+    assert_eq!(status, StatusCode::PARTIAL_CONTENT);
+    assert!(headers.get(header::CONTENT_ENCODING).is_none());
+    assert_eq!(body.unwrap(), nar[100..]);
+}
+
+#[tokio::test]
+async fn a_client_that_lists_no_such_coding_gets_the_nars_own_bytes() {
+    let nar = nar_bytes(41, 100_000);
+    let up = Arc::new(ZstdUpstream::new(41, nar.clone()));
+    let info = up.info.clone();
+    let s = setup_with(
+        vec![up],
+        GatewayOptions {
+            keep_fetched: false,
+            ..GatewayOptions::default()
+        },
+    );
+    let (status, headers, body) = get(&s.gateway, &nar_uri(&info), &[("accept-encoding", "gzip")]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(headers.get(header::CONTENT_ENCODING).is_none());
+    assert_eq!(body.unwrap(), nar);
+}

@@ -162,6 +162,37 @@ async fn an_evicted_path_is_withdrawn_and_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_requests_than_a_connection_carries_wait_their_turn() {
+    // A burst of lookups (a closure's prefetches and NAR requests) can ask
+    // one peer more at once than a connection's streams allow; those wait
+    // their turn, never failing with an error that makes the asker forget
+    // a provider that has the path.
+    let nodes = swarm(2, |_, _| {}).await;
+    let bytes = nar(7, 100_000);
+    nodes[1].put(7, &bytes);
+    let peer = nodes[1].node.handle.peer_id();
+    let h = nodes[0].node.handle.clone();
+    wait(|| {
+        let h = h.clone();
+        async move { h.request(peer, Request::PathInfo { hash: hash(7) }).await.is_ok() }
+    })
+    .await;
+    let answers =
+        futures::future::join_all((0..300).map(|_| h.request(peer, Request::PathInfo { hash: hash(7) }))).await;
+    let errors: Vec<_> = answers.iter().filter_map(|a| a.as_ref().err()).collect();
+    assert!(
+        errors.is_empty(),
+        "{} of 300 failed, e.g. {:?}",
+        errors.len(),
+        errors.first()
+    );
+    assert!(
+        answers.iter().any(|a| matches!(a, Ok(Response::PathInfo { .. }))),
+        "the path was found"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fake_manifest_gets_only_its_senders_blamed_and_the_fetch_completes() {
     // Nodes 3 and 4 send a manifest of their own for the path (same
     // NarHash and sizes, chunks changed by a byte, which they serve): every

@@ -244,8 +244,32 @@ async fn serve(eff: Effective, hooks: TestHooks) -> Result<()> {
     println!("nixswarm gateway listening on http://{addr}");
 
     gateway.serve(listener).await.context("serving the gateway")?;
+    finish_writes().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The longest a stopping gateway waits for the store to finish writing
+/// NARs it has served (the store writes behind its clients).
+const FINISH_WRITES: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// Waits until the NARs being written behind their clients are committed.
+async fn finish_writes() {
+    let running = nixswarm_node::IngestWriter::running;
+    if running() > 0 {
+        tracing::info!(running = running(), "finishing writes to the store");
+    }
+    let deadline = tokio::time::Instant::now() + FINISH_WRITES;
+    while running() > 0 {
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(
+                running = running(),
+                "stopping before every served NAR was stored; those are fetched again when asked"
+            );
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }
 
 async fn shutdown_signal(cancel: CancellationToken) {

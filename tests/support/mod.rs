@@ -54,6 +54,32 @@ pub fn fixture_nix_available() {
     require_nix();
 }
 
+/// Every narinfo in a binary cache directory.
+pub fn cache_narinfos(dir: &Path) -> Result<Vec<nixswarm_protocol::NarInfo>> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir)? {
+        let p = e?.path();
+        if p.extension().is_some_and(|x| x == "narinfo") {
+            let text = std::fs::read_to_string(&p)?;
+            out.push(nixswarm_protocol::NarInfo::parse(&text).with_context(|| p.display().to_string())?);
+        }
+    }
+    Ok(out)
+}
+
+/// A log without its terminal colour codes.
+pub fn strip_ansi(log: &str) -> String {
+    let mut out = String::with_capacity(log.len());
+    let mut rest = log;
+    while let Some(i) = rest.find('\x1b') {
+        out.push_str(&rest[..i]);
+        rest = &rest[i..];
+        rest = rest.find('m').map_or("", |m| &rest[m + 1..]);
+    }
+    out.push_str(rest);
+    out
+}
+
 /// Builds (once per target dir) the fixture cache with Nix.
 pub fn fixture() -> Fixture {
     require_nix();

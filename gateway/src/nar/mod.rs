@@ -7,6 +7,8 @@
 //!   the hedge and failover.
 //! - [`verify`]: NarSize, NarHash and content address checked as the bytes
 //!   pass, the last piece held back until they pass, and ingest.
+//! - [`file`]: an upstream's compressed file passed through to Nix,
+//!   checked on the way, decoded and stored behind it.
 //! - [`prefetch`]: NARs started from peers when their narinfo is served.
 //! - [`error`]: the pipeline's error and its HTTP mapping.
 //!
@@ -15,6 +17,7 @@
 //! providers themselves.
 
 pub mod error;
+pub mod file;
 pub mod merge;
 pub mod policy;
 pub mod prefetch;
@@ -27,6 +30,7 @@ use nixswarm_node::AsyncStore;
 use nixswarm_protocol::{NarInfo, Sha256Hash, StorePathHash};
 
 pub use error::NarError;
+pub use file::Codings;
 use merge::{Blame, Fallback, Forward, Spec, TaggedStream};
 pub use policy::{Estimates, Offload, Plan, Tail};
 pub use prefetch::{PrefetchSettings, Prefetcher};
@@ -37,6 +41,9 @@ use crate::source::{SourceId, SourceKind};
 
 /// The longest a NAR request waits for its prefetch.
 const JOIN_MAX: Duration = Duration::from_secs(5);
+/// How long a NAR passed through as a file is remembered, so that Nix's
+/// resumption of a broken download gets the rest of the same file.
+const PASSED_FOR: Duration = Duration::from_secs(600);
 
 /// How the pipeline behaves.
 #[derive(Debug, Clone)]
@@ -61,12 +68,55 @@ impl Default for NarSettings {
     }
 }
 
-/// A NAR on its way: the narinfo it is checked against, its pieces, and
+/// A NAR on its way: the narinfo it is checked against, its bytes, and
 /// the kind of source asked first (for the request metrics).
 pub struct Opened {
     pub info: NarInfo,
-    pub stream: TaggedStream,
+    pub body: Body,
     pub first: SourceKind,
+}
+
+/// How the NAR travels to the client.
+pub enum Body {
+    /// The NAR's own bytes, from one or more sources, in pieces tagged
+    /// with their source.
+    Nar(TaggedStream),
+    /// One upstream's compressed file of it, passed through unchanged for
+    /// the client to decompress (`Content-Encoding`).
+    File(Box<FileLeg>),
+}
+
+/// An upstream's file of a NAR, as it arrives.
+pub struct FileLeg {
+    pub id: SourceId,
+    /// That upstream's narinfo: its `URL`, `Compression`, `FileSize` and
+    /// `FileHash` (unsigned) describe the file; its NarHash is the NAR's.
+    pub file: NarInfo,
+    pub stream: crate::source::ByteStream,
+    /// The other upstreams, to finish the same file from (same FileHash)
+    /// if this one's ends early or breaks.
+    pub rest: Vec<Fallback>,
+    /// When the file was asked for, and where its rate goes.
+    pub opened: tokio::time::Instant,
+    pub estimates: Arc<Estimates>,
+}
+
+impl std::fmt::Debug for Body {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Nar(_) => f.write_str("Nar"),
+            Self::File(leg) => f.debug_tuple("File").field(leg).finish(),
+        }
+    }
+}
+
+impl std::fmt::Debug for FileLeg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileLeg")
+            .field("id", &self.id)
+            .field("url", &self.file.url)
+            .finish_non_exhaustive()
+    }
 }
 
 impl std::fmt::Debug for Opened {
@@ -116,6 +166,8 @@ pub struct NarPipeline {
     estimates: Arc<Estimates>,
     settings: NarSettings,
     prefetcher: Prefetcher,
+    /// NARs lately passed through: their FileHash.
+    passed: crate::ttl::TtlMap<StorePathHash, Sha256Hash>,
 }
 
 impl NarPipeline {
@@ -131,6 +183,7 @@ impl NarPipeline {
             store,
             estimates,
             settings,
+            passed: crate::ttl::TtlMap::new(PASSED_FOR, 4096),
         }
     }
 
@@ -194,35 +247,24 @@ impl NarPipeline {
 
     /// Opens the NAR of `hash` with `nar_hash` from the sources, as the
     /// policy decides. Sources that served a bad copy lately are skipped.
-    pub async fn open(&self, hash: &StorePathHash, nar_hash: &Sha256Hash) -> Result<Opened, NarError> {
+    /// A NAR the upstream alone will send comes as its file (see
+    /// [`Body::File`]) if `codings` allow its compression.
+    pub async fn open(
+        &self,
+        hash: &StorePathHash,
+        nar_hash: &Sha256Hash,
+        codings: &Codings,
+    ) -> Result<Opened, NarError> {
         let r = &self.resolver;
         let info = r.info_for(hash, nar_hash).await.ok_or(NarError::Unavailable)?;
         let usable = |id: SourceId| r.usable(id, hash, nar_hash);
         let peers = r.peers().filter(|(id, _)| usable(*id));
-        let mut ups: Vec<Fallback> = r
-            .ids()
-            .filter(|&id| r.source(id).kind() == SourceKind::Upstream && usable(id))
-            .map(|id| Fallback {
-                id,
-                source: r.source(id).clone(),
-                info: r.known(id, hash),
-            })
-            .collect();
+        let ups = self.upstreams(hash, nar_hash, |_| true).await;
         // The first upstream with this NAR gives its compressed size.
-        let mut file_size = None;
-        for f in &mut ups {
-            if f.info.is_none()
-                && let Answer::Found(i) = r.narinfo_from(f.id, hash).await
-            {
-                f.info = Some(*i);
-            }
-            if let Some(i) = f.info.as_ref().filter(|i| i.nar_hash == *nar_hash) {
-                file_size = Some(i.file_size.unwrap_or(i.nar_size));
-                break;
-            }
-        }
-        // Upstreams known to hold another NAR of the path are no use.
-        ups.retain(|f| f.info.as_ref().is_none_or(|i| i.nar_hash == *nar_hash));
+        let file_size = ups
+            .iter()
+            .find_map(|f| f.info.as_ref())
+            .map(|i| i.file_size.unwrap_or(i.nar_size));
         let mut ready = peers.as_ref().and_then(|(_, p)| p.ready(&info));
         let plan = match &peers {
             None => Plan::TwoEnded(Tail::Never),
@@ -260,6 +302,18 @@ impl NarPipeline {
                 return Ok(self.opened(s, SourceKind::Peer));
             }
         }
+        if (peers.is_none() || plan == Plan::TwoEnded(Tail::Never))
+            && let Some(leg) = self.open_file(&ups, codings, None).await
+        {
+            if let Some(h) = leg.file.file_hash {
+                self.passed.insert(*hash, h);
+            }
+            return Ok(Opened {
+                info,
+                body: Body::File(Box::new(leg)),
+                first: SourceKind::Upstream,
+            });
+        }
         let mut rest = ups.into_iter();
         let Some(up) = merge::open_next(&info, &mut rest).await else {
             // No upstream could open it: peers alone, if they have it.
@@ -283,11 +337,119 @@ impl NarPipeline {
         Ok(self.opened(s, SourceKind::Upstream))
     }
 
+    /// A `Range` request for a NAR lately passed through as a file: Nix
+    /// resuming a broken download, whose offset counts that file's bytes.
+    /// The rest must come from the same file (the same FileHash, from any
+    /// usable upstream), or not at all. `None` if the NAR was not passed
+    /// through lately, or the request has an `Accept-Encoding` (it is for
+    /// the NAR's own bytes).
+    pub async fn open_resumed(
+        &self,
+        hash: &StorePathHash,
+        nar_hash: &Sha256Hash,
+        codings: &Codings,
+    ) -> Option<Result<Opened, NarError>> {
+        // Nix sends no Accept-Encoding; a client that lists codings wants
+        // the NAR's own bytes in its ranges.
+        if *codings != Codings::Any {
+            return None;
+        }
+        let file_hash = self.passed.get(hash)?;
+        let r = &self.resolver;
+        let Some(info) = r.info_for(hash, nar_hash).await else {
+            return Some(Err(NarError::Unavailable));
+        };
+        let ups = self.upstreams(hash, nar_hash, |i| i.file_hash == Some(file_hash)).await;
+        let Some(leg) = self.open_file(&ups, codings, Some(file_hash)).await else {
+            tracing::warn!(path = %info.store_path, "cannot resume the NAR's file: no upstream has the same file now");
+            return Some(Err(NarError::Unavailable));
+        };
+        Some(Ok(Opened {
+            info,
+            body: Body::File(Box::new(leg)),
+            first: SourceKind::Upstream,
+        }))
+    }
+
+    /// The usable upstreams, in order, with their narinfos where known.
+    /// Narinfos are asked for in order until one is for this NAR and
+    /// `wanted`; upstreams known to hold another NAR of the path are left
+    /// out.
+    async fn upstreams(
+        &self,
+        hash: &StorePathHash,
+        nar_hash: &Sha256Hash,
+        wanted: impl Fn(&NarInfo) -> bool,
+    ) -> Vec<Fallback> {
+        let r = &self.resolver;
+        let mut ups: Vec<Fallback> = r
+            .ids()
+            .filter(|&id| r.source(id).kind() == SourceKind::Upstream && r.usable(id, hash, nar_hash))
+            .map(|id| Fallback {
+                id,
+                source: r.source(id).clone(),
+                info: r.known(id, hash),
+            })
+            .collect();
+        for f in &mut ups {
+            if f.info.is_none()
+                && let Answer::Found(i) = r.narinfo_from(f.id, hash).await
+            {
+                f.info = Some(*i);
+            }
+            if f.info.as_ref().is_some_and(|i| i.nar_hash == *nar_hash && wanted(i)) {
+                break;
+            }
+        }
+        ups.retain(|f| f.info.as_ref().is_none_or(|i| i.nar_hash == *nar_hash));
+        ups
+    }
+
     fn opened(&self, spec: Spec, first: SourceKind) -> Opened {
         Opened {
             info: spec.info.clone(),
-            stream: merge::merge(spec),
+            body: Body::Nar(merge::merge(spec)),
             first,
+        }
+    }
+
+    /// The first upstream's file of the NAR, if it can be passed through:
+    /// compressed in a way Nix decodes, with a FileSize and FileHash to
+    /// check it against, and input-addressed (a content-addressed NAR is
+    /// checked against its address here before anyone gets it). `None`
+    /// sends the NAR's bytes instead (decoded here, with failover between
+    /// upstreams).
+    async fn open_file(&self, ups: &[Fallback], codings: &Codings, same_as: Option<Sha256Hash>) -> Option<FileLeg> {
+        let first = ups.iter().find(|f| {
+            f.info
+                .as_ref()
+                .is_some_and(|i| same_as.is_none_or(|h| i.file_hash == Some(h)))
+        })?;
+        let file = first.info.clone()?;
+        let compression = file.compression.as_str();
+        if file.file_size.is_none()
+            || file.file_hash.is_none()
+            || file.ca.is_some()
+            || crate::upstream::write_decoder(compression).is_none()
+            || !codings.allow(compression)
+        {
+            return None;
+        }
+        let opened = tokio::time::Instant::now();
+        match first.source.file(&file).await {
+            Ok(Some(stream)) => Some(FileLeg {
+                id: first.id,
+                file,
+                stream,
+                rest: ups.iter().filter(|f| f.id != first.id).cloned().collect(),
+                opened,
+                estimates: self.estimates.clone(),
+            }),
+            Ok(None) => None,
+            Err(e) => {
+                tracing::debug!(source = first.source.name(), error = %e, "cannot pass the NAR's file through");
+                None
+            }
         }
     }
 }

@@ -26,6 +26,9 @@ pub const SMALL: Duration = Duration::from_millis(100);
 /// Peers alone only when predicted to take at most this share of the
 /// upstream's time: the margin that pays for a wrong estimate.
 const PEERS_ALONE_SHARE: f64 = 0.5;
+/// Before the upstream is measured, a file this small counts as small: at
+/// 10 MB/s it takes [`SMALL`].
+const SMALL_FILE: u64 = 1 << 20;
 /// A peers' tail predicted to bring less than this share of a NAR is not
 /// started: its requests would cost the peers' upload and this link's
 /// bandwidth for bytes the upstream delivers first anyway.
@@ -192,6 +195,7 @@ pub fn plan(i: &Inputs) -> Plan {
     let Some(missing) = i.peers_ready else {
         return Plan::TwoEnded(match t_up {
             Some(t) if t < SMALL || !tail_pays => Tail::Never,
+            None if file_size <= SMALL_FILE => Tail::Never,
             _ => Tail::Later,
         });
     };
@@ -332,6 +336,15 @@ mod tests {
         );
         let cold = Inputs { upstream: None, ..i };
         assert_eq!(plan(&cold), Plan::TwoEnded(Tail::Later), "nothing measured yet");
+        let cold_small = Inputs {
+            file_size: Some(SMALL_FILE),
+            ..cold
+        };
+        assert_eq!(
+            plan(&cold_small),
+            Plan::TwoEnded(Tail::Never),
+            "nothing measured, but small enough to be done soon from any upstream"
+        );
     }
 
     #[test]

@@ -11,13 +11,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt as _;
-use nixswarm_node::AsyncStore;
+use nixswarm_node::{AsyncStore, IngestWriter};
 use nixswarm_protocol::{NarCheck, NarInfo, StorePathHash};
 use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::policy::Estimates;
-use super::verify::{IngestMsg, spawn_ingest};
 use crate::metrics::Metrics;
 use crate::peers::PeerSource;
 use crate::ttl::TtlMap;
@@ -132,7 +131,21 @@ impl Prefetcher {
         tokio::spawn(async move {
             let work = async {
                 match slots.acquire_owned().await {
-                    Ok(_permit) => fetch(&info, &peers, &store, wait, &tx, &estimates).await,
+                    Ok(_permit) => {
+                        // Counted as prefetched before the store shows
+                        // the path, so a NAR request that finds it there
+                        // counts it as the peers'.
+                        let counted = || {
+                            done.insert(
+                                hash,
+                                Done {
+                                    bytes: size,
+                                    asked: false,
+                                },
+                            )
+                        };
+                        fetch(&info, &peers, &store, wait, &tx, &estimates, counted).await
+                    }
                     Err(_) => false,
                 }
             };
@@ -143,13 +156,8 @@ impl Prefetcher {
             in_flight.fetch_sub(size, Ordering::Relaxed);
             if stored {
                 metrics.prefetched_bytes.inc_by(size);
-                done.insert(
-                    hash,
-                    Done {
-                        bytes: size,
-                        asked: false,
-                    },
-                );
+            } else {
+                done.remove(&hash);
             }
             let _ = tx.send(if stored { State::Stored } else { State::Failed });
         });
@@ -235,6 +243,7 @@ async fn fetch(
     wait: Duration,
     progress: &watch::Sender<State>,
     estimates: &Estimates,
+    before_commit: impl FnOnce(),
 ) -> bool {
     let hash = info.store_path.hash();
     let Some(path) = peers.path_for(info, wait).await else {
@@ -250,7 +259,9 @@ async fn fetch(
             return false;
         }
     };
-    let writer = spawn_ingest(ingest, info.store_path.to_string());
+    let Some(writer) = IngestWriter::spawn(ingest, info.store_path.to_string()) else {
+        return false;
+    };
     let opened = tokio::time::Instant::now();
     let mut first = None;
     let mut done = 0u64;
@@ -269,7 +280,7 @@ async fn fetch(
         first.get_or_insert_with(tokio::time::Instant::now);
         done += piece.len() as u64;
         progress.send_replace(State::Running(done));
-        if writer.send(IngestMsg::Data(piece)).await.is_err() {
+        if !writer.write(piece).await {
             return false;
         }
     }
@@ -281,11 +292,8 @@ async fn fetch(
         crate::source::Source::rejected(peers, info, true);
         return false;
     }
-    let (reply, stored) = tokio::sync::oneshot::channel();
-    if writer.send(IngestMsg::Commit(Some(reply))).await.is_err() {
-        return false;
-    }
-    let stored = stored.await.unwrap_or(false);
+    before_commit();
+    let stored = writer.commit().await;
     if stored {
         tracing::info!(path = %info.store_path, bytes = info.nar_size, "prefetched from peers");
     }

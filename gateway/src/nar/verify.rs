@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::StreamExt as _;
-use nixswarm_node::{Ingest, NarHandle};
+use nixswarm_node::{ChunkStore, IngestWriter, NarHandle};
 use nixswarm_protocol::{NarCheck, NarInfo};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -18,16 +18,21 @@ use crate::metrics::Metrics;
 use crate::source::{ByteStream, Source, SourceId, SourceKind};
 
 /// Pieces in flight between the producer and the HTTP body.
-const BODY_QUEUE: usize = 16;
-/// Pieces queued for the chunk store (64 KiB each: 32 MiB). Most NARs fit
-/// whole, so the store never slows their download. A larger one is paced by
-/// the store once it is this far behind: what is fetched must be kept (that
-/// is how the swarm fills up), and fetching it twice would spend donors'
-/// upload, the swarm's scarcest resource.
-const INGEST_QUEUE: usize = 512;
-
-fn body_stream(rx: mpsc::Receiver<std::io::Result<Bytes>>) -> ByteStream {
+pub(super) const BODY_QUEUE: usize = 16;
+pub(super) fn body_stream(rx: mpsc::Receiver<std::io::Result<Bytes>>) -> ByteStream {
     futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) }).boxed()
+}
+
+/// Ends a response body with an error, so the connection is aborted and
+/// never ends cleanly (if the client is still there).
+pub(super) async fn abort(
+    client: Option<mpsc::Sender<std::io::Result<Bytes>>>,
+    path: &str,
+    why: impl std::fmt::Display,
+) {
+    if let Some(tx) = client {
+        let _ = tx.send(Err(std::io::Error::other(format!("{path}: {why}")))).await;
+    }
 }
 
 /// Streams `start..end` of a stored NAR, its bytes counted as `origin`'s
@@ -65,44 +70,6 @@ pub fn local(
     body_stream(rx)
 }
 
-pub(crate) enum IngestMsg {
-    Data(Bytes),
-    /// Commit; the answer says whether the NAR is now stored.
-    Commit(Option<tokio::sync::oneshot::Sender<bool>>),
-}
-
-/// Writes a NAR into the store off the runtime, as its pieces arrive;
-/// dropping the sender without a commit discards it.
-pub(crate) fn spawn_ingest(mut ingest: Ingest, path: String) -> mpsc::Sender<IngestMsg> {
-    let (tx, mut rx) = mpsc::channel(INGEST_QUEUE);
-    tokio::task::spawn_blocking(move || {
-        while let Some(msg) = rx.blocking_recv() {
-            match msg {
-                IngestMsg::Data(b) => {
-                    if let Err(e) = ingest.write(&b) {
-                        tracing::warn!(%path, error = %e, "not storing: write failed");
-                        return;
-                    }
-                }
-                IngestMsg::Commit(reply) => {
-                    let stored = match ingest.finish() {
-                        Ok(_) => true,
-                        Err(e) => {
-                            tracing::warn!(%path, error = %e, "not storing: commit failed");
-                            false
-                        }
-                    };
-                    if let Some(reply) = reply {
-                        let _ = reply.send(stored);
-                    }
-                    return;
-                }
-            }
-        }
-    });
-    tx
-}
-
 /// Everything [`verified`] needs besides the bytes.
 #[derive(Debug)]
 pub struct Verified {
@@ -110,8 +77,8 @@ pub struct Verified {
     /// The part of the NAR the client asked for.
     pub start: u64,
     pub end: u64,
-    /// Where to store the NAR if it verifies (none if it should not be kept).
-    pub ingest: Option<Ingest>,
+    /// The store to keep the NAR in if it verifies (none: not kept).
+    pub keep: Option<ChunkStore>,
     /// The sources, by the id each piece is tagged with (for the
     /// served-bytes metrics).
     pub sources: Vec<Arc<dyn Source>>,
@@ -134,7 +101,7 @@ pub fn verified(mut src: TaggedStream, v: Verified) -> ByteStream {
             info,
             start,
             end,
-            ingest,
+            keep,
             sources,
             blame,
             metrics,
@@ -142,7 +109,7 @@ pub fn verified(mut src: TaggedStream, v: Verified) -> ByteStream {
         } = v;
         let began = tokio::time::Instant::now();
         let mut used: Vec<SourceId> = Vec::new();
-        let mut ingest_tx = ingest.map(|i| spawn_ingest(i, path.clone()));
+        let mut ingest_tx = keep.and_then(|store| IngestWriter::start(store, info.clone(), None));
         let mut check = NarCheck::new(&info);
         let mut size = 0u64;
         let mut held: Option<(SourceId, u64, Bytes)> = None;
@@ -189,7 +156,7 @@ pub fn verified(mut src: TaggedStream, v: Verified) -> ByteStream {
                         break Err(NarError::Check(e));
                     }
                     if let Some(itx) = &ingest_tx
-                        && itx.send(IngestMsg::Data(b.clone())).await.is_err()
+                        && !itx.write(b.clone()).await
                     {
                         ingest_tx = None;
                     }
@@ -229,15 +196,13 @@ pub fn verified(mut src: TaggedStream, v: Verified) -> ByteStream {
                     .collect();
                 tracing::info!(%path, bytes = size, from = from.join("+"), ms = began.elapsed().as_millis(), "NAR served");
                 if let Some(itx) = ingest_tx {
-                    let _ = itx.send(IngestMsg::Commit(None)).await;
+                    itx.commit_detached().await;
                 }
             }
             Err(why) => {
-                // Dropping `ingest_tx` without Commit discards what was written.
+                // Dropping `ingest_tx` without a commit discards what was written.
                 drop(ingest_tx);
-                if let Some(tx) = client {
-                    let _ = tx.send(Err(std::io::Error::other(format!("{path}: {why}")))).await;
-                }
+                abort(client, &path, &why).await;
                 blame.nar_rejected(&info, &why, &used);
             }
         }

@@ -238,12 +238,21 @@ pub struct ProviderInfo {
     pub addrs: Vec<Multiaddr>,
 }
 
+/// Transfer requests this node has in flight to one peer at most. A
+/// connection carries `max_streams` (64) requests both ways together, and
+/// a stream past that fails on our side, or the peer drops it unread
+/// ("unexpected end of file"); so a burst (a closure's prefetches and NAR
+/// requests at once) waits here instead.
+const PER_PEER_IN_FLIGHT: usize = 32;
+
 /// A cheap, cloneable handle to the running node.
 #[derive(Debug, Clone)]
 pub struct NodeHandle {
     pub(crate) tx: mpsc::Sender<Command>,
     peer_id: PeerId,
     pub stats: Arc<NodeStats>,
+    /// Room for requests in flight, per peer with any in flight.
+    in_flight: Arc<std::sync::Mutex<std::collections::HashMap<PeerId, Arc<tokio::sync::Semaphore>>>>,
 }
 
 /// The DHT key of a store path.
@@ -288,12 +297,30 @@ impl NodeHandle {
     }
 
     /// Sends one transfer request and waits for its answer.
+    /// Waits while [`PER_PEER_IN_FLIGHT`] requests to `peer` are.
     pub async fn request(&self, peer: PeerId, request: Request) -> Result<Response, NodeError> {
-        let (reply, wait) = oneshot::channel();
-        self.send(Command::Request { peer, request, reply }).await?;
-        wait.await
-            .map_err(|_| NodeError::Stopped)?
-            .map_err(|message| NodeError::Peer { peer, message })
+        let room = {
+            let mut map = self.in_flight.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            map.entry(peer)
+                .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(PER_PEER_IN_FLIGHT)))
+                .clone()
+        };
+        let answer = match room.acquire().await {
+            Ok(_permit) => {
+                let (reply, wait) = oneshot::channel();
+                self.send(Command::Request { peer, request, reply }).await?;
+                wait.await
+                    .map_err(|_| NodeError::Stopped)?
+                    .map_err(|message| NodeError::Peer { peer, message })
+            }
+            Err(_) => Err(NodeError::Stopped),
+        };
+        // The last request to a peer takes its entry along.
+        let mut map = self.in_flight.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if Arc::strong_count(&room) == 2 && room.available_permits() == PER_PEER_IN_FLIGHT {
+            map.remove(&peer);
+        }
+        answer
     }
 
     /// Connected peers.
@@ -482,6 +509,7 @@ impl Node {
             tx,
             peer_id,
             stats: stats.clone(),
+            in_flight: Arc::default(),
         };
         let mut actor = actor::Actor::new(swarm, rx, inbound_tx, stats, cancel.clone(), config.bootstrap.clone());
         actor.announce_private = config.announce_private;

@@ -28,6 +28,7 @@ mod pins;
 mod reader;
 mod redb_meta;
 mod space;
+mod writer;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -50,6 +51,7 @@ pub use meta::{MetaDb, PathRecord};
 pub use reader::NarReader;
 pub use redb_meta::RedbMeta;
 pub use space::FsSpace;
+pub use writer::{Decode, IngestWriter};
 
 use chunks::ChunkDir;
 

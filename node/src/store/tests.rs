@@ -14,7 +14,7 @@ pub(crate) fn data(len: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
-fn info_for(bytes: &[u8], n: u8) -> NarInfo {
+pub(crate) fn info_for(bytes: &[u8], n: u8) -> NarInfo {
     let hash = StorePathHash::from_bytes(&[n; 20]);
     NarInfo {
         store_path: StorePath::new(hash, &format!("p{n}")).unwrap(),
@@ -31,7 +31,7 @@ fn info_for(bytes: &[u8], n: u8) -> NarInfo {
     }
 }
 
-fn open(dir: &Path, quota: u64) -> ChunkStore {
+pub(crate) fn open(dir: &Path, quota: u64) -> ChunkStore {
     ChunkStore::open(dir, StoreOptions::with_quota(quota)).unwrap()
 }
 

@@ -24,6 +24,11 @@ mod reach;
 mod requests;
 
 use super::behaviour::{Behaviour, BehaviourEvent};
+
+/// The request-response handler's error for a request that found every
+/// stream of its connection in use (`max_streams`; libp2p-request-response
+/// 0.30, `handler.rs`).
+const STREAMS_FULL: &str = "max sub-streams reached";
 use super::links::Links;
 use super::relays::Relays;
 use super::{NodeStats, NodeStatus, ProviderInfo};
@@ -470,7 +475,18 @@ impl Actor {
             } => {
                 tracing::debug!(%peer, %error, "transfer request failed");
                 if let Some(reply) = self.requests.remove(&request_id) {
-                    let _ = reply.send(Err(error.to_string()));
+                    // Every stream of the connection in use: this side is
+                    // full for now, the peer is not wrong. Answered as a
+                    // peer with a full queue answers (every caller waits
+                    // and asks again), not as a failure that makes the
+                    // caller forget the provider.
+                    let full =
+                        matches!(&error, request_response::OutboundFailure::Io(e) if e.to_string() == STREAMS_FULL);
+                    let _ = reply.send(if full {
+                        Ok(Response::Busy)
+                    } else {
+                        Err(error.to_string())
+                    });
                 }
             }
             request_response::Event::InboundFailure {

@@ -1,0 +1,323 @@
+//! Writing a NAR into the store behind its client: the pieces go through a
+//! bounded queue to a thread of the ingest's own, which runs at the lowest
+//! CPU priority ([`IngestWriter::start`]; a prefetch, whose commit a NAR
+//! request may wait for, keeps normal priority: [`IngestWriter::spawn`]).
+//!
+//! On a machine whose cores are busy (Nix unpacking, the gateway verifying
+//! the bytes it forwards), chunking, hashing and creating chunk files then
+//! take only the CPU time nobody on the client's path wants: the client's
+//! bytes never wait for the store while the queue has room (figures in
+//! ARCHITECTURE.md, "The store writes behind the client").
+//!
+//! The thread is not one of tokio's blocking pool: Linux applies nice per
+//! thread, an unprivileged thread cannot raise its priority again, and a
+//! pooled thread would carry the low priority into unrelated work (a local
+//! read that a client waits for).
+
+use std::cell::RefCell;
+use std::io::Write;
+use std::rc::Rc;
+
+use bytes::Bytes;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+use nixswarm_protocol::NarInfo;
+
+use super::{ChunkStore, Ingest};
+
+/// Bytes queued for one ingest. Most NARs fit whole, so the store never
+/// slows their download. A larger one is paced by the store once it is
+/// this far behind: what is fetched must be kept (that is how the swarm
+/// fills up), and fetching it twice would spend donors' upload, the
+/// swarm's scarcest resource. Counted in bytes, not pieces: an HTTP body
+/// arrives in pieces of a few KiB, and a queue of pieces would pace the
+/// download by the low-priority writer long before it held 32 MiB.
+pub const QUEUE_BYTES: usize = 32 << 20;
+/// Pieces queued for one ingest, whatever their size.
+const QUEUE_PIECES: usize = 8192;
+
+/// Writer threads running, in this process.
+static RUNNING: AtomicUsize = AtomicUsize::new(0);
+
+/// The nice value of a writer thread: the lowest priority.
+const NICE: libc::c_int = 19;
+
+enum Msg {
+    Data(Bytes),
+    /// Commit; the answer says whether the NAR is now stored.
+    Commit(Option<oneshot::Sender<bool>>),
+}
+
+/// Turns the pieces written into NAR bytes (a decompressor): given the sink
+/// for the NAR's bytes, returns the sink the pieces go to. Runs on the
+/// writer thread.
+pub type Decode = Box<dyn FnOnce(Box<dyn Write>) -> std::io::Result<Box<dyn Write>> + Send>;
+
+/// The NAR bytes' end of the writer: the ingest, shared with the thread
+/// that finishes it once the decoder is gone.
+struct Sink(Rc<RefCell<Ingest>>);
+
+impl Write for Sink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.borrow_mut().write(buf).map_err(std::io::Error::other)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The sending end of a NAR being written behind its client. Dropping it
+/// without [`IngestWriter::commit`] discards what was written.
+#[derive(Debug)]
+pub struct IngestWriter {
+    tx: mpsc::Sender<Msg>,
+    /// Room left in the queue, in bytes.
+    room: Arc<Semaphore>,
+}
+
+impl IngestWriter {
+    /// Starts a writer thread for `ingest` at normal priority, for a NAR
+    /// someone waits to see stored (a prefetch that Nix may join); `path`
+    /// names it in logs. `None` if no thread could be started (the NAR is
+    /// then not kept).
+    pub fn spawn(ingest: Ingest, path: String) -> Option<Self> {
+        Self::spawn_with(move || Some(ingest), path, None, false)
+    }
+
+    /// Starts writing `narinfo`'s NAR into `store` behind its client: the
+    /// writer thread checks that the store lacks it and makes room for it
+    /// (which may evict paths), so the client waits for none of that. The
+    /// pieces are the NAR's, or a compressed file of it that `decode`
+    /// turns into the NAR's bytes on the writer thread. If the store has
+    /// the path or no room, the writer stops and [`IngestWriter::write`]
+    /// returns false.
+    pub fn start(store: ChunkStore, narinfo: NarInfo, decode: Option<Decode>) -> Option<Self> {
+        let path = narinfo.store_path.to_string();
+        let begin = move || {
+            let hash = narinfo.store_path.hash();
+            let began = match store.contains(&hash) {
+                Ok(true) => return None,
+                Ok(false) => store.begin_ingest(narinfo),
+                Err(e) => Err(e),
+            };
+            began
+                .inspect_err(|e| tracing::info!(%hash, error = %e, "serving without storing"))
+                .ok()
+        };
+        Self::spawn_with(begin, path, decode, true)
+    }
+
+    fn spawn_with(
+        begin: impl FnOnce() -> Option<Ingest> + Send + 'static,
+        path: String,
+        decode: Option<Decode>,
+        behind: bool,
+    ) -> Option<Self> {
+        let (tx, rx) = mpsc::channel(QUEUE_PIECES);
+        let room = Arc::new(Semaphore::new(QUEUE_BYTES));
+        let freed = room.clone();
+        let body = move || {
+            if behind {
+                lower_priority();
+            }
+            if let Some(ingest) = begin() {
+                write_all(ingest, &path, decode, rx, &freed);
+            }
+            // A sender waiting for room learns the writer has stopped.
+            freed.close();
+            RUNNING.fetch_sub(1, Ordering::SeqCst);
+        };
+        RUNNING.fetch_add(1, Ordering::SeqCst);
+        match std::thread::Builder::new().name("nixswarm-ingest".into()).spawn(body) {
+            Ok(_) => Some(Self { tx, room }),
+            Err(e) => {
+                RUNNING.fetch_sub(1, Ordering::SeqCst);
+                tracing::warn!(error = %e, "not storing a NAR: cannot start its writer thread");
+                None
+            }
+        }
+    }
+
+    /// Writer threads still running in this process (a stopping gateway
+    /// waits for them: their NARs were served and should be kept).
+    pub fn running() -> usize {
+        RUNNING.load(Ordering::SeqCst)
+    }
+
+    /// Queues the next piece; waits while the queue is full. False if the
+    /// writer has stopped (a failed write: the NAR will not be kept).
+    pub async fn write(&self, piece: Bytes) -> bool {
+        let Ok(permit) = self.room.acquire_many(permits(piece.len())).await else {
+            return false;
+        };
+        permit.forget(); // given back by the writer thread
+        self.tx.send(Msg::Data(piece)).await.is_ok()
+    }
+
+    /// Commits once everything queued is written, without waiting.
+    pub async fn commit_detached(self) {
+        let _ = self.tx.send(Msg::Commit(None)).await;
+    }
+
+    /// Commits and waits: true if the NAR is now stored.
+    pub async fn commit(self) -> bool {
+        let (reply, stored) = oneshot::channel();
+        if self.tx.send(Msg::Commit(Some(reply))).await.is_err() {
+            return false;
+        }
+        stored.await.unwrap_or(false)
+    }
+}
+
+/// The writer thread: pieces into the ingest (through `decode`), then the
+/// commit, or nothing if the queue closes first.
+fn write_all(ingest: Ingest, path: &str, decode: Option<Decode>, mut rx: mpsc::Receiver<Msg>, room: &Semaphore) {
+    let ingest = Rc::new(RefCell::new(ingest));
+    let sink: Box<dyn Write> = Box::new(Sink(ingest.clone()));
+    let decoded = match decode {
+        Some(d) => d(sink),
+        None => Ok(sink),
+    };
+    let mut sink = match decoded {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(%path, error = %e, "not storing: cannot start the decoder");
+            return;
+        }
+    };
+    while let Some(msg) = rx.blocking_recv() {
+        match msg {
+            Msg::Data(b) => {
+                let written = sink.write_all(&b);
+                room.add_permits(permits(b.len()) as usize);
+                if let Err(e) = written {
+                    tracing::warn!(%path, error = %e, "not storing: write failed");
+                    return;
+                }
+            }
+            Msg::Commit(reply) => {
+                let flushed = sink.flush();
+                drop(sink);
+                let stored = match (flushed, Rc::try_unwrap(ingest)) {
+                    (Ok(()), Ok(ingest)) => match ingest.into_inner().finish() {
+                        Ok(()) => true,
+                        Err(e) => {
+                            tracing::warn!(%path, error = %e, "not storing: commit failed");
+                            false
+                        }
+                    },
+                    (Err(e), _) => {
+                        tracing::warn!(%path, error = %e, "not storing: write failed");
+                        false
+                    }
+                    (Ok(()), Err(_)) => false,
+                };
+                if let Some(reply) = reply {
+                    let _ = reply.send(stored);
+                }
+                return;
+            }
+        }
+    }
+}
+
+/// The queue room a piece takes (a piece larger than the queue takes it all).
+fn permits(len: usize) -> u32 {
+    len.min(QUEUE_BYTES) as u32
+}
+
+/// Moves the calling thread to the lowest CPU priority (Linux: per thread).
+fn lower_priority() {
+    // SAFETY: gettid and setpriority take no pointers; PRIO_PROCESS with a
+    // thread id changes only that thread.
+    let r = unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, NICE)
+    };
+    if r != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "ingest writer keeps normal priority");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The nice value of the calling thread.
+    fn nice() -> libc::c_int {
+        // SAFETY: as in `lower_priority`.
+        unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t) }
+    }
+
+    #[tokio::test]
+    async fn a_committed_nar_is_stored_and_a_dropped_one_is_not() {
+        use crate::store::tests::{data, hash, info_for, open, read_all};
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path(), 64 << 20);
+        let bytes = data(700_000, 1);
+        for (n, commit) in [(1u8, true), (2, false)] {
+            let ingest = store.begin_ingest(info_for(&bytes, n)).unwrap();
+            let w = IngestWriter::spawn(ingest, format!("p{n}")).unwrap();
+            for piece in bytes.chunks(65_536) {
+                assert!(w.write(Bytes::copy_from_slice(piece)).await);
+            }
+            if commit {
+                assert!(w.commit().await);
+            } else {
+                drop(w);
+            }
+        }
+        assert_eq!(read_all(&store, 1, 0, bytes.len() as u64).unwrap(), bytes);
+        assert!(!store.contains(&hash(2)).unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_nar_that_fails_its_check_is_not_stored() {
+        use crate::store::tests::{data, hash, info_for, open};
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path(), 64 << 20);
+        let bytes = data(100_000, 2);
+        let ingest = store.begin_ingest(info_for(&bytes, 3)).unwrap();
+        let w = IngestWriter::spawn(ingest, "p3".into()).unwrap();
+        assert!(w.write(Bytes::from(data(100_000, 3))).await);
+        assert!(!w.commit().await);
+        assert!(!store.contains(&hash(3)).unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_compressed_nar_is_decoded_on_the_writer_thread() {
+        use crate::store::tests::{data, hash, info_for, open, read_all};
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path(), 64 << 20);
+        let bytes = data(300_000, 4);
+        let z = zstd::encode_all(&bytes[..], 3).unwrap();
+        // Whole, then cut short: only the whole one is stored.
+        for (n, file) in [(4u8, &z[..]), (5, &z[..z.len() / 2])] {
+            let decode: Decode = Box::new(|sink| Ok(Box::new(zstd::stream::write::Decoder::new(sink)?)));
+            let w = IngestWriter::start(store.clone(), info_for(&bytes, n), Some(decode)).unwrap();
+            for piece in file.chunks(1000) {
+                assert!(w.write(Bytes::copy_from_slice(piece)).await);
+            }
+            assert_eq!(w.commit().await, n == 4);
+        }
+        assert_eq!(read_all(&store, 4, 0, bytes.len() as u64).unwrap(), bytes);
+        assert!(!store.contains(&hash(5)).unwrap());
+    }
+
+    #[test]
+    fn the_writer_thread_runs_at_the_lowest_priority_and_only_it() {
+        let before = nice();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            lower_priority();
+            tx.send(nice()).unwrap();
+        });
+        assert_eq!(rx.recv().unwrap(), NICE);
+        assert_eq!(nice(), before, "the caller's own priority must not change");
+    }
+}
