@@ -128,6 +128,7 @@ fn shares_signed_installed_paths_and_never_anything_else() -> Result<()> {
                 a_peer,
                 Request::Chunks {
                     ids: vec![manifest.chunks[0].id],
+                    compress: true,
                 },
             )
             .await?;

@@ -111,7 +111,10 @@ async fn attack(victim: Multiaddr, ids: Vec<ChunkId>, stop: tokio_util::sync::Ca
             _ = top_up.tick() => {
                 if swarm.is_connected(&peer) {
                     while open < OPEN {
-                        swarm.behaviour_mut().send_request(&peer, Request::Chunks { ids: ids.clone() });
+                        swarm.behaviour_mut().send_request(&peer, Request::Chunks {
+                            ids: ids.clone(),
+                            compress: true,
+                        });
                         open += 1;
                     }
                 }
@@ -173,7 +176,16 @@ async fn peers_that_never_read_cannot_grow_a_donor_past_a_bound() -> Result<()> 
     // Once they are gone, it serves an honest peer again.
     let deadline = Instant::now() + Duration::from_secs(70);
     loop {
-        match honest.request(peer, Request::Chunks { ids: ids[..1].to_vec() }).await {
+        match honest
+            .request(
+                peer,
+                Request::Chunks {
+                    ids: ids[..1].to_vec(),
+                    compress: true,
+                },
+            )
+            .await
+        {
             Ok(Response::Chunks { chunks }) if chunks.len() == 1 => break,
             other => {
                 if Instant::now() > deadline {

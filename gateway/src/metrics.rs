@@ -106,6 +106,11 @@ impl Collector for NodeCounters {
                 "Verified chunk bytes received a second time (endgame duplicates)",
                 &stats.bytes_fetched_duplicate,
             ),
+            (
+                "node_fetched_wire_bytes",
+                "Bytes on the wire of verified chunk answers (compressed where asked and smaller)",
+                &stats.bytes_fetched_wire,
+            ),
         ];
         for (name, help, value) in counters {
             let counter = ConstCounter::new(value.load(Ordering::Relaxed));

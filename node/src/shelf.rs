@@ -44,7 +44,7 @@ impl Shelf for ChunkStore {
         Ok(self.record(hash).map_err(e)?.map(|r| (r.narinfo, r.manifest)))
     }
     fn read_chunk(&self, id: &ChunkId) -> Result<Option<Bytes>, ShelfError> {
-        ChunkStore::read_chunk(self, id).map_err(e)
+        ChunkStore::read_chunk_for_peer(self, id).map_err(e)
     }
     fn contains(&self, hash: &StorePathHash) -> Result<bool, ShelfError> {
         ChunkStore::contains(self, hash).map_err(e)

@@ -33,8 +33,11 @@ pub fn path_key(hash: &StorePathHash) -> [u8; 32] {
 pub enum Request {
     /// The signed narinfo and chunk manifest of a path.
     PathInfo { hash: StorePathHash },
-    /// Chunk bytes by BLAKE3 id.
-    Chunks { ids: Vec<ChunkId> },
+    /// Chunk bytes by BLAKE3 id. `compress`: the asker takes chunks
+    /// zstd-compressed where that makes them smaller (tag 2); without it
+    /// (tag 4) it asks for them as stored, because on its link the
+    /// sender's compressing costs more time than it saves.
+    Chunks { ids: Vec<ChunkId>, compress: bool },
     /// Which of these paths the node would serve (one round trip for many
     /// paths, asked of connected peers before the DHT walk ends).
     Have { hashes: Vec<StorePathHash> },
@@ -162,8 +165,8 @@ impl Request {
                 out.push(1);
                 out.extend_from_slice(hash.as_str().as_bytes());
             }
-            Self::Chunks { ids } => {
-                out.push(2);
+            Self::Chunks { ids, compress } => {
+                out.push(if *compress { 2 } else { 4 });
                 out.extend_from_slice(&(ids.len() as u32).to_le_bytes());
                 for id in ids {
                     out.extend_from_slice(&id.0);
@@ -184,10 +187,11 @@ impl Request {
         let mut r = Reader { buf, at: 0 };
         let msg = match r.u8()? {
             1 => Self::PathInfo { hash: r.hash()? },
-            2 => {
+            tag @ (2 | 4) => {
                 let n = r.count("chunk batch", MAX_BATCH)?;
                 Self::Chunks {
                     ids: (0..n).map(|_| r.id()).collect::<Result<_, _>>()?,
+                    compress: tag == 2,
                 }
             }
             3 => {
@@ -288,9 +292,16 @@ mod tests {
             any::<[u8; 20]>().prop_map(|b| Request::PathInfo {
                 hash: StorePathHash::from_bytes(&b)
             }),
-            proptest::collection::vec(any::<[u8; 32]>(), 0..=MAX_BATCH).prop_map(|ids| Request::Chunks {
-                ids: ids.into_iter().map(ChunkId).collect()
-            }),
+            (
+                proptest::collection::vec(any::<[u8; 32]>(), 0..=MAX_BATCH),
+                any::<bool>()
+            )
+                .prop_map(|(ids, compress)| {
+                    Request::Chunks {
+                        ids: ids.into_iter().map(ChunkId).collect(),
+                        compress,
+                    }
+                }),
             proptest::collection::vec(any::<[u8; 20]>(), 0..=MAX_HAVE).prop_map(|hs| Request::Have {
                 hashes: hs.iter().map(StorePathHash::from_bytes).collect()
             }),

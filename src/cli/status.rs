@@ -91,6 +91,10 @@ pub fn run(args: &StatusArgs) -> Result<()> {
             "  duplicates:   {} (received twice: the endgame's cost)",
             bytes(n(&node["bytes_fetched_duplicate"]))
         );
+        println!(
+            "  on the wire:  {} (compressed where that was faster)",
+            bytes(n(&node["bytes_fetched_wire"]))
+        );
     }
     let inst = &body["installed"];
     if inst.is_null() {

@@ -9,14 +9,22 @@ use nixswarm_protocol::wire::{MAX_REQUEST, MAX_RESPONSE, Request, Response};
 /// The protocol name on the wire.
 pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/nixswarm/transfer/1");
 
-/// What a read allocates before the bytes arrive.
+/// What a read of a request allocates before its bytes arrive: requests
+/// come from any peer, so a message grows as it arrives.
 const READ_STEP: usize = 64 * 1024;
+/// What a read of a response allocates at once: a response answers one of
+/// this node's own requests (their number is its own to bound), and a
+/// full batch then lands in one buffer, with no copies as it grows.
+const RESPONSE_STEP: usize = 4 << 20;
 
 /// Length-prefixed bytes codec.
 #[derive(Debug, Clone, Default)]
 pub struct TransferCodec;
 
-async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T, max: usize) -> std::io::Result<Vec<u8>> {
+/// Reads a length-prefixed message of at most `max` bytes, allocating at
+/// most `step` bytes ahead of what arrived. The buffer is zeroed once and
+/// read into; it never reallocates while the message fits in `step`.
+async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T, max: usize, step: usize) -> std::io::Result<Vec<u8>> {
     let mut len = [0u8; 4];
     io.read_exact(&mut len).await?;
     let len = u32::from_le_bytes(len) as usize;
@@ -26,15 +34,22 @@ async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T, max: usize) -> std:
             format!("message of {len} bytes exceeds {max}"),
         ));
     }
-    // Grown as the bytes arrive, not allocated as announced: a peer that
-    // announces 33 MiB and sends nothing costs nothing.
-    let mut buf = Vec::with_capacity(len.min(READ_STEP));
-    let read = io.take(len as u64).read_to_end(&mut buf).await?;
-    if read < len {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::UnexpectedEof,
-            format!("message ended after {read} of {len} bytes"),
-        ));
+    let mut buf = Vec::new();
+    while buf.len() < len {
+        let at = buf.len();
+        buf.resize(len.min(at + step), 0);
+        let mut filled = at;
+        while filled < buf.len() {
+            match io.read(&mut buf[filled..]).await? {
+                0 => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        format!("message ended after {filled} of {len} bytes"),
+                    ));
+                }
+                n => filled += n,
+            }
+        }
     }
     Ok(buf)
 }
@@ -59,7 +74,7 @@ impl libp2p::request_response::Codec for TransferCodec {
         _: &StreamProtocol,
         io: &mut T,
     ) -> std::io::Result<Request> {
-        Request::decode(&read_frame(io, MAX_REQUEST).await?).map_err(invalid)
+        Request::decode(&read_frame(io, MAX_REQUEST, READ_STEP).await?).map_err(invalid)
     }
 
     async fn read_response<T: AsyncRead + Unpin + Send>(
@@ -67,7 +82,7 @@ impl libp2p::request_response::Codec for TransferCodec {
         _: &StreamProtocol,
         io: &mut T,
     ) -> std::io::Result<Response> {
-        Response::decode(&read_frame(io, MAX_RESPONSE).await?).map_err(invalid)
+        Response::decode(&read_frame(io, MAX_RESPONSE, RESPONSE_STEP).await?).map_err(invalid)
     }
 
     async fn write_request<T: AsyncWrite + Unpin + Send>(
@@ -102,16 +117,16 @@ mod tests {
             // Announces 33 MiB, sends 10 bytes.
             let mut wire = (MAX_RESPONSE as u32).to_le_bytes().to_vec();
             wire.extend_from_slice(&[1; 10]);
-            let e = read_frame(&mut futures::io::Cursor::new(wire), MAX_RESPONSE)
+            let e = read_frame(&mut futures::io::Cursor::new(wire), MAX_RESPONSE, READ_STEP)
                 .await
                 .unwrap_err();
             assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof, "{e}");
             let mut wire = 5u32.to_le_bytes().to_vec();
             wire.extend_from_slice(b"hello, and more");
-            let got = read_frame(&mut futures::io::Cursor::new(wire), 16).await.unwrap();
+            let got = read_frame(&mut futures::io::Cursor::new(wire), 16, 4).await.unwrap();
             assert_eq!(got, b"hello");
             let too_big = 17u32.to_le_bytes().to_vec();
-            let e = read_frame(&mut futures::io::Cursor::new(too_big), 16)
+            let e = read_frame(&mut futures::io::Cursor::new(too_big), 16, 4)
                 .await
                 .unwrap_err();
             assert_eq!(e.kind(), std::io::ErrorKind::InvalidData);

@@ -23,6 +23,7 @@ use super::NodeHandle;
 use super::discover::{Discovery, DiscoverySettings};
 use super::schedule::{Outcome, Ready, Schedule, ScheduleSettings, check_chunks};
 use super::scores::Scores;
+use super::wire_mode::WireModes;
 use crate::store::{AsyncStore, ChunkStore};
 
 /// Fetcher settings.
@@ -69,6 +70,8 @@ pub struct Fetcher {
     keys: Arc<Vec<PublicKey>>,
     settings: FetchSettings,
     scores: Arc<Mutex<Scores>>,
+    /// Per peer, whether its chunks come faster compressed or as stored.
+    wire_modes: Arc<Mutex<WireModes>>,
     discovery: Discovery,
     /// Manifests whose chunks verified but whose NAR did not, by path:
     /// never used for that path again.
@@ -80,21 +83,40 @@ type BadManifests = HashSet<(StorePathHash, [u8; 32])>;
 
 /// Rejected manifests remembered before the memory is cleared.
 const MAX_BAD_MANIFESTS: usize = 10_000;
-/// Checks a chunk answer off the runtime (zstd and BLAKE3 over up to
-/// 32 chunks).
-async fn verify(
-    asked: &[ChunkId],
-    sched: &Schedule,
-    chunks: Vec<nixswarm_protocol::wire::WireChunk>,
-) -> Result<Vec<(ChunkId, Bytes)>, &'static str> {
-    let sizes: Vec<(ChunkId, Option<u32>)> = asked.iter().map(|id| (*id, sched.size(id))).collect();
-    let asked = asked.to_vec();
-    tokio::task::spawn_blocking(move || {
-        let size_of = |id: &ChunkId| sizes.iter().find(|(i, _)| i == id).and_then(|(_, s)| *s);
-        check_chunks(&asked, size_of, chunks)
-    })
-    .await
-    .unwrap_or(Err("chunk check failed"))
+/// What came back for one batch: the answer's bytes on the wire and its
+/// chunks checked off the runtime (zstd and BLAKE3 over up to 32 chunks),
+/// or the request's failure.
+enum Answer {
+    Chunks {
+        wire: u64,
+        checked: Result<Vec<(ChunkId, Bytes)>, &'static str>,
+    },
+    Other(Response),
+    Failed(super::NodeError),
+}
+
+/// Asks `peer` for a batch and checks what comes back. Runs as one of the
+/// transfer's futures, so batches are checked in parallel while the
+/// transfer goes on.
+async fn ask(handle: NodeHandle, peer: PeerId, ids: Vec<ChunkId>, sizes: Vec<Option<u32>>, compress: bool) -> Answer {
+    let request = Request::Chunks {
+        ids: ids.clone(),
+        compress,
+    };
+    match handle.request(peer, request).await {
+        Ok(Response::Chunks { chunks }) => {
+            let wire = chunks.iter().map(|c| c.data.len() as u64).sum();
+            let checked = tokio::task::spawn_blocking(move || {
+                let size_of = |id: &ChunkId| ids.iter().position(|i| i == id).and_then(|i| sizes[i]);
+                check_chunks(&ids, size_of, chunks)
+            })
+            .await
+            .unwrap_or(Err("chunk check failed"));
+            Answer::Chunks { wire, checked }
+        }
+        Ok(other) => Answer::Other(other),
+        Err(e) => Answer::Failed(e),
+    }
 }
 
 /// How long a lookup waits for an answer before it asks one more provider.
@@ -135,6 +157,7 @@ impl Fetcher {
             store: store.into(),
             keys: Arc::new(keys),
             scores: Arc::new(Mutex::new(Scores::new(settings.ban_after, settings.ban_for))),
+            wire_modes: Arc::default(),
             settings,
             bad_manifests: Arc::default(),
         }
@@ -169,6 +192,12 @@ impl Fetcher {
 
     pub fn handle(&self) -> &NodeHandle {
         &self.handle
+    }
+
+    fn wire_modes(&self) -> std::sync::MutexGuard<'_, WireModes> {
+        self.wire_modes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn scores(&self) -> std::sync::MutexGuard<'_, Scores> {
@@ -474,38 +503,39 @@ impl Fetcher {
                 return Err(why);
             }
             for send in sched.sends(now) {
-                let h = self.handle.clone();
-                in_flight.push(async move {
-                    let r = h.request(send.peer, Request::Chunks { ids: send.ids.clone() }).await;
-                    (send, r)
-                });
+                let compress = self.wire_modes().choose(send.peer, now);
+                let sizes = send.ids.iter().map(|id| sched.size(id)).collect();
+                let asked = ask(self.handle.clone(), send.peer, send.ids.clone(), sizes, compress);
+                in_flight.push(async move { (send, compress, now, asked.await) });
             }
             let wake = tokio::time::Instant::from_std(sched.next_deadline());
             tokio::select! {
                 // Nobody is listening any more: stop asking peers at once.
                 () = tx.closed() => return Ok(()),
-                Some((send, r)) = in_flight.next(), if !in_flight.is_empty() => {
+                Some((send, compress, sent, answer)) = in_flight.next(), if !in_flight.is_empty() => {
                     let peer = send.peer;
                     let current = sched.peers().any(|p| *p == peer);
-                    let outcome = match r {
-                        Ok(Response::Chunks { chunks }) => match verify(&send.ids, &sched, chunks).await {
-                            Ok(c) => {
-                                if !c.is_empty() {
-                                    stats.proven.mark(peer);
-                                }
-                                Outcome::Chunks(c)
+                    let outcome = match answer {
+                        Answer::Chunks { wire, checked: Ok(c) } => {
+                            if !c.is_empty() {
+                                stats.proven.mark(peer);
+                                stats.bytes_fetched_wire.fetch_add(wire, Ordering::Relaxed);
+                                let bytes = c.iter().map(|(_, d)| d.len() as u64).sum();
+                                let now = Instant::now();
+                                self.wire_modes().record(peer, compress, bytes, now - sent, now);
                             }
-                            Err(why) => {
-                                // Not penalised twice for one transfer.
-                                if current {
-                                    self.penalise(peer, why);
-                                }
-                                Outcome::Lied
+                            Outcome::Chunks(c)
+                        }
+                        Answer::Chunks { checked: Err(why), .. } => {
+                            // Not penalised twice for one transfer.
+                            if current {
+                                self.penalise(peer, why);
                             }
-                        },
-                        Ok(Response::Busy) => Outcome::Busy,
-                        Ok(_) => Outcome::Failed,
-                        Err(e) => {
+                            Outcome::Lied
+                        }
+                        Answer::Other(Response::Busy) => Outcome::Busy,
+                        Answer::Other(_) => Outcome::Failed,
+                        Answer::Failed(e) => {
                             tracing::debug!(%peer, error = %e, "chunk request failed");
                             Outcome::Failed
                         }

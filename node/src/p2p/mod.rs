@@ -22,6 +22,7 @@ mod relays;
 mod schedule;
 mod scores;
 mod serve;
+mod wire_mode;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -179,6 +180,10 @@ pub struct NodeStats {
     /// Verified chunk bytes that arrived a second time (the endgame asks
     /// two peers for the last batches): network cost that brought nothing.
     pub bytes_fetched_duplicate: AtomicU64,
+    /// Bytes on the wire of the verified chunk answers (compressed where
+    /// they were asked and sent so): against `bytes_fetched`, what
+    /// compression saved.
+    pub bytes_fetched_wire: AtomicU64,
     /// Peers that served verified chunks (the record store prefers them).
     pub proven: Arc<proven::Proven>,
     /// Fires when the node goes from no connections to some, or its
@@ -228,6 +233,7 @@ pub struct NodeStatus {
     pub bytes_served: u64,
     pub bytes_fetched: u64,
     pub bytes_fetched_duplicate: u64,
+    pub bytes_fetched_wire: u64,
 }
 
 /// One provider of a key as this node's record store lists it.

@@ -9,6 +9,7 @@ use libp2p::PeerId;
 use nixswarm_protocol::wire::{MAX_BATCH, MAX_HAVE, Request, Response, WireChunk};
 use std::time::Duration;
 
+use nixswarm_protocol::ChunkId;
 use nixswarm_protocol::manifest::MAX_CHUNK_SIZE;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -46,18 +47,29 @@ pub fn answer(store: &Shelves, request: &Request, liar: &Liar) -> Response {
                 .map(|h| store.contains(h).unwrap_or(false))
                 .collect(),
         },
-        Request::Chunks { ids } => {
+        Request::Chunks { ids, compress } => {
+            let wire = |id: ChunkId, data: Vec<u8>| {
+                if *compress {
+                    self::compress(id, data)
+                } else {
+                    WireChunk {
+                        id,
+                        compressed: false,
+                        data,
+                    }
+                }
+            };
             let mut chunks = Vec::with_capacity(ids.len().min(MAX_BATCH));
             // Each id at most once: a request repeating one id would
             // otherwise ask for MAX_BATCH copies of the largest chunk.
             let mut seen = std::collections::HashSet::new();
             for id in ids.iter().take(MAX_BATCH).filter(|id| seen.insert(**id)) {
                 if !liar.is_honest() {
-                    chunks.extend(liar.chunk(store, id).map(|d| compress(*id, d)));
+                    chunks.extend(liar.chunk(store, id).map(|d| wire(*id, d)));
                     continue;
                 }
                 match store.read_chunk(id) {
-                    Ok(Some(data)) => chunks.push(compress(*id, data.to_vec())),
+                    Ok(Some(data)) => chunks.push(wire(*id, data.to_vec())),
                     Ok(None) => {}
                     Err(e) => tracing::warn!(chunk = %id, error = %e, "cannot read a chunk for a peer"),
                 }
@@ -74,7 +86,7 @@ thread_local! {
         std::cell::RefCell::new(zstd::bulk::Compressor::new(1).ok());
 }
 
-fn compress(id: nixswarm_protocol::ChunkId, data: Vec<u8>) -> WireChunk {
+fn compress(id: ChunkId, data: Vec<u8>) -> WireChunk {
     let compressed = ZSTD.with(|z| match z.borrow_mut().as_mut() {
         Some(c) => c.compress(&data),
         None => zstd::bulk::compress(&data, 1),
@@ -128,7 +140,7 @@ fn units(bytes: usize) -> usize {
 /// the distinct ids asked; path answers are taken as small until built.
 fn estimate(request: &Request) -> usize {
     match request {
-        Request::Chunks { ids } => {
+        Request::Chunks { ids, .. } => {
             let distinct: std::collections::HashSet<_> = ids.iter().take(MAX_BATCH).collect();
             distinct.len() * (MAX_CHUNK_SIZE as usize + 64)
         }
@@ -278,6 +290,7 @@ mod tests {
             &shelves,
             &Request::Chunks {
                 ids: vec![id; MAX_BATCH],
+                compress: true,
             },
             &Liar::default(),
         ) else {

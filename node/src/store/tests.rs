@@ -157,6 +157,38 @@ fn a_wrong_nar_is_never_visible_and_leaves_no_chunks() {
 }
 
 #[test]
+fn reads_for_peers_check_sizes_always_and_hashes_on_a_sample() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), 1 << 30);
+    let bytes = data(500_000, 5);
+    put(&store, &bytes, 1).unwrap();
+    let handle = store.open_nar(&hash(1)).unwrap().unwrap();
+    let victim = handle.manifest.chunks[1].id;
+    let path = ChunkDir::open(dir.path()).unwrap().path(&victim);
+    let good = std::fs::read(&path).unwrap();
+    let mut flipped = good.clone();
+    flipped[10] ^= 1;
+    std::fs::write(&path, &flipped).unwrap();
+    let caught = (0..PEER_READS_HASHED * 4)
+        .filter(|_| matches!(store.read_chunk_for_peer(&victim), Err(StoreError::ChunkCorrupt(_))))
+        .count();
+    assert_eq!(caught, 4, "one read in {PEER_READS_HASHED} is hashed");
+    // A chunk of the wrong size is caught on every read.
+    std::fs::write(&path, &good[1..]).unwrap();
+    for _ in 0..PEER_READS_HASHED {
+        assert!(matches!(
+            store.read_chunk_for_peer(&victim),
+            Err(StoreError::ChunkCorrupt(_))
+        ));
+    }
+    // Reads for this node's own use are always hashed.
+    std::fs::write(&path, &flipped).unwrap();
+    for _ in 0..PEER_READS_HASHED {
+        assert!(matches!(store.read_chunk(&victim), Err(StoreError::ChunkCorrupt(_))));
+    }
+}
+
+#[test]
 fn corrupt_chunk_on_disk_is_detected() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path(), 1 << 30);

@@ -281,6 +281,7 @@ impl Actor {
                     bytes_served: self.stats.bytes_served.load(Ordering::Relaxed),
                     bytes_fetched: self.stats.bytes_fetched.load(Ordering::Relaxed),
                     bytes_fetched_duplicate: self.stats.bytes_fetched_duplicate.load(Ordering::Relaxed),
+                    bytes_fetched_wire: self.stats.bytes_fetched_wire.load(Ordering::Relaxed),
                 };
                 let _ = reply.send(status);
             }
