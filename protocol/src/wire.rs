@@ -5,6 +5,7 @@
 //! little-endian, byte strings and texts are u32-length-prefixed. Decoding
 //! checks every length against the limits below before allocating.
 
+use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 
@@ -48,7 +49,7 @@ pub enum Request {
 pub struct WireChunk {
     pub id: ChunkId,
     pub compressed: bool,
-    pub data: Vec<u8>,
+    pub data: Bytes,
 }
 
 /// An answer.
@@ -240,7 +241,40 @@ impl Response {
         out
     }
 
+    /// The encoding in pieces whose concatenation is [`Response::encode`]:
+    /// chunk data is not copied into one buffer (the stream copies it
+    /// anyway as it frames and encrypts).
+    pub fn encode_parts(&self) -> Vec<Bytes> {
+        let Self::Chunks { chunks } = self else {
+            return vec![Bytes::from(self.encode())];
+        };
+        let mut parts = Vec::with_capacity(2 * chunks.len() + 1);
+        let mut head = vec![3];
+        head.extend_from_slice(&(chunks.len() as u32).to_le_bytes());
+        for c in chunks {
+            head.extend_from_slice(&c.id.0);
+            head.push(u8::from(c.compressed));
+            head.extend_from_slice(&(c.data.len() as u32).to_le_bytes());
+            parts.push(Bytes::from(std::mem::take(&mut head)));
+            parts.push(c.data.clone());
+        }
+        if !head.is_empty() {
+            parts.push(Bytes::from(head));
+        }
+        parts
+    }
+
+    /// Decodes a response, copying chunk data out of `buf`.
     pub fn decode(buf: &[u8]) -> Result<Self, WireError> {
+        Self::decode_from(buf, None)
+    }
+
+    /// Decodes a response whose chunk data are slices of `buf` (no copy).
+    pub fn decode_shared(buf: &Bytes) -> Result<Self, WireError> {
+        Self::decode_from(buf, Some(buf))
+    }
+
+    fn decode_from(buf: &[u8], shared: Option<&Bytes>) -> Result<Self, WireError> {
         let mut r = Reader { buf, at: 0 };
         let msg = match r.u8()? {
             1 => {
@@ -256,7 +290,11 @@ impl Response {
                 for _ in 0..n {
                     let id = r.id()?;
                     let compressed = r.u8()? != 0;
-                    let data = r.bytes("chunk", MAX_CHUNK_SIZE as usize + 1024)?.to_vec();
+                    let data = r.bytes("chunk", MAX_CHUNK_SIZE as usize + 1024)?;
+                    let data = match shared {
+                        Some(b) => b.slice(r.at - data.len()..r.at),
+                        None => Bytes::copy_from_slice(data),
+                    };
                     chunks.push(WireChunk { id, compressed, data });
                 }
                 Self::Chunks { chunks }
@@ -346,7 +384,7 @@ mod tests {
                     .map(|(id, compressed, data)| WireChunk {
                         id: ChunkId(id),
                         compressed,
-                        data
+                        data: data.into()
                     })
                     .collect()
             }),
@@ -386,7 +424,10 @@ mod tests {
 
         #[test]
         fn responses_round_trip(r in arb_response()) {
-            prop_assert_eq!(Response::decode(&r.encode()).unwrap(), r);
+            prop_assert_eq!(Response::decode(&r.encode()).unwrap(), r.clone());
+            let parts: Vec<u8> = r.encode_parts().concat();
+            prop_assert_eq!(&parts, &r.encode(), "the parts make the encoding");
+            prop_assert_eq!(Response::decode_shared(&Bytes::from(parts)).unwrap(), r);
         }
 
         #[test]

@@ -749,6 +749,11 @@ pub fn audit_gateway_store(
 
 /// `nixswarm import` of a fixture cache (its 29 paths) into `data_dir`.
 pub fn import(data_dir: &std::path::Path, cache: &std::path::Path, key: &str) -> Result<()> {
+    import_paths(data_dir, cache, key, 29)
+}
+
+/// Imports a cache of `paths` paths into a data dir with `nixswarm import`.
+pub fn import_paths(data_dir: &std::path::Path, cache: &std::path::Path, key: &str, paths: usize) -> Result<()> {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_nixswarm"))
         .args([
             "import",
@@ -765,7 +770,7 @@ pub fn import(data_dir: &std::path::Path, cache: &std::path::Path, key: &str) ->
         String::from_utf8_lossy(&out.stderr)
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
-    ensure!(stdout.contains("imported 29 paths"), "{stdout}");
+    ensure!(stdout.contains(&format!("imported {paths} paths")), "{stdout}");
     Ok(())
 }
 

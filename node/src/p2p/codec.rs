@@ -82,7 +82,8 @@ impl libp2p::request_response::Codec for TransferCodec {
         _: &StreamProtocol,
         io: &mut T,
     ) -> std::io::Result<Response> {
-        Response::decode(&read_frame(io, MAX_RESPONSE, RESPONSE_STEP).await?).map_err(invalid)
+        let frame = bytes::Bytes::from(read_frame(io, MAX_RESPONSE, RESPONSE_STEP).await?);
+        Response::decode_shared(&frame).map_err(invalid)
     }
 
     async fn write_request<T: AsyncWrite + Unpin + Send>(
@@ -100,10 +101,16 @@ impl libp2p::request_response::Codec for TransferCodec {
         io: &mut T,
         res: Response,
     ) -> std::io::Result<()> {
-        // Only the encoded copy is held while a slow peer reads it.
-        let bytes = res.encode();
+        // Written piece by piece: chunk data goes from the store's buffers
+        // to the stream without being copied into one message first.
+        let parts = res.encode_parts();
         drop(res);
-        write_frame(io, &bytes).await
+        let len: usize = parts.iter().map(bytes::Bytes::len).sum();
+        io.write_all(&(len as u32).to_le_bytes()).await?;
+        for p in &parts {
+            io.write_all(p).await?;
+        }
+        io.close().await
     }
 }
 

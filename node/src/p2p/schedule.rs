@@ -407,14 +407,14 @@ pub fn check_chunks(
             return Err("sent a chunk it was not asked for");
         };
         let data = if wc.compressed {
-            decompress(&wc.data, size as usize).map_err(|_| "sent a chunk that does not decompress")?
+            Bytes::from(decompress(&wc.data, size as usize).map_err(|_| "sent a chunk that does not decompress")?)
         } else {
             wc.data
         };
         if data.len() != size as usize || blake3::hash(&data).as_bytes() != &wc.id.0 {
             return Err("sent a chunk that does not match its BLAKE3 id");
         }
-        out.push((wc.id, Bytes::from(data)));
+        out.push((wc.id, data));
     }
     Ok(out)
 }

@@ -260,7 +260,7 @@ fn chunk_responses_are_checked_against_the_batch() {
     let wire = |i: usize, data: Vec<u8>, compressed: bool| WireChunk {
         id: ids[i],
         compressed,
-        data,
+        data: data.into(),
     };
     let ok = check_chunks(&ids, size, vec![wire(0, data[0].to_vec(), false)]).unwrap();
     assert_eq!(ok, vec![(ids[0], data[0].clone())]);

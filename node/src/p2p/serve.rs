@@ -9,6 +9,7 @@ use libp2p::PeerId;
 use nixswarm_protocol::wire::{MAX_BATCH, MAX_HAVE, Request, Response, WireChunk};
 use std::time::Duration;
 
+use bytes::Bytes;
 use nixswarm_protocol::ChunkId;
 use nixswarm_protocol::manifest::MAX_CHUNK_SIZE;
 use tokio::sync::{Semaphore, mpsc, oneshot};
@@ -48,7 +49,7 @@ pub fn answer(store: &Shelves, request: &Request, liar: &Liar) -> Response {
                 .collect(),
         },
         Request::Chunks { ids, compress } => {
-            let wire = |id: ChunkId, data: Vec<u8>| {
+            let wire = |id: ChunkId, data: Bytes| {
                 if *compress {
                     self::compress(id, data)
                 } else {
@@ -65,11 +66,11 @@ pub fn answer(store: &Shelves, request: &Request, liar: &Liar) -> Response {
             let mut seen = std::collections::HashSet::new();
             for id in ids.iter().take(MAX_BATCH).filter(|id| seen.insert(**id)) {
                 if !liar.is_honest() {
-                    chunks.extend(liar.chunk(store, id).map(|d| wire(*id, d)));
+                    chunks.extend(liar.chunk(store, id).map(|d| wire(*id, Bytes::from(d))));
                     continue;
                 }
                 match store.read_chunk(id) {
-                    Ok(Some(data)) => chunks.push(wire(*id, data.to_vec())),
+                    Ok(Some(data)) => chunks.push(wire(*id, data)),
                     Ok(None) => {}
                     Err(e) => tracing::warn!(chunk = %id, error = %e, "cannot read a chunk for a peer"),
                 }
@@ -86,7 +87,7 @@ thread_local! {
         std::cell::RefCell::new(zstd::bulk::Compressor::new(1).ok());
 }
 
-fn compress(id: ChunkId, data: Vec<u8>) -> WireChunk {
+fn compress(id: ChunkId, data: Bytes) -> WireChunk {
     let compressed = ZSTD.with(|z| match z.borrow_mut().as_mut() {
         Some(c) => c.compress(&data),
         None => zstd::bulk::compress(&data, 1),
@@ -95,7 +96,7 @@ fn compress(id: ChunkId, data: Vec<u8>) -> WireChunk {
         Ok(c) if c.len() + 64 < data.len() => WireChunk {
             id,
             compressed: true,
-            data: c,
+            data: Bytes::from(c),
         },
         _ => WireChunk {
             id,

@@ -1,7 +1,8 @@
 //! Writing a NAR into the store behind its client: the pieces go through a
 //! bounded queue to a thread of the ingest's own, which runs at the lowest
-//! CPU priority ([`IngestWriter::start`]; a prefetch, whose commit a NAR
-//! request may wait for, keeps normal priority: [`IngestWriter::spawn`]).
+//! CPU priority when the NAR fits the queue ([`IngestWriter::start`]; a
+//! larger NAR, and a prefetch, whose commit a NAR request may wait for,
+//! keep normal priority: [`IngestWriter::spawn`]).
 //!
 //! On a machine whose cores are busy (Nix unpacking, the gateway verifying
 //! the bytes it forwards), chunking, hashing and creating chunk files then
@@ -96,8 +97,19 @@ impl IngestWriter {
     /// turns into the NAR's bytes on the writer thread. If the store has
     /// the path or no room, the writer stops and [`IngestWriter::write`]
     /// returns false.
+    ///
+    /// The thread runs at the lowest priority when the pieces fit in the
+    /// queue (the client then never waits for it). A larger NAR's client
+    /// waits for the store once the queue is full, and a writer at the
+    /// lowest priority then got almost no CPU while the transfer kept both
+    /// cores busy, so it runs at normal priority.
     pub fn start(store: ChunkStore, narinfo: NarInfo, decode: Option<Decode>) -> Option<Self> {
         let path = narinfo.store_path.to_string();
+        let pieces = match decode {
+            Some(_) => narinfo.file_size.unwrap_or(narinfo.nar_size),
+            None => narinfo.nar_size,
+        };
+        let behind = pieces <= QUEUE_BYTES as u64;
         let begin = move || {
             let hash = narinfo.store_path.hash();
             let began = match store.contains(&hash) {
@@ -109,7 +121,7 @@ impl IngestWriter {
                 .inspect_err(|e| tracing::info!(%hash, error = %e, "serving without storing"))
                 .ok()
         };
-        Self::spawn_with(begin, path, decode, true)
+        Self::spawn_with(begin, path, decode, behind)
     }
 
     fn spawn_with(

@@ -1,0 +1,118 @@
+//! The whole cache through peers: Nix realises every path of a Nix-made
+//! cache through a gateway whose only source is peers (its upstream is
+//! down), against nginx serving the same cache directly.
+//!
+//! The cache is the WAN benchmark's (160 paths with references, 182 MB of
+//! NARs, zstd, NarSize/FileSize about 2.1), imported into 1 and into 4
+//! seed nodes on 127.0.0.1. In each round, with fresh client stores and a
+//! fresh client gateway, Nix realises all 160 paths from nginx directly
+//! and through the gateway from the seeds, the gateway keeping what it
+//! fetches and keeping nothing. Reported: median times, their ratio to
+//! nginx direct, and CPU seconds per GB of NAR of the seeds (all of them)
+//! and of the client gateway. `BENCH_RUNS` sets the rounds (default 3).
+//!
+//! Run with `scripts/bench-p2p.sh` (after the single-NAR benchmark).
+#![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
+
+mod common;
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use anyhow::{Result, ensure};
+use common::corpus::{Content, PATHS, build_cache, narinfos, timed_realise};
+use common::{Nginx, cpu_seconds, median};
+use support::{ClientStore, Gateway, copy_dir, down_upstream, fixture, import_paths};
+
+/// One configuration's times and CPU seconds per round.
+#[derive(Default)]
+struct Series {
+    secs: Vec<f64>,
+    seeds_cpu: Vec<f64>,
+    client_cpu: Vec<f64>,
+}
+
+fn main() -> Result<()> {
+    if std::env::args().any(|a| a == "--list") {
+        return Ok(());
+    }
+    let runs: usize = std::env::var("BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let fx = fixture();
+    let key = fx.trusted_pub.clone();
+    let (cache, paths) = build_cache(&fx.dir.join("keys"), Content::Hex)?;
+    let infos = narinfos(&cache)?;
+    ensure!(infos.len() == PATHS, "the cache has {} narinfos", infos.len());
+    let nar_gb = infos.values().map(|i| i.nar_size).sum::<u64>() as f64 / 1e9;
+    let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR"))?;
+    let nginx = Nginx::start(&cache, &tmp.path().join("nginx"))?;
+    let seeded = tmp.path().join("seeded");
+    import_paths(&seeded, &cache, &key, PATHS)?;
+    let down = down_upstream();
+
+    let configs: [(usize, &str, &[&str]); 3] = [
+        (1, "1 peer, keeping", &[]),
+        (1, "1 peer, keeping nothing", &["--contribute", "none"]),
+        (4, "4 peers, keeping", &[]),
+    ];
+    let mut direct = Vec::new();
+    let mut via: Vec<Series> = configs.iter().map(|_| Series::default()).collect();
+    for round in 0..runs {
+        for (c, ((n, name, flags), series)) in configs.iter().zip(&mut via).enumerate() {
+            let dir = tmp.path().join(format!("r{round}-{c}"));
+            let mut seeds: Vec<Gateway> = Vec::new();
+            for i in 0..*n {
+                let d = dir.join(format!("seed{i}"));
+                copy_dir(&seeded, &d)?;
+                let boot = seeds.first().map(|s| s.node_addrs[0].clone());
+                let extra: Vec<&str> = boot.iter().flat_map(|b| ["--bootstrap", b.as_str()]).collect();
+                seeds.push(Gateway::start_with(&d, &[], &key, &extra)?);
+            }
+            for s in &seeds {
+                s.wait_for("provided_keys", PATHS as u64)?;
+            }
+            std::process::Command::new("sync").status()?;
+            let client = ClientStore::new(&dir.join("direct"));
+            direct.push(timed_realise(&client, &nginx.url, &key, &paths, "nginx direct")?);
+            let mut gw_flags = vec!["--bootstrap", seeds[0].node_addrs[0].as_str()];
+            gw_flags.extend_from_slice(flags);
+            let gw = Gateway::start_with(&dir.join("gw"), &[&down], &key, &gw_flags)?;
+            gw.wait_for("peers", *n as u64)?;
+            let seeds_cpu0: f64 = seeds.iter().map(|s| cpu_seconds(s.pid()).unwrap_or(0.0)).sum();
+            let cpu0 = cpu_seconds(gw.pid())?;
+            let client = ClientStore::new(&dir.join("client"));
+            let t = timed_realise(&client, &gw.url, &key, &paths, name)?;
+            series.client_cpu.push(cpu_seconds(gw.pid())? - cpu0);
+            let seeds_cpu: f64 = seeds.iter().map(|s| cpu_seconds(s.pid()).unwrap_or(0.0)).sum();
+            series.seeds_cpu.push(seeds_cpu - seeds_cpu0);
+            series.secs.push(t);
+            eprintln!(
+                "round {round}: {name}: {t:.2}s, nginx direct {:.2}s",
+                direct.last().unwrap()
+            );
+            drop(gw);
+            drop(seeds);
+            std::fs::remove_dir_all(&dir)?;
+        }
+    }
+    let reference = median(direct);
+    let mut table = format!(
+        "| Nix realising {PATHS} paths ({:.0} MB of NARs), upstream down | median s | ratio to nginx direct | seeds' CPU s per GB | client gateway's CPU s per GB |\n|---|---|---|---|---|\n| nginx direct | {reference:.2} | 1.00 | | |\n",
+        nar_gb * 1000.0
+    );
+    for ((_, name, _), s) in configs.iter().zip(&via) {
+        let t = median(s.secs.clone());
+        table.push_str(&format!(
+            "| gateway via {name} | {t:.2} | {:.2} | {:.1} | {:.1} |\n",
+            t / reference,
+            median(s.seeds_cpu.clone()) / nar_gb,
+            median(s.client_cpu.clone()) / nar_gb
+        ));
+    }
+    print!("{table}");
+    if let Ok(out) = std::env::var("BENCH_OUT") {
+        std::fs::write(format!("{out}.cache"), &table)?;
+    }
+    Ok(())
+}
