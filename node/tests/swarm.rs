@@ -264,3 +264,34 @@ async fn one_peer_cannot_open_more_connections_than_the_limit() {
         "the victim held {most} connections from one peer (limit {limit})"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_peer_sends_its_chunks_compressed() {
+    // A 4 MiB/s upload and a NAR of hex text (zstd halves it): compressed
+    // batches deliver about twice the NAR bytes per second, so after one
+    // batch asked each way the fetcher asks for compressed ones.
+    let nodes = swarm(2, |i, c| {
+        if i == 1 {
+            c.upload_limit = Some(4 << 20);
+        }
+    })
+    .await;
+    let bytes: Vec<u8> = nar(5, 3 << 20)
+        .iter()
+        .flat_map(|b| format!("{b:02x}").into_bytes())
+        .collect();
+    nodes[1].put(5, &bytes);
+    let fetcher = &nodes[0].fetcher;
+    let path = lookup_until(fetcher, hash(5), |p| !p.providers.is_empty()).await;
+    let (got, err) = collect(fetcher.stream(path)).await;
+    assert_eq!(err, None);
+    assert!(got == bytes, "the NAR arrives whole");
+    let status = nodes[0].node.handle.status().await.unwrap();
+    assert_eq!(status.bytes_fetched, bytes.len() as u64);
+    assert!(
+        status.bytes_fetched_wire < status.bytes_fetched * 3 / 4,
+        "{} bytes on the wire for {} fetched",
+        status.bytes_fetched_wire,
+        status.bytes_fetched
+    );
+}

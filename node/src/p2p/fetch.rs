@@ -478,6 +478,8 @@ impl Fetcher {
         );
         let stats = &self.handle.stats;
         let mut in_flight = FuturesUnordered::new();
+        // Batches in flight per peer (how many shared its link).
+        let mut asking: std::collections::HashMap<PeerId, u32> = std::collections::HashMap::new();
         loop {
             while let Some(ready) = sched.next_ready() {
                 let at = offsets[sched.progress().0 - 1];
@@ -503,17 +505,24 @@ impl Fetcher {
                 return Err(why);
             }
             for send in sched.sends(now) {
-                let compress = self.wire_modes().choose(send.peer, now);
-                let sizes = send.ids.iter().map(|id| sched.size(id)).collect();
+                let sizes: Vec<Option<u32>> = send.ids.iter().map(|id| sched.size(id)).collect();
+                let bytes = sizes.iter().flatten().map(|s| u64::from(*s)).sum();
+                let compress = self.wire_modes().choose(send.peer, bytes, now);
+                let sharing = asking.entry(send.peer).or_insert(0);
+                *sharing += 1;
+                let sharing = *sharing;
                 let asked = ask(self.handle.clone(), send.peer, send.ids.clone(), sizes, compress);
-                in_flight.push(async move { (send, compress, now, asked.await) });
+                in_flight.push(async move { (send, compress, now, sharing, asked.await) });
             }
             let wake = tokio::time::Instant::from_std(sched.next_deadline());
             tokio::select! {
                 // Nobody is listening any more: stop asking peers at once.
                 () = tx.closed() => return Ok(()),
-                Some((send, compress, sent, answer)) = in_flight.next(), if !in_flight.is_empty() => {
+                Some((send, compress, sent, sharing, answer)) = in_flight.next(), if !in_flight.is_empty() => {
                     let peer = send.peer;
+                    if let Some(n) = asking.get_mut(&peer) {
+                        *n = n.saturating_sub(1);
+                    }
                     let current = sched.peers().any(|p| *p == peer);
                     let outcome = match answer {
                         Answer::Chunks { wire, checked: Ok(c) } => {
@@ -522,7 +531,7 @@ impl Fetcher {
                                 stats.bytes_fetched_wire.fetch_add(wire, Ordering::Relaxed);
                                 let bytes = c.iter().map(|(_, d)| d.len() as u64).sum();
                                 let now = Instant::now();
-                                self.wire_modes().record(peer, compress, bytes, now - sent, now);
+                                self.wire_modes().record(peer, compress, bytes, now - sent, sharing, now);
                             }
                             Outcome::Chunks(c)
                         }

@@ -41,32 +41,50 @@ pub struct WireModes {
 }
 
 impl WireModes {
-    /// Whether the next batch from `peer` should be asked compressed.
-    pub fn choose(&mut self, peer: PeerId, now: Instant) -> bool {
+    /// Whether the next batch from `peer`, of `bytes` NAR bytes, should be
+    /// asked compressed. A batch too small to measure takes the way that
+    /// measured better (compressed while nothing is known: the cheaper
+    /// guess on a link of unknown speed) and counts toward nothing.
+    pub fn choose(&mut self, peer: PeerId, bytes: u64, now: Instant) -> bool {
         let r = self.entry(peer, now);
+        let best = match r.rate {
+            [Some(raw), Some(z)] => z >= raw,
+            [Some(_), None] => true,
+            [None, Some(_)] => false,
+            [None, None] => true,
+        };
+        if bytes < MIN_MEASURED {
+            return match r.rate {
+                [Some(raw), Some(z)] => z >= raw,
+                _ => true,
+            };
+        }
         r.asked += 1;
         match r.rate {
-            // Until each way is measured, alternate (compressed first: the
-            // cheaper guess on a link of unknown speed).
-            [None, _] | [_, None] => r.asked % 2 == 1,
-            [Some(raw), Some(z)] => {
-                let best = z >= raw;
-                if r.asked.is_multiple_of(PROBE_EVERY) {
-                    !best
-                } else {
-                    best
-                }
-            }
+            // Until each way is measured, the unmeasured one.
+            [None, _] | [_, None] => best,
+            _ if r.asked.is_multiple_of(PROBE_EVERY) => !best,
+            _ => best,
         }
     }
 
     /// A batch asked `compressed` (or not) delivered `bytes` NAR bytes,
-    /// verified, `elapsed` after it was asked.
-    pub fn record(&mut self, peer: PeerId, compressed: bool, bytes: u64, elapsed: Duration, now: Instant) {
+    /// verified, `elapsed` after it was asked, while `sharing` batches
+    /// (itself included) were asked of the peer: batches in flight together
+    /// share the link and the sender, so one batch's rate is that share.
+    pub fn record(
+        &mut self,
+        peer: PeerId,
+        compressed: bool,
+        bytes: u64,
+        elapsed: Duration,
+        sharing: u32,
+        now: Instant,
+    ) {
         if bytes < MIN_MEASURED {
             return;
         }
-        let rate = bytes as f64 / elapsed.as_secs_f64().max(1e-6);
+        let rate = bytes as f64 * f64::from(sharing.max(1)) / elapsed.as_secs_f64().max(1e-6);
         let r = self.entry(peer, now);
         let slot = &mut r.rate[usize::from(compressed)];
         *slot = Some(slot.map_or(rate, |old| old * (1.0 - NEW_WEIGHT) + rate * NEW_WEIGHT));
@@ -105,9 +123,9 @@ mod tests {
         let now = Instant::now();
         (0..batches)
             .map(|_| {
-                let z = modes.choose(peer, now);
+                let z = modes.choose(peer, MB, now);
                 let secs = MB as f64 / rate_of(z);
-                modes.record(peer, z, MB, Duration::from_secs_f64(secs), now);
+                modes.record(peer, z, MB, Duration::from_secs_f64(secs), 1, now);
                 z
             })
             .collect()
@@ -154,14 +172,38 @@ mod tests {
     }
 
     #[test]
+    fn batches_that_shared_the_link_are_measured_by_their_share() {
+        let mut modes = WireModes::default();
+        let peer = PeerId::random();
+        let now = Instant::now();
+        // Four compressed batches shared a link of 8 MB/s (each took four
+        // times as long as alone); one raw batch then had it alone at 4 MB/s.
+        modes.record(peer, true, MB, Duration::from_secs_f64(4.0 * MB as f64 / 8e6), 4, now);
+        modes.record(peer, false, MB, Duration::from_secs_f64(MB as f64 / 4e6), 1, now);
+        assert!(modes.choose(peer, MB, now), "compressed delivered more");
+    }
+
+    #[test]
     fn small_batches_are_not_measured_and_peers_are_bounded() {
         let mut modes = WireModes::default();
         let peer = PeerId::random();
         let now = Instant::now();
-        modes.record(peer, true, MIN_MEASURED - 1, Duration::from_millis(1), now);
+        modes.record(peer, true, MIN_MEASURED - 1, Duration::from_millis(1), 1, now);
         assert_eq!(modes.rates(&peer), (None, None));
+        // Until both ways are measured, small batches go compressed and
+        // are not counted.
+        assert!((0..10).all(|_| modes.choose(peer, MIN_MEASURED - 1, now)));
+        assert!(modes.choose(peer, MB, now), "the first measured batch is compressed");
+        assert!(modes.choose(peer, MB, now), "still compressed until measured");
+        modes.record(peer, true, MB, Duration::from_millis(10), 1, now);
+        assert!(!modes.choose(peer, MB, now), "then one as stored");
+        modes.record(peer, false, MB, Duration::from_millis(1), 1, now);
+        assert!(
+            !modes.choose(peer, MIN_MEASURED - 1, now),
+            "small batches follow the better way"
+        );
         for _ in 0..MAX_PEERS + 10 {
-            modes.choose(PeerId::random(), now);
+            modes.choose(PeerId::random(), MB, now);
         }
         assert_eq!(modes.peers.len(), MAX_PEERS);
     }
