@@ -6,10 +6,13 @@
 //! bottleneck and costs both machines CPU per byte: about 3 core-seconds
 //! per GB to compress and 1 to decompress, against 1.6 for the hashing and
 //! encryption that cannot be avoided. Neither side can tell the link's
-//! speed in advance, so the fetcher measures: for each peer, the goodput
-//! (NAR bytes per second over a batch's round trip) of batches asked each
-//! way, and asks the way that delivered more, trying the other way now and
-//! then in case the link or the sender's load changed.
+//! speed in advance, so the fetcher measures, for each peer, the goodput
+//! (NAR bytes per second over a batch's round trip, times the batches
+//! that shared it) of the way in use, a moving average, and tries the
+//! other way on one batch: at once, then one batch in 64, in case the link
+//! or the sender's load changed. A tried batch switches the way only if it
+//! beat the way in use by a fifth ([`RAW_MARGIN`]), and going as stored is
+//! tried only where compressed chunks arrive at [`FAST`] or more.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -23,6 +26,17 @@ pub const PROBE_EVERY: u64 = 64;
 /// Batches smaller than this are not measured: their time is mostly the
 /// round trip, whichever way they travel.
 pub const MIN_MEASURED: u64 = 128 << 10;
+/// Chunks go as stored only when that measured this many times faster:
+/// compressed chunks spend less of the sender's upload, the swarm's
+/// scarcest resource, and a rate limiter's burst or a busy moment makes
+/// single measurements jumpy.
+pub const RAW_MARGIN: f64 = 1.2;
+/// Chunks go as stored only on a link where compressed ones arrive at this
+/// goodput or more (NAR bytes per second): below it the link, not the
+/// sender's zstd, is what limits (a home uplink, a limited donor, a
+/// gigabit LAN), and compressing pays. A link that drops below it while
+/// chunks go as stored goes back to compressed at once.
+pub const FAST: f64 = 100e6;
 /// Weight of the newest measurement in the moving average.
 const NEW_WEIGHT: f64 = 0.3;
 
@@ -30,9 +44,19 @@ const NEW_WEIGHT: f64 = 0.3;
 struct Rates {
     /// Goodput in bytes per second: [as stored, compressed].
     rate: [Option<f64>; 2],
+    /// Measured batches asked so far.
     asked: u64,
+    /// The way in use.
+    using: bool,
     used: Instant,
+    /// A batch asked the way being tried (unmeasured, or a probe) is in
+    /// flight since then: one at a time, so a slow way costs one batch.
+    trying: Option<(bool, Instant)>,
 }
+
+/// A tried batch that never reported back (it failed) stops blocking the
+/// next try after this long.
+const TRY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The per-peer measurements (a state machine fed by the fetcher).
 #[derive(Debug, Default)]
@@ -42,30 +66,33 @@ pub struct WireModes {
 
 impl WireModes {
     /// Whether the next batch from `peer`, of `bytes` NAR bytes, should be
-    /// asked compressed. A batch too small to measure takes the way that
-    /// measured better (compressed while nothing is known: the cheaper
-    /// guess on a link of unknown speed) and counts toward nothing.
+    /// asked compressed: the way in use (compressed until a measurement
+    /// says otherwise: the cheaper guess on a link of unknown speed), or
+    /// the other way for one batch being tried. A batch too small to
+    /// measure takes the way in use and counts toward nothing.
     pub fn choose(&mut self, peer: PeerId, bytes: u64, now: Instant) -> bool {
         let r = self.entry(peer, now);
-        let best = match r.rate {
-            [Some(raw), Some(z)] => z >= raw,
-            [Some(_), None] => true,
-            [None, Some(_)] => false,
-            [None, None] => true,
-        };
         if bytes < MIN_MEASURED {
-            return match r.rate {
-                [Some(raw), Some(z)] => z >= raw,
-                _ => true,
-            };
+            return r.using;
         }
         r.asked += 1;
-        match r.rate {
-            // Until each way is measured, the unmeasured one.
-            [None, _] | [_, None] => best,
-            _ if r.asked.is_multiple_of(PROBE_EVERY) => !best,
-            _ => best,
+        // Once the way in use is measured, the other way is tried (one
+        // batch at a time): as stored only on a fast link; at once while
+        // it is unmeasured, then now and then. Only a tried batch's
+        // measurement can switch to going as stored.
+        let in_use = r.rate[usize::from(r.using)];
+        let worth = !r.using || in_use.is_some_and(|z| z >= FAST);
+        let try_other = in_use.is_some()
+            && worth
+            && (r.rate[usize::from(!r.using)].is_none() || r.asked.is_multiple_of(PROBE_EVERY));
+        let free = r
+            .trying
+            .is_none_or(|(_, since)| now.duration_since(since) >= TRY_TIMEOUT);
+        if try_other && free {
+            r.trying = Some((!r.using, now));
+            return !r.using;
         }
+        r.using
     }
 
     /// A batch asked `compressed` (or not) delivered `bytes` NAR bytes,
@@ -86,8 +113,30 @@ impl WireModes {
         }
         let rate = bytes as f64 * f64::from(sharing.max(1)) / elapsed.as_secs_f64().max(1e-6);
         let r = self.entry(peer, now);
+        if r.trying.is_some_and(|(way, _)| way == compressed) {
+            r.trying = None;
+        }
+        tracing::trace!(%peer, compressed, rate, sharing, "batch measured");
         let slot = &mut r.rate[usize::from(compressed)];
-        *slot = Some(slot.map_or(rate, |old| old * (1.0 - NEW_WEIGHT) + rate * NEW_WEIGHT));
+        if compressed == r.using {
+            // The way in use: a moving average over its batches.
+            let avg = slot.map_or(rate, |old| old * (1.0 - NEW_WEIGHT) + rate * NEW_WEIGHT);
+            *slot = Some(avg);
+            if !compressed && avg < FAST {
+                r.using = true;
+            }
+            return;
+        }
+        // A tried batch: it switches the way if it beat the way in use by
+        // the margin (a band either way, so noisy batches do not flap).
+        *slot = Some(rate);
+        if let [Some(raw), Some(z)] = r.rate {
+            r.using = if r.using {
+                raw <= z * RAW_MARGIN
+            } else {
+                z > raw * RAW_MARGIN
+            };
+        }
     }
 
     /// The measured goodputs, bytes per second: (as stored, compressed).
@@ -106,7 +155,9 @@ impl WireModes {
         let r = self.peers.entry(peer).or_insert(Rates {
             rate: [None, None],
             asked: 0,
+            using: true,
             used: now,
+            trying: None,
         });
         r.used = now;
         r
@@ -141,13 +192,13 @@ mod tests {
         let mut modes = WireModes::default();
         let (slow, fast) = (PeerId::random(), PeerId::random());
         let n = 2 * PROBE_EVERY as usize;
-        // A 50 Mbit/s link carrying NARs that compress 2.4:1.
+        // A 50 Mbit/s link carrying NARs that compress 2.4:1: far below
+        // what makes going as stored worth a try.
         let got = run(&mut modes, slow, n, |z| if z { 6e6 * 2.4 } else { 6e6 });
-        assert_eq!(got[..2], [true, false], "one batch each way first");
-        let compressed = got[2..].iter().filter(|z| **z).count();
-        assert_eq!(compressed, n - 2 - probes(n as u64), "{got:?}");
+        assert!(got.iter().all(|z| *z), "{got:?}");
         // Loopback: raw at 900 MB/s, the sender's zstd at 300 MB/s.
         let got = run(&mut modes, fast, n, |z| if z { 300e6 } else { 900e6 });
+        assert_eq!(got[..2], [true, false], "one batch each way first");
         let raw = got[2..].iter().filter(|z| !**z).count();
         assert_eq!(raw, n - 2 - probes(n as u64), "{got:?}");
         let (r, z) = modes.rates(&fast);
@@ -155,20 +206,70 @@ mod tests {
     }
 
     #[test]
+    fn a_rate_measured_in_a_burst_is_tried_again_before_it_is_trusted() {
+        let mut modes = WireModes::default();
+        let peer = PeerId::random();
+        let now = Instant::now();
+        // A limiter's burst: both ways measure fast at first.
+        assert!(modes.choose(peer, MB, now));
+        modes.record(peer, true, MB, Duration::from_secs_f64(MB as f64 / 300e6), 1, now);
+        assert!(!modes.choose(peer, MB, now));
+        modes.record(peer, false, MB, Duration::from_secs_f64(MB as f64 / 300e6), 1, now);
+        // Then the limit: compressed delivers 12 MB/s, raw would 5.
+        let mut raw = 0;
+        for _ in 0..48 {
+            let z = modes.choose(peer, MB, now);
+            raw += usize::from(!z);
+            let rate = if z { 12e6 } else { 5e6 };
+            modes.record(peer, z, MB, Duration::from_secs_f64(MB as f64 / rate), 1, now);
+        }
+        assert!(raw <= 2, "raw tried once after the burst, not used: {raw}");
+    }
+
+    #[test]
+    fn raw_must_be_clearly_faster() {
+        let mut modes = WireModes::default();
+        let peer = PeerId::random();
+        let got = run(
+            &mut modes,
+            peer,
+            32,
+            |z| if z { 100e6 } else { 100e6 * RAW_MARGIN * 0.9 },
+        );
+        assert!(
+            got.iter().all(|z| *z) || got.iter().filter(|z| !**z).count() == 1,
+            "{got:?}"
+        );
+    }
+
+    #[test]
     fn a_link_that_changes_is_followed_by_the_probes() {
         let mut modes = WireModes::default();
         let peer = PeerId::random();
         run(&mut modes, peer, 40, |z| if z { 300e6 } else { 900e6 });
-        // The link becomes slow: the probes find compression pays again
-        // (each probe moves the average 30% of the way).
+        // The link becomes slow: back to compressed once the average of
+        // the raw batches drops below what makes them worth it.
         let n = 8 * PROBE_EVERY as usize;
         let got = run(&mut modes, peer, n, |z| if z { 14e6 } else { 6e6 });
-        let last = &got[n - 2 * PROBE_EVERY as usize..];
-        assert_eq!(
-            last.iter().filter(|z| !**z).count(),
-            2,
-            "only the probes go raw: {got:?}"
-        );
+        assert!(got[..10].iter().any(|z| *z), "back within a few batches: {got:?}");
+        assert!(got[10..].iter().all(|z| *z), "and no raw batch since: {got:?}");
+    }
+
+    #[test]
+    fn one_batch_at_a_time_tries_the_other_way() {
+        let mut modes = WireModes::default();
+        let peer = PeerId::random();
+        let now = Instant::now();
+        // Four batches before anything is measured: all compressed.
+        assert!((0..4).all(|_| modes.choose(peer, MB, now)));
+        modes.record(peer, true, MB, Duration::from_millis(10), 4, now);
+        assert!(!modes.choose(peer, MB, now), "one batch tries raw");
+        assert!((0..4).all(|_| modes.choose(peer, MB, now)), "the rest wait for it");
+        // A try that never reports back stops blocking after a while.
+        let later = now + TRY_TIMEOUT;
+        assert!(!modes.choose(peer, MB, later), "raw is tried again");
+        modes.record(peer, false, MB, Duration::from_millis(40), 1, later);
+        assert!(modes.choose(peer, MB, later), "compressed measured better");
     }
 
     #[test]
