@@ -22,8 +22,8 @@ mod common;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use anyhow::{Result, ensure};
-use common::corpus::{Content, PATHS, build_cache, narinfos, timed_realise};
+use anyhow::Result;
+use common::corpus::{PATHS, hex_cache, runs, timed_realise};
 use common::{Nginx, cpu_seconds, median};
 use support::{ClientStore, Gateway, fixture};
 
@@ -50,16 +50,10 @@ fn settle(pid: u32) -> Result<()> {
 }
 
 fn main() -> Result<()> {
-    let runs: usize = std::env::var("BENCH_RUNS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(5);
+    let runs = runs(5);
     let fx = fixture();
     let key = fx.trusted_pub.clone();
-    let (cache, paths) = build_cache(&fx.dir.join("keys"), Content::Hex)?;
-    let infos = narinfos(&cache)?;
-    ensure!(infos.len() == PATHS, "the cache has {} narinfos", infos.len());
-    let nar_gb = infos.values().map(|i| i.nar_size).sum::<u64>() as f64 / 1e9;
+    let (cache, paths, nar_gb) = hex_cache(&fx.dir.join("keys"))?;
     let tmp = tempfile::tempdir()?;
     let nginx = Nginx::start(&cache, &tmp.path().join("nginx"))?;
     let modes: [(&str, &[&str]); 2] = [("keeping", &[]), ("keeping nothing", &["--contribute", "none"])];

@@ -18,8 +18,8 @@ mod common;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use anyhow::{Result, ensure};
-use common::corpus::{Content, PATHS, build_cache, narinfos, timed_realise};
+use anyhow::Result;
+use common::corpus::{PATHS, hex_cache, runs, timed_realise};
 use common::{Nginx, cpu_seconds, median};
 use support::{ClientStore, Gateway, copy_dir, down_upstream, fixture, import_paths};
 
@@ -35,16 +35,10 @@ fn main() -> Result<()> {
     if std::env::args().any(|a| a == "--list") {
         return Ok(());
     }
-    let runs: usize = std::env::var("BENCH_RUNS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3);
+    let runs = runs(3);
     let fx = fixture();
     let key = fx.trusted_pub.clone();
-    let (cache, paths) = build_cache(&fx.dir.join("keys"), Content::Hex)?;
-    let infos = narinfos(&cache)?;
-    ensure!(infos.len() == PATHS, "the cache has {} narinfos", infos.len());
-    let nar_gb = infos.values().map(|i| i.nar_size).sum::<u64>() as f64 / 1e9;
+    let (cache, paths, nar_gb) = hex_cache(&fx.dir.join("keys"))?;
     let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR"))?;
     let nginx = Nginx::start(&cache, &tmp.path().join("nginx"))?;
     let seeded = tmp.path().join("seeded");

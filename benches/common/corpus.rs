@@ -150,6 +150,24 @@ pub fn build_cache(keys: &Path, content: Content) -> Result<(PathBuf, Vec<String
     Ok((out.join("cache"), paths))
 }
 
+/// The WAN benchmark's cache (built once): its directory, its store paths
+/// in spec order, and its NAR bytes in GB.
+pub fn hex_cache(keys: &Path) -> Result<(PathBuf, Vec<String>, f64)> {
+    let (cache, paths) = build_cache(keys, Content::Hex)?;
+    let infos = narinfos(&cache)?;
+    anyhow::ensure!(infos.len() == PATHS, "the cache has {} narinfos", infos.len());
+    let nar_gb = infos.values().map(|i| i.nar_size).sum::<u64>() as f64 / 1e9;
+    Ok((cache, paths, nar_gb))
+}
+
+/// The rounds a benchmark runs: `BENCH_RUNS`, or `default`.
+pub fn runs(default: usize) -> usize {
+    std::env::var("BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 /// NarSize and references of every path, from the cache's narinfos.
 pub fn narinfos(cache: &Path) -> Result<HashMap<String, NarInfo>> {
     let mut out = HashMap::new();

@@ -156,15 +156,19 @@ fn a_wrong_nar_is_never_visible_and_leaves_no_chunks() {
     assert_eq!(store.stats().unwrap().bytes, 0);
 }
 
+/// A store holding one 500 kB path; its second chunk's id and file.
+fn one_path_and_a_chunk(dir: &std::path::Path) -> (ChunkStore, ChunkId, std::path::PathBuf) {
+    let store = open(dir, 1 << 30);
+    put(&store, &data(500_000, 5), 1).unwrap();
+    let victim = store.open_nar(&hash(1)).unwrap().unwrap().manifest.chunks[1].id;
+    let path = ChunkDir::open(dir).unwrap().path(&victim);
+    (store, victim, path)
+}
+
 #[test]
 fn reads_for_peers_check_sizes_always_and_hashes_on_a_sample() {
     let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path(), 1 << 30);
-    let bytes = data(500_000, 5);
-    put(&store, &bytes, 1).unwrap();
-    let handle = store.open_nar(&hash(1)).unwrap().unwrap();
-    let victim = handle.manifest.chunks[1].id;
-    let path = ChunkDir::open(dir.path()).unwrap().path(&victim);
+    let (store, victim, path) = one_path_and_a_chunk(dir.path());
     let good = std::fs::read(&path).unwrap();
     let mut flipped = good.clone();
     flipped[10] ^= 1;
@@ -191,12 +195,7 @@ fn reads_for_peers_check_sizes_always_and_hashes_on_a_sample() {
 #[test]
 fn corrupt_chunk_on_disk_is_detected() {
     let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path(), 1 << 30);
-    let bytes = data(500_000, 5);
-    put(&store, &bytes, 1).unwrap();
-    let handle = store.open_nar(&hash(1)).unwrap().unwrap();
-    let victim = handle.manifest.chunks[1].id;
-    let path = ChunkDir::open(dir.path()).unwrap().path(&victim);
+    let (store, victim, path) = one_path_and_a_chunk(dir.path());
     let mut on_disk = std::fs::read(&path).unwrap();
     on_disk[10] ^= 1;
     std::fs::write(&path, on_disk).unwrap();
