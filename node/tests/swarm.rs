@@ -23,6 +23,7 @@ async fn five_nodes_announce_find_and_fetch_verified() {
     nodes[2].put(1, &bytes);
     let (p1, p2) = (nodes[1].node.handle.peer_id(), nodes[2].node.handle.peer_id());
     let fetcher = &nodes[4].fetcher;
+    wait_providers(&nodes[4], hash(1), 2).await;
     let path = lookup_until(fetcher, hash(1), |p| {
         p.providers.contains(&p1) && p.providers.contains(&p2)
     })
@@ -70,6 +71,7 @@ async fn a_provider_stopped_mid_transfer_is_replaced_by_another() {
     nodes[2].put(2, &bytes);
     let p1 = nodes[1].node.handle.peer_id();
     let fetcher = nodes[3].fetcher.clone();
+    wait_providers(&nodes[3], hash(2), 2).await;
     let path = lookup_until(&fetcher, hash(2), |p| p.providers.len() >= 2).await;
     assert!(path.providers.contains(&p1));
     let mut stream = fetcher.stream(path);
@@ -100,6 +102,7 @@ async fn a_peer_serving_corrupt_chunks_is_caught_dropped_and_banned() {
     }
     let fetcher = nodes[1].fetcher.clone();
     for n in [3u8, 4] {
+        wait_providers(&nodes[1], hash(n), 2).await;
         let found = lookup_until(&fetcher, hash(n), |p| p.providers.len() >= 2).await;
         let (got, err) = collect(fetcher.stream(found)).await;
         assert_eq!(err, None);
@@ -221,6 +224,7 @@ async fn a_fake_manifest_gets_only_its_senders_blamed_and_the_fetch_completes() 
         vec![key().public_key()],
         settings,
     );
+    wait_providers(&nodes[1], hash(7), 2).await;
     let fake = lookup_until(&fetcher, hash(7), |p| p.providers.len() >= 2).await;
     assert!(
         !fake.providers.contains(&honest),

@@ -140,6 +140,24 @@ pub async fn collect(
     (out, None)
 }
 
+/// Waits until a DHT walk from `node` finds `n` providers of `h` (10 s at
+/// most). A fetcher keeps what its first search found for minutes (a hit
+/// is not searched again), so a test that wants several providers in one
+/// lookup waits for their records first.
+pub async fn wait_providers(node: &TestNode, h: StorePathHash, n: usize) {
+    wait(|| async {
+        let Ok(mut rx) = node.node.handle.find_providers(&h).await else {
+            return false;
+        };
+        let mut seen = std::collections::HashSet::new();
+        while let Ok(Some(p)) = tokio::time::timeout(Duration::from_secs(2), rx.recv()).await {
+            seen.insert(p);
+        }
+        seen.len() >= n
+    })
+    .await;
+}
+
 /// Looks a path up until the answer satisfies `ok` (10 s at most).
 pub async fn lookup_until(f: &Fetcher, h: StorePathHash, ok: impl Fn(&PeerPath) -> bool) -> PeerPath {
     for _ in 0..100 {
