@@ -92,7 +92,7 @@ pub fn run(args: &StatusArgs) -> Result<()> {
             bytes(n(&node["bytes_fetched_duplicate"]))
         );
         println!(
-            "  on the wire:  {} (compressed where that was faster)",
+            "  on the wire:  {} (compressed unless as stored was faster)",
             bytes(n(&node["bytes_fetched_wire"]))
         );
     }
