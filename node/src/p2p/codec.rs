@@ -54,9 +54,13 @@ async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T, max: usize, step: u
     Ok(buf)
 }
 
-async fn write_frame<T: AsyncWrite + Unpin + Send>(io: &mut T, bytes: &[u8]) -> std::io::Result<()> {
-    io.write_all(&(bytes.len() as u32).to_le_bytes()).await?;
-    io.write_all(bytes).await?;
+/// Writes one length-prefixed message given in parts, then closes.
+async fn write_frame<T: AsyncWrite + Unpin + Send>(io: &mut T, parts: &[impl AsRef<[u8]>]) -> std::io::Result<()> {
+    let len: usize = parts.iter().map(|p| p.as_ref().len()).sum();
+    io.write_all(&(len as u32).to_le_bytes()).await?;
+    for p in parts {
+        io.write_all(p.as_ref()).await?;
+    }
     io.close().await
 }
 
@@ -92,7 +96,7 @@ impl libp2p::request_response::Codec for TransferCodec {
         io: &mut T,
         req: Request,
     ) -> std::io::Result<()> {
-        write_frame(io, &req.encode()).await
+        write_frame(io, &[req.encode()]).await
     }
 
     async fn write_response<T: AsyncWrite + Unpin + Send>(
@@ -105,12 +109,7 @@ impl libp2p::request_response::Codec for TransferCodec {
         // to the stream without being copied into one message first.
         let parts = res.encode_parts();
         drop(res);
-        let len: usize = parts.iter().map(bytes::Bytes::len).sum();
-        io.write_all(&(len as u32).to_le_bytes()).await?;
-        for p in &parts {
-            io.write_all(p).await?;
-        }
-        io.close().await
+        write_frame(io, &parts).await
     }
 }
 

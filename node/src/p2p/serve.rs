@@ -49,28 +49,17 @@ pub fn answer(store: &Shelves, request: &Request, liar: &Liar) -> Response {
                 .collect(),
         },
         Request::Chunks { ids, compress } => {
-            let wire = |id: ChunkId, data: Bytes| {
-                if *compress {
-                    self::compress(id, data)
-                } else {
-                    WireChunk {
-                        id,
-                        compressed: false,
-                        data,
-                    }
-                }
-            };
             let mut chunks = Vec::with_capacity(ids.len().min(MAX_BATCH));
             // Each id at most once: a request repeating one id would
             // otherwise ask for MAX_BATCH copies of the largest chunk.
             let mut seen = std::collections::HashSet::new();
             for id in ids.iter().take(MAX_BATCH).filter(|id| seen.insert(**id)) {
                 if !liar.is_honest() {
-                    chunks.extend(liar.chunk(store, id).map(|d| wire(*id, Bytes::from(d))));
+                    chunks.extend(liar.chunk(store, id).map(|d| to_wire(*id, Bytes::from(d), *compress)));
                     continue;
                 }
                 match store.read_chunk(id) {
-                    Ok(Some(data)) => chunks.push(wire(*id, data)),
+                    Ok(Some(data)) => chunks.push(to_wire(*id, data, *compress)),
                     Ok(None) => {}
                     Err(e) => tracing::warn!(chunk = %id, error = %e, "cannot read a chunk for a peer"),
                 }
@@ -87,22 +76,28 @@ thread_local! {
         std::cell::RefCell::new(zstd::bulk::Compressor::new(1).ok());
 }
 
-fn compress(id: ChunkId, data: Bytes) -> WireChunk {
-    let compressed = ZSTD.with(|z| match z.borrow_mut().as_mut() {
-        Some(c) => c.compress(&data),
-        None => zstd::bulk::compress(&data, 1),
-    });
-    match compressed {
-        Ok(c) if c.len() + 64 < data.len() => WireChunk {
-            id,
-            compressed: true,
-            data: Bytes::from(c),
-        },
-        _ => WireChunk {
-            id,
-            compressed: false,
-            data,
-        },
+/// A chunk as the request asked: zstd-compressed where that makes it
+/// smaller, if `compress`; as stored otherwise.
+fn to_wire(id: ChunkId, data: Bytes, compress: bool) -> WireChunk {
+    if compress {
+        let z = ZSTD.with(|z| match z.borrow_mut().as_mut() {
+            Some(c) => c.compress(&data),
+            None => zstd::bulk::compress(&data, 1),
+        });
+        if let Ok(c) = z
+            && c.len() + 64 < data.len()
+        {
+            return WireChunk {
+                id,
+                compressed: true,
+                data: Bytes::from(c),
+            };
+        }
+    }
+    WireChunk {
+        id,
+        compressed: false,
+        data,
     }
 }
 

@@ -206,7 +206,7 @@ mod tests {
     }
 
     #[test]
-    fn a_rate_measured_in_a_burst_is_tried_again_before_it_is_trusted() {
+    fn a_limiters_burst_does_not_switch_to_raw() {
         let mut modes = WireModes::default();
         let peer = PeerId::random();
         let now = Instant::now();
@@ -243,7 +243,7 @@ mod tests {
     }
 
     #[test]
-    fn a_link_that_changes_is_followed_by_the_probes() {
+    fn a_link_that_slows_goes_back_to_compressed() {
         let mut modes = WireModes::default();
         let peer = PeerId::random();
         run(&mut modes, peer, 40, |z| if z { 300e6 } else { 900e6 });
@@ -291,8 +291,8 @@ mod tests {
         let now = Instant::now();
         modes.record(peer, true, MIN_MEASURED - 1, Duration::from_millis(1), 1, now);
         assert_eq!(modes.rates(&peer), (None, None));
-        // Until both ways are measured, small batches go compressed and
-        // are not counted.
+        // Small batches take the way in use (compressed) and count toward
+        // nothing.
         assert!((0..10).all(|_| modes.choose(peer, MIN_MEASURED - 1, now)));
         assert!(modes.choose(peer, MB, now), "the first measured batch is compressed");
         assert!(modes.choose(peer, MB, now), "still compressed until measured");

@@ -243,10 +243,7 @@ impl ChunkStore {
 
     /// Reads one chunk that a stored path references, verified.
     pub fn read_chunk(&self, id: &ChunkId) -> Result<Option<bytes::Bytes>> {
-        let Some(size) = self.inner.meta.chunk_size(id)? else {
-            return Ok(None);
-        };
-        self.inner.chunks.read(id, size).map(Some)
+        self.read_chunk_checked(id, true)
     }
 
     /// Reads one chunk for a peer: its size always checked, its BLAKE3
@@ -256,14 +253,17 @@ impl ChunkStore {
     /// sender's CPU per byte. A corrupt chunk sent unhashed costs this
     /// node the peer's trust for a while (a peer bans after two).
     pub fn read_chunk_for_peer(&self, id: &ChunkId) -> Result<Option<bytes::Bytes>> {
+        let n = self.inner.peer_reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.read_chunk_checked(id, n.is_multiple_of(PEER_READS_HASHED))
+    }
+
+    /// Reads one chunk a stored path references, its size checked, and its
+    /// BLAKE3 hash if `hash`.
+    fn read_chunk_checked(&self, id: &ChunkId, hash: bool) -> Result<Option<bytes::Bytes>> {
         let Some(size) = self.inner.meta.chunk_size(id)? else {
             return Ok(None);
         };
-        let n = self.inner.peer_reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.inner
-            .chunks
-            .read_checked(id, size, n.is_multiple_of(PEER_READS_HASHED))
-            .map(Some)
+        self.inner.chunks.read_checked(id, size, hash).map(Some)
     }
 
     /// True if the path is stored.
