@@ -257,7 +257,7 @@ fn main() -> Result<()> {
     }
     // SAFETY: set before any thread is spawned.
     unsafe { std::env::set_var("NIXSWARM_CHILD_LOG", "warn") };
-    let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR"))?;
+    let tmp = common::scratch()?;
     let work = tmp.path().to_owned();
     let key = SecretKey::from_seed("nixswarm-bench-1", &[42; 32]);
     let pubk = key.public_key().to_string();

@@ -39,7 +39,7 @@ fn main() -> Result<()> {
     let fx = fixture();
     let key = fx.trusted_pub.clone();
     let (cache, paths, nar_gb) = hex_cache(&fx.dir.join("keys"))?;
-    let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR"))?;
+    let tmp = common::scratch()?;
     let nginx = Nginx::start(&cache, &tmp.path().join("nginx"))?;
     let seeded = tmp.path().join("seeded");
     import_paths(&seeded, &cache, &key, PATHS)?;

@@ -134,6 +134,54 @@ fn nars_start_at_the_narinfo_and_nix_finds_them_done() -> Result<()> {
     Ok(())
 }
 
+/// No upstream has the paths (it is down) and the donor's upload is
+/// capped: Nix's request for a NAR whose prefetch is under way waits for
+/// that prefetch (a transfer of its own would ask the same peers from byte
+/// 0) and gets the NAR from the store. Every NAR crosses the link once.
+#[test]
+fn with_peers_only_a_nar_request_joins_its_prefetch() -> Result<()> {
+    let fx = fixture();
+    let tmp = tempfile::tempdir()?;
+    let key = fx.trusted_pub.as_str();
+    let down = support::down_upstream();
+    let (_n1, n2) = swarm(tmp.path(), &down, key, &["--upload-limit", "4M"])?;
+
+    let client = ClientStore::new(&tmp.path().join("client"));
+    check(
+        &client.realise(&n2.url, key, &fx.paths, false),
+        "nix-store -r through node 2",
+    )?;
+    assert_eq!(client.valid(&fx.paths), fx.paths);
+    client.verify_contents(&fx.paths)?;
+
+    let total: u64 = fx
+        .paths
+        .iter()
+        .map(|p| -> Result<u64> {
+            let text = http_get(&format!("{}/{}.narinfo", n2.url, &p[11..43]))?;
+            Ok(nixswarm_protocol::NarInfo::parse(&text)?.nar_size)
+        })
+        .sum::<Result<u64>>()?;
+    let m = http_get(&format!("{}/metrics", n2.url))?;
+    let metric = |name: &str| -> u64 {
+        m.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let (prefetched, fetched) = (
+        metric("nixswarm_gateway_prefetched_bytes_total"),
+        metric("nixswarm_node_fetched_bytes_total"),
+    );
+    // Fetched bytes leave out chunks already held (paths share some).
+    ensure!(
+        prefetched == total && fetched <= total,
+        "every NAR came by its prefetch, once: {prefetched} prefetched and {fetched} fetched of {total}\n{}",
+        n2.log()
+    );
+    Ok(())
+}
+
 /// A path no peer holds starts from the upstream at once: with peers a
 /// second away each way, Nix gets the whole fixture in less than one peer
 /// round trip per path would allow (structural, not a speed target).

@@ -2,7 +2,10 @@
 //! discovery, NARs striped across providers by its fetcher, in order or
 //! from the tail ([`PeerSource::stream_tail`], [`PeerSource::tail_later`]).
 //! A prefetched path's narinfo and manifest are fetched as soon as it has
-//! a provider, so its NAR request starts the transfer at once. When peers
+//! a provider, so its NAR request starts the transfer at once, and so are
+//! its references' a few levels down: Nix asks for a closure's narinfos a
+//! level at a time, each level after the one above has answered, and finds
+//! the next level's answers here or on their way. When peers
 //! are the only source, a NAR waits for them ([`PeerWait`]); otherwise
 //! nothing waits for discovery (see [`crate::nar`]).
 
@@ -25,6 +28,11 @@ const REMEMBER_CAP: usize = 10_000;
 const PREFETCH_WAITING: usize = 4096;
 /// Prefetched narinfo-and-manifest lookups at once.
 const PREFETCH_LOOKUPS: usize = 32;
+/// Levels of references below a path Nix asked for whose lookups start
+/// with it (each level Nix asks for starts the next ones).
+const PREFETCH_DEPTH: u32 = 2;
+
+type Lookup = futures::future::Shared<BoxFuture<'static, Option<PeerPath>>>;
 
 /// How long a NAR request waits for peers before the upstreams serve it.
 ///
@@ -73,6 +81,9 @@ pub struct PeerSource {
     /// Prefetches waiting for providers.
     waiting: Arc<AtomicUsize>,
     lookups: Arc<tokio::sync::Semaphore>,
+    /// Prefetched lookups under way: a narinfo request for the same path
+    /// joins one rather than asking again.
+    running: Arc<TtlMap<StorePathHash, Lookup>>,
 }
 
 impl PeerSource {
@@ -83,6 +94,7 @@ impl PeerSource {
             found: Arc::new(TtlMap::new(REMEMBER, REMEMBER_CAP)),
             waiting: Arc::default(),
             lookups: Arc::new(tokio::sync::Semaphore::new(PREFETCH_LOOKUPS)),
+            running: Arc::new(TtlMap::new(REMEMBER, PREFETCH_WAITING)),
         }
     }
 
@@ -144,34 +156,52 @@ impl PeerSource {
 
     /// In the background: once `hash` has a provider, fetch its narinfo
     /// and manifest, so the NAR request that follows starts the transfer
-    /// at once (one round trip fewer per NAR).
-    fn prefetch_lookup(&self, hash: StorePathHash) {
-        if self.remembered(&hash).is_some() || self.waiting.load(Ordering::Relaxed) >= PREFETCH_WAITING {
+    /// at once (one round trip fewer per NAR); then the same for its
+    /// references, `depth` levels down.
+    fn prefetch_lookup(&self, hash: StorePathHash, depth: u32) {
+        if self.remembered(&hash).is_some()
+            || self.running.get(&hash).is_some()
+            || self.waiting.load(Ordering::Relaxed) >= PREFETCH_WAITING
+        {
             return;
         }
         self.waiting.fetch_add(1, Ordering::Relaxed);
-        let (fetcher, found, waiting, lookups) = (
-            self.fetcher.clone(),
-            self.found.clone(),
-            self.waiting.clone(),
-            self.lookups.clone(),
-        );
+        let this = self.clone();
         let have_by = tokio::time::Instant::now() + self.wait.have;
         let dht_by = tokio::time::Instant::now() + self.wait.max;
-        tokio::spawn(async move {
-            let providers = fetcher.discovery().wait(&hash, have_by, dht_by).await.providers;
-            waiting.fetch_sub(1, Ordering::Relaxed);
-            if providers.is_empty() {
-                return;
+        let lookup: BoxFuture<'static, Option<PeerPath>> = Box::pin(async move {
+            let providers = this.fetcher.discovery().wait(&hash, have_by, dht_by).await.providers;
+            this.waiting.fetch_sub(1, Ordering::Relaxed);
+            let found = if providers.is_empty() {
+                None
+            } else if let Some(p) = this.remembered(&hash) {
+                Some(p)
+            } else {
+                let _permit = this.lookups.acquire().await.ok()?;
+                this.fetcher.lookup(&hash).await
+            };
+            this.running.remove(&hash);
+            let path = found?;
+            this.found.insert(hash, path.clone());
+            if depth > 0 {
+                let refs = references(&path.info);
+                this.fetcher.prefetch(&refs);
+                for r in refs {
+                    this.prefetch_lookup(r, depth - 1);
+                }
             }
-            let Ok(_permit) = lookups.acquire().await else { return };
-            if found.get(&hash).is_none()
-                && let Some(path) = fetcher.lookup(&hash).await
-            {
-                found.insert(hash, path);
-            }
+            Some(path)
         });
+        let lookup = futures::FutureExt::shared(lookup);
+        self.running.insert(hash, lookup.clone());
+        tokio::spawn(lookup);
     }
+}
+
+/// The paths `info` refers to, itself left out.
+fn references(info: &NarInfo) -> Vec<StorePathHash> {
+    let own = info.store_path.hash();
+    info.references.iter().map(|r| r.hash()).filter(|h| *h != own).collect()
 }
 
 impl Source for PeerSource {
@@ -185,7 +215,19 @@ impl Source for PeerSource {
 
     fn narinfo<'a>(&'a self, hash: &'a StorePathHash) -> BoxFuture<'a, Result<Option<NarInfo>, SourceError>> {
         Box::pin(async move {
-            let Some(path) = self.fetcher.lookup(hash).await else {
+            // Found already, or on its way.
+            let known = match self.remembered(hash) {
+                Some(p) => Some(p),
+                None => match self.running.get(hash) {
+                    Some(lookup) => lookup.await,
+                    None => None,
+                },
+            };
+            let found = match known {
+                Some(p) => Some(p),
+                None => self.fetcher.lookup(hash).await,
+            };
+            let Some(path) = found else {
                 return Ok(None);
             };
             let info = path.info.clone();
@@ -220,7 +262,7 @@ impl Source for PeerSource {
     fn prefetch(&self, hashes: &[StorePathHash]) {
         self.fetcher.prefetch(hashes);
         for hash in hashes {
-            self.prefetch_lookup(*hash);
+            self.prefetch_lookup(*hash, PREFETCH_DEPTH);
         }
     }
 }

@@ -77,9 +77,9 @@ impl<'a> Timer<'a> {
 
 impl Drop for Timer<'_> {
     fn drop(&mut self) {
-        self.state
-            .metrics
-            .observe(self.route, self.start.elapsed().as_secs_f64());
+        let took = self.start.elapsed();
+        tracing::debug!(route = self.route, us = took.as_micros(), "answered");
+        self.state.metrics.observe(self.route, took.as_secs_f64());
     }
 }
 

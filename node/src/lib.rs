@@ -24,6 +24,6 @@ pub use share::SharePolicy;
 pub use shelf::{Shelf, ShelfError, Shelves};
 pub use store::StoreEvent;
 pub use store::{
-    AsyncStore, ChunkStore, Decode, Ingest, IngestWriter, MemMeta, MetaDb, NarHandle, NarReader, RedbMeta, StoreError,
-    StoreOptions, StoreStats,
+    AsyncStore, ChunkStore, Committed, Decode, Ingest, IngestWriter, MemMeta, MetaDb, NarHandle, NarReader, RedbMeta,
+    StoreError, StoreOptions, StoreStats,
 };

@@ -21,6 +21,7 @@ pub mod file;
 pub mod merge;
 pub mod policy;
 pub mod prefetch;
+mod slots;
 pub mod verify;
 
 use std::sync::Arc;
@@ -33,14 +34,19 @@ pub use error::NarError;
 pub use file::Codings;
 use merge::{Blame, Fallback, Forward, Spec, TaggedStream};
 pub use policy::{Estimates, Offload, Plan, Tail};
-pub use prefetch::{PrefetchSettings, Prefetcher};
+pub use prefetch::{Instead, PrefetchSettings, Prefetcher};
 
 use crate::metrics::Metrics;
 use crate::resolve::{Answer, Resolver};
 use crate::source::{SourceId, SourceKind};
 
-/// The longest a NAR request waits for its prefetch.
+/// The longest a NAR request waits for its prefetch while an upstream
+/// could send it.
 const JOIN_MAX: Duration = Duration::from_secs(5);
+/// The longest a NAR request waits for its prefetch when only peers have
+/// the NAR (Nix hears nothing meanwhile, and gives up on a download that
+/// is silent for 300 s).
+const JOIN_PEERS_ONLY: Duration = Duration::from_secs(120);
 /// How long a NAR passed through as a file is remembered, so that Nix's
 /// resumption of a broken download gets the rest of the same file.
 const PASSED_FOR: Duration = Duration::from_secs(600);
@@ -226,23 +232,24 @@ impl NarPipeline {
     /// Nix asks for a NAR the store lacks: if a prefetch of it is running,
     /// wait for it while its progress says it will be done within what the
     /// upstream would take (no wait before the upstream is measured, nor
-    /// for a prefetch with no bytes yet). True if it is in the store now.
+    /// for a prefetch with no bytes yet). Where no upstream has the NAR the
+    /// prefetch is the quickest way there is, and is waited for. True if
+    /// the NAR is in the store now.
     pub async fn join_prefetch(&self, hash: &StorePathHash, nar_hash: &Sha256Hash) -> bool {
         if !self.prefetcher.is_running(hash) {
             return false;
         }
-        let file_size = self
-            .resolver
-            .info_for(hash, nar_hash)
-            .await
-            .map_or(0, |i| i.file_size.unwrap_or(i.nar_size));
-        // Before the upstream is measured there is nothing to be faster
-        // than: no wait, unless the prefetch's bytes are all here.
-        let budget = self
-            .estimates
-            .upstream()
-            .map_or(Duration::ZERO, |e| e.time(file_size).min(JOIN_MAX));
-        self.prefetcher.join(hash, budget).await
+        let ups = self.upstreams(hash, nar_hash, |_| true).await;
+        let instead = match ups.iter().find_map(|f| f.info.as_ref()) {
+            None => Instead::PeersOnly(JOIN_PEERS_ONLY),
+            // Before the upstream is measured there is nothing to be
+            // faster than: no wait, unless the prefetch's bytes are all
+            // here.
+            Some(i) => Instead::Upstream(self.estimates.upstream().map_or(Duration::ZERO, |e| {
+                e.time(i.file_size.unwrap_or(i.nar_size)).min(JOIN_MAX)
+            })),
+        };
+        self.prefetcher.join(hash, instead).await
     }
 
     /// Opens the NAR of `hash` with `nar_hash` from the sources, as the

@@ -11,12 +11,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt as _;
-use nixswarm_node::{AsyncStore, IngestWriter};
-use nixswarm_protocol::{NarCheck, NarInfo, StorePathHash};
-use tokio::sync::{Semaphore, watch};
+use nixswarm_node::{AsyncStore, Committed, IngestWriter};
+use nixswarm_protocol::{NarInfo, StorePathHash};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::policy::Estimates;
+use super::slots::NewestFirst;
 use crate::metrics::Metrics;
 use crate::peers::PeerSource;
 use crate::ttl::TtlMap;
@@ -27,6 +28,21 @@ const REMEMBER_CAP: usize = 20_000;
 /// How long a NAR request waits for the store commit of a prefetch whose
 /// bytes have all arrived.
 const COMMIT_WAIT: Duration = Duration::from_secs(2);
+/// A NAR request waiting for a prefetch from the only source there is
+/// stops waiting when no new bytes came for this long.
+const STALL: Duration = Duration::from_secs(10);
+
+/// What a NAR request would do instead of waiting for a prefetch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Instead {
+    /// An upstream would take about this long: wait only for a prefetch
+    /// predicted done sooner.
+    Upstream(Duration),
+    /// Only peers have it: a transfer of its own would ask the same peers
+    /// from byte 0, so the prefetch is waited for (and, if queued, started
+    /// at once) while new bytes keep coming ([`STALL`]), at most this long.
+    PeersOnly(Duration),
+}
 
 /// Bounds of NAR prefetching.
 #[derive(Debug, Clone, Copy)]
@@ -65,6 +81,8 @@ struct Running {
     size: u64,
     state: watch::Receiver<State>,
     stop: CancellationToken,
+    /// A NAR request waits for it: start without a slot.
+    urgent: CancellationToken,
 }
 
 /// What was prefetched: its size, and whether Nix asked for it.
@@ -78,7 +96,7 @@ struct Done {
 #[derive(Debug)]
 pub struct Prefetcher {
     settings: PrefetchSettings,
-    slots: Arc<Semaphore>,
+    slots: NewestFirst,
     in_flight: Arc<AtomicU64>,
     /// Started when, its NarSize, its progress.
     running: Arc<TtlMap<StorePathHash, Running>>,
@@ -91,7 +109,7 @@ impl Prefetcher {
     pub fn new(settings: PrefetchSettings, metrics: Arc<Metrics>, estimates: Arc<Estimates>) -> Self {
         Self {
             settings,
-            slots: Arc::new(Semaphore::new(settings.running)),
+            slots: NewestFirst::new(settings.running),
             in_flight: Arc::default(),
             running: Arc::new(TtlMap::new(REMEMBER, REMEMBER_CAP)),
             done: Arc::new(TtlMap::new(REMEMBER, REMEMBER_CAP)),
@@ -115,6 +133,7 @@ impl Prefetcher {
         }
         let (tx, rx) = watch::channel(State::Running(0));
         let stop = CancellationToken::new();
+        let urgent = CancellationToken::new();
         self.running.insert(
             hash,
             Running {
@@ -122,6 +141,7 @@ impl Prefetcher {
                 size,
                 state: rx,
                 stop: stop.clone(),
+                urgent: urgent.clone(),
             },
         );
         let (info, peers, store) = (info.clone(), peers.clone(), store.clone());
@@ -130,24 +150,24 @@ impl Prefetcher {
         let slots = self.slots.clone();
         tokio::spawn(async move {
             let work = async {
-                match slots.acquire_owned().await {
-                    Ok(_permit) => {
-                        // Counted as prefetched before the store shows
-                        // the path, so a NAR request that finds it there
-                        // counts it as the peers'.
-                        let counted = || {
-                            done.insert(
-                                hash,
-                                Done {
-                                    bytes: size,
-                                    asked: false,
-                                },
-                            )
-                        };
-                        fetch(&info, &peers, &store, wait, &tx, &estimates, counted).await
-                    }
-                    Err(_) => false,
-                }
+                // A slot, unless a NAR request waits for this one.
+                let _slot = tokio::select! {
+                    s = slots.acquire() => Some(s),
+                    () = urgent.cancelled() => None,
+                };
+                // Counted as prefetched before the store shows the path,
+                // so a NAR request that finds it there counts it as the
+                // peers'.
+                let counted = || {
+                    done.insert(
+                        hash,
+                        Done {
+                            bytes: size,
+                            asked: false,
+                        },
+                    )
+                };
+                fetch(&info, &peers, &store, wait, &tx, &estimates, counted).await
             };
             let stored = tokio::select! {
                 stored = work => stored,
@@ -178,21 +198,32 @@ impl Prefetcher {
     }
 
     /// Waits for a prefetch of this NAR still running only while its
-    /// progress predicts it done within `budget` (what the upstream would
-    /// take); one with no bytes yet, or none predicted to make it, is
-    /// stopped (the NAR's own transfer gets the peers' upload) and not
-    /// waited for. One whose bytes have all arrived is waited for (its
-    /// store commit). True if the NAR is in the store now.
-    pub async fn join(&self, hash: &StorePathHash, budget: Duration) -> bool {
+    /// progress predicts it done within what the request would take
+    /// `instead`. With an upstream, one with no bytes yet, or none
+    /// predicted to make it, is stopped (the NAR's own transfer gets the
+    /// peers' upload) and not waited for; with peers only, one with no
+    /// bytes yet is waited for too (started at once if it was queued). One
+    /// whose bytes have all arrived is waited for (its store commit). True
+    /// if the NAR is in the store now.
+    pub async fn join(&self, hash: &StorePathHash, instead: Instead) -> bool {
         let mut stored = false;
         if let Some(Running {
             started,
             size,
             state: mut rx,
             stop,
+            urgent,
         }) = self.running.get(hash)
         {
+            let (budget, peers_only) = match instead {
+                Instead::Upstream(t) => (t, false),
+                Instead::PeersOnly(t) => (t, true),
+            };
+            if peers_only {
+                urgent.cancel();
+            }
             let deadline = tokio::time::Instant::now() + budget;
+            let mut idle_until = tokio::time::Instant::now() + STALL;
             loop {
                 let state = *rx.borrow_and_update();
                 let now = tokio::time::Instant::now();
@@ -203,6 +234,9 @@ impl Prefetcher {
                     }
                     State::Failed => break,
                     State::Running(done) if done >= size => now + COMMIT_WAIT,
+                    // Peers only: nothing is quicker while it moves (its
+                    // rate so far includes its wait for a slot).
+                    State::Running(_) if peers_only => deadline.min(idle_until),
                     State::Running(done) if done > 0 => {
                         let rate = done as f64 / started.elapsed().as_secs_f64().max(1e-6);
                         let eta = Duration::from_secs_f64(size.saturating_sub(done) as f64 / rate);
@@ -215,7 +249,12 @@ impl Prefetcher {
                     State::Running(_) => break,
                 };
                 tokio::select! {
-                    r = rx.changed() => if r.is_err() { break },
+                    r = rx.changed() => {
+                        if r.is_err() {
+                            break;
+                        }
+                        idle_until = tokio::time::Instant::now() + STALL;
+                    }
                     () = tokio::time::sleep_until(wait_until) => break,
                 }
             }
@@ -252,7 +291,10 @@ async fn fetch(
     if store.contains(hash).await.unwrap_or(true) {
         return false;
     }
-    let ingest = match store.begin_ingest(info.clone()).await {
+    // The chunks arrive checked against the manifest's ids: stored as they
+    // are. The store checks the whole NAR against the narinfo (the one
+    // check of its NarHash here).
+    let ingest = match store.begin_ingest_known(info.clone(), path.manifest.clone()).await {
         Ok(i) => i,
         Err(e) => {
             tracing::debug!(%hash, error = %e, "not prefetching: the store cannot take it");
@@ -266,36 +308,36 @@ async fn fetch(
     let mut first = None;
     let mut done = 0u64;
     let mut stream = peers.stream(path.clone());
-    let mut check = NarCheck::new(info);
+    let mut taken = true;
     while let Some(piece) = stream.next().await {
         let Ok(piece) = piece else {
             tracing::debug!(%hash, "prefetch from peers failed");
             return false;
         };
-        if let Err(e) = check.update(&piece) {
-            tracing::warn!(%hash, error = %e, "prefetched NAR failed verification");
-            crate::source::Source::rejected(peers, info, true);
-            return false;
-        }
         first.get_or_insert_with(tokio::time::Instant::now);
         done += piece.len() as u64;
         progress.send_replace(State::Running(done));
         if !writer.write(piece).await {
-            return false;
+            taken = false; // the commit says why
+            break;
         }
     }
-    if let Some(first) = first {
+    if let Some(first) = first
+        && taken
+    {
         estimates.record(true, first - opened, done, first.elapsed());
     }
-    if let Err(e) = check.finish() {
-        tracing::warn!(%hash, error = %e, "prefetched NAR failed verification");
-        crate::source::Source::rejected(peers, info, true);
-        return false;
-    }
     before_commit();
-    let stored = writer.commit().await;
-    if stored {
-        tracing::info!(path = %info.store_path, bytes = info.nar_size, "prefetched from peers");
+    match writer.commit().await {
+        Committed::Stored if taken => {
+            tracing::info!(path = %info.store_path, bytes = info.nar_size, "prefetched from peers");
+            true
+        }
+        Committed::Mismatch => {
+            tracing::warn!(%hash, "prefetched NAR failed verification");
+            crate::source::Source::rejected(peers, info, true);
+            false
+        }
+        _ => false,
     }
-    stored
 }

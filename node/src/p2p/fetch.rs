@@ -21,9 +21,9 @@ use tokio::sync::mpsc;
 
 use super::NodeHandle;
 use super::discover::{Discovery, DiscoverySettings};
+use super::in_flight::{InFlight, PeerLoad};
 use super::schedule::{Outcome, Ready, Schedule, ScheduleSettings, check_chunks};
 use super::scores::Scores;
-use super::wire_mode::WireModes;
 use crate::store::{AsyncStore, ChunkStore};
 
 /// Fetcher settings.
@@ -70,8 +70,9 @@ pub struct Fetcher {
     keys: Arc<Vec<PublicKey>>,
     settings: FetchSettings,
     scores: Arc<Mutex<Scores>>,
-    /// Per peer, whether its chunks come faster compressed or as stored.
-    wire_modes: Arc<Mutex<WireModes>>,
+    /// Per peer: chunk requests in flight, and whether its chunks come
+    /// faster compressed or as stored.
+    load: Arc<PeerLoad>,
     discovery: Discovery,
     /// Manifests whose chunks verified but whose NAR did not, by path:
     /// never used for that path again.
@@ -157,7 +158,7 @@ impl Fetcher {
             store: store.into(),
             keys: Arc::new(keys),
             scores: Arc::new(Mutex::new(Scores::new(settings.ban_after, settings.ban_for))),
-            wire_modes: Arc::default(),
+            load: Arc::default(),
             settings,
             bad_manifests: Arc::default(),
         }
@@ -192,12 +193,6 @@ impl Fetcher {
 
     pub fn handle(&self) -> &NodeHandle {
         &self.handle
-    }
-
-    fn wire_modes(&self) -> std::sync::MutexGuard<'_, WireModes> {
-        self.wire_modes
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn scores(&self) -> std::sync::MutexGuard<'_, Scores> {
@@ -478,8 +473,6 @@ impl Fetcher {
         );
         let stats = &self.handle.stats;
         let mut in_flight = FuturesUnordered::new();
-        // Batches in flight per peer (how many shared its link).
-        let mut asking: std::collections::HashMap<PeerId, u32> = std::collections::HashMap::new();
         loop {
             while let Some(ready) = sched.next_ready() {
                 let at = offsets[sched.progress().0 - 1];
@@ -507,32 +500,27 @@ impl Fetcher {
             for send in sched.sends(now) {
                 let sizes: Vec<Option<u32>> = send.ids.iter().map(|id| sched.size(id)).collect();
                 let bytes = sizes.iter().flatten().map(|s| u64::from(*s)).sum();
-                let compress = self.wire_modes().choose(send.peer, bytes, now);
-                let sharing = asking.entry(send.peer).or_insert(0);
-                *sharing += 1;
-                let sharing = *sharing;
-                let asked = ask(self.handle.clone(), send.peer, send.ids.clone(), sizes, compress);
-                in_flight.push(async move { (send, compress, now, sharing, asked.await) });
+                let (load, handle) = (self.load.clone(), self.handle.clone());
+                in_flight.push(async move {
+                    let batch = InFlight::ask(&load, send.peer, bytes).await;
+                    let answer = ask(handle, send.peer, send.ids.clone(), sizes, batch.compressed()).await;
+                    (send, batch, answer)
+                });
             }
             let wake = tokio::time::Instant::from_std(sched.next_deadline());
             tokio::select! {
                 // Nobody is listening any more: stop asking peers at once.
                 () = tx.closed() => return Ok(()),
-                Some((send, compress, sent, sharing, answer)) = in_flight.next(), if !in_flight.is_empty() => {
+                Some((send, batch, answer)) = in_flight.next(), if !in_flight.is_empty() => {
                     let peer = send.peer;
-                    if let Some(n) = asking.get_mut(&peer) {
-                        *n = n.saturating_sub(1);
-                    }
                     let current = sched.peers().any(|p| *p == peer);
                     let outcome = match answer {
                         Answer::Chunks { wire, checked: Ok(c) } => {
                             if !c.is_empty() {
                                 stats.proven.mark(peer);
                                 stats.bytes_fetched_wire.fetch_add(wire, Ordering::Relaxed);
-                                let bytes = c.iter().map(|(_, d)| d.len() as u64).sum();
-                                let now = Instant::now();
-                                self.wire_modes().record(peer, compress, bytes, now - sent, sharing, now);
                             }
+                            batch.answered(Some(c.iter().map(|(_, d)| d.len() as u64).sum()));
                             Outcome::Chunks(c)
                         }
                         Answer::Chunks { checked: Err(why), .. } => {

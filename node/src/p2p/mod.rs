@@ -13,6 +13,7 @@ mod delay;
 pub mod direct;
 mod discover;
 mod fetch;
+mod in_flight;
 mod liar;
 mod links;
 pub mod proven;

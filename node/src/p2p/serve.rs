@@ -22,8 +22,7 @@ use crate::shelf::Shelves;
 
 /// Requests answered at once, in total.
 const MAX_CONCURRENT: usize = 32;
-/// Requests answered at once for one peer.
-const MAX_PER_PEER: usize = 8;
+use super::in_flight::MAX_PER_PEER;
 
 /// Builds the answer to one request (blocking: reads the shelves). `liar`
 /// is honest except in test builds (feature `test-hooks`) that make this

@@ -4,7 +4,7 @@
 //! (with two workers, one such wait used to stop the gateway).
 
 use bytes::Bytes;
-use nixswarm_protocol::{ChunkId, NarInfo, StorePathHash};
+use nixswarm_protocol::{ChunkId, ChunkManifest, NarInfo, StorePathHash};
 
 use super::{ChunkStore, Ingest, NarHandle, Result, StoreError, StoreStats};
 
@@ -49,6 +49,14 @@ impl AsyncStore {
     /// Starts an ingest; making room may evict paths.
     pub async fn begin_ingest(&self, narinfo: NarInfo) -> Result<Ingest> {
         self.run(move |s| s.begin_ingest(narinfo)).await
+    }
+
+    pub async fn begin_ingest_known(
+        &self,
+        narinfo: NarInfo,
+        manifest: std::sync::Arc<ChunkManifest>,
+    ) -> Result<Ingest> {
+        self.run(move |s| s.begin_ingest_known(narinfo, manifest)).await
     }
 
     pub async fn remove(&self, hash: StorePathHash) -> Result<bool> {

@@ -4,16 +4,26 @@
 
 use nixswarm_protocol::{ChunkId, ChunkManifest, ChunkRef, NarCheck, NarInfo};
 
-use super::chunker::Chunker;
+use std::sync::Arc;
+
+use super::chunker::{Chunker, Known};
 use super::meta::PathRecord;
 use super::{ChunkStore, Result, StoreError, now};
+
+/// Where the chunks end: found by content-defined chunking, or known from
+/// a manifest the chunks were checked against.
+#[derive(Debug)]
+enum Cut {
+    Chunker(Chunker),
+    Known(Known),
+}
 
 /// A NAR being written. Dropping it without [`Ingest::finish`] discards it.
 #[derive(Debug)]
 pub struct Ingest {
     store: ChunkStore,
     narinfo: NarInfo,
-    chunker: Chunker,
+    cut: Cut,
     check: NarCheck,
     chunks: Vec<ChunkRef>,
     /// Chunks this ingest holds pending (never deleted while it runs).
@@ -23,12 +33,24 @@ pub struct Ingest {
 
 impl Ingest {
     pub(super) fn new(store: ChunkStore, narinfo: NarInfo) -> Self {
+        Self::with(store, narinfo, Cut::Chunker(Chunker::default()))
+    }
+
+    /// A NAR whose chunks were checked against `manifest`'s ids as they
+    /// arrived (from peers): stored as those chunks, without chunking or
+    /// hashing them again. The caller has checked that the manifest is
+    /// this narinfo's.
+    pub(super) fn known(store: ChunkStore, narinfo: NarInfo, manifest: Arc<ChunkManifest>) -> Self {
+        Self::with(store, narinfo, Cut::Known(Known::new(manifest)))
+    }
+
+    fn with(store: ChunkStore, narinfo: NarInfo, cut: Cut) -> Self {
         let reserved = narinfo.nar_size;
         let check = NarCheck::new(&narinfo);
         Self {
             store,
             narinfo,
-            chunker: Chunker::default(),
+            cut,
             check,
             chunks: Vec::new(),
             pending: Vec::new(),
@@ -45,26 +67,33 @@ impl Ingest {
             });
         }
         let Self {
-            chunker,
+            cut,
             store,
             chunks,
             pending,
             ..
         } = self;
-        chunker.push(data, |c| store_chunk(store, chunks, pending, c))
+        match cut {
+            Cut::Chunker(c) => c.push(data, |c| store_chunk(store, chunks, pending, None, c)),
+            Cut::Known(k) => k.push(data, |id, c| store_chunk(store, chunks, pending, Some(id), c)),
+        }
     }
 
     /// Verifies the NAR and makes the path visible.
     pub fn finish(mut self) -> Result<()> {
         let path = self.narinfo.store_path.to_string();
         let Self {
-            chunker,
+            cut,
             store,
             chunks,
             pending,
             ..
         } = &mut self;
-        chunker.finish(|c| store_chunk(store, chunks, pending, c))?;
+        match cut {
+            Cut::Chunker(c) => c.finish(|c| store_chunk(store, chunks, pending, None, c))?,
+            // Incomplete: the NAR's size check below says how.
+            Cut::Known(_) => {}
+        }
         let size = self.check.size();
         let check = std::mem::replace(&mut self.check, NarCheck::new(&self.narinfo));
         let actual = check.finish().map_err(|source| StoreError::Mismatch { path, source })?;
@@ -84,8 +113,14 @@ impl Ingest {
     }
 }
 
-fn store_chunk(store: &ChunkStore, chunks: &mut Vec<ChunkRef>, pending: &mut Vec<ChunkId>, data: &[u8]) -> Result<()> {
-    let id = ChunkId(*blake3::hash(data).as_bytes());
+fn store_chunk(
+    store: &ChunkStore,
+    chunks: &mut Vec<ChunkRef>,
+    pending: &mut Vec<ChunkId>,
+    known: Option<ChunkId>,
+    data: &[u8],
+) -> Result<()> {
+    let id = known.unwrap_or_else(|| ChunkId(*blake3::hash(data).as_bytes()));
     chunks.push(ChunkRef {
         id,
         size: data.len() as u32,

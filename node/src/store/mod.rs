@@ -51,7 +51,7 @@ pub use meta::{MetaDb, PathRecord};
 pub use reader::NarReader;
 pub use redb_meta::RedbMeta;
 pub use space::FsSpace;
-pub use writer::{Decode, IngestWriter};
+pub use writer::{Committed, Decode, IngestWriter};
 
 use chunks::ChunkDir;
 
@@ -303,6 +303,32 @@ impl ChunkStore {
     pub fn begin_ingest(&self, narinfo: NarInfo) -> Result<Ingest> {
         self.reserve(narinfo.nar_size)?;
         Ok(Ingest::new(self.clone(), narinfo))
+    }
+
+    /// Like [`Self::begin_ingest`], for a NAR whose chunks arrive checked
+    /// against `manifest` (from peers): they are stored as they are, not
+    /// chunked and hashed again. The manifest must be the narinfo's.
+    pub fn begin_ingest_known(&self, narinfo: NarInfo, manifest: Arc<ChunkManifest>) -> Result<Ingest> {
+        use nixswarm_protocol::NarCheckError;
+        let wrong = if manifest.nar_hash != narinfo.nar_hash {
+            Some(NarCheckError::WrongHash {
+                actual: manifest.nar_hash,
+                expected: narinfo.nar_hash,
+            })
+        } else if manifest.nar_size != narinfo.nar_size {
+            Some(NarCheckError::WrongSize {
+                actual: manifest.nar_size,
+                expected: narinfo.nar_size,
+            })
+        } else {
+            None
+        };
+        if let Some(source) = wrong {
+            let path = narinfo.store_path.to_string();
+            return Err(StoreError::Mismatch { path, source });
+        }
+        self.reserve(narinfo.nar_size)?;
+        Ok(Ingest::known(self.clone(), narinfo, manifest))
     }
 
     /// Removes a path; its chunks go when no other path uses them.

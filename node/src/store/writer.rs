@@ -27,7 +27,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use nixswarm_protocol::NarInfo;
 
-use super::{ChunkStore, Ingest};
+use super::{ChunkStore, Ingest, StoreError};
 
 /// Bytes queued for one ingest. Most NARs fit whole, so the store never
 /// slows their download. A larger one is paced by the store once it is
@@ -49,7 +49,34 @@ const NICE: libc::c_int = 19;
 enum Msg {
     Data(Bytes),
     /// Commit; the answer says whether the NAR is now stored.
-    Commit(Option<oneshot::Sender<bool>>),
+    Commit(Option<oneshot::Sender<Committed>>),
+}
+
+/// How writing a NAR ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Committed {
+    Stored,
+    /// The bytes did not match the narinfo (NarSize, NarHash, content
+    /// address): whoever sent them is to blame.
+    Mismatch,
+    /// Not stored for another reason (the store has it, no room, a disk
+    /// error, the writer stopped).
+    Failed,
+}
+
+impl Committed {
+    fn of(e: &StoreError) -> Self {
+        match e {
+            StoreError::Mismatch { .. } => Self::Mismatch,
+            _ => Self::Failed,
+        }
+    }
+
+    fn of_io(e: &std::io::Error) -> Self {
+        e.get_ref()
+            .and_then(|e| e.downcast_ref::<StoreError>())
+            .map_or(Self::Failed, Self::of)
+    }
 }
 
 /// Turns the pieces written into NAR bytes (a decompressor): given the sink
@@ -162,7 +189,8 @@ impl IngestWriter {
     }
 
     /// Queues the next piece; waits while the queue is full. False if the
-    /// writer has stopped (a failed write: the NAR will not be kept).
+    /// writer has stopped (a failed write: the NAR will not be kept;
+    /// [`Self::commit`] then says why).
     pub async fn write(&self, piece: Bytes) -> bool {
         let Ok(permit) = self.room.acquire_many(permits(piece.len())).await else {
             return false;
@@ -176,13 +204,14 @@ impl IngestWriter {
         let _ = self.tx.send(Msg::Commit(None)).await;
     }
 
-    /// Commits and waits: true if the NAR is now stored.
-    pub async fn commit(self) -> bool {
+    /// Commits once everything queued is written, and waits: whether the
+    /// NAR is now stored, and if not, whether its bytes were wrong.
+    pub async fn commit(self) -> Committed {
         let (reply, stored) = oneshot::channel();
         if self.tx.send(Msg::Commit(Some(reply))).await.is_err() {
-            return false;
+            return Committed::Failed;
         }
-        stored.await.unwrap_or(false)
+        stored.await.unwrap_or(Committed::Failed)
     }
 }
 
@@ -202,39 +231,51 @@ fn write_all(ingest: Ingest, path: &str, decode: Option<Decode>, mut rx: mpsc::R
             return;
         }
     };
+    // Once a write fails, the rest is drained unwritten (the sender's
+    // next write learns it) and a commit is told why.
+    let mut failed = None;
     while let Some(msg) = rx.blocking_recv() {
         match msg {
             Msg::Data(b) => {
-                let written = sink.write_all(&b);
+                let written = if failed.is_none() { sink.write_all(&b) } else { Ok(()) };
                 room.add_permits(permits(b.len()) as usize);
                 if let Err(e) = written {
                     tracing::warn!(%path, error = %e, "not storing: write failed");
-                    return;
+                    failed = Some(Committed::of_io(&e));
+                    room.close();
                 }
             }
             Msg::Commit(reply) => {
-                let flushed = sink.flush();
-                drop(sink);
-                let stored = match (flushed, Rc::try_unwrap(ingest)) {
-                    (Ok(()), Ok(ingest)) => match ingest.into_inner().finish() {
-                        Ok(()) => true,
-                        Err(e) => {
-                            tracing::warn!(%path, error = %e, "not storing: commit failed");
-                            false
-                        }
-                    },
-                    (Err(e), _) => {
-                        tracing::warn!(%path, error = %e, "not storing: write failed");
-                        false
-                    }
-                    (Ok(()), Err(_)) => false,
+                let result = match failed {
+                    Some(verdict) => verdict,
+                    None => commit(sink, ingest, path),
                 };
                 if let Some(reply) = reply {
-                    let _ = reply.send(stored);
+                    let _ = reply.send(result);
                 }
                 return;
             }
         }
+    }
+}
+
+/// Flushes the decoder and finishes the ingest.
+fn commit(mut sink: Box<dyn Write>, ingest: Rc<RefCell<Ingest>>, path: &str) -> Committed {
+    let flushed = sink.flush();
+    drop(sink);
+    match (flushed, Rc::try_unwrap(ingest)) {
+        (Ok(()), Ok(ingest)) => match ingest.into_inner().finish() {
+            Ok(()) => Committed::Stored,
+            Err(e) => {
+                tracing::warn!(%path, error = %e, "not storing: commit failed");
+                Committed::of(&e)
+            }
+        },
+        (Err(e), _) => {
+            tracing::warn!(%path, error = %e, "not storing: write failed");
+            Committed::of_io(&e)
+        }
+        (Ok(()), Err(_)) => Committed::Failed,
     }
 }
 
@@ -279,7 +320,7 @@ mod tests {
                 assert!(w.write(Bytes::copy_from_slice(piece)).await);
             }
             if commit {
-                assert!(w.commit().await);
+                assert_eq!(w.commit().await, Committed::Stored);
             } else {
                 drop(w);
             }
@@ -297,8 +338,52 @@ mod tests {
         let ingest = store.begin_ingest(info_for(&bytes, 3)).unwrap();
         let w = IngestWriter::spawn(ingest, "p3".into()).unwrap();
         assert!(w.write(Bytes::from(data(100_000, 3))).await);
-        assert!(!w.commit().await);
+        assert_eq!(w.commit().await, Committed::Mismatch);
         assert!(!store.contains(&hash(3)).unwrap());
+        // Too long: the writer stops taking pieces, and the commit says why.
+        let ingest = store.begin_ingest(info_for(&bytes, 6)).unwrap();
+        let w = IngestWriter::spawn(ingest, "p6".into()).unwrap();
+        let mut refused = false;
+        for _ in 0..50 {
+            if !w.write(Bytes::from(data(100_000, 6))).await {
+                refused = true;
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert!(refused, "a writer that failed takes no more pieces");
+        assert_eq!(w.commit().await, Committed::Mismatch);
+        assert!(!store.contains(&hash(6)).unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_nar_with_a_known_manifest_is_stored_as_its_chunks() {
+        use crate::store::tests::{data, hash, info_for, open, read_all};
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path(), 64 << 20);
+        let bytes = data(900_000, 7);
+        // The manifest another node made of the same NAR.
+        let other = open(&dir.path().join("other"), 64 << 20);
+        let mut i = other.begin_ingest(info_for(&bytes, 7)).unwrap();
+        i.write(&bytes).unwrap();
+        i.finish().unwrap();
+        let manifest = other.open_nar(&hash(7)).unwrap().unwrap().manifest;
+        // A manifest of another NAR is refused at once.
+        assert!(matches!(
+            store.begin_ingest_known(info_for(&data(10, 8), 8), manifest.clone()),
+            Err(StoreError::Mismatch { .. })
+        ));
+        let ingest = store.begin_ingest_known(info_for(&bytes, 7), manifest.clone()).unwrap();
+        let w = IngestWriter::spawn(ingest, "p7".into()).unwrap();
+        for piece in bytes.chunks(50_000) {
+            assert!(w.write(Bytes::copy_from_slice(piece)).await);
+        }
+        assert_eq!(w.commit().await, Committed::Stored);
+        assert_eq!(read_all(&store, 7, 0, bytes.len() as u64).unwrap(), bytes);
+        assert_eq!(
+            store.open_nar(&hash(7)).unwrap().unwrap().manifest.chunks,
+            manifest.chunks
+        );
     }
 
     #[tokio::test]
@@ -315,7 +400,7 @@ mod tests {
             for piece in file.chunks(1000) {
                 assert!(w.write(Bytes::copy_from_slice(piece)).await);
             }
-            assert_eq!(w.commit().await, n == 4);
+            assert_eq!(w.commit().await == Committed::Stored, n == 4);
         }
         assert_eq!(read_all(&store, 4, 0, bytes.len() as u64).unwrap(), bytes);
         assert!(!store.contains(&hash(5)).unwrap());
