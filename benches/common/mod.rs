@@ -151,15 +151,37 @@ pub fn curl_in(ns: Option<&str>, url: &str) -> Result<(f64, u64)> {
 
 /// CPU seconds (user + system) process `pid` has used so far.
 /// A scratch directory for a benchmark's nodes, Nix stores and servers:
-/// `$BENCH_TMPDIR`, else the system's temporary directory. Not under
-/// `target/`: cargo's churn leaves that directory's ext4 block groups
-/// crowded with recently deleted inodes, and creating a file there cost
-/// 0.4-0.6 ms of kernel time, against 0.1 ms in `/tmp` on the same disk
-/// (3000 files of 64 KiB each), which made every round of a benchmark that
-/// stores chunk files slower than the one before.
+/// `$BENCH_TMPDIR` if set (a tmpfs, say), else cargo's temporary directory
+/// for benchmarks.
 pub fn scratch() -> Result<tempfile::TempDir> {
-    let dir = std::env::var_os("BENCH_TMPDIR").map_or_else(std::env::temp_dir, std::path::PathBuf::from);
+    let dir =
+        std::env::var_os("BENCH_TMPDIR").map_or_else(|| env!("CARGO_TARGET_TMPDIR").into(), std::path::PathBuf::from);
     Ok(tempfile::tempdir_in(dir)?)
+}
+
+/// The kernel's cost of creating `n` files of 64 KiB (the store's average
+/// chunk) in a fresh directory under `dir`, in 256 subdirectories as the
+/// chunk store lays them out: wall seconds and this process's system CPU
+/// seconds. On the development machine's ext4 (mounted with `discard`)
+/// it swings twentyfold with how many files were deleted near the
+/// directory lately, so a benchmark that keeps chunks reports it beside
+/// its figures.
+pub fn file_creation_cost(dir: &Path, n: usize) -> Result<(f64, f64)> {
+    use std::io::Write as _;
+    let d = tempfile::tempdir_in(dir)?;
+    let sys = || -> Result<f64> {
+        let stat = std::fs::read_to_string("/proc/self/stat")?;
+        let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+        Ok(fields.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0) / 100.0)
+    };
+    let data = vec![0x5a_u8; 64 << 10];
+    let (t, s0) = (std::time::Instant::now(), sys()?);
+    for i in 0..n {
+        let sub = d.path().join(format!("{:02x}", i % 256));
+        std::fs::create_dir_all(&sub)?;
+        std::fs::File::create(sub.join(i.to_string()))?.write_all(&data)?;
+    }
+    Ok((t.elapsed().as_secs_f64(), sys()? - s0))
 }
 
 pub fn cpu_seconds(pid: u32) -> Result<f64> {
