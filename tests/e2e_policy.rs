@@ -12,6 +12,26 @@ fn nar_requests(log: &[String]) -> Vec<&String> {
     log.iter().filter(|r| r.contains("/nar/")).collect()
 }
 
+/// The NarSize of `paths` together, from `gw`'s narinfos.
+fn nar_bytes(gw: &Gateway, paths: &[String]) -> Result<u64> {
+    paths
+        .iter()
+        .map(|p| -> Result<u64> {
+            let text = http_get(&format!("{}/{}.narinfo", gw.url, &p[11..43]))?;
+            Ok(nixswarm_protocol::NarInfo::parse(&text)?.nar_size)
+        })
+        .sum()
+}
+
+/// A counter of `gw`'s `/metrics` (0 if absent).
+fn metric(gw: &Gateway, name: &str) -> Result<u64> {
+    let m = http_get(&format!("{}/metrics", gw.url))?;
+    Ok(m.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0))
+}
+
 /// Node 1 holds every path of the fixture (imported); node 2 joins it.
 fn swarm(tmp: &std::path::Path, upstream: &str, key: &str, donor_flags: &[&str]) -> Result<(Gateway, Gateway)> {
     let fx = fixture();
@@ -88,21 +108,8 @@ fn nars_start_at_the_narinfo_and_nix_finds_them_done() -> Result<()> {
     // Nix asks for a closure's narinfos first; here they are asked by hand,
     // and the NARs they name are then waited for (the wait is the test's,
     // so that a busy machine cannot turn a late prefetch into a failure).
-    let total: u64 = fx
-        .paths
-        .iter()
-        .map(|p| -> Result<u64> {
-            let text = http_get(&format!("{}/{}.narinfo", n2.url, &p[11..43]))?;
-            Ok(nixswarm_protocol::NarInfo::parse(&text)?.nar_size)
-        })
-        .sum::<Result<u64>>()?;
-    let metric = |name: &str| -> Result<u64> {
-        let m = http_get(&format!("{}/metrics", n2.url))?;
-        Ok(m.lines()
-            .find_map(|l| l.strip_prefix(&format!("{name} ")))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0))
-    };
+    let total = nar_bytes(&n2, &fx.paths)?;
+    let metric = |name: &str| metric(&n2, name);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
     while metric("nixswarm_gateway_prefetched_bytes_total")? < total {
         ensure!(
@@ -154,24 +161,10 @@ fn with_peers_only_a_nar_request_joins_its_prefetch() -> Result<()> {
     assert_eq!(client.valid(&fx.paths), fx.paths);
     client.verify_contents(&fx.paths)?;
 
-    let total: u64 = fx
-        .paths
-        .iter()
-        .map(|p| -> Result<u64> {
-            let text = http_get(&format!("{}/{}.narinfo", n2.url, &p[11..43]))?;
-            Ok(nixswarm_protocol::NarInfo::parse(&text)?.nar_size)
-        })
-        .sum::<Result<u64>>()?;
-    let m = http_get(&format!("{}/metrics", n2.url))?;
-    let metric = |name: &str| -> u64 {
-        m.lines()
-            .find_map(|l| l.strip_prefix(&format!("{name} ")))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0)
-    };
+    let total = nar_bytes(&n2, &fx.paths)?;
     let (prefetched, fetched) = (
-        metric("nixswarm_gateway_prefetched_bytes_total"),
-        metric("nixswarm_node_fetched_bytes_total"),
+        metric(&n2, "nixswarm_gateway_prefetched_bytes_total")?,
+        metric(&n2, "nixswarm_node_fetched_bytes_total")?,
     );
     // Fetched bytes leave out chunks already held (paths share some).
     ensure!(
