@@ -12,6 +12,19 @@ fn nar_requests(log: &[String]) -> Vec<&String> {
     log.iter().filter(|r| r.contains("/nar/")).collect()
 }
 
+/// Nix realises the whole fixture through node 2 (`gw`) into a fresh
+/// store under `tmp`: every path valid, every file's contents right.
+fn nix_gets_every_path(tmp: &std::path::Path, gw: &Gateway, key: &str) -> Result<()> {
+    let paths = &fixture().paths;
+    let client = ClientStore::new(&tmp.join("client"));
+    check(
+        &client.realise(&gw.url, key, paths, false),
+        "nix-store -r through node 2",
+    )?;
+    assert_eq!(&client.valid(paths), paths);
+    client.verify_contents(paths)
+}
+
 /// The NarSize of `paths` together, from `gw`'s narinfos.
 fn nar_bytes(gw: &Gateway, paths: &[String]) -> Result<u64> {
     paths
@@ -64,13 +77,7 @@ fn with_capped_peers_the_upstream_sends_the_head_and_peers_the_tail() -> Result<
     let upstream = StaticServer::start_paced(&fx.cache(), 4 << 20);
     let (_n1, n2) = swarm(tmp.path(), &upstream.url, key, &["--upload-limit", "2M"])?;
 
-    let client = ClientStore::new(&tmp.path().join("client"));
-    check(
-        &client.realise(&n2.url, key, &fx.paths, false),
-        "nix-store -r through node 2",
-    )?;
-    assert_eq!(client.valid(&fx.paths), fx.paths);
-    client.verify_contents(&fx.paths)?;
+    nix_gets_every_path(tmp.path(), &n2, key)?;
 
     let sent = upstream.sent();
     let cut: Vec<_> = sent
@@ -121,13 +128,7 @@ fn nars_start_at_the_narinfo_and_nix_finds_them_done() -> Result<()> {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     let mark = upstream.requests().len();
-    let client = ClientStore::new(&tmp.path().join("client"));
-    check(
-        &client.realise(&n2.url, key, &fx.paths, false),
-        "nix-store -r through node 2",
-    )?;
-    assert_eq!(client.valid(&fx.paths), fx.paths);
-    client.verify_contents(&fx.paths)?;
+    nix_gets_every_path(tmp.path(), &n2, key)?;
     let log = upstream.requests();
     ensure!(
         nar_requests(&log[mark..]).is_empty(),
@@ -153,13 +154,7 @@ fn with_peers_only_a_nar_request_joins_its_prefetch() -> Result<()> {
     let down = support::down_upstream();
     let (_n1, n2) = swarm(tmp.path(), &down, key, &["--upload-limit", "4M"])?;
 
-    let client = ClientStore::new(&tmp.path().join("client"));
-    check(
-        &client.realise(&n2.url, key, &fx.paths, false),
-        "nix-store -r through node 2",
-    )?;
-    assert_eq!(client.valid(&fx.paths), fx.paths);
-    client.verify_contents(&fx.paths)?;
+    nix_gets_every_path(tmp.path(), &n2, key)?;
 
     let total = nar_bytes(&n2, &fx.paths)?;
     let (prefetched, fetched) = (
