@@ -201,6 +201,9 @@ pub fn plan(i: &Inputs) -> Plan {
     };
     let t_peers = i.peers.map(|e| e.time(missing));
     match (t_up, t_peers) {
+        // Before the upstream is measured, a small file counts as small
+        // here too: a tail's first batch is a peer round trip away.
+        (None, _) if file_size <= SMALL_FILE => Plan::TwoEnded(Tail::Never),
         (Some(up), Some(p)) if p.as_secs_f64() <= up.as_secs_f64() * PEERS_ALONE_SHARE => Plan::Peers {
             // Peers on schedule finish before this; late ones get the
             // upstream beside them, never later than the upstream's own
@@ -385,6 +388,31 @@ mod tests {
             ..inputs()
         };
         assert_eq!(plan(&i), Plan::TwoEnded(Tail::Now));
+    }
+
+    #[test]
+    fn before_anything_is_measured_only_a_large_nar_gets_a_tail() {
+        // The WAN benchmark's first NARs: peers ready, nothing measured,
+        // and tails started for NARs of 664 bytes that the upstream had
+        // sent before a peer could answer.
+        let cold = Inputs {
+            upstream: None,
+            peers: None,
+            ..inputs()
+        };
+        assert_eq!(plan(&cold), Plan::TwoEnded(Tail::Now), "30 MiB: worth a tail");
+        let tiny = Inputs {
+            nar_size: 664,
+            file_size: Some(400),
+            peers_ready: Some(664),
+            ..cold
+        };
+        assert_eq!(plan(&tiny), Plan::TwoEnded(Tail::Never));
+        let edge = Inputs {
+            file_size: Some(SMALL_FILE + 1),
+            ..cold
+        };
+        assert_eq!(plan(&edge), Plan::TwoEnded(Tail::Now));
     }
 
     #[test]
