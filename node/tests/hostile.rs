@@ -145,29 +145,31 @@ async fn twenty_sybils_that_never_answer_do_not_hide_the_provider_that_does() {
     let bytes = nar(14, 600_000);
     nodes[2].put(14, &bytes);
     let honest = nodes[2].node.handle.peer_id();
-    // Every DHT server that holds 20 or more records for the key (the
-    // Sybils') took the honest provider's too, and names it within two
-    // answers: claiming a key first does not lock out the one that serves
-    // it. Most of the 20 nodes closest to the key hold them.
+    // DHT servers that hold 20 or more records for the key (the Sybils')
+    // took the honest provider's too, and name it within two answers:
+    // claiming a key first does not lock out the one that serves it. At
+    // least 15 of them do. (Not every full one: the honest provider
+    // announces to the 20 servers closest to the key that its own walk
+    // found, and a Sybil's walk may have filled one outside those.)
     let end = Instant::now() + Duration::from_secs(15);
     loop {
-        let (mut full, mut hiding) = (0, 0);
+        let (mut full, mut naming) = (0, 0);
         for n in nodes.iter().filter(|n| n.node.handle.peer_id() != honest) {
             let first = n.node.handle.local_providers(&h).await.unwrap();
             let second = n.node.handle.local_providers(&h).await.unwrap();
             if first.len() >= 20 {
                 full += 1;
-                if !first.contains(&honest) && !second.contains(&honest) {
-                    hiding += 1;
+                if first.contains(&honest) || second.contains(&honest) {
+                    naming += 1;
                 }
             }
         }
-        if full >= 15 && hiding == 0 {
+        if naming >= 15 {
             break;
         }
         assert!(
             Instant::now() < end,
-            "{hiding} of the {full} DHT servers full of Sybils never named the honest provider"
+            "{naming} of the {full} DHT servers full of Sybils named the honest provider"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
