@@ -184,7 +184,7 @@ impl PeerSource {
             let path = found?;
             this.found.insert(hash, path.clone());
             if depth > 0 {
-                let refs = references(&path.info);
+                let refs = path.info.reference_hashes();
                 this.fetcher.prefetch(&refs);
                 for r in refs {
                     this.prefetch_lookup(r, depth - 1);
@@ -198,12 +198,6 @@ impl PeerSource {
     }
 }
 
-/// The paths `info` refers to, itself left out.
-fn references(info: &NarInfo) -> Vec<StorePathHash> {
-    let own = info.store_path.hash();
-    info.references.iter().map(|r| r.hash()).filter(|h| *h != own).collect()
-}
-
 impl Source for PeerSource {
     fn kind(&self) -> SourceKind {
         SourceKind::Peer
@@ -215,18 +209,16 @@ impl Source for PeerSource {
 
     fn narinfo<'a>(&'a self, hash: &'a StorePathHash) -> BoxFuture<'a, Result<Option<NarInfo>, SourceError>> {
         Box::pin(async move {
-            // Found already, or on its way.
-            let known = match self.remembered(hash) {
-                Some(p) => Some(p),
-                None => match self.running.get(hash) {
-                    Some(lookup) => lookup.await,
-                    None => None,
-                },
-            };
-            let found = match known {
-                Some(p) => Some(p),
-                None => self.fetcher.lookup(hash).await,
-            };
+            // Found already, or on its way, or looked up now.
+            let mut found = self.remembered(hash);
+            if found.is_none()
+                && let Some(lookup) = self.running.get(hash)
+            {
+                found = lookup.await;
+            }
+            if found.is_none() {
+                found = self.fetcher.lookup(hash).await;
+            }
             let Some(path) = found else {
                 return Ok(None);
             };

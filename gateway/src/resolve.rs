@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use nixswarm_protocol::{NarInfo, PublicKey, Sha256Hash, StorePath, StorePathHash};
+use nixswarm_protocol::{NarInfo, PublicKey, Sha256Hash, StorePathHash};
 
 use crate::metrics::Metrics;
 use crate::peers::PeerSource;
@@ -242,13 +242,7 @@ impl Resolver {
         };
         match &result {
             Some((_, info)) => {
-                let refs: Vec<StorePathHash> = info
-                    .references
-                    .iter()
-                    .map(StorePath::hash)
-                    .filter(|h| h != hash)
-                    .collect();
-                self.prefetch(&refs);
+                self.prefetch(&info.reference_hashes());
             }
             None => self.missing.insert(*hash, ()),
         }

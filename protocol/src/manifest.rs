@@ -103,6 +103,25 @@ pub struct ChunkManifest {
 }
 
 impl ChunkManifest {
+    /// Whether this is a manifest of `info`'s NAR: the same NarHash and
+    /// NarSize (its chunks are checked against their ids as they come).
+    pub fn check_against(&self, info: &crate::NarInfo) -> Result<(), crate::NarCheckError> {
+        use crate::NarCheckError::{WrongHash, WrongSize};
+        if self.nar_hash != info.nar_hash {
+            return Err(WrongHash {
+                actual: self.nar_hash,
+                expected: info.nar_hash,
+            });
+        }
+        if self.nar_size != info.nar_size {
+            return Err(WrongSize {
+                actual: self.nar_size,
+                expected: info.nar_size,
+            });
+        }
+        Ok(())
+    }
+
     /// Builds a manifest, checking that the chunks add up to `nar_size`.
     pub fn new(nar_hash: Sha256Hash, nar_size: u64, chunks: Vec<ChunkRef>) -> Result<Self, ManifestError> {
         let m = Self {

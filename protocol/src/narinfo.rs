@@ -8,7 +8,7 @@ use thiserror::Error;
 use crate::content_address::ContentAddress;
 use crate::hash::{HashError, Sha256Hash};
 use crate::signature::{KeyError, PublicKey, Signature, fingerprint};
-use crate::store_path::{StorePath, StorePathError};
+use crate::store_path::{StorePath, StorePathError, StorePathHash};
 
 /// What is wrong in a narinfo, and on which line (1-based; 0 for the file as a whole).
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -93,6 +93,16 @@ fn set<T>(slot: &mut Option<T>, field: &'static str, v: T) -> Result<(), NarInfo
 }
 
 impl NarInfo {
+    /// The hashes of the paths this one refers to, itself left out.
+    pub fn reference_hashes(&self) -> Vec<StorePathHash> {
+        let own = self.store_path.hash();
+        self.references
+            .iter()
+            .map(StorePath::hash)
+            .filter(|h| *h != own)
+            .collect()
+    }
+
     /// Parses narinfo text. Unknown keys are ignored, as Nix does.
     pub fn parse(text: &str) -> Result<Self, NarInfoError> {
         let mut store_path = None;

@@ -47,6 +47,43 @@ fn nix_signatures_verify() {
 }
 
 #[test]
+fn reference_hashes_leave_the_path_itself_out() {
+    let info = NarInfo::parse(WITH_REF).unwrap();
+    let other: nixswarm_protocol::StorePathHash = "1g10pyjvgvxciw9qmziz7w578899g11y".parse().unwrap();
+    assert_eq!(info.reference_hashes(), vec![other]);
+    let with_self = WITH_REF.replace(
+        "References: 1g10pyjvgvxciw9qmziz7w578899g11y-a-small",
+        "References: 1g10pyjvgvxciw9qmziz7w578899g11y-a-small iqh7ydji4vh3m6z5bkfk07jvbkfy0sq1-b-dir",
+    );
+    let info = NarInfo::parse(&with_self).unwrap();
+    assert_eq!(info.references.len(), 2);
+    assert_eq!(info.reference_hashes(), vec![other]);
+}
+
+#[test]
+fn a_manifest_is_checked_against_the_narinfo() {
+    use nixswarm_protocol::{ChunkManifest, ChunkRef};
+    let info = NarInfo::parse(WITH_REF).unwrap();
+    let manifest = |hash, size| {
+        let chunks = vec![ChunkRef {
+            id: nixswarm_protocol::ChunkId([7; 32]),
+            size: size as u32,
+        }];
+        ChunkManifest::new(hash, size, chunks).unwrap()
+    };
+    assert_eq!(manifest(info.nar_hash, info.nar_size).check_against(&info), Ok(()));
+    let other = Sha256Hash::digest(b"another NAR");
+    assert!(matches!(
+        manifest(other, info.nar_size).check_against(&info),
+        Err(NarCheckError::WrongHash { .. })
+    ));
+    assert!(matches!(
+        manifest(info.nar_hash, info.nar_size + 1).check_against(&info),
+        Err(NarCheckError::WrongSize { .. })
+    ));
+}
+
+#[test]
 fn nix_secret_key_signs_like_nix() {
     let sk: SecretKey = SEC.parse().unwrap();
     assert_eq!(sk.public_key(), key());

@@ -327,7 +327,9 @@ async fn fetch(
     {
         estimates.record(true, first - opened, done, first.elapsed());
     }
-    before_commit();
+    if taken {
+        before_commit();
+    }
     match writer.commit().await {
         Committed::Stored if taken => {
             tracing::info!(path = %info.store_path, bytes = info.nar_size, "prefetched from peers");

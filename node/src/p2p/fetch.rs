@@ -222,7 +222,7 @@ impl Fetcher {
         if info.trust(&self.keys).is_none() {
             return Err("untrusted narinfo");
         }
-        if manifest.nar_hash != info.nar_hash || manifest.nar_size != info.nar_size {
+        if manifest.check_against(&info).is_err() {
             return Err("manifest does not match the narinfo");
         }
         Ok(info)

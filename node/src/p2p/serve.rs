@@ -16,13 +16,13 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::actor::{Command, Inbound};
+use super::in_flight::MAX_PER_PEER;
 use super::liar::Liar;
 use super::{NodeHandle, RateLimiter};
 use crate::shelf::Shelves;
 
 /// Requests answered at once, in total.
 const MAX_CONCURRENT: usize = 32;
-use super::in_flight::MAX_PER_PEER;
 
 /// Builds the answer to one request (blocking: reads the shelves). `liar`
 /// is honest except in test builds (feature `test-hooks`) that make this

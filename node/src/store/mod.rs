@@ -309,21 +309,7 @@ impl ChunkStore {
     /// against `manifest` (from peers): they are stored as they are, not
     /// chunked and hashed again. The manifest must be the narinfo's.
     pub fn begin_ingest_known(&self, narinfo: NarInfo, manifest: Arc<ChunkManifest>) -> Result<Ingest> {
-        use nixswarm_protocol::NarCheckError;
-        let wrong = if manifest.nar_hash != narinfo.nar_hash {
-            Some(NarCheckError::WrongHash {
-                actual: manifest.nar_hash,
-                expected: narinfo.nar_hash,
-            })
-        } else if manifest.nar_size != narinfo.nar_size {
-            Some(NarCheckError::WrongSize {
-                actual: manifest.nar_size,
-                expected: narinfo.nar_size,
-            })
-        } else {
-            None
-        };
-        if let Some(source) = wrong {
+        if let Err(source) = manifest.check_against(&narinfo) {
             let path = narinfo.store_path.to_string();
             return Err(StoreError::Mismatch { path, source });
         }
