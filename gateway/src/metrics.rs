@@ -111,6 +111,11 @@ impl Collector for NodeCounters {
                 "Bytes on the wire of verified chunk answers (compressed where asked and smaller)",
                 &stats.bytes_fetched_wire,
             ),
+            (
+                "node_fetched_inline_bytes",
+                "NAR bytes that came with a path's lookup (small NARs in one round trip)",
+                &stats.bytes_fetched_inline,
+            ),
         ];
         for (name, help, value) in counters {
             let counter = ConstCounter::new(value.load(Ordering::Relaxed));

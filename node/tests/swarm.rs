@@ -302,3 +302,46 @@ async fn a_slow_peer_sends_its_chunks_compressed() {
         status.bytes_fetched
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_nar_comes_with_its_lookup_and_a_liars_is_caught() {
+    let nodes = swarm(3, |i, c| {
+        if i == 2 {
+            c.lie = Lie::Chunks;
+        }
+    })
+    .await;
+    let small = nar(8, 150_000);
+    let large = nar(9, 600_000);
+    nodes[1].put(8, &small);
+    nodes[1].put(9, &large);
+    let fetcher = &nodes[0].fetcher;
+    wait_providers(&nodes[0], hash(8), 1).await;
+    let path = lookup_until(fetcher, hash(8), |_| true).await;
+    assert_eq!(path.inline_bytes(), 150_000, "every chunk came with the lookup");
+    let (got, err) = collect(fetcher.stream(path)).await;
+    assert_eq!((got.len(), err), (small.len(), None));
+    assert_eq!(got, small);
+    let status = nodes[0].node.handle.status().await.unwrap();
+    assert_eq!(
+        (status.bytes_fetched, status.bytes_fetched_inline),
+        (150_000, 150_000),
+        "no chunk was asked for"
+    );
+    // Over the limit: the lookup brings the path info alone.
+    wait_providers(&nodes[0], hash(9), 1).await;
+    let path = lookup_until(fetcher, hash(9), |_| true).await;
+    assert_eq!(path.inline_bytes(), 0);
+    let (got, _) = collect(fetcher.stream(path)).await;
+    assert_eq!(got, large);
+
+    // A liar's inline chunks are checked before its answer counts.
+    let liar = nodes[2].node.handle.peer_id();
+    let bytes = nar(10, 100_000);
+    nodes[2].put(10, &bytes);
+    wait_providers(&nodes[0], hash(10), 1).await;
+    for _ in 0..2 {
+        assert!(fetcher.lookup(&hash(10)).await.is_none(), "its answer is a lie");
+    }
+    assert!(fetcher.is_banned(&liar), "two lies: banned");
+}

@@ -22,6 +22,10 @@ pub const MAX_RESPONSE: usize = MAX_BATCH * (MAX_CHUNK_SIZE as usize + 64) + 102
 pub const MAX_HAVE: usize = 256;
 /// Largest narinfo text carried.
 pub const MAX_NARINFO: usize = 64 * 1024;
+/// Largest NAR whose chunks come with its path info
+/// ([`Request::PathInline`]): a provider sends them only for a NAR of at
+/// most this size, and of at most what the asker allows.
+pub const MAX_INLINE: u32 = 256 * 1024;
 
 /// The DHT key under which providers of a store path are announced:
 /// sha256 of `nixswarm-path:<hash>` (32 bytes).
@@ -42,6 +46,27 @@ pub enum Request {
     /// Which of these paths the node would serve (one round trip for many
     /// paths, asked of connected peers before the DHT walk ends).
     Have { hashes: Vec<StorePathHash> },
+    /// [`Request::PathInfo`], and the NAR's chunks with it if its NarSize
+    /// is at most `max` (and [`MAX_INLINE`]): a small NAR in one round
+    /// trip. `compress` as in [`Request::Chunks`] (tag 5 compressed, 6 as
+    /// stored). Sent on `/nixswarm/transfer/2` streams only; a peer that
+    /// speaks only version 1 is asked [`Request::PathInfo`]
+    /// ([`Request::downgraded`]).
+    PathInline {
+        hash: StorePathHash,
+        max: u32,
+        compress: bool,
+    },
+}
+
+impl Request {
+    /// The request an older peer understands: the path info without chunks.
+    pub fn downgraded(self) -> Self {
+        match self {
+            Self::PathInline { hash, .. } => Self::PathInfo { hash },
+            other => other,
+        }
+    }
 }
 
 /// One chunk on the wire, zstd-compressed when that made it smaller.
@@ -70,6 +95,13 @@ pub enum Response {
     /// One flag per hash of a [`Request::Have`], in request order.
     Have {
         have: Vec<bool>,
+    },
+    /// The answer to [`Request::PathInline`] for a NAR small enough: the
+    /// path info and every distinct chunk of the manifest, in its order.
+    PathInline {
+        narinfo: String,
+        manifest: ChunkManifest,
+        chunks: Vec<WireChunk>,
     },
 }
 
@@ -145,6 +177,31 @@ impl<'a> Reader<'a> {
         id.copy_from_slice(self.take(32)?);
         Ok(ChunkId(id))
     }
+    fn path_info(&mut self) -> Result<(String, ChunkManifest), WireError> {
+        let text = self.bytes("narinfo", MAX_NARINFO)?;
+        let narinfo = std::str::from_utf8(text).map_err(|_| WireError::BadText)?.to_owned();
+        let manifest = ChunkManifest::decode(self.bytes("manifest", MAX_RESPONSE)?)?;
+        Ok((narinfo, manifest))
+    }
+
+    /// A list of chunks; their data are slices of `shared` if given (the
+    /// buffer being read), copies otherwise.
+    fn chunks(&mut self, shared: Option<&Bytes>) -> Result<Vec<WireChunk>, WireError> {
+        let n = self.count("chunk batch", MAX_BATCH)?;
+        let mut chunks = Vec::with_capacity(n);
+        for _ in 0..n {
+            let id = self.id()?;
+            let compressed = self.u8()? != 0;
+            let data = self.bytes("chunk", MAX_CHUNK_SIZE as usize + 1024)?;
+            let data = match shared {
+                Some(b) => b.slice(self.at - data.len()..self.at),
+                None => Bytes::copy_from_slice(data),
+            };
+            chunks.push(WireChunk { id, compressed, data });
+        }
+        Ok(chunks)
+    }
+
     fn finish(self) -> Result<(), WireError> {
         match self.buf.len() - self.at {
             0 => Ok(()),
@@ -156,6 +213,15 @@ impl<'a> Reader<'a> {
 fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
     out.extend_from_slice(&(b.len() as u32).to_le_bytes());
     out.extend_from_slice(b);
+}
+
+fn put_chunks(out: &mut Vec<u8>, chunks: &[WireChunk]) {
+    out.extend_from_slice(&(chunks.len() as u32).to_le_bytes());
+    for c in chunks {
+        out.extend_from_slice(&c.id.0);
+        out.push(u8::from(c.compressed));
+        put_bytes(out, &c.data);
+    }
 }
 
 impl Request {
@@ -180,6 +246,11 @@ impl Request {
                     out.extend_from_slice(h.as_str().as_bytes());
                 }
             }
+            Self::PathInline { hash, max, compress } => {
+                out.push(if *compress { 5 } else { 6 });
+                out.extend_from_slice(hash.as_str().as_bytes());
+                out.extend_from_slice(&max.to_le_bytes());
+            }
         }
         out
     }
@@ -201,6 +272,11 @@ impl Request {
                     hashes: (0..n).map(|_| r.hash()).collect::<Result<_, _>>()?,
                 }
             }
+            tag @ (5 | 6) => Self::PathInline {
+                hash: r.hash()?,
+                max: r.u32()?,
+                compress: tag == 5,
+            },
             t => return Err(WireError::UnknownTag(t)),
         };
         r.finish()?;
@@ -220,12 +296,7 @@ impl Response {
             Self::NotFound => out.push(2),
             Self::Chunks { chunks } => {
                 out.push(3);
-                out.extend_from_slice(&(chunks.len() as u32).to_le_bytes());
-                for c in chunks {
-                    out.extend_from_slice(&c.id.0);
-                    out.push(u8::from(c.compressed));
-                    put_bytes(&mut out, &c.data);
-                }
+                put_chunks(&mut out, chunks);
             }
             Self::Busy => out.push(4),
             Self::Have { have } => {
@@ -237,6 +308,16 @@ impl Response {
                 }
                 out.extend_from_slice(&bits);
             }
+            Self::PathInline {
+                narinfo,
+                manifest,
+                chunks,
+            } => {
+                out.push(6);
+                put_bytes(&mut out, narinfo.as_bytes());
+                put_bytes(&mut out, &manifest.encode());
+                put_chunks(&mut out, chunks);
+            }
         }
         out
     }
@@ -245,11 +326,21 @@ impl Response {
     /// chunk data is not copied into one buffer (the stream copies it
     /// anyway as it frames and encrypts).
     pub fn encode_parts(&self) -> Vec<Bytes> {
-        let Self::Chunks { chunks } = self else {
-            return vec![Bytes::from(self.encode())];
+        let (mut head, chunks) = match self {
+            Self::Chunks { chunks } => (vec![3], chunks),
+            Self::PathInline {
+                narinfo,
+                manifest,
+                chunks,
+            } => {
+                let mut head = vec![6];
+                put_bytes(&mut head, narinfo.as_bytes());
+                put_bytes(&mut head, &manifest.encode());
+                (head, chunks)
+            }
+            _ => return vec![Bytes::from(self.encode())],
         };
         let mut parts = Vec::with_capacity(2 * chunks.len() + 1);
-        let mut head = vec![3];
         head.extend_from_slice(&(chunks.len() as u32).to_le_bytes());
         for c in chunks {
             head.extend_from_slice(&c.id.0);
@@ -278,27 +369,13 @@ impl Response {
         let mut r = Reader { buf, at: 0 };
         let msg = match r.u8()? {
             1 => {
-                let text = r.bytes("narinfo", MAX_NARINFO)?;
-                let narinfo = std::str::from_utf8(text).map_err(|_| WireError::BadText)?.to_owned();
-                let manifest = ChunkManifest::decode(r.bytes("manifest", MAX_RESPONSE)?)?;
+                let (narinfo, manifest) = r.path_info()?;
                 Self::PathInfo { narinfo, manifest }
             }
             2 => Self::NotFound,
-            3 => {
-                let n = r.count("chunk batch", MAX_BATCH)?;
-                let mut chunks = Vec::with_capacity(n);
-                for _ in 0..n {
-                    let id = r.id()?;
-                    let compressed = r.u8()? != 0;
-                    let data = r.bytes("chunk", MAX_CHUNK_SIZE as usize + 1024)?;
-                    let data = match shared {
-                        Some(b) => b.slice(r.at - data.len()..r.at),
-                        None => Bytes::copy_from_slice(data),
-                    };
-                    chunks.push(WireChunk { id, compressed, data });
-                }
-                Self::Chunks { chunks }
-            }
+            3 => Self::Chunks {
+                chunks: r.chunks(shared)?,
+            },
             4 => Self::Busy,
             5 => {
                 let n = r.count("have list", MAX_HAVE)?;
@@ -309,6 +386,14 @@ impl Response {
                 }
                 Self::Have {
                     have: (0..n).map(|i| bits[i / 8] & (1 << (i % 8)) != 0).collect(),
+                }
+            }
+            6 => {
+                let (narinfo, manifest) = r.path_info()?;
+                Self::PathInline {
+                    narinfo,
+                    manifest,
+                    chunks: r.chunks(shared)?,
                 }
             }
             t => return Err(WireError::UnknownTag(t)),
@@ -343,7 +428,51 @@ mod tests {
             proptest::collection::vec(any::<[u8; 20]>(), 0..=MAX_HAVE).prop_map(|hs| Request::Have {
                 hashes: hs.iter().map(StorePathHash::from_bytes).collect()
             }),
+            (any::<[u8; 20]>(), any::<u32>(), any::<bool>()).prop_map(|(b, max, compress)| Request::PathInline {
+                hash: StorePathHash::from_bytes(&b),
+                max,
+                compress
+            }),
         ]
+    }
+
+    fn arb_path_info() -> impl Strategy<Value = (String, ChunkManifest)> {
+        (
+            "\\PC{0,200}",
+            proptest::collection::vec((any::<[u8; 32]>(), MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE), 0..10),
+            1..=MAX_CHUNK_SIZE,
+        )
+            .prop_map(|(t, cs, last)| {
+                let mut chunks: Vec<ChunkRef> = cs
+                    .into_iter()
+                    .map(|(id, size)| ChunkRef { id: ChunkId(id), size })
+                    .collect();
+                if let Some(c) = chunks.last_mut() {
+                    c.size = last;
+                }
+                let size = chunks.iter().map(|c| u64::from(c.size)).sum();
+                (t, ChunkManifest::new(Sha256Hash([3; 32]), size, chunks).unwrap())
+            })
+    }
+
+    fn arb_chunks() -> impl Strategy<Value = Vec<WireChunk>> {
+        proptest::collection::vec(
+            (
+                any::<[u8; 32]>(),
+                any::<bool>(),
+                proptest::collection::vec(any::<u8>(), 0..300),
+            ),
+            0..8,
+        )
+        .prop_map(|cs| {
+            cs.into_iter()
+                .map(|(id, compressed, data)| WireChunk {
+                    id: ChunkId(id),
+                    compressed,
+                    data: data.into(),
+                })
+                .collect()
+        })
     }
 
     fn arb_response() -> impl Strategy<Value = Response> {
@@ -351,42 +480,12 @@ mod tests {
             Just(Response::NotFound),
             Just(Response::Busy),
             proptest::collection::vec(any::<bool>(), 0..=MAX_HAVE).prop_map(|have| Response::Have { have }),
-            (
-                "\\PC{0,200}",
-                proptest::collection::vec((any::<[u8; 32]>(), MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE), 0..10),
-                1..=MAX_CHUNK_SIZE,
-            )
-                .prop_map(|(t, cs, last)| {
-                    let mut chunks: Vec<ChunkRef> = cs
-                        .into_iter()
-                        .map(|(id, size)| ChunkRef { id: ChunkId(id), size })
-                        .collect();
-                    if let Some(c) = chunks.last_mut() {
-                        c.size = last;
-                    }
-                    let size = chunks.iter().map(|c| u64::from(c.size)).sum();
-                    Response::PathInfo {
-                        narinfo: t,
-                        manifest: ChunkManifest::new(Sha256Hash([3; 32]), size, chunks).unwrap(),
-                    }
-                }),
-            proptest::collection::vec(
-                (
-                    any::<[u8; 32]>(),
-                    any::<bool>(),
-                    proptest::collection::vec(any::<u8>(), 0..300)
-                ),
-                0..8
-            )
-            .prop_map(|cs| Response::Chunks {
-                chunks: cs
-                    .into_iter()
-                    .map(|(id, compressed, data)| WireChunk {
-                        id: ChunkId(id),
-                        compressed,
-                        data: data.into()
-                    })
-                    .collect()
+            arb_path_info().prop_map(|(narinfo, manifest)| Response::PathInfo { narinfo, manifest }),
+            arb_chunks().prop_map(|chunks| Response::Chunks { chunks }),
+            (arb_path_info(), arb_chunks()).prop_map(|((narinfo, manifest), chunks)| Response::PathInline {
+                narinfo,
+                manifest,
+                chunks
             }),
         ]
     }

@@ -95,6 +95,10 @@ pub fn run(args: &StatusArgs) -> Result<()> {
             "  on the wire:  {} (compressed unless as stored was faster)",
             bytes(n(&node["bytes_fetched_wire"]))
         );
+        println!(
+            "  with lookups: {} (small NARs in one round trip)",
+            bytes(n(&node["bytes_fetched_inline"]))
+        );
     }
     let inst = &body["installed"];
     if inst.is_null() {

@@ -278,7 +278,7 @@ impl NarPipeline {
             Some(_) => policy::plan(&policy::Inputs {
                 nar_size: info.nar_size,
                 file_size: file_size.filter(|_| !ups.is_empty()),
-                peers_ready: ready.as_ref().map(|_| info.nar_size),
+                peers_ready: ready.as_ref().map(|p| info.nar_size.saturating_sub(p.inline_bytes())),
                 upstream: self.estimates.upstream(),
                 peers: self.estimates.peers(),
                 offload: self.settings.offload,

@@ -190,6 +190,12 @@ pub fn plan(i: &Inputs) -> Plan {
             upstream_after: Some(i.hedge_after),
         };
     }
+    if i.peers_ready == Some(0) {
+        // Every byte came with the peers' lookup (a small NAR).
+        return Plan::Peers {
+            upstream_after: Some(i.hedge_after),
+        };
+    }
     let t_up = i.upstream.map(|e| e.time(file_size));
     let tail_pays = tail_share(i, file_size).is_none_or(|s| s >= MIN_TAIL_SHARE);
     let Some(missing) = i.peers_ready else {
@@ -413,6 +419,17 @@ mod tests {
             ..cold
         };
         assert_eq!(plan(&edge), Plan::TwoEnded(Tail::Now));
+        // The same tiny NAR whose bytes all came with the peers' lookup.
+        let here = Inputs {
+            peers_ready: Some(0),
+            ..tiny
+        };
+        assert_eq!(
+            plan(&here),
+            Plan::Peers {
+                upstream_after: Some(Duration::from_secs(1))
+            }
+        );
     }
 
     #[test]

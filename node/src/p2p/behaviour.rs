@@ -15,7 +15,7 @@ use libp2p::{
     yamux,
 };
 
-use super::codec::{PROTOCOL, TransferCodec};
+use super::codec::{PROTOCOL, PROTOCOL_V2, TransferCodec};
 use super::direct::DirectOnly;
 use super::records::ProviderStore;
 
@@ -217,7 +217,10 @@ fn behaviour(
         ping: ping::Behaviour::default(),
         mdns: Toggle::from(mdns),
         transfer: DirectOnly::new(request_response::Behaviour::new(
-            [(PROTOCOL, request_response::ProtocolSupport::Full)],
+            [
+                (PROTOCOL_V2, request_response::ProtocolSupport::Full),
+                (PROTOCOL, request_response::ProtocolSupport::Full),
+            ],
             rr,
         )),
         autonat: autonat::v2::client::Behaviour::default(),

@@ -6,8 +6,12 @@ use futures::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use libp2p::StreamProtocol;
 use nixswarm_protocol::wire::{MAX_REQUEST, MAX_RESPONSE, Request, Response};
 
-/// The protocol name on the wire.
+/// The protocol's first version on the wire: no [`Request::PathInline`].
 pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/nixswarm/transfer/1");
+/// Version 2: adds [`Request::PathInline`] (a small NAR's chunks with its
+/// path info). Offered first; a request to a peer that speaks only
+/// version 1 is sent [downgraded](Request::downgraded).
+pub const PROTOCOL_V2: StreamProtocol = StreamProtocol::new("/nixswarm/transfer/2");
 
 /// What a read of a request allocates before its bytes arrive: requests
 /// come from any peer, so a message grows as it arrives.
@@ -92,10 +96,11 @@ impl libp2p::request_response::Codec for TransferCodec {
 
     async fn write_request<T: AsyncWrite + Unpin + Send>(
         &mut self,
-        _: &StreamProtocol,
+        protocol: &StreamProtocol,
         io: &mut T,
         req: Request,
     ) -> std::io::Result<()> {
+        let req = if *protocol == PROTOCOL { req.downgraded() } else { req };
         write_frame(io, &[req.encode()]).await
     }
 
@@ -115,7 +120,32 @@ impl libp2p::request_response::Codec for TransferCodec {
 
 #[cfg(test)]
 mod tests {
+    use libp2p::request_response::Codec as _;
+    use nixswarm_protocol::StorePathHash;
+
     use super::*;
+
+    #[test]
+    fn a_version_1_peer_is_asked_for_the_path_info_alone() {
+        futures::executor::block_on(async {
+            let hash = StorePathHash::from_bytes(&[4; 20]);
+            let inline = Request::PathInline {
+                hash,
+                max: 1 << 18,
+                compress: true,
+            };
+            for (protocol, expected) in [(PROTOCOL, Request::PathInfo { hash }), (PROTOCOL_V2, inline.clone())] {
+                let mut wire = futures::io::Cursor::new(Vec::new());
+                TransferCodec
+                    .write_request(&protocol, &mut wire, inline.clone())
+                    .await
+                    .unwrap();
+                wire.set_position(0);
+                let read = TransferCodec.read_request(&protocol, &mut wire).await.unwrap();
+                assert_eq!(read, expected, "{protocol}");
+            }
+        });
+    }
 
     #[test]
     fn a_frame_is_read_as_it_arrives_and_a_short_one_is_an_error() {

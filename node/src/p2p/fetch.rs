@@ -15,13 +15,14 @@ use bytes::Bytes;
 use futures::StreamExt as _;
 use futures::stream::{BoxStream, FuturesUnordered};
 use libp2p::PeerId;
-use nixswarm_protocol::wire::{Request, Response};
+use nixswarm_protocol::wire::{Request, Response, WireChunk};
 use nixswarm_protocol::{ChunkId, ChunkManifest, NarInfo, PublicKey, Sha256Hash, StorePathHash};
 use tokio::sync::mpsc;
 
 use super::NodeHandle;
 use super::discover::{Discovery, DiscoverySettings};
 use super::in_flight::{InFlight, PeerLoad};
+use super::inline::{Inline, InlineBudget};
 use super::schedule::{Outcome, Ready, Schedule, ScheduleSettings, check_chunks};
 use super::scores::Scores;
 use crate::store::{AsyncStore, ChunkStore};
@@ -60,6 +61,16 @@ pub struct PeerPath {
     pub info: NarInfo,
     pub manifest: Arc<ChunkManifest>,
     pub providers: Vec<PeerId>,
+    /// The NAR's chunks, if they came with the lookup (a small NAR): the
+    /// first transfer takes them.
+    pub inline: Option<Arc<Inline>>,
+}
+
+impl PeerPath {
+    /// NAR bytes here already, come with the lookup, for its first transfer.
+    pub fn inline_bytes(&self) -> u64 {
+        self.inline.as_ref().map_or(0, |i| i.bytes())
+    }
 }
 
 /// Fetches paths from peers.
@@ -77,6 +88,16 @@ pub struct Fetcher {
     /// Manifests whose chunks verified but whose NAR did not, by path:
     /// never used for that path again.
     bad_manifests: Arc<Mutex<BadManifests>>,
+    /// Chunks that came with lookups, held at once.
+    inline: InlineBudget,
+}
+
+/// Providers that sent one manifest, in a lookup.
+struct Group {
+    info: NarInfo,
+    manifest: Arc<ChunkManifest>,
+    providers: Vec<PeerId>,
+    inline: Option<Inline>,
 }
 
 /// (path, [`manifest_id`]) pairs.
@@ -161,6 +182,7 @@ impl Fetcher {
             load: Arc::default(),
             settings,
             bad_manifests: Arc::default(),
+            inline: InlineBudget::default(),
         }
     }
 
@@ -270,11 +292,30 @@ impl Fetcher {
         let deadline = start + wait.max(self.settings.lookup_timeout);
         let first_by = start + wait;
         type Asked = futures::future::BoxFuture<'static, (PeerId, Result<Response, super::NodeError>)>;
-        let ask = |peer: PeerId, delay: Duration| -> Asked {
+        // The first provider asked is asked for the chunks too, in case the
+        // NAR is small: one of its slots, if free, and room in the budget.
+        let mut first = true;
+        let mut ask = |peer: PeerId, delay: Duration| -> Asked {
             let (h, hash) = (self.handle.clone(), *hash);
+            let room = if std::mem::take(&mut first) {
+                self.inline.room()
+            } else {
+                0
+            };
+            let slot = (room > 0).then(|| InFlight::try_small(&self.load, peer)).flatten();
+            let request = match &slot {
+                Some(slot) => Request::PathInline {
+                    hash,
+                    max: room,
+                    compress: slot.compressed(),
+                },
+                None => Request::PathInfo { hash },
+            };
             Box::pin(async move {
                 tokio::time::sleep(delay).await;
-                (peer, h.request(peer, Request::PathInfo { hash }).await)
+                let answer = h.request(peer, request).await;
+                drop(slot);
+                (peer, answer)
             })
         };
         let mut seen = HashSet::new();
@@ -291,7 +332,7 @@ impl Fetcher {
         // ever blamed for its own manifest, and honest providers (whose
         // manifests are all the same: chunking is deterministic) are never
         // mixed with a liar's.
-        let mut groups: Vec<(NarInfo, Arc<ChunkManifest>, Vec<PeerId>)> = Vec::new();
+        let mut groups: Vec<Group> = Vec::new();
         let max_peers = self.settings.schedule.max_peers;
         loop {
             let done = {
@@ -316,7 +357,7 @@ impl Fetcher {
                 }
             }
             let idle = asking.is_empty() && queue.is_empty();
-            let most = groups.iter().map(|g| g.2.len()).max();
+            let most = groups.iter().map(|g| g.providers.len()).max();
             if most.is_some_and(|n| idle || n >= max_peers) || (done && idle) {
                 break;
             }
@@ -335,8 +376,12 @@ impl Fetcher {
                 Some((peer, r)) = asking.next(), if !asking.is_empty() => {
                     hedge_at = tokio::time::Instant::now() + HEDGE;
                     unanswered.remove(&peer);
+                    let r = r.map(|r| match r {
+                        Response::PathInfo { narinfo, manifest } => Response::PathInline { narinfo, manifest, chunks: vec![] },
+                        other => other,
+                    });
                     match r {
-                    Ok(Response::PathInfo { narinfo, manifest }) => match self.check(hash, &narinfo, &manifest) {
+                    Ok(Response::PathInline { narinfo, manifest, chunks }) => match self.check(hash, &narinfo, &manifest) {
                         Ok(info) if nar_hash.is_some_and(|n| n != info.nar_hash) => {
                             // Another build of the path: not what is asked for.
                             tracing::debug!(%peer, %hash, "provider has another NAR of the path");
@@ -345,11 +390,18 @@ impl Fetcher {
                             tracing::debug!(%peer, %hash, "provider sent a manifest already rejected");
                         }
                         Ok(info) => {
-                            let first = groups.first().map(|g| g.0.nar_hash);
+                            let first = groups.first().map(|g| g.info.nar_hash);
                             if first.is_none_or(|n| n == info.nar_hash) {
-                                match groups.iter_mut().find(|g| *g.1 == manifest) {
-                                    Some(g) => g.2.push(peer),
-                                    None => groups.push((info, Arc::new(manifest), vec![peer])),
+                                let manifest = Arc::new(manifest);
+                                match self.accept_inline(peer, &manifest, chunks).await {
+                                    Err(()) => {}
+                                    Ok(inline) => match groups.iter_mut().find(|g| g.manifest == manifest) {
+                                        Some(g) => {
+                                            g.providers.push(peer);
+                                            g.inline = g.inline.take().or(inline);
+                                        }
+                                        None => groups.push(Group { info, manifest, providers: vec![peer], inline }),
+                                    },
                                 }
                             }
                         }
@@ -379,18 +431,54 @@ impl Fetcher {
         }
         // The manifest most providers sent (the first one on a tie); if it
         // is a lie, `reject` rules it out and the next lookup takes another.
-        let mut best: Option<(NarInfo, Arc<ChunkManifest>, Vec<PeerId>)> = None;
+        let mut best: Option<Group> = None;
         for g in groups {
-            if best.as_ref().is_none_or(|b| g.2.len() > b.2.len()) {
+            if best.as_ref().is_none_or(|b| g.providers.len() > b.providers.len()) {
                 best = Some(g);
             }
         }
-        let (info, manifest, providers) = best?;
+        let g = best?;
         Some(PeerPath {
-            info,
-            manifest,
-            providers,
+            info: g.info,
+            manifest: g.manifest,
+            providers: g.providers,
+            inline: g.inline.map(Arc::new),
         })
+    }
+
+    /// Checks the chunks `peer` sent with its manifest (off the runtime)
+    /// and holds them for the transfer. `Err` if one was a lie (the peer
+    /// is penalised and its answer not counted).
+    async fn accept_inline(
+        &self,
+        peer: PeerId,
+        manifest: &Arc<ChunkManifest>,
+        chunks: Vec<WireChunk>,
+    ) -> Result<Option<Inline>, ()> {
+        if chunks.is_empty() {
+            return Ok(None);
+        }
+        let wire: u64 = chunks.iter().map(|c| c.data.len() as u64).sum();
+        let (budget, m) = (self.inline.clone(), manifest.clone());
+        let checked = tokio::task::spawn_blocking(move || budget.accept(&m, chunks))
+            .await
+            .unwrap_or(Err("chunk check failed"));
+        match checked {
+            Ok(inline) => {
+                if let Some(i) = &inline {
+                    let stats = &self.handle.stats;
+                    stats.proven.mark(peer);
+                    stats.bytes_fetched.fetch_add(i.bytes(), Ordering::Relaxed);
+                    stats.bytes_fetched_inline.fetch_add(i.bytes(), Ordering::Relaxed);
+                    stats.bytes_fetched_wire.fetch_add(wire, Ordering::Relaxed);
+                }
+                Ok(inline)
+            }
+            Err(why) => {
+                self.penalise(peer, why);
+                Err(())
+            }
+        }
     }
 
     /// Streams the NAR of `path` in order. The stream fails if every
@@ -463,7 +551,9 @@ impl Fetcher {
             .zip(here)
             .filter_map(|(id, h)| h.then_some(id))
             .collect();
-        let is_local = |id: &ChunkId| local.contains(id);
+        // A small NAR's chunks may have come with its lookup.
+        let inline = path.inline.as_ref().and_then(|i| i.take());
+        let is_local = |id: &ChunkId| local.contains(id) || inline.as_ref().is_some_and(|i| i.has(id));
         let mut sched = Schedule::new(
             &manifest,
             is_local,
@@ -478,12 +568,15 @@ impl Fetcher {
                 let at = offsets[sched.progress().0 - 1];
                 let data = match ready {
                     Ready::Data(d) => d,
-                    Ready::Local(id) => match self.store.read_chunk(id).await {
-                        Ok(Some(d)) => d,
-                        _ => {
-                            sched.local_missing(id);
-                            break;
-                        }
+                    Ready::Local(id) => match inline.as_ref().and_then(|i| i.get(&id)) {
+                        Some(d) => d,
+                        None => match self.store.read_chunk(id).await {
+                            Ok(Some(d)) => d,
+                            _ => {
+                                sched.local_missing(id);
+                                break;
+                            }
+                        },
                     },
                 };
                 if tx.send(Ok((at, data))).await.is_err() {

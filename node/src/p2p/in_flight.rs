@@ -75,6 +75,20 @@ impl InFlight {
         }
     }
 
+    /// One of `peer`'s slots if one is free now, for a request that may
+    /// carry a few chunks (a small NAR with its path info): too small to
+    /// measure the wire mode by, it takes the way in use.
+    pub fn try_small(load: &Arc<PeerLoad>, peer: PeerId) -> Option<Self> {
+        let slot = load.slots(peer).try_acquire_owned().ok()?;
+        let ticket = lock(&load.modes).ask(peer, 0, Instant::now());
+        Some(Self {
+            load: load.clone(),
+            peer,
+            ticket: Some(ticket),
+            _slot: slot,
+        })
+    }
+
     pub fn compressed(&self) -> bool {
         self.ticket.is_some_and(|t| t.compressed)
     }

@@ -14,6 +14,7 @@ pub mod direct;
 mod discover;
 mod fetch;
 mod in_flight;
+mod inline;
 mod liar;
 mod links;
 pub mod proven;
@@ -41,7 +42,7 @@ use tokio_util::sync::CancellationToken;
 pub use actor::{Command, DIRECT_WAIT};
 pub use behaviour::RelayLimits;
 pub use book::Found;
-pub use codec::{PROTOCOL, TransferCodec};
+pub use codec::{PROTOCOL, PROTOCOL_V2, TransferCodec};
 pub use discover::{Discovery, DiscoverySettings};
 pub use fetch::{FetchSettings, Fetcher, PeerPath, TailStream};
 pub use liar::Lie;
@@ -185,6 +186,9 @@ pub struct NodeStats {
     /// they were asked and sent so): against `bytes_fetched`, what
     /// compression saved.
     pub bytes_fetched_wire: AtomicU64,
+    /// Of `bytes_fetched`, those that came with a path's lookup (small
+    /// NARs in one round trip).
+    pub bytes_fetched_inline: AtomicU64,
     /// Peers that served verified chunks (the record store prefers them).
     pub proven: Arc<proven::Proven>,
     /// Fires when the node goes from no connections to some, or its
@@ -235,6 +239,7 @@ pub struct NodeStatus {
     pub bytes_fetched: u64,
     pub bytes_fetched_duplicate: u64,
     pub bytes_fetched_wire: u64,
+    pub bytes_fetched_inline: u64,
 }
 
 /// One provider of a key as this node's record store lists it.

@@ -6,12 +6,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use libp2p::PeerId;
-use nixswarm_protocol::wire::{MAX_BATCH, MAX_HAVE, Request, Response, WireChunk};
+use nixswarm_protocol::wire::{MAX_BATCH, MAX_HAVE, MAX_INLINE, Request, Response, WireChunk};
 use std::time::Duration;
 
 use bytes::Bytes;
-use nixswarm_protocol::ChunkId;
 use nixswarm_protocol::manifest::MAX_CHUNK_SIZE;
+use nixswarm_protocol::{ChunkId, ChunkManifest, StorePathHash};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -29,17 +29,25 @@ const MAX_CONCURRENT: usize = 32;
 /// node lie, to test that fetchers catch it.
 pub fn answer(store: &Shelves, request: &Request, liar: &Liar) -> Response {
     match request {
-        Request::PathInfo { hash } => match store.path_info(hash) {
-            Ok(Some((narinfo, manifest))) => Response::PathInfo {
-                narinfo,
-                manifest: liar.manifest(store, manifest),
-            },
-            Ok(None) => Response::NotFound,
-            Err(e) => {
-                tracing::warn!(%hash, error = %e, "cannot read a stored path for a peer");
-                Response::NotFound
-            }
+        Request::PathInfo { hash } => match path_info(store, hash, liar) {
+            Some((narinfo, manifest)) => Response::PathInfo { narinfo, manifest },
+            None => Response::NotFound,
         },
+        Request::PathInline { hash, max, compress } => {
+            let Some((narinfo, manifest)) = path_info(store, hash, liar) else {
+                return Response::NotFound;
+            };
+            if manifest.nar_size > u64::from((*max).min(MAX_INLINE)) {
+                return Response::PathInfo { narinfo, manifest };
+            }
+            let ids: Vec<ChunkId> = manifest.chunks.iter().map(|c| c.id).collect();
+            let chunks = read_chunks(store, &ids, *compress, liar);
+            Response::PathInline {
+                narinfo,
+                manifest,
+                chunks,
+            }
+        }
         Request::Have { hashes } => Response::Have {
             have: hashes
                 .iter()
@@ -47,25 +55,41 @@ pub fn answer(store: &Shelves, request: &Request, liar: &Liar) -> Response {
                 .map(|h| store.contains(h).unwrap_or(false))
                 .collect(),
         },
-        Request::Chunks { ids, compress } => {
-            let mut chunks = Vec::with_capacity(ids.len().min(MAX_BATCH));
-            // Each id at most once: a request repeating one id would
-            // otherwise ask for MAX_BATCH copies of the largest chunk.
-            let mut seen = std::collections::HashSet::new();
-            for id in ids.iter().take(MAX_BATCH).filter(|id| seen.insert(**id)) {
-                if !liar.is_honest() {
-                    chunks.extend(liar.chunk(store, id).map(|d| to_wire(*id, Bytes::from(d), *compress)));
-                    continue;
-                }
-                match store.read_chunk(id) {
-                    Ok(Some(data)) => chunks.push(to_wire(*id, data, *compress)),
-                    Ok(None) => {}
-                    Err(e) => tracing::warn!(chunk = %id, error = %e, "cannot read a chunk for a peer"),
-                }
-            }
-            Response::Chunks { chunks }
+        Request::Chunks { ids, compress } => Response::Chunks {
+            chunks: read_chunks(store, ids, *compress, liar),
+        },
+    }
+}
+
+fn path_info(store: &Shelves, hash: &StorePathHash, liar: &Liar) -> Option<(String, ChunkManifest)> {
+    match store.path_info(hash) {
+        Ok(Some((narinfo, manifest))) => Some((narinfo, liar.manifest(store, manifest))),
+        Ok(None) => None,
+        Err(e) => {
+            tracing::warn!(%hash, error = %e, "cannot read a stored path for a peer");
+            None
         }
     }
+}
+
+/// The chunks of `ids` this node has, each at most once, at most
+/// [`MAX_BATCH`]: a request repeating one id would otherwise ask for
+/// MAX_BATCH copies of the largest chunk.
+fn read_chunks(store: &Shelves, ids: &[ChunkId], compress: bool, liar: &Liar) -> Vec<WireChunk> {
+    let mut chunks = Vec::with_capacity(ids.len().min(MAX_BATCH));
+    let mut seen = std::collections::HashSet::new();
+    for id in ids.iter().filter(|id| seen.insert(**id)).take(MAX_BATCH) {
+        if !liar.is_honest() {
+            chunks.extend(liar.chunk(store, id).map(|d| to_wire(*id, Bytes::from(d), compress)));
+            continue;
+        }
+        match store.read_chunk(id) {
+            Ok(Some(data)) => chunks.push(to_wire(*id, data, compress)),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(chunk = %id, error = %e, "cannot read a chunk for a peer"),
+        }
+    }
+    chunks
 }
 
 thread_local! {
@@ -105,6 +129,11 @@ fn held_len(r: &Response) -> usize {
     match r {
         Response::Chunks { chunks } => chunks.iter().map(|c| c.data.len() + 64).sum(),
         Response::PathInfo { narinfo, manifest } => narinfo.len() + manifest.chunks.len() * 40,
+        Response::PathInline {
+            narinfo,
+            manifest,
+            chunks,
+        } => narinfo.len() + manifest.chunks.len() * 40 + chunks.iter().map(|c| c.data.len() + 64).sum::<usize>(),
         Response::Have { have } => have.len(),
         _ => 0,
     }
@@ -112,7 +141,9 @@ fn held_len(r: &Response) -> usize {
 
 fn wire_len(r: &Response) -> u64 {
     match r {
-        Response::Chunks { chunks } => chunks.iter().map(|c| c.data.len() as u64).sum(),
+        Response::Chunks { chunks } | Response::PathInline { chunks, .. } => {
+            chunks.iter().map(|c| c.data.len() as u64).sum()
+        }
         _ => 0,
     }
 }
@@ -139,6 +170,7 @@ fn estimate(request: &Request) -> usize {
             let distinct: std::collections::HashSet<_> = ids.iter().take(MAX_BATCH).collect();
             distinct.len() * (MAX_CHUNK_SIZE as usize + 64)
         }
+        Request::PathInline { max, .. } => UNIT + (*max).min(MAX_INLINE) as usize,
         Request::PathInfo { .. } | Request::Have { .. } => UNIT,
     }
 }
@@ -163,9 +195,12 @@ pub(super) async fn run(
             liar.park(inb.channel);
             continue;
         }
-        // Path lookups are small database reads; only chunk requests (the
-        // upload) are limited per peer.
-        let counted = matches!(inb.request, Request::Chunks { .. });
+        // Path lookups are small database reads; only requests that may
+        // carry chunks (the upload) are limited per peer.
+        let counted = matches!(
+            inb.request,
+            Request::Chunks { .. } | Request::PathInline { max: 1.., .. }
+        );
         let busy = counted && {
             let mut m = per_peer.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             let n = m.entry(inb.peer).or_insert(0);

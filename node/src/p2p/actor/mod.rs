@@ -220,7 +220,7 @@ impl Actor {
                 response,
                 written,
             } => {
-                if let Response::Chunks { chunks } = &response {
+                if let Response::Chunks { chunks } | Response::PathInline { chunks, .. } = &response {
                     let n: usize = chunks.iter().map(|c| c.data.len()).sum();
                     self.stats.bytes_served.fetch_add(n as u64, Ordering::Relaxed);
                 }
@@ -282,6 +282,7 @@ impl Actor {
                     bytes_fetched: self.stats.bytes_fetched.load(Ordering::Relaxed),
                     bytes_fetched_duplicate: self.stats.bytes_fetched_duplicate.load(Ordering::Relaxed),
                     bytes_fetched_wire: self.stats.bytes_fetched_wire.load(Ordering::Relaxed),
+                    bytes_fetched_inline: self.stats.bytes_fetched_inline.load(Ordering::Relaxed),
                 };
                 let _ = reply.send(status);
             }
