@@ -178,7 +178,13 @@ impl PeerSource {
                 Some(p)
             } else {
                 let _permit = this.lookups.acquire().await.ok()?;
-                this.fetcher.lookup(&hash).await
+                // The path asked for may bring its chunks; one looked up
+                // ahead, maybe never asked for, does not.
+                if depth == PREFETCH_DEPTH {
+                    this.fetcher.lookup(&hash).await
+                } else {
+                    this.fetcher.look_ahead(&hash).await
+                }
             };
             this.running.remove(&hash);
             let path = found?;

@@ -484,11 +484,26 @@ impl nixswarm_node::store::MetaDb for Flaky {
         self.check()?;
         self.inner.contains(hash)
     }
-    fn insert(&self, hash: &str, r: &nixswarm_node::store::PathRecord, now: u64) -> nixswarm_node::store::Result<bool> {
-        self.inner.insert(hash, r, now)
+    fn insert(
+        &self,
+        hash: &str,
+        r: &nixswarm_node::store::PathRecord,
+        now: u64,
+        written: &nixswarm_node::store::Written,
+    ) -> nixswarm_node::store::Result<nixswarm_node::store::Inserted> {
+        self.inner.insert(hash, r, now, written)
     }
-    fn remove(&self, hash: &str) -> nixswarm_node::store::Result<Vec<nixswarm_protocol::ChunkId>> {
+    fn remove(&self, hash: &str) -> nixswarm_node::store::Result<Vec<nixswarm_node::store::Freed>> {
         self.inner.remove(hash)
+    }
+    fn chunk_loc(
+        &self,
+        id: &nixswarm_protocol::ChunkId,
+    ) -> nixswarm_node::store::Result<Option<(u32, nixswarm_node::store::Loc)>> {
+        self.inner.chunk_loc(id)
+    }
+    fn packs(&self) -> nixswarm_node::store::Result<Vec<u64>> {
+        self.inner.packs()
     }
     fn touch(&self, accesses: &[(String, u64)]) -> nixswarm_node::store::Result<()> {
         self.check()?;

@@ -15,14 +15,14 @@ use bytes::Bytes;
 use futures::StreamExt as _;
 use futures::stream::{BoxStream, FuturesUnordered};
 use libp2p::PeerId;
-use nixswarm_protocol::wire::{Request, Response, WireChunk};
+use nixswarm_protocol::wire::{MAX_INLINE, Request, Response, WireChunk};
 use nixswarm_protocol::{ChunkId, ChunkManifest, NarInfo, PublicKey, Sha256Hash, StorePathHash};
 use tokio::sync::mpsc;
 
 use super::NodeHandle;
 use super::discover::{Discovery, DiscoverySettings};
 use super::in_flight::{InFlight, PeerLoad};
-use super::inline::{Inline, InlineBudget};
+use super::inline::{INLINE_KEEP, Inline, InlineBudget};
 use super::schedule::{Outcome, Ready, Schedule, ScheduleSettings, check_chunks};
 use super::scores::Scores;
 use crate::store::{AsyncStore, ChunkStore};
@@ -97,7 +97,7 @@ struct Group {
     info: NarInfo,
     manifest: Arc<ChunkManifest>,
     providers: Vec<PeerId>,
-    inline: Option<Inline>,
+    inline: Option<Arc<Inline>>,
 }
 
 /// (path, [`manifest_id`]) pairs.
@@ -140,6 +140,10 @@ async fn ask(handle: NodeHandle, peer: PeerId, ids: Vec<ChunkId>, sizes: Vec<Opt
         Err(e) => Answer::Failed(e),
     }
 }
+
+/// The largest NAR whose chunks come with a look-ahead lookup: a few
+/// KiB of a provider's upload, if the client never asks for the path.
+pub const LOOK_AHEAD_INLINE: u32 = 16 << 10;
 
 /// How long a lookup waits for an answer before it asks one more provider.
 const HEDGE: Duration = Duration::from_millis(500);
@@ -260,10 +264,20 @@ impl Fetcher {
         &self.discovery
     }
 
-    /// Finds providers of `hash` and a verified narinfo and manifest.
+    /// Finds providers of `hash` and a verified narinfo and manifest, and
+    /// a small NAR's chunks with them (from the first provider asked).
     /// `None` if no peer has it (or none told the truth).
     pub async fn lookup(&self, hash: &StorePathHash) -> Option<PeerPath> {
-        self.find(hash, None, self.settings.lookup_timeout).await
+        self.find(hash, None, self.settings.lookup_timeout, MAX_INLINE).await
+    }
+
+    /// Like [`Self::lookup`], for a path that may be asked for soon (a
+    /// reference of one that was): chunks only of a NAR of at most
+    /// [`LOOK_AHEAD_INLINE`], so a path the client never asks for (it has
+    /// it) costs its provider little.
+    pub async fn look_ahead(&self, hash: &StorePathHash) -> Option<PeerPath> {
+        self.find(hash, None, self.settings.lookup_timeout, LOOK_AHEAD_INLINE)
+            .await
     }
 
     /// Like [`Self::lookup`], for a NAR: only providers of `nar_hash`
@@ -283,10 +297,19 @@ impl Fetcher {
         if found.providers.iter().all(|p| self.is_banned(p)) {
             return None;
         }
-        self.find(hash, Some(*nar_hash), self.settings.lookup_timeout).await
+        self.find(hash, Some(*nar_hash), self.settings.lookup_timeout, MAX_INLINE)
+            .await
     }
 
-    async fn find(&self, hash: &StorePathHash, nar_hash: Option<Sha256Hash>, wait: Duration) -> Option<PeerPath> {
+    /// The lookup; the chunks of a NAR of at most `inline` bytes may come
+    /// with it.
+    async fn find(
+        &self,
+        hash: &StorePathHash,
+        nar_hash: Option<Sha256Hash>,
+        wait: Duration,
+        inline: u32,
+    ) -> Option<PeerPath> {
         let mut rx = self.discovery.watch(hash)?;
         let start = tokio::time::Instant::now();
         let deadline = start + wait.max(self.settings.lookup_timeout);
@@ -298,7 +321,7 @@ impl Fetcher {
         let mut ask = |peer: PeerId, delay: Duration| -> Asked {
             let (h, hash) = (self.handle.clone(), *hash);
             let room = if std::mem::take(&mut first) {
-                self.inline.room()
+                self.inline.room().min(inline)
             } else {
                 0
             };
@@ -442,7 +465,7 @@ impl Fetcher {
             info: g.info,
             manifest: g.manifest,
             providers: g.providers,
-            inline: g.inline.map(Arc::new),
+            inline: g.inline,
         })
     }
 
@@ -454,7 +477,7 @@ impl Fetcher {
         peer: PeerId,
         manifest: &Arc<ChunkManifest>,
         chunks: Vec<WireChunk>,
-    ) -> Result<Option<Inline>, ()> {
+    ) -> Result<Option<Arc<Inline>>, ()> {
         if chunks.is_empty() {
             return Ok(None);
         }
@@ -465,7 +488,9 @@ impl Fetcher {
             .unwrap_or(Err("chunk check failed"));
         match checked {
             Ok(inline) => {
+                let inline = inline.map(Arc::new);
                 if let Some(i) = &inline {
+                    i.expire_after(INLINE_KEEP);
                     let stats = &self.handle.stats;
                     stats.proven.mark(peer);
                     stats.bytes_fetched.fetch_add(i.bytes(), Ordering::Relaxed);

@@ -19,6 +19,9 @@ use super::schedule::check_chunks;
 pub const INLINE_HELD: usize = 32 << 20;
 /// The budget's unit.
 const UNIT: usize = 1024;
+/// How long chunks no transfer took are held: a client asks for a NAR
+/// soon after its narinfo, or never.
+pub const INLINE_KEEP: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The budget of a fetcher's inline chunks.
 #[derive(Debug, Clone)]
@@ -72,6 +75,18 @@ pub struct Inline {
 }
 
 impl Inline {
+    /// Lets the chunks go after `keep` if no transfer took them (on the
+    /// current runtime), so the budget does not stay spent.
+    pub fn expire_after(self: &Arc<Self>, keep: std::time::Duration) {
+        let inline = Arc::downgrade(self);
+        tokio::spawn(async move {
+            tokio::time::sleep(keep).await;
+            if let Some(i) = inline.upgrade() {
+                drop(i.take());
+            }
+        });
+    }
+
     /// The chunks, for the first transfer that asks (later ones fetch).
     pub fn take(&self) -> Option<InlineChunks> {
         self.held.lock().unwrap_or_else(PoisonError::into_inner).take()
@@ -164,6 +179,20 @@ mod tests {
             "wrong bytes under the right id"
         );
         assert_eq!(budget.0.available_permits(), INLINE_HELD / UNIT);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn chunks_no_transfer_took_are_let_go() {
+        let budget = InlineBudget::default();
+        let (a, wa) = chunk(1, 20_000);
+        let m = manifest(vec![a]);
+        let inline = Arc::new(budget.accept(&m, vec![wa]).unwrap().expect("room"));
+        inline.expire_after(INLINE_KEEP);
+        tokio::time::sleep(INLINE_KEEP / 2).await;
+        assert_eq!(inline.bytes(), 20_000, "held a while");
+        tokio::time::sleep(INLINE_KEEP).await;
+        assert_eq!(inline.bytes(), 0, "then let go");
+        assert_eq!(budget.0.available_permits(), INLINE_HELD / UNIT, "the budget is back");
     }
 
     #[test]

@@ -26,10 +26,10 @@ impl MetaDb for SlowRemove {
     fn contains(&self, hash: &str) -> Result<bool> {
         self.inner.contains(hash)
     }
-    fn insert(&self, hash: &str, record: &PathRecord, now: u64) -> Result<bool> {
-        self.inner.insert(hash, record, now)
+    fn insert(&self, hash: &str, record: &PathRecord, now: u64, written: &Written) -> Result<Inserted> {
+        self.inner.insert(hash, record, now, written)
     }
-    fn remove(&self, hash: &str) -> Result<Vec<ChunkId>> {
+    fn remove(&self, hash: &str) -> Result<Vec<Freed>> {
         self.removing.store(true, Ordering::SeqCst);
         std::thread::sleep(Duration::from_secs(1));
         let r = self.inner.remove(hash);
@@ -47,6 +47,12 @@ impl MetaDb for SlowRemove {
     }
     fn chunk_size(&self, id: &ChunkId) -> Result<Option<u32>> {
         self.inner.chunk_size(id)
+    }
+    fn chunk_loc(&self, id: &ChunkId) -> Result<Option<(u32, Loc)>> {
+        self.inner.chunk_loc(id)
+    }
+    fn packs(&self) -> Result<Vec<u64>> {
+        self.inner.packs()
     }
     fn total_bytes(&self) -> Result<u64> {
         self.inner.total_bytes()

@@ -1,13 +1,15 @@
-//! Writing one NAR into the store: chunk, hash, write chunk files, and on
-//! [`Ingest::finish`] verify it against its narinfo ([`NarCheck`]: NarSize,
-//! NarHash, content address), sync, and commit.
+//! Writing one NAR into the store: chunk, hash, append each distinct chunk
+//! to the ingest's own pack, and on [`Ingest::finish`] verify it against
+//! its narinfo ([`NarCheck`]: NarSize, NarHash, content address), sync,
+//! and commit.
 
 use nixswarm_protocol::{ChunkId, ChunkManifest, ChunkRef, NarCheck, NarInfo};
 
 use std::sync::Arc;
 
 use super::chunker::{Chunker, Known};
-use super::meta::PathRecord;
+use super::chunks::PackWriter;
+use super::meta::{PathRecord, Written};
 use super::{ChunkStore, Result, StoreError, now};
 
 /// Where the chunks end: found by content-defined chunking, or known from
@@ -26,8 +28,12 @@ pub struct Ingest {
     cut: Cut,
     check: NarCheck,
     chunks: Vec<ChunkRef>,
-    /// Chunks this ingest holds pending (never deleted while it runs).
-    pending: Vec<ChunkId>,
+    /// The pack, once the first chunk is written.
+    pack: Option<PackWriter>,
+    /// Where each distinct chunk is in the pack.
+    written: Written,
+    /// The pack is the store's now (committed), not this ingest's to delete.
+    committed: bool,
     reserved: u64,
 }
 
@@ -53,7 +59,9 @@ impl Ingest {
             cut,
             check,
             chunks: Vec::new(),
-            pending: Vec::new(),
+            pack: None,
+            written: Written::default(),
+            committed: false,
             reserved,
         }
     }
@@ -70,12 +78,19 @@ impl Ingest {
             cut,
             store,
             chunks,
-            pending,
+            pack,
+            written,
             ..
         } = self;
+        let mut out = Out {
+            store,
+            chunks,
+            pack,
+            written,
+        };
         match cut {
-            Cut::Chunker(c) => c.push(data, |c| store_chunk(store, chunks, pending, None, c)),
-            Cut::Known(k) => k.push(data, |id, c| store_chunk(store, chunks, pending, Some(id), c)),
+            Cut::Chunker(c) => c.push(data, |c| out.chunk(None, c)),
+            Cut::Known(k) => k.push(data, |id, c| out.chunk(Some(id), c)),
         }
     }
 
@@ -86,11 +101,18 @@ impl Ingest {
             cut,
             store,
             chunks,
-            pending,
+            pack,
+            written,
             ..
         } = &mut self;
+        let mut out = Out {
+            store,
+            chunks,
+            pack,
+            written,
+        };
         match cut {
-            Cut::Chunker(c) => c.finish(|c| store_chunk(store, chunks, pending, None, c))?,
+            Cut::Chunker(c) => c.finish(|c| out.chunk(None, c))?,
             // Incomplete: the NAR's size check below says how.
             Cut::Known(_) => {}
         }
@@ -99,13 +121,28 @@ impl Ingest {
         let actual = check.finish().map_err(|source| StoreError::Mismatch { path, source })?;
         let manifest = ChunkManifest::new(actual, size, std::mem::take(&mut self.chunks))
             .map_err(|e| StoreError::Database(e.to_string()))?;
-        self.store.inner.chunks.sync()?;
+        if self.pack.is_some() {
+            self.store.inner.chunks.sync()?;
+        }
         let record = PathRecord {
             narinfo: self.narinfo.to_text(),
             manifest,
         };
         let hash = self.narinfo.store_path.hash();
-        if self.store.inner.meta.insert(hash.as_str(), &record, now())? {
+        let done = self
+            .store
+            .inner
+            .meta
+            .insert(hash.as_str(), &record, now(), &self.written)?;
+        // Unused, the pack is deleted on drop; chunks another path's copy
+        // serves are given back.
+        self.committed = done.pack_used;
+        if let Some(pack) = self.pack.as_ref().filter(|_| done.pack_used) {
+            for (offset, size) in done.dead {
+                self.store.inner.chunks.punch(pack.id, offset, u64::from(size));
+            }
+        }
+        if done.stored {
             self.store.notify(super::StoreEvent::Added(hash));
         }
         tracing::debug!(path = %self.narinfo.store_path, "stored");
@@ -113,38 +150,47 @@ impl Ingest {
     }
 }
 
-fn store_chunk(
-    store: &ChunkStore,
-    chunks: &mut Vec<ChunkRef>,
-    pending: &mut Vec<ChunkId>,
-    known: Option<ChunkId>,
-    data: &[u8],
-) -> Result<()> {
-    let id = known.unwrap_or_else(|| ChunkId(*blake3::hash(data).as_bytes()));
-    chunks.push(ChunkRef {
-        id,
-        size: data.len() as u32,
-    });
-    *store.state().pending.entry(id).or_insert(0) += 1;
-    pending.push(id);
-    // Another ingest may be writing the same chunk right now; the rename is
-    // atomic, so writing it again is harmless and never leaves it half there.
-    if !store.inner.chunks.has(&id) {
-        store.inner.chunks.write(&id, data)?;
+/// Where an ingest's chunks go.
+struct Out<'a> {
+    store: &'a ChunkStore,
+    chunks: &'a mut Vec<ChunkRef>,
+    pack: &'a mut Option<PackWriter>,
+    written: &'a mut Written,
+}
+
+impl Out<'_> {
+    /// The next chunk of the NAR (its id known already, or computed here):
+    /// listed, and appended to the pack unless it is there already.
+    fn chunk(&mut self, known: Option<ChunkId>, data: &[u8]) -> Result<()> {
+        let id = known.unwrap_or_else(|| ChunkId(*blake3::hash(data).as_bytes()));
+        self.chunks.push(ChunkRef {
+            id,
+            size: data.len() as u32,
+        });
+        if self.written.at.contains_key(&id) {
+            return Ok(());
+        }
+        let pack = match self.pack {
+            Some(p) => p,
+            None => {
+                let p = self.store.create_pack()?;
+                self.written.pack = p.id;
+                self.pack.insert(p)
+            }
+        };
+        let offset = pack.append(data)?;
+        self.written.at.insert(id, offset);
+        Ok(())
     }
-    Ok(())
 }
 
 impl Drop for Ingest {
     fn drop(&mut self) {
-        self.store.release(self.reserved, &self.pending);
-        // Chunks written for a NAR that never committed are orphans unless
-        // another path uses them: remove those now.
-        let state = self.store.state();
-        for id in &self.pending {
-            if !state.pending.contains_key(id) && self.store.inner.meta.chunk_refs(id).unwrap_or(1) == 0 {
-                let _ = self.store.inner.chunks.delete(id);
-            }
+        let pack = self.pack.as_ref().map(|p| p.id);
+        // A pack no path uses is deleted before it stops being "written".
+        if let Some(p) = pack.filter(|_| !self.committed) {
+            let _ = self.store.inner.chunks.delete_pack(p);
         }
+        self.store.release(self.reserved, pack);
     }
 }

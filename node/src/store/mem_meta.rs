@@ -6,13 +6,16 @@ use std::sync::Mutex;
 use nixswarm_protocol::ChunkId;
 
 use super::Result;
-use super::meta::{MetaDb, PathRecord, distinct_chunks};
+use super::meta::{Freed, Inserted, Loc, MetaDb, PathRecord, Written, distinct_chunks, no_place, whole_packs_first};
 
 #[derive(Debug, Default)]
 struct State {
     paths: HashMap<String, (PathRecord, u64)>,
     lru: BTreeSet<(u64, String)>,
-    chunks: BTreeMap<ChunkId, (u32, u32)>,
+    /// (references, size, place)
+    chunks: BTreeMap<ChunkId, (u32, u32, Loc)>,
+    /// Live chunks per pack.
+    packs: HashMap<u64, u32>,
     total: u64,
 }
 
@@ -39,24 +42,45 @@ impl MetaDb for MemMeta {
         Ok(self.state().paths.contains_key(hash))
     }
 
-    fn insert(&self, hash: &str, record: &PathRecord, now: u64) -> Result<bool> {
+    fn insert(&self, hash: &str, record: &PathRecord, now: u64, written: &Written) -> Result<Inserted> {
         let mut s = self.state();
         if s.paths.contains_key(hash) {
-            return Ok(false);
+            return Ok(Inserted::default());
         }
-        for (id, size) in distinct_chunks(&record.manifest) {
-            let e = s.chunks.entry(id).or_insert((0, size));
-            e.0 += 1;
-            if e.0 == 1 {
-                s.total += u64::from(size);
+        let distinct = distinct_chunks(&record.manifest);
+        if let Some((id, _)) = distinct
+            .iter()
+            .find(|(id, _)| !s.chunks.contains_key(id) && !written.at.contains_key(id))
+        {
+            return Err(no_place(id));
+        }
+        let mut out = Inserted {
+            stored: true,
+            ..Inserted::default()
+        };
+        for (id, size) in distinct {
+            let ours = written.at.get(&id).copied();
+            if let Some(e) = s.chunks.get_mut(&id) {
+                e.0 += 1;
+                out.dead.extend(ours.map(|o| (o, size)));
+                continue;
             }
+            let offset = ours.ok_or_else(|| no_place(&id))?;
+            let loc = Loc::Pack {
+                pack: written.pack,
+                offset,
+            };
+            s.chunks.insert(id, (1, size, loc));
+            s.total += u64::from(size);
+            *s.packs.entry(written.pack).or_insert(0) += 1;
+            out.pack_used = true;
         }
         s.paths.insert(hash.to_owned(), (record.clone(), now));
         s.lru.insert((now, hash.to_owned()));
-        Ok(true)
+        Ok(out)
     }
 
-    fn remove(&self, hash: &str) -> Result<Vec<ChunkId>> {
+    fn remove(&self, hash: &str) -> Result<Vec<Freed>> {
         let mut s = self.state();
         let Some((record, access)) = s.paths.remove(hash) else {
             return Ok(Vec::new());
@@ -64,16 +88,39 @@ impl MetaDb for MemMeta {
         s.lru.remove(&(access, hash.to_owned()));
         let mut freed = Vec::new();
         for (id, size) in distinct_chunks(&record.manifest) {
-            if let Some(e) = s.chunks.get_mut(&id) {
-                e.0 -= 1;
-                if e.0 == 0 {
-                    s.chunks.remove(&id);
-                    s.total -= u64::from(size);
-                    freed.push(id);
+            let Some(e) = s.chunks.get_mut(&id) else {
+                continue;
+            };
+            e.0 -= 1;
+            if e.0 > 0 {
+                continue;
+            }
+            let loc = e.2;
+            s.chunks.remove(&id);
+            s.total -= u64::from(size);
+            match loc {
+                Loc::File => freed.push(Freed::File(id)),
+                Loc::Pack { pack, offset } => {
+                    let live = s.packs.entry(pack).or_insert(1);
+                    *live -= 1;
+                    if *live == 0 {
+                        s.packs.remove(&pack);
+                        freed.push(Freed::Pack(pack));
+                    } else {
+                        freed.push(Freed::Range { pack, offset, size });
+                    }
                 }
             }
         }
-        Ok(freed)
+        Ok(whole_packs_first(freed))
+    }
+
+    fn chunk_loc(&self, id: &ChunkId) -> Result<Option<(u32, Loc)>> {
+        Ok(self.state().chunks.get(id).map(|e| (e.1, e.2)))
+    }
+
+    fn packs(&self) -> Result<Vec<u64>> {
+        Ok(self.state().packs.keys().copied().collect())
     }
 
     fn touch(&self, accesses: &[(String, u64)]) -> Result<()> {

@@ -1,6 +1,7 @@
-//! The chunk store: NARs cut into content-defined chunks, each stored once
-//! in a file named by its BLAKE3 hash, with per-path metadata (narinfo,
-//! manifest, access time) in a [`MetaDb`].
+//! The chunk store: NARs cut into content-defined chunks, each stored once,
+//! in the pack file of the ingest that first wrote it, with per-path
+//! metadata (narinfo, manifest, access time) and each chunk's place in a
+//! [`MetaDb`].
 //!
 //! Invariants:
 //! - A path is visible only after all its chunks are on disk (synced) and
@@ -9,11 +10,15 @@
 //! - Total chunk bytes plus space reserved by running ingests never exceed
 //!   the quota; least-recently-used paths are evicted to make room, and a
 //!   path being read is never evicted.
-//! - The state lock is never held across a database commit or a sync: an
-//!   eviction takes it once per chunk file it deletes, so reads of other
-//!   paths go on while a large NAR makes room. Access times are kept in
-//!   memory and written in batches; chunk syncs are shared by the ingests
-//!   that finish together.
+//! - The state lock is never held across a database commit or a sync, so
+//!   reads of other paths go on while a large NAR makes room. Access times
+//!   are kept in memory and written in batches; chunk syncs are shared by
+//!   the ingests that finish together.
+//! - An ingest writes every chunk of its NAR into its own pack, so what it
+//!   commits never depends on another ingest or on a path being evicted
+//!   meanwhile; a chunk some path has already is given back at the commit.
+//!   A chunk's place is dropped in the same transaction that drops its
+//!   last reference, before its space is given back.
 //!
 //! Everything here blocks; async code goes through [`AsyncStore`], the one
 //! place where the store meets the runtime.
@@ -47,7 +52,7 @@ pub use chunker::{AVG as CHUNK_AVG, MAX as CHUNK_MAX, MIN as CHUNK_MIN};
 pub use facade::AsyncStore;
 pub use ingest::Ingest;
 pub use mem_meta::MemMeta;
-pub use meta::{MetaDb, PathRecord};
+pub use meta::{Freed, Inserted, Loc, MetaDb, PathRecord, Written};
 pub use reader::NarReader;
 pub use redb_meta::RedbMeta;
 pub use space::FsSpace;
@@ -122,8 +127,8 @@ struct State {
     pins: pins::Pins,
     /// Paths being read, with reader counts: never evicted.
     in_use: HashMap<StorePathHash, usize>,
-    /// Chunks written by running ingests: their files are never deleted.
-    pending: HashMap<ChunkId, usize>,
+    /// Packs being written by running ingests: never swept.
+    writing: HashSet<u64>,
     /// Bytes reserved by running ingests.
     reserved: u64,
     /// Paths being evicted or removed: not opened any more.
@@ -193,7 +198,7 @@ impl ChunkStore {
                 state: Mutex::new(State {
                     pins: pins::Pins::load(dir)?,
                     in_use: HashMap::new(),
-                    pending: HashMap::new(),
+                    writing: HashSet::new(),
                     reserved: 0,
                     evicting: HashSet::new(),
                     touched: HashMap::new(),
@@ -259,11 +264,18 @@ impl ChunkStore {
 
     /// Reads one chunk a stored path references, its size checked, and its
     /// BLAKE3 hash if `hash`.
+    ///
+    /// A chunk freed while it is read may read as a punched hole: where
+    /// that is not caught by its hash, a second look at its place is.
     fn read_chunk_checked(&self, id: &ChunkId, hash: bool) -> Result<Option<bytes::Bytes>> {
-        let Some(size) = self.inner.meta.chunk_size(id)? else {
+        let Some((size, loc)) = self.inner.meta.chunk_loc(id)? else {
             return Ok(None);
         };
-        self.inner.chunks.read_checked(id, size, hash).map(Some)
+        let data = self.inner.chunks.read(id, size, loc, hash);
+        if (!hash || data.is_err()) && self.inner.meta.chunk_loc(id)? != Some((size, loc)) {
+            return Ok(None);
+        }
+        data.map(Some)
     }
 
     /// True if the path is stored.
@@ -356,32 +368,52 @@ impl ChunkStore {
         })
     }
 
-    /// Deletes chunk files no stored path references (left by a crash
-    /// between writing chunks and committing). Returns how many went.
+    /// Deletes pack files no stored path uses and no ingest is writing
+    /// (left by a crash between writing chunks and committing), and chunk
+    /// files of an older store no path references. Returns how many went.
     pub fn sweep_orphans(&self) -> Result<usize> {
         let mut removed = 0;
-        for id in self.inner.chunks.list()? {
-            let state = self.state();
-            if !state.pending.contains_key(&id) && self.inner.meta.chunk_refs(&id)? == 0 {
-                self.inner.chunks.delete(&id)?;
+        let live: HashSet<u64> = self.inner.meta.packs()?.into_iter().collect();
+        for pack in self.inner.chunks.list_packs()? {
+            if !live.contains(&pack) && !self.state().writing.contains(&pack) {
+                // Committed since the list was read?
+                if self.inner.meta.packs()?.contains(&pack) {
+                    continue;
+                }
+                self.inner.chunks.delete_pack(pack)?;
+                removed += 1;
+            }
+        }
+        // A chunk file never gains a reference again once it has none:
+        // new chunks go into packs.
+        for id in self.inner.chunks.list_files()? {
+            if self.inner.meta.chunk_refs(&id)? == 0 {
+                self.inner.chunks.delete_file(&id)?;
                 removed += 1;
             }
         }
         Ok(removed)
     }
 
-    /// Removes a path the caller marked `evicting`; false if it was not
-    /// stored. The database commit runs without the state lock; each chunk
-    /// file is deleted under it (so an ingest that takes the chunk as
-    /// pending either sees the file gone and writes it, or keeps it).
-    fn evict(&self, hash: &StorePathHash) -> Result<bool> {
-        let existed = self.inner.meta.contains(hash.as_str())?;
-        for id in self.inner.meta.remove(hash.as_str())? {
-            let state = self.state();
-            if !state.pending.contains_key(&id) && self.inner.meta.chunk_refs(&id)? == 0 {
-                self.inner.chunks.delete(&id)?;
+    /// Gives back the space a removal or a commit freed.
+    fn free(&self, freed: &[Freed]) -> Result<()> {
+        for f in freed {
+            match *f {
+                Freed::File(id) => self.inner.chunks.delete_file(&id)?,
+                Freed::Pack(pack) => self.inner.chunks.delete_pack(pack)?,
+                Freed::Range { pack, offset, size } => self.inner.chunks.punch(pack, offset, u64::from(size)),
             }
         }
+        Ok(())
+    }
+
+    /// Removes a path the caller marked `evicting`; false if it was not
+    /// stored. The database commit and the space given back run without
+    /// the state lock.
+    fn evict(&self, hash: &StorePathHash) -> Result<bool> {
+        let existed = self.inner.meta.contains(hash.as_str())?;
+        let freed = self.inner.meta.remove(hash.as_str())?;
+        self.free(&freed)?;
         // After the removal: a listener that looks finds it gone.
         if existed {
             self.notify(StoreEvent::Removed(*hash));
@@ -458,17 +490,22 @@ impl ChunkStore {
         }
     }
 
-    fn release(&self, reserved: u64, pending: &[ChunkId]) {
+    fn release(&self, reserved: u64, pack: Option<u64>) {
         let mut state = self.state();
         state.reserved = state.reserved.saturating_sub(reserved);
-        for id in pending {
-            if let Some(n) = state.pending.get_mut(id) {
-                *n -= 1;
-                if *n == 0 {
-                    state.pending.remove(id);
-                }
-            }
+        if let Some(p) = pack {
+            state.writing.remove(&p);
         }
+    }
+
+    /// A new pack for an ingest, registered as being written under the
+    /// state lock as its file is created, so a sweep never sees the file
+    /// unregistered.
+    fn create_pack(&self) -> Result<chunks::PackWriter> {
+        let mut state = self.state();
+        let w = self.inner.chunks.create()?;
+        state.writing.insert(w.id);
+        Ok(w)
     }
 }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use nixswarm_protocol::ChunkManifest;
 
-use super::{ChunkStore, InUse, Result};
+use super::{ChunkStore, InUse, Result, StoreError};
 
 /// An iterator over the verified bytes of a NAR range. Blocking: run it on
 /// a blocking thread.
@@ -71,8 +71,12 @@ impl Iterator for NarReader {
             return None;
         }
         let c = *self.manifest.chunks.get(self.next_chunk)?;
-        let data = match self.store.inner.chunks.read(&c.id, c.size) {
-            Ok(d) => d,
+        let data = match self.store.read_chunk(&c.id) {
+            Ok(Some(d)) if d.len() == c.size as usize => d,
+            Ok(_) => {
+                self.chunk_start = self.end;
+                return Some(Err(StoreError::ChunkMissing(c.id)));
+            }
             Err(e) => {
                 self.chunk_start = self.end;
                 return Some(Err(e));

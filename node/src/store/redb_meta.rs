@@ -6,7 +6,7 @@ use std::path::Path;
 use nixswarm_protocol::{ChunkId, ChunkManifest};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::meta::{MetaDb, PathRecord, distinct_chunks};
+use super::meta::{Freed, Inserted, Loc, MetaDb, PathRecord, Written, distinct_chunks, no_place, whole_packs_first};
 use super::{Result, StoreError};
 
 const NARINFO: TableDefinition<&str, &str> = TableDefinition::new("narinfo");
@@ -15,6 +15,11 @@ const ACCESS: TableDefinition<&str, u64> = TableDefinition::new("access");
 const LRU: TableDefinition<(u64, &str), ()> = TableDefinition::new("lru");
 /// chunk id -> (references, size)
 const CHUNKS: TableDefinition<[u8; 32], (u32, u32)> = TableDefinition::new("chunks");
+/// chunk id -> (pack, offset); a chunk without an entry has a file of its
+/// own (written before pack files).
+const LOCS: TableDefinition<[u8; 32], (u64, u64)> = TableDefinition::new("chunk_locs");
+/// pack -> live chunks in it
+const PACKS: TableDefinition<u64, u32> = TableDefinition::new("packs");
 const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
 const TOTAL_BYTES: &str = "total_bytes";
 const PATHS: &str = "paths";
@@ -43,6 +48,8 @@ impl RedbMeta {
             tx.open_table(ACCESS).map_err(db_err)?;
             tx.open_table(LRU).map_err(db_err)?;
             tx.open_table(CHUNKS).map_err(db_err)?;
+            tx.open_table(LOCS).map_err(db_err)?;
+            tx.open_table(PACKS).map_err(db_err)?;
             tx.open_table(COUNTERS).map_err(db_err)?;
         }
         tx.commit().map_err(db_err)?;
@@ -98,12 +105,16 @@ impl MetaDb for RedbMeta {
             .is_some())
     }
 
-    fn insert(&self, hash: &str, record: &PathRecord, now: u64) -> Result<bool> {
+    fn insert(&self, hash: &str, record: &PathRecord, now: u64, written: &Written) -> Result<Inserted> {
         let tx = self.db.begin_write().map_err(db_err)?;
+        let mut out = Inserted {
+            stored: true,
+            ..Inserted::default()
+        };
         {
             let mut narinfo = tx.open_table(NARINFO).map_err(db_err)?;
             if narinfo.get(hash).map_err(db_err)?.is_some() {
-                return Ok(false);
+                return Ok(Inserted::default());
             }
             narinfo.insert(hash, record.narinfo.as_str()).map_err(db_err)?;
             let mut manifests = tx.open_table(MANIFEST).map_err(db_err)?;
@@ -119,23 +130,38 @@ impl MetaDb for RedbMeta {
                 .insert((now, hash), ())
                 .map_err(db_err)?;
             let mut chunks = tx.open_table(CHUNKS).map_err(db_err)?;
+            let mut locs = tx.open_table(LOCS).map_err(db_err)?;
             let mut added = 0u64;
+            let mut placed = 0u32;
             for (id, size) in distinct_chunks(&record.manifest) {
                 let refs = chunks.get(id.0).map_err(db_err)?.map_or(0, |v| v.value().0);
-                if refs == 0 {
+                let ours = written.at.get(&id).copied();
+                if refs > 0 {
+                    out.dead.extend(ours.map(|o| (o, size)));
+                } else {
+                    // An error drops the transaction: nothing changes.
+                    let offset = ours.ok_or_else(|| no_place(&id))?;
+                    locs.insert(id.0, (written.pack, offset)).map_err(db_err)?;
                     added += u64::from(size);
+                    placed += 1;
                 }
                 chunks.insert(id.0, (refs + 1, size)).map_err(db_err)?;
+            }
+            if placed > 0 {
+                let mut packs = tx.open_table(PACKS).map_err(db_err)?;
+                let live = packs.get(written.pack).map_err(db_err)?.map_or(0, |v| v.value());
+                packs.insert(written.pack, live + placed).map_err(db_err)?;
+                out.pack_used = true;
             }
             let mut counters = tx.open_table(COUNTERS).map_err(db_err)?;
             add(&mut counters, TOTAL_BYTES, added as i64)?;
             add(&mut counters, PATHS, 1)?;
         }
         tx.commit().map_err(db_err)?;
-        Ok(true)
+        Ok(out)
     }
 
-    fn remove(&self, hash: &str) -> Result<Vec<ChunkId>> {
+    fn remove(&self, hash: &str) -> Result<Vec<Freed>> {
         let tx = self.db.begin_write().map_err(db_err)?;
         let mut freed = Vec::new();
         {
@@ -159,18 +185,33 @@ impl MetaDb for RedbMeta {
                 tx.open_table(LRU).map_err(db_err)?.remove((at, hash)).map_err(db_err)?;
             }
             let mut chunks = tx.open_table(CHUNKS).map_err(db_err)?;
+            let mut locs = tx.open_table(LOCS).map_err(db_err)?;
+            let mut packs = tx.open_table(PACKS).map_err(db_err)?;
             let mut dropped = 0u64;
             if let Some(Ok(manifest)) = manifest {
                 for (id, size) in distinct_chunks(&manifest) {
                     let refs = chunks.get(id.0).map_err(db_err)?.map_or(0, |v| v.value().0);
-                    if refs <= 1 {
-                        chunks.remove(id.0).map_err(db_err)?;
-                        if refs == 1 {
-                            dropped += u64::from(size);
-                            freed.push(id);
-                        }
-                    } else {
+                    if refs > 1 {
                         chunks.insert(id.0, (refs - 1, size)).map_err(db_err)?;
+                        continue;
+                    }
+                    chunks.remove(id.0).map_err(db_err)?;
+                    let loc = locs.remove(id.0).map_err(db_err)?.map(|v| v.value());
+                    if refs == 0 {
+                        continue;
+                    }
+                    dropped += u64::from(size);
+                    let Some((pack, offset)) = loc else {
+                        freed.push(Freed::File(id));
+                        continue;
+                    };
+                    let live = packs.get(pack).map_err(db_err)?.map_or(1, |v| v.value());
+                    if live <= 1 {
+                        packs.remove(pack).map_err(db_err)?;
+                        freed.push(Freed::Pack(pack));
+                    } else {
+                        packs.insert(pack, live - 1).map_err(db_err)?;
+                        freed.push(Freed::Range { pack, offset, size });
                     }
                 }
             }
@@ -179,7 +220,31 @@ impl MetaDb for RedbMeta {
             add(&mut counters, PATHS, -1)?;
         }
         tx.commit().map_err(db_err)?;
-        Ok(freed)
+        Ok(whole_packs_first(freed))
+    }
+
+    fn chunk_loc(&self, id: &ChunkId) -> Result<Option<(u32, Loc)>> {
+        let tx = self.db.begin_read().map_err(db_err)?;
+        let chunks = tx.open_table(CHUNKS).map_err(db_err)?;
+        let Some(size) = chunks.get(id.0).map_err(db_err)?.map(|v| v.value().1) else {
+            return Ok(None);
+        };
+        let locs = tx.open_table(LOCS).map_err(db_err)?;
+        let loc = locs.get(id.0).map_err(db_err)?.map_or(Loc::File, |v| {
+            let (pack, offset) = v.value();
+            Loc::Pack { pack, offset }
+        });
+        Ok(Some((size, loc)))
+    }
+
+    fn packs(&self) -> Result<Vec<u64>> {
+        let tx = self.db.begin_read().map_err(db_err)?;
+        let t = tx.open_table(PACKS).map_err(db_err)?;
+        let mut out = Vec::new();
+        for entry in t.iter().map_err(db_err)? {
+            out.push(entry.map_err(db_err)?.0.value());
+        }
+        Ok(out)
     }
 
     fn touch(&self, accesses: &[(String, u64)]) -> Result<()> {
@@ -266,9 +331,39 @@ mod tests {
             narinfo: "x\n".into(),
             manifest: ChunkManifest::new(nixswarm_protocol::Sha256Hash([1; 32]), 0, vec![]).unwrap(),
         };
-        RedbMeta::open(&path).unwrap().insert("h", &rec, 5).unwrap();
+        RedbMeta::open(&path)
+            .unwrap()
+            .insert("h", &rec, 5, &Written::default())
+            .unwrap();
         let db = RedbMeta::open(&path).unwrap();
         assert_eq!(db.get("h").unwrap(), Some(rec));
         assert_eq!(db.path_count().unwrap(), 1);
+    }
+
+    #[test]
+    fn a_chunk_from_before_pack_files_is_its_own_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = RedbMeta::open(&dir.path().join("meta.redb")).unwrap();
+        let size = nixswarm_protocol::manifest::MIN_CHUNK_SIZE;
+        let id = ChunkId([3; 32]);
+        let manifest = ChunkManifest::new(
+            nixswarm_protocol::Sha256Hash([1; 32]),
+            u64::from(size),
+            vec![nixswarm_protocol::ChunkRef { id, size }],
+        )
+        .unwrap();
+        // The rows an earlier version wrote: no place for the chunk.
+        let tx = db.db.begin_write().unwrap();
+        {
+            tx.open_table(NARINFO).unwrap().insert("old", "x\n").unwrap();
+            let m = manifest.encode();
+            tx.open_table(MANIFEST).unwrap().insert("old", m.as_slice()).unwrap();
+            tx.open_table(ACCESS).unwrap().insert("old", 1).unwrap();
+            tx.open_table(LRU).unwrap().insert((1, "old"), ()).unwrap();
+            tx.open_table(CHUNKS).unwrap().insert(id.0, (1, size)).unwrap();
+        }
+        tx.commit().unwrap();
+        assert_eq!(db.chunk_loc(&id).unwrap(), Some((size, Loc::File)));
+        assert_eq!(db.remove("old").unwrap(), vec![Freed::File(id)]);
     }
 }

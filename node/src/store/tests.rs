@@ -56,8 +56,8 @@ pub(crate) fn hash(n: u8) -> StorePathHash {
     StorePathHash::from_bytes(&[n; 20])
 }
 
-fn chunk_files(dir: &Path) -> usize {
-    ChunkDir::open(dir).unwrap().list().unwrap().len()
+fn pack_files(dir: &Path) -> usize {
+    ChunkDir::open(dir).unwrap().list_packs().unwrap().len()
 }
 
 #[test]
@@ -152,56 +152,85 @@ fn a_wrong_nar_is_never_visible_and_leaves_no_chunks() {
         assert!(!store.contains(&hash(n)).unwrap());
         assert!(store.open_nar(&hash(n)).unwrap().is_none());
     }
-    assert_eq!(chunk_files(dir.path()), 0);
+    assert_eq!(pack_files(dir.path()), 0);
     assert_eq!(store.stats().unwrap().bytes, 0);
 }
 
-/// A store holding one 500 kB path; its second chunk's id and file.
-fn one_path_and_a_chunk(dir: &std::path::Path) -> (ChunkStore, ChunkId, std::path::PathBuf) {
+/// Where a chunk's bytes are on disk: its pack file and its range there.
+struct Spot {
+    path: std::path::PathBuf,
+    offset: u64,
+    size: u64,
+}
+
+impl Spot {
+    /// Flips a bit of the chunk's bytes.
+    fn flip(&self) {
+        use std::os::unix::fs::FileExt as _;
+        let f = std::fs::File::options()
+            .read(true)
+            .write(true)
+            .open(&self.path)
+            .unwrap();
+        let mut b = [0u8];
+        f.read_exact_at(&mut b, self.offset + 10).unwrap();
+        f.write_all_at(&[b[0] ^ 1], self.offset + 10).unwrap();
+    }
+
+    /// Cuts the pack one byte into the chunk's end.
+    fn cut_short(&self) {
+        let f = std::fs::File::options().write(true).open(&self.path).unwrap();
+        f.set_len(self.offset + self.size - 1).unwrap();
+    }
+}
+
+/// A store holding one 500 kB path; its second chunk's id and place.
+fn one_path_and_a_chunk(dir: &std::path::Path) -> (ChunkStore, ChunkId, Spot) {
     let store = open(dir, 1 << 30);
     put(&store, &data(500_000, 5), 1).unwrap();
     let victim = store.open_nar(&hash(1)).unwrap().unwrap().manifest.chunks[1].id;
-    let path = ChunkDir::open(dir).unwrap().path(&victim);
-    (store, victim, path)
+    let Some((size, Loc::Pack { pack, offset })) = store.inner.meta.chunk_loc(&victim).unwrap() else {
+        panic!("the chunk is in a pack");
+    };
+    let spot = Spot {
+        path: dir.join("packs").join(format!("{pack:016x}.pack")),
+        offset,
+        size: u64::from(size),
+    };
+    (store, victim, spot)
 }
 
 #[test]
 fn reads_for_peers_check_sizes_always_and_hashes_on_a_sample() {
     let dir = tempfile::tempdir().unwrap();
-    let (store, victim, path) = one_path_and_a_chunk(dir.path());
-    let good = std::fs::read(&path).unwrap();
-    let mut flipped = good.clone();
-    flipped[10] ^= 1;
-    std::fs::write(&path, &flipped).unwrap();
+    let (store, victim, spot) = one_path_and_a_chunk(dir.path());
+    spot.flip();
     let caught = (0..PEER_READS_HASHED * 4)
         .filter(|_| matches!(store.read_chunk_for_peer(&victim), Err(StoreError::ChunkCorrupt(_))))
         .count();
     assert_eq!(caught, 4, "one read in {PEER_READS_HASHED} is hashed");
-    // A chunk of the wrong size is caught on every read.
-    std::fs::write(&path, &good[1..]).unwrap();
+    // Reads for this node's own use are always hashed.
+    for _ in 0..PEER_READS_HASHED {
+        assert!(matches!(store.read_chunk(&victim), Err(StoreError::ChunkCorrupt(_))));
+    }
+    // A chunk cut short is caught on every read.
+    spot.cut_short();
     for _ in 0..PEER_READS_HASHED {
         assert!(matches!(
             store.read_chunk_for_peer(&victim),
             Err(StoreError::ChunkCorrupt(_))
         ));
     }
-    // Reads for this node's own use are always hashed.
-    std::fs::write(&path, &flipped).unwrap();
-    for _ in 0..PEER_READS_HASHED {
-        assert!(matches!(store.read_chunk(&victim), Err(StoreError::ChunkCorrupt(_))));
-    }
 }
 
 #[test]
 fn corrupt_chunk_on_disk_is_detected() {
     let dir = tempfile::tempdir().unwrap();
-    let (store, victim, path) = one_path_and_a_chunk(dir.path());
-    let mut on_disk = std::fs::read(&path).unwrap();
-    on_disk[10] ^= 1;
-    std::fs::write(&path, on_disk).unwrap();
+    let (store, victim, spot) = one_path_and_a_chunk(dir.path());
+    spot.flip();
     let err = read_all(&store, 1, 0, u64::MAX).unwrap_err();
     assert!(matches!(err, StoreError::ChunkCorrupt(id) if id == victim), "{err}");
-    std::fs::remove_file(&path).unwrap();
+    std::fs::remove_file(&spot.path).unwrap();
     assert!(matches!(
         read_all(&store, 1, 0, u64::MAX),
         Err(StoreError::ChunkMissing(_))
@@ -262,17 +291,19 @@ fn a_crash_before_commit_leaves_nothing_visible_and_orphans_are_swept() {
     {
         let store = open(dir.path(), 1 << 30);
         put(&store, &data(300_000, 7), 2).unwrap();
-        // What a crash mid-ingest leaves: chunk files, no metadata.
+        // What a crash mid-ingest leaves: a pack, no metadata.
         let chunks = ChunkDir::open(dir.path()).unwrap();
+        let mut pack = chunks.create().unwrap();
         for piece in bytes.chunks(64 * 1024) {
-            chunks.write(&ChunkId(*blake3::hash(piece).as_bytes()), piece).unwrap();
+            pack.append(piece).unwrap();
         }
     }
-    assert!(chunk_files(dir.path()) > 5);
+    assert_eq!(pack_files(dir.path()), 2);
     let store = open(dir.path(), 1 << 30);
     assert!(!store.contains(&hash(1)).unwrap());
-    assert!(store.sweep_orphans().unwrap() > 0);
+    assert_eq!(store.sweep_orphans().unwrap(), 1);
     assert_eq!(store.sweep_orphans().unwrap(), 0);
+    assert_eq!(pack_files(dir.path()), 1, "the committed path's pack stays");
     assert_eq!(
         read_all(&store, 2, 0, u64::MAX).unwrap(),
         data(300_000, 7),
@@ -296,19 +327,18 @@ fn the_chunk_store_is_a_conforming_shelf() {
     );
 }
 
-/// Bytes of chunk files on disk under the store directory.
+/// Bytes of pack files on disk under the store directory (allocated:
+/// punched holes do not count), less the last block of each file.
 fn chunk_bytes_on_disk(dir: &Path) -> u64 {
-    fn walk(p: &Path) -> u64 {
-        std::fs::read_dir(p).map_or(0, |rd| {
-            rd.flatten()
-                .map(|e| {
-                    let m = e.metadata().unwrap();
-                    if m.is_dir() { walk(&e.path()) } else { m.len() }
-                })
-                .sum()
-        })
-    }
-    walk(&dir.join("chunks"))
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::read_dir(dir.join("packs")).map_or(0, |rd| {
+        rd.flatten()
+            .map(|e| {
+                let m = e.metadata().unwrap();
+                (m.blocks() * 512).min(m.len()).saturating_sub(4096)
+            })
+            .sum()
+    })
 }
 
 #[test]
@@ -410,4 +440,61 @@ fn a_flat_content_addressed_nar_with_other_contents_is_not_stored() {
     ingest.write(nar).unwrap();
     ingest.finish().unwrap();
     assert!(store.contains(&hash).unwrap());
+}
+
+/// (apparent, allocated) bytes of each pack file, by pack number.
+fn pack_sizes(dir: &Path) -> std::collections::BTreeMap<u64, (u64, u64)> {
+    use std::os::unix::fs::MetadataExt as _;
+    let packs = ChunkDir::open(dir).unwrap().list_packs().unwrap();
+    packs
+        .into_iter()
+        .map(|p| {
+            let m = std::fs::metadata(dir.join("packs").join(format!("{p:016x}.pack"))).unwrap();
+            (p, (m.len(), m.blocks() * 512))
+        })
+        .collect()
+}
+
+#[test]
+fn shared_chunks_are_kept_once_and_their_space_comes_back_with_the_last_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), 1 << 30);
+    let a = data(2_000_000, 21);
+    // b: a new head, then all of a: content-defined cuts find a's chunks.
+    let mut b = data(300_000, 22);
+    b.extend_from_slice(&a);
+    put(&store, &a, 1).unwrap();
+    put(&store, &b, 2).unwrap();
+    let sizes = pack_sizes(dir.path());
+    assert_eq!(sizes.len(), 2, "one pack per ingest");
+    let (b_len, b_alloc) = sizes.values().nth(1).copied().unwrap();
+    assert!(b_len > 2_000_000, "b's ingest wrote every chunk: {b_len}");
+    assert!(
+        b_alloc < 800_000,
+        "the chunks a has are given back at b's commit: {b_alloc} of {b_len} allocated"
+    );
+    let stored = store.stats().unwrap().bytes;
+    assert!(stored < 2_500_000, "each chunk counted once: {stored}");
+
+    // a goes; the chunks b shares stay in a's pack, the rest is given back.
+    assert!(store.remove(&hash(1)).unwrap());
+    assert_eq!(read_all(&store, 2, 0, u64::MAX).unwrap(), b);
+    let sizes = pack_sizes(dir.path());
+    assert_eq!(sizes.len(), 2, "a's pack holds b's shared chunks");
+    let (a_len, a_alloc) = sizes.values().next().copied().unwrap();
+    assert!(a_alloc <= a_len, "{a_alloc} allocated of {a_len}");
+    assert!(store.remove(&hash(2)).unwrap());
+    assert_eq!(pack_files(dir.path()), 0, "no path left: no pack left");
+    assert_eq!(store.stats().unwrap().bytes, 0);
+}
+
+#[test]
+fn a_path_stored_twice_leaves_one_pack() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), 1 << 30);
+    let a = data(700_000, 23);
+    put(&store, &a, 1).unwrap();
+    put(&store, &a, 1).unwrap();
+    assert_eq!(pack_files(dir.path()), 1, "the second ingest's pack is deleted");
+    assert_eq!(read_all(&store, 1, 0, u64::MAX).unwrap(), a);
 }
