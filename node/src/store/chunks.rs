@@ -56,8 +56,9 @@ impl PackWriter {
     }
 }
 
-/// Group commit for `syncfs`: a caller's writes are covered by any sync
-/// that starts after it asked, so ingests that finish together share one.
+/// Group commit for the pack directory's sync: a caller's new pack is
+/// covered by any sync that starts after it asked, so ingests that finish
+/// together share one.
 #[derive(Debug, Default)]
 struct Syncs {
     state: Mutex<SyncState>,
@@ -241,13 +242,19 @@ impl ChunkDir {
         Ok(out)
     }
 
-    /// Returns once everything this thread wrote so far is on disk: either
-    /// a `syncfs` of its own, or one that started after it asked.
-    pub fn sync(&self) -> Result<()> {
+    /// Returns once `pack`'s bytes and its name are on disk: its data
+    /// synced, and the directory by a sync of its own or one that started
+    /// after it asked. (A `syncfs` here flushed everything else written to
+    /// the filesystem too, Nix's own store included: 173 of them took
+    /// 0.45 s in one Nix run of the 160-path cache.)
+    pub fn sync(&self, pack: &PackWriter) -> Result<()> {
+        pack.file
+            .sync_data()
+            .map_err(io(format!("syncing pack {:016x}", pack.id)))?;
         let root = &self.packs;
         self.syncs.sync_with(|| {
             let dir = fs::File::open(root).map_err(io(format!("opening {}", root.display())))?;
-            syncfs(&dir).map_err(io("syncing the chunk store's filesystem"))
+            dir.sync_all().map_err(io(format!("syncing {}", root.display())))
         })
     }
 
@@ -293,17 +300,6 @@ impl Syncs {
             }
             s = self.done.wait(s).unwrap_or_else(std::sync::PoisonError::into_inner);
         }
-    }
-}
-
-fn syncfs(f: &fs::File) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd as _;
-    // SAFETY: `f` is an open file descriptor for the duration of the call.
-    let r = unsafe { libc::syncfs(f.as_raw_fd()) };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
     }
 }
 

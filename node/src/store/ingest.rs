@@ -121,8 +121,8 @@ impl Ingest {
         let actual = check.finish().map_err(|source| StoreError::Mismatch { path, source })?;
         let manifest = ChunkManifest::new(actual, size, std::mem::take(&mut self.chunks))
             .map_err(|e| StoreError::Database(e.to_string()))?;
-        if self.pack.is_some() {
-            self.store.inner.chunks.sync()?;
+        if let Some(pack) = &self.pack {
+            self.store.inner.chunks.sync(pack)?;
         }
         let record = PathRecord {
             narinfo: self.narinfo.to_text(),
