@@ -26,7 +26,7 @@ use tokio::time::Instant;
 use tokio_util::sync::PollSender;
 
 /// Writes queued per connection (each at most [`PIECE`] bytes).
-const LINE: usize = 1024;
+const LINE: usize = 16384;
 /// Largest piece of one write kept in the line.
 const PIECE: usize = 16 * 1024;
 

@@ -21,9 +21,9 @@ use tokio::sync::mpsc;
 
 use super::NodeHandle;
 use super::discover::{Discovery, DiscoverySettings};
-use super::in_flight::{InFlight, PeerLoad};
+use super::in_flight::{InFlight, MAX_PER_PEER, PeerLoad};
 use super::inline::{INLINE_KEEP, Inline, InlineBudget};
-use super::schedule::{Outcome, Ready, Schedule, ScheduleSettings, check_chunks};
+use super::schedule::{Outcome, Ready, Schedule, ScheduleSettings, check_chunks, depth_for};
 use super::scores::Scores;
 use crate::store::{AsyncStore, ChunkStore};
 
@@ -579,13 +579,18 @@ impl Fetcher {
         // A small NAR's chunks may have come with its lookup.
         let inline = path.inline.as_ref().and_then(|i| i.take());
         let is_local = |id: &ChunkId| local.contains(id) || inline.as_ref().is_some_and(|i| i.has(id));
+        let providers: Vec<PeerId> = providers.collect();
         let mut sched = Schedule::new(
             &manifest,
             is_local,
-            providers,
+            providers.iter().copied(),
             self.settings.schedule.clone(),
             Instant::now(),
         );
+        for p in &providers {
+            let rtt = self.handle.stats.rtts.get(p);
+            sched.set_depth(p, depth_for(rtt, self.settings.schedule.per_peer, MAX_PER_PEER));
+        }
         let stats = &self.handle.stats;
         let mut in_flight = FuturesUnordered::new();
         loop {

@@ -95,6 +95,11 @@ impl<T> Links<T> {
         self.peers.get(peer).is_some_and(|p| !p.direct.is_empty())
     }
 
+    /// This connection of the peer's is a direct one.
+    pub fn is_direct(&self, peer: &PeerId, id: ConnectionId) -> bool {
+        self.peers.get(peer).is_some_and(|p| p.direct.contains(&id))
+    }
+
     /// The peer has any connection.
     pub fn connected(&self, peer: &PeerId) -> bool {
         self.peers.contains_key(peer)

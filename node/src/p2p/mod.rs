@@ -21,6 +21,7 @@ pub mod proven;
 mod ratelimit;
 pub mod records;
 mod relays;
+mod rtts;
 mod schedule;
 mod scores;
 mod serve;
@@ -189,6 +190,8 @@ pub struct NodeStats {
     /// Of `bytes_fetched`, those that came with a path's lookup (small
     /// NARs in one round trip).
     pub bytes_fetched_inline: AtomicU64,
+    /// Round trips to connected peers (ping).
+    pub rtts: rtts::Rtts,
     /// Peers that served verified chunks (the record store prefers them).
     pub proven: Arc<proven::Proven>,
     /// Fires when the node goes from no connections to some, or its

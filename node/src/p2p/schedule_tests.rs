@@ -273,3 +273,22 @@ fn chunk_responses_are_checked_against_the_batch() {
     assert!(check_chunks(&ids, size, vec![wire(0, data[0][..C - 1].to_vec(), false)]).is_err());
     assert!(check_chunks(&ids, size, vec![wire(0, vec![1, 2, 3], true)]).is_err());
 }
+
+#[test]
+fn a_far_peer_gets_more_requests_in_flight() {
+    let ms = Duration::from_millis;
+    assert_eq!(depth_for(None, 4, 8), 4, "unmeasured: the default");
+    assert_eq!(depth_for(Some(ms(1)), 4, 8), 4, "a LAN: the default");
+    // 100 MB/s over 40 ms is 4 MB in flight: 16 windows, capped at 8.
+    assert_eq!(depth_for(Some(ms(40)), 4, 8), 8);
+    assert_eq!(depth_for(Some(ms(12)), 4, 8), 5);
+    assert_eq!(depth_for(Some(ms(40)), 4, 2), 4, "never below the default");
+
+    let data = chunks(40, C);
+    let (near, far) = (PeerId::random(), PeerId::random());
+    let mut h = Harness::new(&data, &[near, far], settings());
+    h.s.set_depth(&far, 5);
+    let sends = h.s.sends(h.now);
+    assert_eq!(sends.iter().filter(|s| s.peer == near).count(), 2);
+    assert_eq!(sends.iter().filter(|s| s.peer == far).count(), 5);
+}

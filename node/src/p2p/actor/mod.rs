@@ -15,7 +15,7 @@ use libp2p::kad::{self, GetProvidersOk, QueryId, QueryResult, RecordKey};
 use libp2p::request_response::{self, InboundRequestId, OutboundRequestId, ResponseChannel};
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{ConnectionId, SwarmEvent};
-use libp2p::{Multiaddr, PeerId, Swarm, identify, mdns};
+use libp2p::{Multiaddr, PeerId, Swarm, identify, mdns, ping};
 use nixswarm_protocol::wire::{Request, Response};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -345,6 +345,7 @@ impl Actor {
                 self.dialed.remove(&connection_id);
                 if num_established == 0 {
                     self.relays.gone(&peer_id);
+                    self.stats.rtts.forget(&peer_id);
                 }
             }
             SwarmEvent::OutgoingConnectionError {
@@ -393,6 +394,13 @@ impl Actor {
                 self.on_query(id, result, step.last);
             }
             SwarmEvent::Behaviour(BehaviourEvent::Transfer(ev)) => self.on_transfer(ev),
+            // Transfers use direct connections: their round trips size
+            // the requests in flight.
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event {
+                peer,
+                connection,
+                result: Ok(rtt),
+            })) if self.links.is_direct(&peer, connection) => self.stats.rtts.set(peer, rtt),
             _ => {}
         }
     }
