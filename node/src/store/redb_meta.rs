@@ -56,6 +56,18 @@ impl RedbMeta {
         Ok(Self { db })
     }
 
+    /// Forgets every chunk's place, as in a store written before pack
+    /// files (each chunk then reads as a file of its own).
+    #[cfg(test)]
+    pub(crate) fn forget_places(&self) {
+        let tx = self.db.begin_write().unwrap();
+        tx.delete_table(LOCS).unwrap();
+        tx.delete_table(PACKS).unwrap();
+        tx.open_table(LOCS).unwrap();
+        tx.open_table(PACKS).unwrap();
+        tx.commit().unwrap();
+    }
+
     fn counter(&self, name: &str) -> Result<u64> {
         let tx = self.db.begin_read().map_err(db_err)?;
         let t = tx.open_table(COUNTERS).map_err(db_err)?;

@@ -498,3 +498,48 @@ fn a_path_stored_twice_leaves_one_pack() {
     assert_eq!(pack_files(dir.path()), 1, "the second ingest's pack is deleted");
     assert_eq!(read_all(&store, 1, 0, u64::MAX).unwrap(), a);
 }
+
+#[test]
+fn a_store_from_before_pack_files_is_read_and_its_files_go_with_their_paths() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (data(600_000, 31), data(400_000, 32));
+    let manifest = {
+        let store = open(dir.path(), 1 << 30);
+        put(&store, &a, 1).unwrap();
+        store.open_nar(&hash(1)).unwrap().unwrap().manifest
+    };
+    // What an older version left: each chunk in a file of its own, no
+    // places, no packs.
+    let chunks = ChunkDir::open(dir.path()).unwrap();
+    for c in &manifest.chunks {
+        let start: u64 = manifest
+            .chunks
+            .iter()
+            .take_while(|x| x.id != c.id)
+            .map(|x| u64::from(x.size))
+            .sum();
+        let path = chunks.file_path(&c.id);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, &a[start as usize..(start + u64::from(c.size)) as usize]).unwrap();
+    }
+    for p in chunks.list_packs().unwrap() {
+        chunks.delete_pack(p).unwrap();
+    }
+    RedbMeta::open(&dir.path().join("meta.redb")).unwrap().forget_places();
+
+    let store = open(dir.path(), 1 << 30);
+    assert_eq!(store.sweep_orphans().unwrap(), 0, "referenced chunk files stay");
+    assert_eq!(read_all(&store, 1, 0, u64::MAX).unwrap(), a);
+    let id = manifest.chunks[0].id;
+    assert!(store.read_chunk_for_peer(&id).unwrap().is_some());
+    // New paths go into packs beside them.
+    put(&store, &b, 2).unwrap();
+    assert_eq!(read_all(&store, 2, 0, u64::MAX).unwrap(), b);
+    assert_eq!(pack_files(dir.path()), 1);
+    assert!(store.remove(&hash(1)).unwrap());
+    assert!(
+        chunks.list_files().unwrap().is_empty(),
+        "the old path's files went with it"
+    );
+    assert_eq!(read_all(&store, 2, 0, u64::MAX).unwrap(), b);
+}
