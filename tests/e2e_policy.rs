@@ -66,7 +66,9 @@ fn swarm(tmp: &std::path::Path, upstream: &str, key: &str, donor_flags: &[&str])
 /// Peers slower than the upstream: the upstream streams each large NAR's
 /// head while peers fetch its tail, and the upstream's connection is
 /// closed where they meet. Every path arrives valid; the upstream's log
-/// shows NAR responses cut short, and peers sent the rest.
+/// shows NAR responses cut short, and peers sent the rest. The NARs were
+/// started from the peers' end when their narinfos were served, and a NAR
+/// request that did not wait for its prefetch took it over as its tail.
 #[test]
 fn with_capped_peers_the_upstream_sends_the_head_and_peers_the_tail() -> Result<()> {
     let fx = fixture();
@@ -92,6 +94,8 @@ fn with_capped_peers_the_upstream_sends_the_head_and_peers_the_tail() -> Result<
     }
     ensure!(!cut.is_empty(), "some NAR left the upstream only in part: {sent:?}");
     ensure!(from_peers > 0, "peers carried bytes: {status}");
+    let tails = metric(&n2, "nixswarm_gateway_prefetch_tails_total")?;
+    ensure!(tails > 0, "a prefetch became a NAR's tail:\n{}", n2.log());
     let big = fx.path_named("big-20m");
     let url = nixswarm_protocol::NarInfo::parse(&std::fs::read_to_string(narinfo_file(&fx.cache(), big))?)?.url;
     ensure!(

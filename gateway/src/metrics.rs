@@ -76,6 +76,10 @@ pub struct Metrics {
     pub prefetched_bytes: Counter,
     /// Of those, the bytes of NARs Nix then asked for.
     pub prefetched_asked_bytes: Counter,
+    /// Prefetches a NAR request took over as the peers' tail of its
+    /// two-ended fetch, and the bytes they had brought by then.
+    pub prefetch_tails: Counter,
+    pub prefetch_tail_bytes: Counter,
     /// The node's transfer counters, once a node is attached.
     pub node: Arc<OnceLock<Arc<NodeStats>>>,
 }
@@ -242,6 +246,17 @@ impl Metrics {
             "Prefetched NAR bytes that Nix then asked for (the rest it never did)",
             prefetched_asked_bytes.clone(),
         );
+        let (prefetch_tails, prefetch_tail_bytes) = (Counter::default(), Counter::default());
+        registry.register(
+            "gateway_prefetch_tails",
+            "Prefetches a NAR request took over as the peers' tail of its fetch (the upstream sends the head)",
+            prefetch_tails.clone(),
+        );
+        registry.register(
+            "gateway_prefetch_tail_bytes",
+            "NAR bytes those prefetches had brought when taken over",
+            prefetch_tail_bytes.clone(),
+        );
         let node = Arc::new(OnceLock::new());
         registry.register_collector(Box::new(NodeCounters(node.clone())));
         Arc::new(Self {
@@ -259,6 +274,8 @@ impl Metrics {
             installed_queued,
             prefetched_bytes,
             prefetched_asked_bytes,
+            prefetch_tails,
+            prefetch_tail_bytes,
             node,
         })
     }

@@ -210,18 +210,11 @@ impl NarPipeline {
     }
 
     /// A narinfo was served: if peers hold the path, its NAR starts
-    /// towards the store now (bounded; see [`prefetch`]).
+    /// towards the store now (bounded; see [`prefetch`]). However slow the
+    /// peers, what they bring by the time Nix asks is the tail of its
+    /// two-ended fetch.
     pub fn prefetch(&self, info: &NarInfo) {
         if self.settings.prefetch.running == 0 {
-            return;
-        }
-        let file_size = info.file_size.unwrap_or(info.nar_size);
-        if !policy::prefetch_pays(
-            info.nar_size,
-            file_size,
-            self.estimates.upstream(),
-            self.estimates.peers(),
-        ) {
             return;
         }
         if let Some((_, peers)) = self.resolver.peers() {
@@ -241,6 +234,8 @@ impl NarPipeline {
         }
         let ups = self.upstreams(hash, nar_hash, |_| true).await;
         let instead = match ups.iter().find_map(|f| f.info.as_ref()) {
+            // `offload = max` takes the peers whenever they hold the path.
+            _ if self.settings.offload == Offload::Max => Instead::PeersOnly(JOIN_PEERS_ONLY),
             None => Instead::PeersOnly(JOIN_PEERS_ONLY),
             // Before the upstream is measured there is nothing to be
             // faster than: no wait, unless the prefetch's bytes are all
@@ -285,7 +280,18 @@ impl NarPipeline {
                 hedge_after: self.settings.hedge_after,
             }),
         };
-        tracing::debug!(path = %info.store_path, ?plan, "NAR plan");
+        // A prefetch of this NAR still running, not waited for, becomes the
+        // peers' tail of a two-ended fetch: what it brought is not lost.
+        // Where peers alone serve, their transfer goes in order instead.
+        let taken = match (&peers, plan) {
+            (Some(_), Plan::Peers { .. }) => {
+                drop(self.prefetcher.take_tail(hash).await);
+                None
+            }
+            (Some(_), Plan::TwoEnded(_)) => self.prefetcher.take_tail(hash).await,
+            (None, _) => None,
+        };
+        tracing::debug!(path = %info.store_path, ?plan, prefetch_as_tail = taken.is_some(), "NAR plan");
         let spec = |forward: Vec<Forward>, ups: Vec<Fallback>| Spec {
             info: info.clone(),
             forward,
@@ -297,7 +303,7 @@ impl NarPipeline {
             estimates: self.estimates.clone(),
             blame: self.blamer.clone(),
         };
-        if let (Plan::Peers { upstream_after }, Some((id, p))) = (plan, &peers) {
+        if let (Plan::Peers { upstream_after }, Some((id, p)), None) = (plan, &peers, &taken) {
             let stream = match ready.take() {
                 Some(path) => Some(p.stream(path)),
                 // Waits for discovery as `PeerWait` allows.
@@ -309,7 +315,8 @@ impl NarPipeline {
                 return Ok(self.opened(s, SourceKind::Peer));
             }
         }
-        if (peers.is_none() || plan == Plan::TwoEnded(Tail::Never))
+        if taken.is_none()
+            && (peers.is_none() || plan == Plan::TwoEnded(Tail::Never))
             && let Some(leg) = self.open_file(&ups, codings, None).await
         {
             if let Some(h) = leg.file.file_hash {
@@ -330,7 +337,9 @@ impl NarPipeline {
             return Ok(self.opened(s, SourceKind::Peer));
         };
         let mut s = spec(vec![up], rest.collect());
-        if let (Plan::TwoEnded(tail), Some((id, p))) = (plan, &peers) {
+        if let (Some(t), Some((id, _))) = (taken, &peers) {
+            s.tail = Some((*id, t));
+        } else if let (Plan::TwoEnded(tail), Some((id, p))) = (plan, &peers) {
             let id = *id;
             match tail {
                 Tail::Now => s.tail = ready.map(|path| (id, p.stream_tail(path))),

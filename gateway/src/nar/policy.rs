@@ -33,11 +33,6 @@ const SMALL_FILE: u64 = 1 << 20;
 /// started: its requests would cost the peers' upload and this link's
 /// bandwidth for bytes the upstream delivers first anyway.
 const MIN_TAIL_SHARE: f64 = 0.1;
-/// A prefetch is started while the peers' predicted time is within this
-/// many times the upstream's.
-const PREFETCH_SLACK: u32 = 2;
-/// The usual time from a narinfo to its NAR request.
-const PREFETCH_HEAD_START: Duration = Duration::from_millis(100);
 /// Samples smaller than this say more about latency than about rate.
 const MIN_RATE_SAMPLE: u64 = 256 << 10;
 /// Weight of a new sample in the moving averages.
@@ -221,18 +216,6 @@ pub fn plan(i: &Inputs) -> Plan {
     }
 }
 
-/// Whether to start a NAR from peers when its narinfo is served: unless
-/// both ends are measured and the peers would take more than twice the
-/// upstream's time plus the head start a prefetch has (Nix asks for the
-/// NAR after the rest of the closure's narinfos; a prefetch that cannot
-/// be done by then is stopped and its bytes wasted).
-pub fn prefetch_pays(nar_size: u64, file_size: u64, upstream: Option<Estimate>, peers: Option<Estimate>) -> bool {
-    let (Some(up), Some(peers)) = (upstream, peers) else {
-        return true;
-    };
-    peers.time(nar_size) <= up.time(file_size) * PREFETCH_SLACK + PREFETCH_HEAD_START
-}
-
 /// The share of the NAR a two-ended fetch is predicted to get from the
 /// peers, where both ends are measured: the upstream sends ρ·C NAR bytes a
 /// second after its latency, the peers P after theirs, and they meet when
@@ -287,16 +270,6 @@ mod tests {
         let share = tail_share(&i, 10 << 20).unwrap();
         assert!((0.12..0.2).contains(&share), "{share}");
         assert_eq!(plan(&i), Plan::TwoEnded(Tail::Now));
-    }
-
-    #[test]
-    fn prefetches_start_unless_peers_are_measured_far_slower() {
-        let i = inputs();
-        assert!(prefetch_pays(30 << 20, 10 << 20, None, i.peers), "cold: start");
-        // 30 MiB at 5 MB/s against 10 MiB of zstd at 50 MB/s.
-        assert!(!prefetch_pays(30 << 20, 10 << 20, i.upstream, i.peers));
-        // A small NAR: both are mostly latency (40 ms against 20 ms).
-        assert!(prefetch_pays(3000, 1000, i.upstream, i.peers));
     }
 
     #[test]

@@ -1,19 +1,26 @@
 //! NARs started at the narinfo. Nix asks for every narinfo of a closure
 //! before it asks for any NAR, so when a narinfo is served and peers hold
-//! the path, its NAR is fetched from them into the store at once: the NAR
-//! request that follows joins the transfer in progress or finds it done (a
-//! local hit). Bounded: transfers at once, NAR bytes in flight, and the
-//! store's own quota. The bytes fetched, and the part Nix then asked for,
-//! are counted (`gateway_prefetched_bytes`, `..._asked_bytes`).
+//! the path, its NAR is fetched from them at once: the NAR request that
+//! follows joins the transfer in progress or finds it done (a local hit).
+//! The NAR is fetched from its end backwards and kept in memory until it
+//! is whole, then stored. A NAR request that will not wait for it takes
+//! what has come as the peers' tail of its two-ended fetch
+//! ([`Prefetcher::take_tail`]): the upstream sends only the head, and no
+//! byte the peers sent is lost. Bounded: transfers at once, NAR bytes in
+//! flight (and so in memory), and the store's own quota. The bytes
+//! fetched, and the part Nix then asked for, are counted
+//! (`gateway_prefetched_bytes`, `..._asked_bytes`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures::StreamExt as _;
+use nixswarm_node::p2p::TailStream;
 use nixswarm_node::{AsyncStore, Committed, IngestWriter};
 use nixswarm_protocol::{NarInfo, StorePathHash};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::policy::Estimates;
@@ -83,6 +90,8 @@ struct Running {
     stop: CancellationToken,
     /// A NAR request waits for it: start without a slot.
     urgent: CancellationToken,
+    /// Asks the prefetch for what it has and its live tail.
+    handover: mpsc::Sender<oneshot::Sender<TailStream>>,
 }
 
 /// What was prefetched: its size, and whether Nix asked for it.
@@ -134,6 +143,7 @@ impl Prefetcher {
         let (tx, rx) = watch::channel(State::Running(0));
         let stop = CancellationToken::new();
         let urgent = CancellationToken::new();
+        let (handover, mut handovers) = mpsc::channel(1);
         self.running.insert(
             hash,
             Running {
@@ -142,6 +152,7 @@ impl Prefetcher {
                 state: rx,
                 stop: stop.clone(),
                 urgent: urgent.clone(),
+                handover,
             },
         );
         let (info, peers, store) = (info.clone(), peers.clone(), store.clone());
@@ -154,6 +165,8 @@ impl Prefetcher {
                 let _slot = tokio::select! {
                     s = slots.acquire() => Some(s),
                     () = urgent.cancelled() => None,
+                    // Taken before it began: nothing to hand over.
+                    _ = handovers.recv() => return false,
                 };
                 // Counted as prefetched before the store shows the path,
                 // so a NAR request that finds it there counts it as the
@@ -167,7 +180,7 @@ impl Prefetcher {
                         },
                     )
                 };
-                fetch(&info, &peers, &store, wait, &tx, &estimates, counted).await
+                fetch(&info, &peers, &store, wait, &tx, &estimates, &mut handovers, counted).await
             };
             let stored = tokio::select! {
                 stored = work => stored,
@@ -200,11 +213,12 @@ impl Prefetcher {
     /// Waits for a prefetch of this NAR still running only while its
     /// progress predicts it done within what the request would take
     /// `instead`. With an upstream, one with no bytes yet, or none
-    /// predicted to make it, is stopped (the NAR's own transfer gets the
-    /// peers' upload) and not waited for; with peers only, one with no
-    /// bytes yet is waited for too (started at once if it was queued). One
-    /// whose bytes have all arrived is waited for (its store commit). True
-    /// if the NAR is in the store now.
+    /// predicted to make it, is not waited for: it goes on, for the NAR's
+    /// two-ended fetch to take as its tail ([`Self::take_tail`]); with
+    /// peers only, one with no bytes yet is waited for too (started at once
+    /// if it was queued), and one not waited for is stopped. One whose
+    /// bytes have all arrived is waited for (its store commit). True if
+    /// the NAR is in the store now.
     pub async fn join(&self, hash: &StorePathHash, instead: Instead) -> bool {
         let mut stored = false;
         if let Some(Running {
@@ -213,6 +227,7 @@ impl Prefetcher {
             state: mut rx,
             stop,
             urgent,
+            ..
         }) = self.running.get(hash)
         {
             let (budget, peers_only) = match instead {
@@ -258,11 +273,36 @@ impl Prefetcher {
                     () = tokio::time::sleep_until(wait_until) => break,
                 }
             }
-            if !stored {
+            if !stored && !matches!(instead, Instead::Upstream(_)) {
                 stop.cancel();
             }
         }
         stored
+    }
+
+    /// The prefetch of this NAR, if one is running, handed over as the
+    /// peers' tail of a two-ended fetch: the chunks it has (from the end
+    /// backwards) and then its transfer going on. Any prefetch of the NAR
+    /// ends here: one not yet begun, or that cannot hand over, is stopped.
+    pub async fn take_tail(&self, hash: &StorePathHash) -> Option<TailStream> {
+        let running = self.running.get(hash)?;
+        let (tx, rx) = oneshot::channel();
+        let tail = match running.handover.try_send(tx) {
+            Ok(()) => rx.await.ok(),
+            Err(_) => None,
+        };
+        match &tail {
+            Some(_) => {
+                let brought = match *running.state.borrow() {
+                    State::Running(done) => done,
+                    _ => 0,
+                };
+                self.metrics.prefetch_tails.inc();
+                self.metrics.prefetch_tail_bytes.inc_by(brought);
+            }
+            None => running.stop.cancel(),
+        }
+        tail
     }
 
     /// True if a prefetch of this path is running now.
@@ -273,8 +313,11 @@ impl Prefetcher {
     }
 }
 
-/// One prefetch: find the peers, stream the NAR in order, check it whole,
-/// store it. True if it is stored. Its rate feeds the peers' estimate.
+/// One prefetch: find the peers, fetch the NAR from its end backwards
+/// into memory, then store it whole (the store checks it). True if it is
+/// stored. A request on `handovers` gets what has come and the transfer
+/// going on, and ends the prefetch. Its rate feeds the peers' estimate.
+#[allow(clippy::too_many_arguments)]
 async fn fetch(
     info: &NarInfo,
     peers: &PeerSource,
@@ -282,16 +325,57 @@ async fn fetch(
     wait: Duration,
     progress: &watch::Sender<State>,
     estimates: &Estimates,
+    handovers: &mut mpsc::Receiver<oneshot::Sender<TailStream>>,
     before_commit: impl FnOnce(),
 ) -> bool {
     let hash = info.store_path.hash();
-    let Some(path) = peers.path_for(info, wait).await else {
+    let path = tokio::select! {
+        p = peers.path_for(info, wait) => p,
+        _ = handovers.recv() => return false,
+    };
+    let Some(path) = path else {
         return false;
     };
     if store.contains(hash).await.unwrap_or(true) {
         return false;
     }
-    // The chunks arrive checked against the manifest's ids: stored as they
+    let opened = tokio::time::Instant::now();
+    let mut first = None;
+    let mut done = 0u64;
+    // (offset, chunk), from the end backwards: always a contiguous tail.
+    let mut got: Vec<(u64, Bytes)> = Vec::new();
+    let mut stream = peers.stream_tail(path.clone());
+    loop {
+        tokio::select! {
+            piece = stream.next() => match piece {
+                Some(Ok((at, chunk))) => {
+                    first.get_or_insert_with(tokio::time::Instant::now);
+                    done += chunk.len() as u64;
+                    progress.send_replace(State::Running(done));
+                    got.push((at, chunk));
+                    if at == 0 {
+                        break;
+                    }
+                }
+                Some(Err(_)) | None => {
+                    tracing::debug!(%hash, "prefetch from peers failed");
+                    return false;
+                }
+            },
+            reply = handovers.recv() => {
+                if let Some(reply) = reply {
+                    let have = futures::stream::iter(got.into_iter().map(Ok));
+                    let _ = reply.send(have.chain(stream).boxed());
+                    tracing::debug!(%hash, bytes = done, "prefetch handed over as the peers' tail");
+                }
+                return false;
+            }
+        }
+    }
+    if let Some(first) = first {
+        estimates.record(true, first - opened, done, first.elapsed());
+    }
+    // The chunks arrived checked against the manifest's ids: stored as they
     // are. The store checks the whole NAR against the narinfo (the one
     // check of its NarHash here).
     let ingest = match store.begin_ingest_known(info.clone(), path.manifest.clone()).await {
@@ -304,28 +388,12 @@ async fn fetch(
     let Some(writer) = IngestWriter::spawn(ingest, info.store_path.to_string()) else {
         return false;
     };
-    let opened = tokio::time::Instant::now();
-    let mut first = None;
-    let mut done = 0u64;
-    let mut stream = peers.stream(path.clone());
     let mut taken = true;
-    while let Some(piece) = stream.next().await {
-        let Ok(piece) = piece else {
-            tracing::debug!(%hash, "prefetch from peers failed");
-            return false;
-        };
-        first.get_or_insert_with(tokio::time::Instant::now);
-        done += piece.len() as u64;
-        progress.send_replace(State::Running(done));
-        if !writer.write(piece).await {
+    for (_, chunk) in got.into_iter().rev() {
+        if !writer.write(chunk).await {
             taken = false; // the commit says why
             break;
         }
-    }
-    if let Some(first) = first
-        && taken
-    {
-        estimates.record(true, first - opened, done, first.elapsed());
     }
     if taken {
         before_commit();
