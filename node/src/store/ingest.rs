@@ -27,11 +27,7 @@ pub struct Ingest {
     narinfo: NarInfo,
     cut: Cut,
     check: NarCheck,
-    chunks: Vec<ChunkRef>,
-    /// The pack, once the first chunk is written.
-    pack: Option<PackWriter>,
-    /// Where each distinct chunk is in the pack.
-    written: Written,
+    out: Out,
     /// The pack is the store's now (committed), not this ingest's to delete.
     committed: bool,
     reserved: u64,
@@ -58,9 +54,7 @@ impl Ingest {
             narinfo,
             cut,
             check,
-            chunks: Vec::new(),
-            pack: None,
-            written: Written::default(),
+            out: Out::default(),
             committed: false,
             reserved,
         }
@@ -74,54 +68,28 @@ impl Ingest {
                 source,
             });
         }
-        let Self {
-            cut,
-            store,
-            chunks,
-            pack,
-            written,
-            ..
-        } = self;
-        let mut out = Out {
-            store,
-            chunks,
-            pack,
-            written,
-        };
+        let Self { cut, store, out, .. } = self;
         match cut {
-            Cut::Chunker(c) => c.push(data, |c| out.chunk(None, c)),
-            Cut::Known(k) => k.push(data, |id, c| out.chunk(Some(id), c)),
+            Cut::Chunker(c) => c.push(data, |c| out.chunk(store, None, c)),
+            Cut::Known(k) => k.push(data, |id, c| out.chunk(store, Some(id), c)),
         }
     }
 
     /// Verifies the NAR and makes the path visible.
     pub fn finish(mut self) -> Result<()> {
         let path = self.narinfo.store_path.to_string();
-        let Self {
-            cut,
-            store,
-            chunks,
-            pack,
-            written,
-            ..
-        } = &mut self;
-        let mut out = Out {
-            store,
-            chunks,
-            pack,
-            written,
-        };
+        let Self { cut, store, out, .. } = &mut self;
         match cut {
-            Cut::Chunker(c) => c.finish(|c| out.chunk(None, c))?,
+            Cut::Chunker(c) => c.finish(|c| out.chunk(store, None, c))?,
             // Incomplete: the NAR's size check below says how.
             Cut::Known(_) => {}
         }
         let size = self.check.size();
         let check = std::mem::replace(&mut self.check, NarCheck::new(&self.narinfo));
         let actual = check.finish().map_err(|source| StoreError::Mismatch { path, source })?;
-        let manifest = ChunkManifest::new(actual, size, std::mem::take(&mut self.chunks))
+        let manifest = ChunkManifest::new(actual, size, std::mem::take(&mut self.out.chunks))
             .map_err(|e| StoreError::Database(e.to_string()))?;
-        if let Some(pack) = &self.pack {
+        if let Some(pack) = &self.out.pack {
             self.store.inner.chunks.sync(pack)?;
         }
         let record = PathRecord {
@@ -133,11 +101,11 @@ impl Ingest {
             .store
             .inner
             .meta
-            .insert(hash.as_str(), &record, now(), &self.written)?;
+            .insert(hash.as_str(), &record, now(), &self.out.written)?;
         // Unused, the pack is deleted on drop; chunks another path's copy
         // serves are given back.
         self.committed = done.pack_used;
-        if let Some(pack) = self.pack.as_ref().filter(|_| done.pack_used) {
+        if let Some(pack) = self.out.pack.as_ref().filter(|_| done.pack_used) {
             for (offset, size) in done.dead {
                 self.store.inner.chunks.punch(pack.id, offset, u64::from(size));
             }
@@ -150,18 +118,21 @@ impl Ingest {
     }
 }
 
-/// Where an ingest's chunks go.
-struct Out<'a> {
-    store: &'a ChunkStore,
-    chunks: &'a mut Vec<ChunkRef>,
-    pack: &'a mut Option<PackWriter>,
-    written: &'a mut Written,
+/// Where an ingest's chunks went: the list, and the pack.
+#[derive(Debug, Default)]
+struct Out {
+    chunks: Vec<ChunkRef>,
+    /// The pack, once the first chunk is written.
+    pack: Option<PackWriter>,
+    /// Where each distinct chunk is in the pack.
+    written: Written,
 }
 
-impl Out<'_> {
+impl Out {
     /// The next chunk of the NAR (its id known already, or computed here):
-    /// listed, and appended to the pack unless it is there already.
-    fn chunk(&mut self, known: Option<ChunkId>, data: &[u8]) -> Result<()> {
+    /// listed, and appended to the pack (made in `store` at the first)
+    /// unless it is there already.
+    fn chunk(&mut self, store: &ChunkStore, known: Option<ChunkId>, data: &[u8]) -> Result<()> {
         let id = known.unwrap_or_else(|| ChunkId(*blake3::hash(data).as_bytes()));
         self.chunks.push(ChunkRef {
             id,
@@ -170,10 +141,10 @@ impl Out<'_> {
         if self.written.at.contains_key(&id) {
             return Ok(());
         }
-        let pack = match self.pack {
+        let pack = match &mut self.pack {
             Some(p) => p,
             None => {
-                let p = self.store.create_pack()?;
+                let p = store.create_pack()?;
                 self.written.pack = p.id;
                 self.pack.insert(p)
             }
@@ -186,7 +157,7 @@ impl Out<'_> {
 
 impl Drop for Ingest {
     fn drop(&mut self) {
-        let pack = self.pack.as_ref().map(|p| p.id);
+        let pack = self.out.pack.as_ref().map(|p| p.id);
         // A pack no path uses is deleted before it stops being "written".
         if let Some(p) = pack.filter(|_| !self.committed) {
             let _ = self.store.inner.chunks.delete_pack(p);
