@@ -219,11 +219,12 @@ impl ChunkManifest {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn arb_manifest() -> impl Strategy<Value = ChunkManifest> {
+    /// Any valid manifest (also the wire tests' path infos).
+    pub(crate) fn arb_manifest() -> impl Strategy<Value = ChunkManifest> {
         (
             any::<[u8; 32]>(),
             proptest::collection::vec((any::<[u8; 32]>(), MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE), 0..50),

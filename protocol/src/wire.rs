@@ -406,8 +406,6 @@ impl Response {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hash::Sha256Hash;
-    use crate::manifest::{ChunkRef, MIN_CHUNK_SIZE};
     use proptest::prelude::*;
 
     fn arb_request() -> impl Strategy<Value = Request> {
@@ -437,22 +435,7 @@ mod tests {
     }
 
     fn arb_path_info() -> impl Strategy<Value = (String, ChunkManifest)> {
-        (
-            "\\PC{0,200}",
-            proptest::collection::vec((any::<[u8; 32]>(), MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE), 0..10),
-            1..=MAX_CHUNK_SIZE,
-        )
-            .prop_map(|(t, cs, last)| {
-                let mut chunks: Vec<ChunkRef> = cs
-                    .into_iter()
-                    .map(|(id, size)| ChunkRef { id: ChunkId(id), size })
-                    .collect();
-                if let Some(c) = chunks.last_mut() {
-                    c.size = last;
-                }
-                let size = chunks.iter().map(|c| u64::from(c.size)).sum();
-                (t, ChunkManifest::new(Sha256Hash([3; 32]), size, chunks).unwrap())
-            })
+        ("\\PC{0,200}", crate::manifest::tests::arb_manifest())
     }
 
     fn arb_chunks() -> impl Strategy<Value = Vec<WireChunk>> {

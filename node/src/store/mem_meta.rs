@@ -6,7 +6,9 @@ use std::sync::Mutex;
 use nixswarm_protocol::ChunkId;
 
 use super::Result;
-use super::meta::{Freed, Inserted, Loc, MetaDb, PathRecord, Written, distinct_chunks, no_place, whole_packs_first};
+use super::meta::{
+    Freed, Inserted, Loc, MetaDb, PathRecord, Written, distinct_chunks, no_place, without_ranges_of_freed_packs,
+};
 
 #[derive(Debug, Default)]
 struct State {
@@ -112,7 +114,7 @@ impl MetaDb for MemMeta {
                 }
             }
         }
-        Ok(whole_packs_first(freed))
+        Ok(without_ranges_of_freed_packs(freed))
     }
 
     fn chunk_loc(&self, id: &ChunkId) -> Result<Option<(u32, Loc)>> {

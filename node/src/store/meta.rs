@@ -106,8 +106,8 @@ pub(crate) fn no_place(id: &ChunkId) -> super::StoreError {
     super::StoreError::Database(format!("chunk {id} is new to the store but was not written"))
 }
 
-/// Keeps only the ranges of packs not freed whole.
-pub(crate) fn whole_packs_first(mut freed: Vec<Freed>) -> Vec<Freed> {
+/// Drops the ranges of packs the same removal freed whole (the pack goes).
+pub(crate) fn without_ranges_of_freed_packs(mut freed: Vec<Freed>) -> Vec<Freed> {
     let whole: std::collections::HashSet<u64> = freed
         .iter()
         .filter_map(|f| match f {

@@ -6,7 +6,9 @@ use std::path::Path;
 use nixswarm_protocol::{ChunkId, ChunkManifest};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::meta::{Freed, Inserted, Loc, MetaDb, PathRecord, Written, distinct_chunks, no_place, whole_packs_first};
+use super::meta::{
+    Freed, Inserted, Loc, MetaDb, PathRecord, Written, distinct_chunks, no_place, without_ranges_of_freed_packs,
+};
 use super::{Result, StoreError};
 
 const NARINFO: TableDefinition<&str, &str> = TableDefinition::new("narinfo");
@@ -232,7 +234,7 @@ impl MetaDb for RedbMeta {
             add(&mut counters, PATHS, -1)?;
         }
         tx.commit().map_err(db_err)?;
-        Ok(whole_packs_first(freed))
+        Ok(without_ranges_of_freed_packs(freed))
     }
 
     fn chunk_loc(&self, id: &ChunkId) -> Result<Option<(u32, Loc)>> {
