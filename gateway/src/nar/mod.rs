@@ -285,7 +285,7 @@ impl NarPipeline {
         // Where peers alone serve, their transfer goes in order instead.
         let taken = match (&peers, plan) {
             (Some(_), Plan::Peers { .. }) => {
-                drop(self.prefetcher.take_tail(hash).await);
+                self.prefetcher.stop(hash);
                 None
             }
             (Some(_), Plan::TwoEnded(_)) => self.prefetcher.take_tail(hash).await,

@@ -280,6 +280,13 @@ impl Prefetcher {
         stored
     }
 
+    /// Stops a prefetch of this NAR, if one runs (its NAR goes another way).
+    pub fn stop(&self, hash: &StorePathHash) {
+        if let Some(r) = self.running.get(hash) {
+            r.stop.cancel();
+        }
+    }
+
     /// The prefetch of this NAR, if one is running, handed over as the
     /// peers' tail of a two-ended fetch: the chunks it has (from the end
     /// backwards) and then its transfer going on. Any prefetch of the NAR
