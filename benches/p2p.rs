@@ -2,6 +2,8 @@
 //! and prints one Markdown table:
 //! 1. a 256 MiB NAR through a gateway from 1 peer, against nginx serving the
 //!    same file directly;
+//!    with the sender's and receiver's CPU per GB, and what a hop cannot
+//!    avoid on this machine (see `common::floor`);
 //! 2. the same NAR with every provider's upload limited to 20 MiB/s, from
 //!    1, 2 and 4 providers;
 //! 3. DHT provider lookup latency, p50/p99, in a 20-node swarm (in process);
@@ -22,7 +24,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, ensure};
-use common::{Nginx, curl, median, percentile, pseudo_random};
+use common::{Nginx, cpu_seconds, curl, floor, median, percentile, pseudo_random};
 use nixswarm_protocol::{NarInfo, SecretKey, Sha256Hash, StorePath, StorePathHash};
 use support::{ClientStore, Gateway, down_upstream, fixture};
 
@@ -79,9 +81,18 @@ fn import(data_dir: &Path, cache: &Path, key: &str) -> Result<()> {
     Ok(())
 }
 
+/// One NAR fetched through a client gateway from peers: MiB/s, and the
+/// CPU seconds per GB of NAR the seeds (all together) and the client spent.
+#[derive(Debug, Clone, Copy)]
+struct Hop {
+    speed: f64,
+    sender: f64,
+    receiver: f64,
+}
+
 /// Starts `n` seeds holding `cache` and a client gateway bootstrapped from
-/// them; returns MiB/s of fetching `path`'s NAR through the client.
-fn through_peers(work: &Path, seeded: &Path, n: usize, limit: Option<&str>, info: &NarInfo, key: &str) -> Result<f64> {
+/// them; fetches `path`'s NAR through the client.
+fn through_peers(work: &Path, seeded: &Path, n: usize, limit: Option<&str>, info: &NarInfo, key: &str) -> Result<Hop> {
     through_peers_into(work, seeded, n, limit, info, key, None, &[])
 }
 
@@ -97,7 +108,7 @@ fn through_peers_into(
     key: &str,
     client_root: Option<&Path>,
     client_flags: &[&str],
-) -> Result<f64> {
+) -> Result<Hop> {
     let run = work.join(format!("run-{n}-{}", limit.unwrap_or("none")));
     let mut seeds = Vec::new();
     for i in 0..n {
@@ -136,17 +147,27 @@ fn through_peers_into(
         .find_map(|l| l.strip_prefix("URL: "))
         .context("gateway narinfo")?
         .to_owned();
+    let seeds_cpu = || seeds.iter().map(|s| cpu_seconds(s.pid())).sum::<Result<f64>>();
+    let (s0, c0) = (seeds_cpu()?, cpu_seconds(client.pid())?);
     let (secs, bytes) = curl(&format!("{}/{url}", client.url))?;
     ensure!(bytes == info.nar_size, "got {bytes} bytes");
-    let speed = bytes as f64 / secs / f64::from(1 << 20);
-    eprintln!("  {n} provider(s), limit {limit:?}: {speed:.0} MiB/s");
+    let gb = bytes as f64 / 1e9;
+    let hop = Hop {
+        speed: bytes as f64 / secs / f64::from(1 << 20),
+        sender: (seeds_cpu()? - s0) / gb,
+        receiver: (cpu_seconds(client.pid())? - c0) / gb,
+    };
+    eprintln!(
+        "  {n} provider(s), limit {limit:?}: {:.0} MiB/s, CPU s per GB: sender {:.2}, receiver {:.2}",
+        hop.speed, hop.sender, hop.receiver
+    );
     client.stop()?;
     for s in seeds {
         s.stop()?;
     }
     let _ = std::fs::remove_dir_all(&run);
     let _ = std::fs::remove_dir_all(&client_dir);
-    Ok(speed)
+    Ok(hop)
 }
 
 fn copy_dir(from: &Path, to: &Path) -> Result<()> {
@@ -291,7 +312,7 @@ fn main() -> Result<()> {
     );
     let seeded = work.join("seeded");
     import(&seeded, &work.join("www/big"), &pubk)?;
-    let one = through_peers(&work, &seeded, 1, None, &big_info, &pubk)?;
+    let one = through_peers(&work, &seeded, 1, None, &big_info, &pubk)?.speed;
     rows.push(format!(
         "| 256 MiB NAR: gateway from 1 peer vs nginx direct, MiB/s | {direct:.0} | {one:.0} | {:.2} | >= 0.4 |",
         one / direct
@@ -300,7 +321,7 @@ fn main() -> Result<()> {
     let shm = Path::new("/dev/shm");
     if shm.is_dir() {
         let root = tempfile::tempdir_in(shm)?;
-        let mem = through_peers_into(&work, &seeded, 1, None, &big_info, &pubk, Some(root.path()), &[])?;
+        let mem = through_peers_into(&work, &seeded, 1, None, &big_info, &pubk, Some(root.path()), &[])?.speed;
         rows.push(format!(
             "| same, client store on tmpfs, MiB/s | {direct:.0} | {mem:.0} | {:.2} | |",
             mem / direct
@@ -318,12 +339,38 @@ fn main() -> Result<()> {
         &["--contribute", "none"],
     )?;
     rows.push(format!(
-        "| same, client keeping nothing (--contribute none), MiB/s | {direct:.0} | {none:.0} | {:.2} | >= 0.4 |",
-        none / direct
+        "| same, client keeping nothing (--contribute none), MiB/s | {direct:.0} | {:.0} | {:.2} | >= 0.4 |",
+        none.speed,
+        none.speed / direct
     ));
-    let l1 = through_peers(&work, &seeded, 1, Some("20M"), &big_info, &pubk)?;
-    let l2 = through_peers(&work, &seeded, 2, Some("20M"), &big_info, &pubk)?;
-    let l4 = through_peers(&work, &seeded, 4, Some("20M"), &big_info, &pubk)?;
+    // What a peer hop cannot avoid here, in the same run: the work per GB,
+    // and that work as a pipeline over loopback TCP (no libp2p, store or
+    // HTTP): as fast as a hop could be on this machine.
+    let sample = pseudo_random(BIG, 9);
+    let work_gb = floor::irreducible(&sample[..64 << 20])?;
+    let pipe = floor::pipeline(&sample)?;
+    drop(sample);
+    rows.push(format!(
+        "| same, keeping nothing: CPU s per GB, sender / receiver (irreducible: sha256 {:.2}, BLAKE3 {:.2}, seal {:.2}, open {:.2}) | | {:.2} / {:.2} | pair {:.2} vs {:.2} irreducible | |",
+        work_gb.sha256,
+        work_gb.blake3,
+        work_gb.seal,
+        work_gb.open,
+        none.sender,
+        none.receiver,
+        none.sender + none.receiver,
+        work_gb.pair()
+    ));
+    rows.push(format!(
+        "| the irreducible work as a pipeline on two loopback TCP hops (seal; open, BLAKE3, sha256; a reader; {:.2} CPU s per GB), vs nginx direct, MiB/s | {direct:.0} | {:.0} | {:.2} (keeping nothing: {:.2} of it) | |",
+        pipe.cpu_per_gb,
+        pipe.mib_s,
+        pipe.mib_s / direct,
+        none.speed / pipe.mib_s
+    ));
+    let l1 = through_peers(&work, &seeded, 1, Some("20M"), &big_info, &pubk)?.speed;
+    let l2 = through_peers(&work, &seeded, 2, Some("20M"), &big_info, &pubk)?.speed;
+    let l4 = through_peers(&work, &seeded, 4, Some("20M"), &big_info, &pubk)?.speed;
     rows.push(format!("| upload limited to 20 MiB/s per provider: 1 / 2 / 4 providers, MiB/s | | {l1:.1} / {l2:.1} / {l4:.1} | 4 vs 1: {:.2} | 4 vs 1 >= 3.2 |", l4 / l1));
 
     // 3: DHT lookups.

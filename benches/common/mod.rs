@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod corpus;
+pub mod floor;
 
 use std::path::Path;
 use std::process::Child;

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt as _;
-use nixswarm_node::p2p::TailStream;
+use nixswarm_node::p2p::{PeerPath, TailStream};
 use nixswarm_node::{AsyncStore, Committed, IngestWriter};
 use nixswarm_protocol::{NarInfo, StorePathHash};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -159,8 +159,21 @@ impl Prefetcher {
         let (in_flight, done, metrics) = (self.in_flight.clone(), self.done.clone(), self.metrics.clone());
         let estimates = self.estimates.clone();
         let slots = self.slots.clone();
+        tracing::debug!(%hash, size, "prefetch: queued");
         tokio::spawn(async move {
             let work = async {
+                // Its providers first, without a slot: most paths of a
+                // closure no peer holds yet, and their discovery (up to
+                // `wait`) must not keep the slots from those peers hold.
+                let path = tokio::select! {
+                    p = peers.path_for(&info, wait) => p,
+                    _ = handovers.recv() => return false,
+                };
+                let Some(path) = path else {
+                    tracing::debug!(%hash, "prefetch: no provider");
+                    return false;
+                };
+                tracing::debug!(%hash, providers = path.providers.len(), "prefetch: providers found");
                 // A slot, unless a NAR request waits for this one.
                 let _slot = tokio::select! {
                     s = slots.acquire() => Some(s),
@@ -180,7 +193,7 @@ impl Prefetcher {
                         },
                     )
                 };
-                fetch(&info, &peers, &store, wait, &tx, &estimates, &mut handovers, counted).await
+                fetch(&info, path, &peers, &store, &tx, &estimates, &mut handovers, counted).await
             };
             let stored = tokio::select! {
                 stored = work => stored,
@@ -320,29 +333,22 @@ impl Prefetcher {
     }
 }
 
-/// One prefetch: find the peers, fetch the NAR from its end backwards
-/// into memory, then store it whole (the store checks it). True if it is
-/// stored. A request on `handovers` gets what has come and the transfer
+/// One prefetch, its providers found: fetch the NAR from its end
+/// backwards into memory, then store it whole (the store checks it). True
+/// if it is stored. A request on `handovers` gets what has come and the transfer
 /// going on, and ends the prefetch. Its rate feeds the peers' estimate.
 #[allow(clippy::too_many_arguments)]
 async fn fetch(
     info: &NarInfo,
+    path: PeerPath,
     peers: &PeerSource,
     store: &AsyncStore,
-    wait: Duration,
     progress: &watch::Sender<State>,
     estimates: &Estimates,
     handovers: &mut mpsc::Receiver<oneshot::Sender<TailStream>>,
     before_commit: impl FnOnce(),
 ) -> bool {
     let hash = info.store_path.hash();
-    let path = tokio::select! {
-        p = peers.path_for(info, wait) => p,
-        _ = handovers.recv() => return false,
-    };
-    let Some(path) = path else {
-        return false;
-    };
     if store.contains(hash).await.unwrap_or(true) {
         return false;
     }
@@ -356,7 +362,10 @@ async fn fetch(
         tokio::select! {
             piece = stream.next() => match piece {
                 Some(Ok((at, chunk))) => {
-                    first.get_or_insert_with(tokio::time::Instant::now);
+                    first.get_or_insert_with(|| {
+                        tracing::debug!(%hash, bytes = chunk.len(), "prefetch: first bytes");
+                        tokio::time::Instant::now()
+                    });
                     done += chunk.len() as u64;
                     progress.send_replace(State::Running(done));
                     got.push((at, chunk));
