@@ -18,8 +18,10 @@
 pub mod dht;
 pub mod error;
 pub mod file_source;
+pub mod guard;
 pub mod metrics;
 pub mod nar;
+pub mod outbound;
 pub mod peers;
 pub mod pin;
 pub mod range;
@@ -60,6 +62,9 @@ pub struct GatewayOptions {
     pub lookup_budget: Duration,
     /// Where NAR bytes come from: offload, hedge, tail budget, prefetch.
     pub nar: NarSettings,
+    /// Host names requests may use besides IP addresses and `localhost`
+    /// (see [`guard`]).
+    pub allowed_hosts: guard::AllowedHosts,
 }
 
 impl Default for GatewayOptions {
@@ -70,6 +75,7 @@ impl Default for GatewayOptions {
             keep_fetched: true,
             lookup_budget: Duration::ZERO,
             nar: NarSettings::default(),
+            allowed_hosts: guard::AllowedHosts::default(),
         }
     }
 }

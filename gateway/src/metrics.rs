@@ -62,6 +62,9 @@ pub struct Metrics {
     pub registry: Registry,
     pub requests: Family<RequestLabels, Counter>,
     pub responses: Family<StatusLabels, Counter>,
+    /// Requests refused because a web page could have sent them
+    /// (see [`crate::guard`]).
+    pub refused_requests: Counter,
     pub bytes: Family<SourceLabels, Counter>,
     pub upstream_bytes: Family<UpstreamLabels, Counter>,
     pub latency: Family<RouteLabels, Histogram>,
@@ -175,6 +178,12 @@ impl Metrics {
             "Gateway answers by HTTP status code",
             responses.clone(),
         );
+        let refused_requests = Counter::default();
+        registry.register(
+            "gateway_refused_requests",
+            "Requests refused for a Host, Origin or Sec-Fetch-Site a web page would send",
+            refused_requests.clone(),
+        );
         let bytes = Family::<SourceLabels, Counter>::default();
         let upstream_bytes = Family::<UpstreamLabels, Counter>::default();
         let latency = Family::<RouteLabels, Histogram>::new_with_constructor(|| {
@@ -263,6 +272,7 @@ impl Metrics {
             registry,
             requests,
             responses,
+            refused_requests,
             bytes,
             upstream_bytes,
             latency,

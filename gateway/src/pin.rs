@@ -3,10 +3,10 @@
 //! Only in cache mode: other modes keep nothing fetched.
 //!
 //! A web page the user visits can send simple requests to 127.0.0.1 (a
-//! bodiless `POST` needs no CORS preflight), so both routes require the
-//! [`WRITE_HEADER`] header, which makes any cross-site request need a
-//! preflight that the gateway never grants, and refuse an `Origin` other
-//! than the gateway's own.
+//! bodiless `POST` needs no CORS preflight). Every route refuses what a
+//! page on another site or a rebound name sends ([`crate::guard`]); these
+//! also require the [`WRITE_HEADER`] header, which a browser sends
+//! cross-site only after a CORS preflight that the gateway never grants.
 
 use std::sync::Arc;
 
@@ -28,17 +28,6 @@ fn same_origin_write(headers: &HeaderMap) -> Result<(), GatewayError> {
         return Err(GatewayError::Forbidden(
             "pinning needs the x-nixswarm-request header (use `nixswarm pin`)",
         ));
-    }
-    if let Some(origin) = headers.get(header::ORIGIN) {
-        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
-        let own = origin
-            .to_str()
-            .ok()
-            .and_then(|o| o.strip_prefix("http://"))
-            .is_some_and(|o| !host.is_empty() && o == host);
-        if !own {
-            return Err(GatewayError::Forbidden("cross-origin requests may not pin or unpin"));
-        }
     }
     Ok(())
 }

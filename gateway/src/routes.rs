@@ -41,6 +41,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/log/{drv}", get(log))
         .route("/{file}", get(by_name))
         .fallback(|| async { GatewayError::NotFound })
+        .layer(axum::middleware::from_fn_with_state(state.clone(), crate::guard::guard))
         .layer(axum::middleware::map_response_with_state(state.clone(), count_status))
         .with_state(state)
 }

@@ -1,5 +1,6 @@
 //! An upstream binary cache over HTTP(S): cache.nixos.org by default.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_compression::tokio::bufread::{BzDecoder, XzDecoder, ZstdDecoder};
@@ -32,11 +33,18 @@ pub struct Upstream {
     timeout: Duration,
 }
 
-/// Builds the shared HTTP client for upstreams.
-pub fn http_client(connect_timeout: Duration, read_timeout: Duration) -> reqwest::Result<reqwest::Client> {
+/// Builds the shared HTTP client for the `upstreams`: redirects only
+/// where [`crate::outbound`] allows them.
+pub fn http_client(
+    connect_timeout: Duration,
+    read_timeout: Duration,
+    upstreams: &[Url],
+) -> reqwest::Result<reqwest::Client> {
     reqwest::Client::builder()
         .connect_timeout(connect_timeout)
         .read_timeout(read_timeout)
+        .redirect(crate::outbound::redirects())
+        .dns_resolver(Arc::new(crate::outbound::PublicOnly::new(upstreams)))
         .user_agent(concat!("nixswarm/", env!("CARGO_PKG_VERSION")))
         .build()
 }

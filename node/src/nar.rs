@@ -52,6 +52,25 @@ pub fn changed(rel: &Path) -> io::Error {
     )
 }
 
+/// Opens a file of a store path for reading, only if it is a regular file
+/// now: not through a symlink in its last component, and never waiting on
+/// a FIFO or device swapped in since it was listed (`O_NONBLOCK` makes
+/// opening one return at once; the type is then checked on the open file).
+pub fn open_regular(path: &Path) -> io::Result<fs::File> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)?;
+    if !f.metadata()?.file_type().is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{} is no longer a regular file", path.display()),
+        ));
+    }
+    Ok(f)
+}
+
 /// Zero bytes padding a string of `len` bytes to a multiple of 8.
 pub fn padding(len: u64) -> &'static [u8] {
     let rem = (len % 8) as usize;
@@ -93,7 +112,7 @@ fn node(path: &Path, rel: &mut PathBuf, out: &mut impl NarSink) -> io::Result<()
         put_str(out, b"contents")?;
         let len = meta.len();
         out.framing(&len.to_le_bytes())?;
-        out.contents(rel, fs::File::open(path)?, len)?;
+        out.contents(rel, open_regular(path)?, len)?;
         out.framing(padding(len))?;
     } else if ft.is_dir() {
         put_str(out, b"directory")?;

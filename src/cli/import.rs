@@ -54,7 +54,11 @@ pub fn run(args: &ImportArgs) -> Result<()> {
                 (Arc::new(fs), Some(all))
             }
             "http" | "https" => {
-                let client = http_client(Duration::from_secs(10), Duration::from_secs(60))?;
+                let client = http_client(
+                    Duration::from_secs(10),
+                    Duration::from_secs(60),
+                    std::slice::from_ref(&url),
+                )?;
                 (
                     Arc::new(Upstream::new(&url, client, Duration::from_secs(30)).map_err(anyhow::Error::msg)?),
                     None,

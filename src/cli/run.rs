@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
 use clap::Args;
+use nixswarm_gateway::guard::AllowedHosts;
 use nixswarm_gateway::{Gateway, GatewayOptions, NarSettings, PeerSource, PeerWait, Source, Upstream, http_client};
 use nixswarm_node::installed::{InstalledOptions, InstalledStore, NixDb};
 use nixswarm_node::p2p::{DhtMode, FetchSettings, Fetcher, load_or_create_key};
@@ -163,7 +164,8 @@ async fn serve(eff: Effective, hooks: TestHooks) -> Result<()> {
     });
 
     let up = &eff.config.upstream;
-    let client = http_client(up.connect_timeout, Duration::from_secs(60)).context("building the HTTP client")?;
+    let client =
+        http_client(up.connect_timeout, Duration::from_secs(60), &eff.upstreams).context("building the HTTP client")?;
     let upstreams = eff
         .upstreams
         .iter()
@@ -219,6 +221,7 @@ async fn serve(eff: Effective, hooks: TestHooks) -> Result<()> {
             hedge_after: eff.config.p2p.hedge_after,
             ..NarSettings::default()
         },
+        allowed_hosts: AllowedHosts::new(eff.config.gateway.allowed_hosts.iter().cloned()),
     };
     let mut gateway = Gateway::new(
         store,
@@ -239,6 +242,14 @@ async fn serve(eff: Effective, hooks: TestHooks) -> Result<()> {
         .await
         .with_context(|| format!("binding the gateway to {listen} (is another nixswarm running?)"))?;
     let addr = listener.local_addr().context("reading the gateway address")?;
+    if !addr.ip().is_loopback() {
+        tracing::warn!(
+            %addr,
+            "the gateway listens beyond this machine: anyone who can reach {addr} can read what this \
+             machine has cached and make it fetch and keep paths (gateway.listen = \"127.0.0.1:37515\" keeps \
+             it local)"
+        );
+    }
     tracing::info!(data_dir = %eff.data_dir.display(), upstreams = ?eff.config.upstream.urls, "started");
     // The last start-up line on stdout, for scripts and tests on port 0.
     println!("nixswarm gateway listening on http://{addr}");

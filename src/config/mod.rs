@@ -219,6 +219,8 @@ pub struct GatewaySection {
     /// How long a path no source has is answered 404 without asking again.
     #[serde(with = "humantime_serde")]
     pub negative_ttl: Duration,
+    /// Host names requests may use besides IP addresses and `localhost`.
+    pub allowed_hosts: Vec<String>,
 }
 
 /// `[upstream]`
@@ -259,6 +261,7 @@ impl Default for GatewaySection {
                 .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 37515))),
             priority: 30,
             negative_ttl: Duration::from_secs(30),
+            allowed_hosts: Vec::new(),
         }
     }
 }
@@ -555,6 +558,13 @@ impl Config {
             bail!("store.amount is 0: nothing could be stored");
         }
         self.donor.check()?;
+        for h in &self.gateway.allowed_hosts {
+            if nixswarm_gateway::guard::host_name(h).as_deref() != Some(h.to_ascii_lowercase().as_str())
+                || h.contains(':')
+            {
+                bail!("gateway.allowed-hosts: {h:?} is not a host name (no port, no brackets)");
+            }
+        }
         let store_dir = self.store.location.clone().unwrap_or_else(|| data_dir.join("store"));
         let multiaddrs = |what: &str, list: &[String]| -> Result<Vec<Multiaddr>> {
             list.iter()
@@ -649,6 +659,14 @@ mod tests {
         c.upstream.trusted_keys = vec!["nonsense".into()];
         assert!(format!("{:#}", c.clone().resolve().unwrap_err()).contains("NAME:BASE64"));
         c.upstream.trusted_keys.clear();
-        assert!(c.resolve().unwrap_err().to_string().contains("no trusted keys"));
+        assert!(c.clone().resolve().unwrap_err().to_string().contains("no trusted keys"));
+        c.upstream.urls.clear();
+        for bad in ["cache.lan:80", "[::1]", "", "a b"] {
+            c.gateway.allowed_hosts = vec![bad.into()];
+            let err = c.clone().resolve().unwrap_err().to_string();
+            assert!(err.contains("allowed-hosts"), "{bad:?}: {err}");
+        }
+        c.gateway.allowed_hosts = vec!["Cache.LAN".into()];
+        c.clone().resolve().unwrap();
     }
 }

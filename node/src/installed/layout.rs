@@ -140,7 +140,7 @@ impl Layout {
                     } else {
                         root.join(rel)
                     };
-                    let mut f = fs::File::open(&path)?;
+                    let mut f = crate::nar::open_regular(&path)?;
                     f.seek(SeekFrom::Start(from))?;
                     let want = (to - from) as usize;
                     let before = out.len();
@@ -291,5 +291,35 @@ mod tests {
         let layout = rec.layout;
         fs::write(&root, vec![7u8; 10]).unwrap();
         assert!(layout.read(&root, 0, layout.size()).is_err());
+    }
+
+    /// A file swapped for a FIFO (whose open would wait for a writer
+    /// forever) or for a symlink after indexing: the read fails at once.
+    #[test]
+    fn a_file_swapped_for_a_fifo_or_a_symlink_fails_without_waiting() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("p");
+        fs::create_dir(&root).unwrap();
+        fs::write(root.join("f"), vec![7u8; 1000]).unwrap();
+        let mut rec = Recorder::new(|_: &[u8]| Ok(()));
+        crate::nar::dump_to(&root, &mut rec).unwrap();
+        let layout = rec.layout;
+        let secret = dir.path().join("secret");
+        fs::write(&secret, vec![7u8; 1000]).unwrap();
+        for swap in ["fifo", "symlink"] {
+            fs::remove_file(root.join("f")).unwrap();
+            if swap == "fifo" {
+                let c = std::ffi::CString::new(root.join("f").as_os_str().as_bytes()).unwrap();
+                // SAFETY: a valid NUL-terminated path.
+                assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+            } else {
+                std::os::unix::fs::symlink(&secret, root.join("f")).unwrap();
+            }
+            let (tx, rx) = std::sync::mpsc::channel();
+            let (l, r) = (layout.clone(), root.clone());
+            std::thread::spawn(move || tx.send(l.read(&r, 0, l.size()).is_err()));
+            let failed = rx.recv_timeout(std::time::Duration::from_secs(10));
+            assert_eq!(failed, Ok(true), "{swap}: the read waited or succeeded");
+        }
     }
 }

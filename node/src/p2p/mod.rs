@@ -15,6 +15,7 @@ mod discover;
 mod fetch;
 mod in_flight;
 mod inline;
+mod key;
 mod liar;
 mod links;
 pub mod proven;
@@ -46,6 +47,7 @@ pub use book::Found;
 pub use codec::{PROTOCOL, PROTOCOL_V2, TransferCodec};
 pub use discover::{Discovery, DiscoverySettings};
 pub use fetch::{FetchSettings, Fetcher, PeerPath, TailStream};
+pub use key::load_or_create_key;
 pub use liar::Lie;
 pub use ratelimit::RateLimiter;
 pub use schedule::ScheduleSettings;
@@ -380,42 +382,6 @@ impl NodeHandle {
     /// Dials an address.
     pub async fn dial(&self, addr: Multiaddr) -> Result<(), NodeError> {
         self.send(Command::Dial { addr }).await
-    }
-}
-
-/// Loads the node key from `path`, creating it (mode 0600) if missing.
-pub fn load_or_create_key(path: &Path) -> Result<identity::Keypair, NodeError> {
-    let err = |message: String| NodeError::Key {
-        path: path.display().to_string(),
-        message,
-    };
-    match std::fs::read(path) {
-        Ok(bytes) => identity::Keypair::from_protobuf_encoding(&bytes).map_err(|e| err(e.to_string())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let key = identity::Keypair::generate_ed25519();
-            let bytes = key.to_protobuf_encoding().map_err(|e| err(e.to_string()))?;
-            if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
-            }
-            let tmp = path.with_extension("tmp");
-            {
-                use std::io::Write as _;
-                use std::os::unix::fs::OpenOptionsExt as _;
-                let mut f = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create(true)
-                    .truncate(true)
-                    .mode(0o600)
-                    .open(&tmp)
-                    .map_err(|e| err(e.to_string()))?;
-                f.write_all(&bytes)
-                    .and_then(|()| f.sync_all())
-                    .map_err(|e| err(e.to_string()))?;
-            }
-            std::fs::rename(&tmp, path).map_err(|e| err(e.to_string()))?;
-            Ok(key)
-        }
-        Err(e) => Err(err(e.to_string())),
     }
 }
 
