@@ -12,47 +12,13 @@ use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
+use nixswarm_protocol::ip::is_public;
 use reqwest::Url;
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use reqwest::redirect::{Attempt, Policy};
 
 /// Redirects followed for one request, at most.
 pub const MAX_REDIRECTS: usize = 5;
-
-/// True for an address on the public internet: not loopback, private,
-/// shared (CGNAT), link-local, multicast, unspecified, documentation or
-/// reserved, nor an IPv6 form of one (IPv4-mapped, unique local).
-pub fn is_public(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => {
-            let [a, b, ..] = v4.octets();
-            !(v4.is_loopback()
-                || v4.is_private()
-                || v4.is_link_local()
-                || v4.is_multicast()
-                || v4.is_broadcast()
-                || v4.is_documentation()
-                || a == 0
-                || a >= 240
-                || (a == 100 && (64..128).contains(&b))
-                || (a == 192 && b == 0 && v4.octets()[2] == 0)
-                || (a == 198 && (18..20).contains(&b)))
-        }
-        IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return is_public(IpAddr::V4(v4));
-            }
-            let first = v6.segments()[0];
-            !(v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                || (first & 0xfe00) == 0xfc00
-                || (first & 0xffc0) == 0xfe80
-                || first == 0x2001 && v6.segments()[1] == 0x0db8
-                || (first == 0x0064 && v6.segments()[1] == 0xff9b))
-        }
-    }
-}
 
 /// Why a redirect from an upstream's `from` to `to` is not followed, if
 /// it is not.
@@ -134,39 +100,6 @@ mod tests {
 
     fn url(s: &str) -> Url {
         s.parse().unwrap()
-    }
-
-    #[test]
-    fn addresses_of_this_machine_and_its_networks_are_not_public() {
-        for ip in [
-            "127.0.0.1",
-            "10.1.2.3",
-            "172.16.0.1",
-            "192.168.1.1",
-            "169.254.1.1",
-            "100.64.0.1",
-            "0.0.0.0",
-            "0.1.2.3",
-            "240.0.0.1",
-            "255.255.255.255",
-            "224.0.0.1",
-            "198.18.0.1",
-            "::1",
-            "::",
-            "fc00::1",
-            "fd12::1",
-            "fe80::1",
-            "ff02::1",
-            "::ffff:127.0.0.1",
-            "::ffff:192.168.0.1",
-            "64:ff9b::7f00:1",
-            "2001:db8::1",
-        ] {
-            assert!(!is_public(ip.parse().unwrap()), "{ip}");
-        }
-        for ip in ["1.1.1.1", "151.101.2.217", "2a04:4e42::217", "::ffff:1.1.1.1"] {
-            assert!(is_public(ip.parse().unwrap()), "{ip}");
-        }
     }
 
     #[test]

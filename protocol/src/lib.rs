@@ -15,6 +15,7 @@
 pub mod cache_info;
 pub mod content_address;
 pub mod hash;
+pub mod ip;
 pub mod manifest;
 pub mod nar_check;
 pub mod narinfo;

@@ -16,6 +16,7 @@ mod fetch;
 mod in_flight;
 mod inline;
 mod key;
+mod known;
 mod liar;
 mod links;
 pub mod proven;
@@ -83,25 +84,16 @@ pub enum DhtMode {
     Client,
 }
 
-/// True for an address others outside this machine's LAN could dial: not
-/// loopback, private, link-local, shared (CGNAT) or unspecified.
+/// True for an address others outside this machine's LAN could dial: a
+/// DNS name, or an IP address on the public internet
+/// ([`nixswarm_protocol::ip::is_public`]: no loopback, private, shared,
+/// link-local, multicast or reserved address, nor an IPv6 form of one).
 pub fn is_global(addr: &Multiaddr) -> bool {
     use libp2p::multiaddr::Protocol;
+    use nixswarm_protocol::ip::is_public;
     match addr.iter().next() {
-        Some(Protocol::Ip4(ip)) => {
-            let [a, b, ..] = ip.octets();
-            !(ip.is_loopback()
-                || ip.is_private()
-                || ip.is_link_local()
-                || ip.is_unspecified()
-                || ip.is_broadcast()
-                || ip.is_documentation()
-                || (a == 100 && (64..128).contains(&b)))
-        }
-        Some(Protocol::Ip6(ip)) => {
-            let first = ip.segments()[0];
-            !(ip.is_loopback() || ip.is_unspecified() || (first & 0xfe00) == 0xfc00 || (first & 0xffc0) == 0xfe80)
-        }
+        Some(Protocol::Ip4(ip)) => is_public(ip.into()),
+        Some(Protocol::Ip6(ip)) => is_public(ip.into()),
         Some(Protocol::Dns(_) | Protocol::Dns4(_) | Protocol::Dns6(_)) => true,
         _ => false,
     }
@@ -237,6 +229,9 @@ pub struct NodeStatus {
     pub dht_server: bool,
     pub provided_keys: usize,
     pub provider_records: usize,
+    /// Addresses Kademlia's routing table holds, over all its peers (at
+    /// most a few per peer: see `known.rs`).
+    pub routing_addresses: usize,
     /// Provider records other nodes sent that were not kept (malformed, or
     /// over a quota, a rate or a cap).
     pub records_refused: u64,
@@ -494,6 +489,7 @@ impl Node {
         };
         let mut actor = actor::Actor::new(swarm, rx, inbound_tx, stats, cancel.clone(), config.bootstrap.clone());
         actor.announce_private = config.announce_private;
+        actor.known = known::KnownAddrs::new(config.announce_private);
         actor.dht_auto = config.server && config.dht == DhtMode::Auto;
         actor.contributing = config.server;
         tokio::spawn(actor.run());

@@ -29,12 +29,11 @@ use super::behaviour::{Behaviour, BehaviourEvent};
 /// stream of its connection in use (`max_streams`; libp2p-request-response
 /// 0.30, `handler.rs`).
 const STREAMS_FULL: &str = "max sub-streams reached";
+use super::known::{KnownAddrs, Source};
 use super::links::Links;
 use super::relays::Relays;
 use super::{NodeStats, NodeStatus, ProviderInfo};
 
-/// Peers whose addresses the actor keeps for dialling.
-const MAX_KNOWN_PEERS: usize = 8192;
 /// How long a request waits for a direct connection to its peer (a dial,
 /// or hole punching through a relayed connection) before it fails and the
 /// fetcher moves on.
@@ -112,7 +111,8 @@ pub(super) struct Actor {
     provides: HashMap<QueryId, oneshot::Sender<()>>,
     finds: HashMap<QueryId, (mpsc::Sender<PeerId>, HashSet<PeerId>)>,
     requests: HashMap<OutboundRequestId, Reply>,
-    addresses: HashMap<PeerId, Vec<Multiaddr>>,
+    /// The addresses kept for each peer (and given to Kademlia).
+    pub known: KnownAddrs,
     /// Answers being written, and who waits for each to be.
     writing: HashMap<InboundRequestId, oneshot::Sender<()>>,
     /// AutoNAT found an address candidate undialable.
@@ -151,7 +151,7 @@ impl Actor {
             provides: HashMap::new(),
             finds: HashMap::new(),
             requests: HashMap::new(),
-            addresses: HashMap::new(),
+            known: KnownAddrs::new(false),
             writing: HashMap::new(),
             unreachable: false,
             announce_private: false,
@@ -274,6 +274,13 @@ impl Actor {
                     dht_server: reach.dht_server,
                     provided_keys: self.swarm.behaviour_mut().kad.store_mut().provided_count(),
                     provider_records: self.swarm.behaviour_mut().kad.store_mut().provider_records(),
+                    routing_addresses: self
+                        .swarm
+                        .behaviour_mut()
+                        .kad
+                        .kbuckets()
+                        .map(|b| b.iter().map(|e| e.node.value.len()).sum::<usize>())
+                        .sum(),
                     records_refused: {
                         let r = self.swarm.behaviour_mut().kad.store_mut().refused();
                         r.malformed + r.over_limit
@@ -289,23 +296,22 @@ impl Actor {
         }
     }
 
-    fn learn(&mut self, peer: PeerId, addrs: impl IntoIterator<Item = Multiaddr>) {
-        if !self.addresses.contains_key(&peer) && self.addresses.len() >= MAX_KNOWN_PEERS {
-            // Full (many identities): forget the peers not connected now.
-            let swarm = &self.swarm;
-            self.addresses.retain(|p, _| swarm.is_connected(p));
-            if self.addresses.len() >= MAX_KNOWN_PEERS {
-                return;
-            }
+    /// Keeps what is worth keeping of `addrs` for `peer` (see
+    /// [`KnownAddrs`]) and tells Kademlia what changed: it never holds
+    /// more of a peer's addresses than the book does.
+    fn learn(&mut self, peer: PeerId, source: Source, addrs: impl IntoIterator<Item = Multiaddr>) {
+        let swarm = &self.swarm;
+        let change = self
+            .known
+            .learn(peer, source, addrs, Instant::now(), |p| swarm.is_connected(p));
+        let kad = &mut self.swarm.behaviour_mut().kad;
+        // Added first: removing a peer's last address drops it from the table.
+        for a in change.added {
+            kad.add_address(&peer, a);
         }
-        let known = self.addresses.entry(peer).or_default();
-        for a in addrs {
-            if !known.contains(&a) {
-                known.push(a.clone());
-                self.swarm.behaviour_mut().kad.add_address(&peer, a);
-            }
+        for a in &change.removed {
+            kad.remove_address(&peer, a);
         }
-        known.truncate(16);
     }
 
     fn on_swarm_event(&mut self, ev: SwarmEvent<BehaviourEvent>) {
@@ -332,7 +338,7 @@ impl Actor {
                 if endpoint.is_dialer() && !relayed {
                     let addr = endpoint.get_remote_address().clone();
                     self.dialed.insert(connection_id, addr.clone());
-                    self.learn(peer_id, [addr]);
+                    self.learn(peer_id, Source::Dialed, [addr]);
                 }
             }
             SwarmEvent::ConnectionClosed {
@@ -362,7 +368,7 @@ impl Actor {
             })) => {
                 // Without this, inbound peers never enter the routing table.
                 if info.protocols.contains(&super::behaviour::KAD_PROTOCOL) {
-                    self.learn(peer_id, info.listen_addrs);
+                    self.learn(peer_id, Source::Claimed, info.listen_addrs);
                 }
                 if info.protocols.iter().any(|p| p.as_ref() == RELAY_HOP)
                     && let Some(addr) = self.dialed.get(&connection_id)
@@ -374,7 +380,7 @@ impl Actor {
             }
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(list))) => {
                 for (peer, addr) in list {
-                    self.learn(peer, [addr]);
+                    self.learn(peer, Source::Lan, [addr]);
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::RoutingUpdated { is_new_peer: true, .. })) => {

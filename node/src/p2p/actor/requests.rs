@@ -31,7 +31,7 @@ impl Actor {
             return;
         }
         if !connected {
-            let addrs = self.addresses.get(&peer).cloned().unwrap_or_default();
+            let addrs = self.known.get(&peer);
             let opts = DialOpts::peer_id(peer)
                 .condition(PeerCondition::DisconnectedAndNotDialing)
                 .addresses(addrs)
