@@ -15,6 +15,7 @@ use nixswarm_node::p2p::records::Limits;
 use nixswarm_node::p2p::{DiscoverySettings, FetchSettings, Fetcher, Lie};
 use nixswarm_node::{NodeHandle, NodeStatus};
 use nixswarm_protocol::StorePathHash;
+use nixswarm_protocol::wire::{Request, Response};
 
 /// A fetcher that finds providers through the DHT only: no connected peer
 /// is asked whether it has the path.
@@ -231,4 +232,48 @@ async fn a_withdrawn_path_leaves_other_nodes_within_the_ttl_and_a_kept_one_stays
         providers.is_empty(),
         "the DHT no longer lists a provider: {providers:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_peers_lookups_cannot_take_every_slot() {
+    // Node 1 holds a path. Node 0 floods it with lookups, 32 at once (as
+    // many as a node sends one peer), round after round; node 2 looks the
+    // path up meanwhile. Lookups are limited per peer like chunk requests:
+    // the flooder gets `Busy` beyond its share, the other peer an answer.
+    let nodes = swarm(3, |_, _| {}).await;
+    nodes[1].put(9, &nar(9, 10_000));
+    let holder = nodes[1].node.handle.peer_id();
+    let (flooder, honest) = (nodes[0].node.handle.clone(), nodes[2].node.handle.clone());
+    for h in [&flooder, &honest] {
+        let h = h.clone();
+        wait(|| {
+            let h = h.clone();
+            async move {
+                matches!(
+                    h.request(holder, Request::PathInfo { hash: hash(9) }).await,
+                    Ok(Response::PathInfo { .. })
+                )
+            }
+        })
+        .await;
+    }
+    let (mut busy, mut answered) = (0, 0);
+    for _ in 0..20 {
+        let (flood, mine) = tokio::join!(
+            futures::future::join_all((0..32).map(|_| flooder.request(holder, Request::PathInfo { hash: hash(9) }))),
+            honest.request(holder, Request::PathInfo { hash: hash(9) }),
+        );
+        busy += flood.iter().filter(|a| matches!(a, Ok(Response::Busy))).count();
+        answered += flood
+            .iter()
+            .filter(|a| matches!(a, Ok(Response::PathInfo { .. })))
+            .count();
+        assert!(
+            matches!(mine, Ok(Response::PathInfo { .. })),
+            "the other peer's lookup: {mine:?}"
+        );
+    }
+    eprintln!("of 640 flooded lookups {answered} answered, {busy} refused busy");
+    assert!(busy > 0, "the flooder's lookups were never limited");
+    assert!(answered > 0);
 }

@@ -326,6 +326,8 @@ impl Fetcher {
                 0
             };
             let slot = (room > 0).then(|| InFlight::try_small(&self.load, peer)).flatten();
+            // A lookup without chunks takes one of the peer's lookup slots.
+            let load = slot.is_none().then(|| self.load.clone());
             let request = match &slot {
                 Some(slot) => Request::PathInline {
                     hash,
@@ -336,8 +338,12 @@ impl Fetcher {
             };
             Box::pin(async move {
                 tokio::time::sleep(delay).await;
+                let lookup = match &load {
+                    Some(l) => Some(l.lookup_slot(peer).await),
+                    None => None,
+                };
                 let answer = h.request(peer, request).await;
-                drop(slot);
+                drop((slot, lookup));
                 (peer, answer)
             })
         };

@@ -19,6 +19,12 @@ use super::wire_mode::{Ticket, WireModes};
 
 /// Chunk requests a node answers at once for one peer (and a fetcher asks).
 pub const MAX_PER_PEER: usize = 8;
+/// Lookups (narinfo and manifest, no chunks) a node answers at once for
+/// one peer (and a fetcher asks).
+pub const MAX_LOOKUPS_PER_PEER: usize = 16;
+/// `Have` batches a node answers at once for one peer (a fetcher's
+/// discovery has at most 8 in flight in all).
+pub const MAX_HAVE_PER_PEER: usize = 8;
 /// Peers with slots remembered; idle ones are forgotten beyond this.
 const MAX_PEERS: usize = 1024;
 
@@ -27,22 +33,35 @@ const MAX_PEERS: usize = 1024;
 pub struct PeerLoad {
     modes: Mutex<WireModes>,
     slots: Mutex<HashMap<PeerId, Arc<Semaphore>>>,
+    lookups: Mutex<HashMap<PeerId, Arc<Semaphore>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// `peer`'s semaphore of `n` permits in `map` (idle peers forgotten when
+/// the map is full).
+fn per_peer(map: &Mutex<HashMap<PeerId, Arc<Semaphore>>>, peer: PeerId, n: usize) -> Arc<Semaphore> {
+    let mut map = lock(map);
+    if map.len() >= MAX_PEERS && !map.contains_key(&peer) {
+        map.retain(|_, s| s.available_permits() < n);
+    }
+    map.entry(peer).or_insert_with(|| Arc::new(Semaphore::new(n))).clone()
+}
+
 impl PeerLoad {
     fn slots(&self, peer: PeerId) -> Arc<Semaphore> {
-        let mut slots = lock(&self.slots);
-        if slots.len() >= MAX_PEERS && !slots.contains_key(&peer) {
-            slots.retain(|_, s| s.available_permits() < MAX_PER_PEER);
-        }
-        slots
-            .entry(peer)
-            .or_insert_with(|| Arc::new(Semaphore::new(MAX_PER_PEER)))
-            .clone()
+        per_peer(&self.slots, peer, MAX_PER_PEER)
+    }
+
+    /// One of `peer`'s lookup slots, waited for: a provider answers
+    /// [`MAX_LOOKUPS_PER_PEER`] at once and says `Busy` to more.
+    pub async fn lookup_slot(&self, peer: PeerId) -> OwnedSemaphorePermit {
+        per_peer(&self.lookups, peer, MAX_LOOKUPS_PER_PEER)
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed")
     }
 }
 

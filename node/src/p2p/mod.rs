@@ -232,8 +232,9 @@ pub struct NodeStatus {
     /// Addresses Kademlia's routing table holds, over all its peers (at
     /// most a few per peer: see `known.rs`).
     pub routing_addresses: usize,
-    /// Provider records other nodes sent that were not kept (malformed, or
-    /// over a quota, a rate or a cap).
+    /// Records other nodes sent that were not kept: provider records
+    /// malformed or over a quota, a rate or a cap, and value records
+    /// (nixswarm uses none).
     pub records_refused: u64,
     pub bytes_served: u64,
     pub bytes_fetched: u64,

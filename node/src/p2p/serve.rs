@@ -16,13 +16,41 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::actor::{Command, Inbound};
-use super::in_flight::MAX_PER_PEER;
+use super::in_flight::{MAX_HAVE_PER_PEER, MAX_LOOKUPS_PER_PEER, MAX_PER_PEER};
 use super::liar::Liar;
 use super::{NodeHandle, RateLimiter};
 use crate::shelf::Shelves;
 
-/// Requests answered at once, in total.
-const MAX_CONCURRENT: usize = 32;
+/// Requests answered at once, in total: more than one peer may take
+/// (`MAX_PER_PEER` + `MAX_LOOKUPS_PER_PEER` + `MAX_HAVE_PER_PEER`).
+const MAX_CONCURRENT: usize = 64;
+
+/// The kinds of request counted per peer, each with its own limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Kind {
+    /// May carry chunks: the upload.
+    Chunks,
+    Lookup,
+    Have,
+}
+
+impl Kind {
+    fn of(request: &Request) -> Self {
+        match request {
+            Request::Chunks { .. } | Request::PathInline { max: 1.., .. } => Self::Chunks,
+            Request::PathInfo { .. } | Request::PathInline { .. } => Self::Lookup,
+            Request::Have { .. } => Self::Have,
+        }
+    }
+
+    fn limit(self) -> usize {
+        match self {
+            Self::Chunks => MAX_PER_PEER,
+            Self::Lookup => MAX_LOOKUPS_PER_PEER,
+            Self::Have => MAX_HAVE_PER_PEER,
+        }
+    }
+}
 
 /// Builds the answer to one request (blocking: reads the shelves). `liar`
 /// is honest except in test builds (feature `test-hooks`) that make this
@@ -185,7 +213,7 @@ pub(super) async fn run(
 ) {
     let slots = Arc::new(Semaphore::new(MAX_CONCURRENT));
     let budget = Arc::new(Semaphore::new(MAX_BYTES_HELD / UNIT));
-    let per_peer: Arc<Mutex<HashMap<PeerId, usize>>> = Arc::default();
+    let per_peer: Arc<Mutex<HashMap<(PeerId, Kind), usize>>> = Arc::default();
     loop {
         let inb = tokio::select! {
             () = cancel.cancelled() => return,
@@ -195,16 +223,13 @@ pub(super) async fn run(
             liar.park(inb.channel);
             continue;
         }
-        // Path lookups are small database reads; only requests that may
-        // carry chunks (the upload) are limited per peer.
-        let counted = matches!(
-            inb.request,
-            Request::Chunks { .. } | Request::PathInline { max: 1.., .. }
-        );
-        let busy = counted && {
+        // Every kind of request is limited per peer, so that no peer's
+        // requests (cheap lookups included) take every slot.
+        let kind = Kind::of(&inb.request);
+        let busy = {
             let mut m = per_peer.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            let n = m.entry(inb.peer).or_insert(0);
-            if *n >= MAX_PER_PEER {
+            let n = m.entry((inb.peer, kind)).or_insert(0);
+            if *n >= kind.limit() {
                 true
             } else {
                 *n += 1;
@@ -268,14 +293,11 @@ pub(super) async fn run(
                 drop(held);
             }
             drop(slot);
-            if !counted {
-                return;
-            }
             let mut m = per_peer.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            if let Some(n) = m.get_mut(&peer) {
+            if let Some(n) = m.get_mut(&(peer, kind)) {
                 *n -= 1;
                 if *n == 0 {
-                    m.remove(&peer);
+                    m.remove(&(peer, kind));
                 }
             }
         });

@@ -283,7 +283,7 @@ impl Actor {
                         .sum(),
                     records_refused: {
                         let r = self.swarm.behaviour_mut().kad.store_mut().refused();
-                        r.malformed + r.over_limit
+                        r.malformed + r.over_limit + r.values
                     },
                     bytes_served: self.stats.bytes_served.load(Ordering::Relaxed),
                     bytes_fetched: self.stats.bytes_fetched.load(Ordering::Relaxed),

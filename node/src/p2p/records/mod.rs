@@ -8,13 +8,14 @@
 //! the swarm task never waits on a write, and a flood costs no I/O. Other
 //! nodes re-announce within the record TTL, and every key is held by up to
 //! 20 nodes, so a restart loses nothing the swarm cannot rebuild (ARCHITECTURE.md).
-//! Value records are not used by nixswarm and are kept in a small map so
-//! the behaviour still works.
+//! Value records are not used by nixswarm and are refused: a peer could
+//! otherwise make every node keep (and Kademlia re-publish each hour) up
+//! to a thousand records of 16 KiB that nothing reads.
 
 pub mod index;
 
 use std::borrow::Cow;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,8 +28,6 @@ use super::proven::Proven;
 
 pub use self::index::Limits;
 
-/// Value records kept (unused by nixswarm).
-const MAX_VALUE_RECORDS: usize = 1024;
 /// Keys the sweep looks at per call.
 pub const SWEEP_BUDGET: usize = 2000;
 
@@ -39,6 +38,8 @@ pub struct Refused {
     pub malformed: u64,
     /// Over a quota, a rate or a cap.
     pub over_limit: u64,
+    /// Value records (nixswarm uses none).
+    pub values: u64,
 }
 
 /// The store.
@@ -50,7 +51,6 @@ pub struct ProviderStore {
     remote: Index,
     proven: Arc<Proven>,
     refused: Refused,
-    values: HashMap<RecordKey, Record>,
     /// The addresses this node advertises (its own records carry them).
     advertised: Vec<Multiaddr>,
 }
@@ -70,7 +70,6 @@ impl ProviderStore {
             remote: Index::new(limits),
             proven,
             refused: Refused::default(),
-            values: HashMap::new(),
             advertised: Vec::new(),
         }
     }
@@ -107,28 +106,22 @@ impl ProviderStore {
 }
 
 impl RecordStore for ProviderStore {
-    type RecordsIter<'a> =
-        std::iter::Map<std::collections::hash_map::Values<'a, RecordKey, Record>, fn(&'a Record) -> Cow<'a, Record>>;
+    type RecordsIter<'a> = std::iter::Empty<Cow<'a, Record>>;
     type ProvidedIter<'a> = std::vec::IntoIter<Cow<'a, ProviderRecord>>;
 
-    fn get(&self, k: &RecordKey) -> Option<Cow<'_, Record>> {
-        self.values.get(k).map(Cow::Borrowed)
+    fn get(&self, _: &RecordKey) -> Option<Cow<'_, Record>> {
+        None
     }
 
-    fn put(&mut self, r: Record) -> Result<()> {
-        if self.values.len() >= MAX_VALUE_RECORDS && !self.values.contains_key(&r.key) {
-            return Err(Error::MaxRecords);
-        }
-        self.values.insert(r.key.clone(), r);
-        Ok(())
+    fn put(&mut self, _: Record) -> Result<()> {
+        self.refused.values += 1;
+        Err(Error::MaxRecords)
     }
 
-    fn remove(&mut self, k: &RecordKey) {
-        self.values.remove(k);
-    }
+    fn remove(&mut self, _: &RecordKey) {}
 
     fn records(&self) -> Self::RecordsIter<'_> {
-        self.values.values().map(Cow::Borrowed)
+        std::iter::empty()
     }
 
     fn add_provider(&mut self, record: ProviderRecord) -> Result<()> {

@@ -248,6 +248,17 @@ fn own_records_are_never_refused_and_come_first() {
 }
 
 #[test]
+fn value_records_are_refused_and_counted() {
+    use libp2p::kad::Record;
+    let (mut s, _) = store(Limits::default());
+    let r = Record::new(RecordKey::new(b"anything"), vec![7; 16 << 10]);
+    assert!(s.put(r.clone()).is_err());
+    assert!(s.get(&r.key).is_none());
+    assert_eq!(s.records().count(), 0);
+    assert_eq!(s.refused().values, 1);
+}
+
+#[test]
 fn keys_that_are_not_path_keys_are_refused_and_counted() {
     let (mut s, _) = store(Limits::default());
     let peer = PeerId::random();
@@ -258,7 +269,8 @@ fn keys_that_are_not_path_keys_are_refused_and_counted() {
         s.refused(),
         Refused {
             malformed: 2,
-            over_limit: 0
+            over_limit: 0,
+            values: 0
         }
     );
 }
