@@ -6,6 +6,8 @@
 //! routing table holds a few addresses for it, however long it pushes,
 //! and the victim keeps answering.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::time::{Duration, Instant};
