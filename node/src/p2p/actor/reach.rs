@@ -87,11 +87,15 @@ impl Actor {
             }
             return;
         }
-        for (relay, addr) in self.relays.wanted(self.unreachable, Instant::now()) {
+        let proven = self.stats.proven.clone();
+        for (relay, addr) in self
+            .relays
+            .wanted(self.unreachable, Instant::now(), |p| proven.contains(p))
+        {
             match self.swarm.listen_on(addr.clone()) {
                 Ok(id) => {
                     tracing::info!(%relay, %addr, "reserving a relay slot");
-                    self.relays.asked(id, relay);
+                    self.relays.asked(id, relay, addr);
                 }
                 Err(e) => tracing::warn!(%addr, error = %e, "cannot listen through a relay"),
             }
@@ -123,24 +127,34 @@ impl Actor {
     /// punching; gives back any other.
     pub(super) fn on_reach_event(&mut self, ev: SwarmEvent<BehaviourEvent>) -> Option<SwarmEvent<BehaviourEvent>> {
         match ev {
-            SwarmEvent::NewListenAddr { address, .. } => {
+            SwarmEvent::NewListenAddr { listener_id, address } => {
                 tracing::info!(%address, "p2p listening");
-                // A relayed address is as dialable as its relay's.
-                if self.announce_private || super::super::is_global(&address) {
+                if is_relayed(&address) {
+                    // The relay reports its own addresses; only the circuit
+                    // through the address this node dialled it at (as
+                    // dialable as the relay is) is advertised.
+                    if let Some(circuit) = self.relays.circuit_of(listener_id).cloned() {
+                        self.swarm.add_external_address(circuit);
+                    }
+                } else if self.announce_private || super::super::is_global(&address) {
                     self.swarm.add_external_address(address);
                 }
             }
-            SwarmEvent::ExpiredListenAddr { address, .. } if is_relayed(&address) => {
-                self.swarm.remove_external_address(&address);
+            SwarmEvent::ExpiredListenAddr { listener_id, address } if is_relayed(&address) => {
+                // The reservation lapsed: its circuit goes (a renewal
+                // reports the addresses again).
+                if let Some(circuit) = self.relays.circuit_of(listener_id).cloned() {
+                    self.swarm.remove_external_address(&circuit);
+                }
             }
             SwarmEvent::ListenerClosed {
                 listener_id,
                 addresses,
                 reason,
             } => {
-                if let Some(relay) = self.relays.closed(listener_id, Instant::now()) {
+                if let Some((relay, circuit)) = self.relays.closed(listener_id, Instant::now()) {
                     tracing::info!(%relay, ?reason, "relay reservation ended");
-                    for a in &addresses {
+                    for a in addresses.iter().chain([&circuit]) {
                         self.swarm.remove_external_address(a);
                     }
                     self.ensure_relays();
