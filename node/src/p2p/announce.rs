@@ -12,6 +12,7 @@ use nixswarm_protocol::StorePathHash;
 use tokio_util::sync::CancellationToken;
 
 use super::NodeHandle;
+use super::readvertise::Readvertise;
 use crate::shelf::Shelves;
 use crate::store::StoreEvent;
 
@@ -72,6 +73,13 @@ async fn shares(store: &Shelves, h: StorePathHash) -> bool {
         .unwrap_or(false)
 }
 
+async fn sleep_until_due(due: Option<tokio::time::Instant>) {
+    match due {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
 pub(super) async fn run(
     handle: NodeHandle,
     store: Shelves,
@@ -86,6 +94,7 @@ pub(super) async fn run(
     tracing::info!(paths = queue.len(), "announcing stored paths");
     let mut in_flight = FuturesUnordered::new();
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + reprovide, reprovide);
+    let mut readvertise = Readvertise::default();
     loop {
         while in_flight.len() < max_in_flight.max(1) {
             let Some(hash) = queue.pop() else { break };
@@ -126,6 +135,12 @@ pub(super) async fn run(
             },
             () = handle.stats.joined.notified() => {
                 tracing::info!("connected to the swarm: announcing stored paths again");
+                queue.extend(list(&store).await);
+            }
+            () = handle.stats.readdressed.notified() => readvertise.changed(tokio::time::Instant::now()),
+            () = sleep_until_due(readvertise.due()), if readvertise.due().is_some() => {
+                tracing::info!("advertised addresses changed: announcing stored paths again");
+                readvertise.fired(tokio::time::Instant::now());
                 queue.extend(list(&store).await);
             }
             _ = tick.tick() => queue.extend(list(&store).await),

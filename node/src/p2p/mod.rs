@@ -21,6 +21,7 @@ mod liar;
 mod links;
 pub mod proven;
 mod ratelimit;
+mod readvertise;
 pub mod records;
 mod relays;
 mod rtts;
@@ -188,10 +189,12 @@ pub struct NodeStats {
     pub rtts: rtts::Rtts,
     /// Peers that served verified chunks (the record store prefers them).
     pub proven: Arc<proven::Proven>,
-    /// Fires when the node goes from no connections to some, or its
-    /// advertised addresses change: what it announced before reached
-    /// nobody or carries stale addresses, so it announces again.
+    /// Fires when the node's routing table gets its first entry: what it
+    /// announced before reached nobody, so it announces again.
     pub joined: tokio::sync::Notify,
+    /// Fires when the IP addresses the node advertises change: its records
+    /// carry stale addresses (acted on after a debounce, `readvertise.rs`).
+    pub readdressed: tokio::sync::Notify,
     /// Reachability as the swarm task last saw it (for the metrics).
     pub reach: std::sync::Mutex<Reach>,
 }

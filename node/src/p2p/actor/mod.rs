@@ -113,6 +113,10 @@ pub(super) struct Actor {
     requests: HashMap<OutboundRequestId, Reply>,
     /// The addresses kept for each peer (and given to Kademlia).
     pub known: KnownAddrs,
+    /// The IP addresses advertised when the records were last made.
+    advertised_ips: std::collections::BTreeSet<std::net::IpAddr>,
+    /// Some address was advertised once (later changes are debounced).
+    addressed_once: bool,
     /// Answers being written, and who waits for each to be.
     writing: HashMap<InboundRequestId, oneshot::Sender<()>>,
     /// AutoNAT found an address candidate undialable.
@@ -152,6 +156,8 @@ impl Actor {
             finds: HashMap::new(),
             requests: HashMap::new(),
             known: KnownAddrs::new(false),
+            advertised_ips: std::collections::BTreeSet::new(),
+            addressed_once: false,
             writing: HashMap::new(),
             unreachable: false,
             announce_private: false,

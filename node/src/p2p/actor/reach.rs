@@ -120,7 +120,21 @@ impl Actor {
     fn addresses_changed(&mut self) {
         self.update_mode();
         self.ensure_relays();
-        self.stats.joined.notify_one();
+        // Records carry the addresses: only a change of the IPs advertised
+        // calls for new ones (debounced by the announcer).
+        let ips = super::super::readvertise::ips(self.swarm.external_addresses());
+        if ips != self.advertised_ips {
+            // The first addresses ever: the records made so far were left
+            // out (no address to carry), so they are made at once.
+            let first = self.advertised_ips.is_empty() && !self.addressed_once;
+            self.addressed_once |= !ips.is_empty();
+            self.advertised_ips = ips;
+            if first {
+                self.stats.joined.notify_one();
+            } else {
+                self.stats.readdressed.notify_one();
+            }
+        }
     }
 
     /// Handles the events about addresses, reachability, relays and hole
