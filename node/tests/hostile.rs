@@ -277,3 +277,38 @@ async fn one_peers_lookups_cannot_take_every_slot() {
     assert!(busy > 0, "the flooder's lookups were never limited");
     assert!(answered > 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_identities_from_one_address_get_a_few_connections() {
+    // Twelve identities on one host (127.0.0.1, counted here as a host's
+    // address would be) dial the victim: eight get in, and the victim can
+    // still dial out.
+    let victim = TestNode::start(None, |c| c.test_count_loopback = true).await;
+    let addr = victim.addr();
+    let mut others = Vec::new();
+    for _ in 0..13 {
+        others.push(TestNode::start(None, |_| {}).await);
+    }
+    let dialers = &others[..12];
+    for o in dialers {
+        o.node.handle.dial(addr.clone()).await.unwrap();
+    }
+    // Every dialler has either got in or been turned away by now; watch
+    // the count for a while: it reaches the limit and never passes it.
+    let end = Instant::now() + Duration::from_secs(3);
+    let mut most = 0;
+    while Instant::now() < end {
+        most = most.max(status(&victim.node.handle).await.peers);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!("at most {most} of 12 identities on one address connected");
+    assert_eq!(most, 8, "eight connections from one address, no more");
+    let last = &others[12];
+    victim.node.handle.dial(last.addr()).await.unwrap();
+    wait(|| {
+        let h = victim.node.handle.clone();
+        let id = last.node.handle.peer_id();
+        async move { h.peers().await.unwrap().contains(&id) }
+    })
+    .await;
+}

@@ -31,6 +31,8 @@ pub struct Behaviour {
     /// First, so a connection over the limits is refused before any other
     /// behaviour spends anything on it.
     pub limits: connection_limits::Behaviour,
+    /// Then the limit of incoming connections from one network.
+    pub per_network: super::per_ip::PerNetwork,
     pub kad: kad::Behaviour<ProviderStore>,
     pub identify: identify::Behaviour,
     pub ping: ping::Behaviour,
@@ -119,6 +121,8 @@ pub struct SwarmSettings {
     /// Test builds only: every byte sent to peers leaves this much later.
     #[cfg(feature = "test-hooks")]
     pub test_latency: Duration,
+    /// Count loopback connections toward the per-network limit (tests).
+    pub count_loopback: bool,
 }
 
 /// Builds the swarm.
@@ -165,12 +169,16 @@ pub const MAX_PER_PEER: u32 = 3;
 pub const MAX_ESTABLISHED: u32 = 256;
 /// Incoming connections still handshaking.
 pub const MAX_PENDING_INCOMING: u32 = 32;
+/// Of `MAX_ESTABLISHED`, kept for this node's own dials: peers that
+/// connect cannot take them.
+pub const RESERVED_OUTGOING: u32 = 32;
 
 /// The connection limits every node runs with.
 pub fn limits() -> ConnectionLimits {
     ConnectionLimits::default()
         .with_max_established_per_peer(Some(MAX_PER_PEER))
         .with_max_established(Some(MAX_ESTABLISHED))
+        .with_max_established_incoming(Some(MAX_ESTABLISHED - RESERVED_OUTGOING))
         .with_max_pending_incoming(Some(MAX_PENDING_INCOMING))
 }
 
@@ -209,6 +217,7 @@ fn behaviour(
         .with_max_concurrent_streams(s.max_streams);
     Ok(Behaviour {
         limits: connection_limits::Behaviour::new(limits()),
+        per_network: super::per_ip::PerNetwork::new(s.count_loopback),
         kad,
         identify: identify::Behaviour::new(
             identify::Config::new(IDENTIFY_VERSION.into(), key.public())

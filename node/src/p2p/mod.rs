@@ -19,6 +19,7 @@ mod key;
 mod known;
 mod liar;
 mod links;
+mod per_ip;
 pub mod proven;
 mod ratelimit;
 mod readvertise;
@@ -140,6 +141,10 @@ pub struct NodeConfig {
     /// this much later, over TCP only (a far-away peer).
     #[cfg(feature = "test-hooks")]
     pub test_latency: Duration,
+    /// Test builds only: loopback connections count toward the limit of
+    /// incoming connections per network, as a host's would.
+    #[cfg(feature = "test-hooks")]
+    pub test_count_loopback: bool,
 }
 
 impl Default for NodeConfig {
@@ -163,6 +168,8 @@ impl Default for NodeConfig {
             lie: Lie::Honest,
             #[cfg(feature = "test-hooks")]
             test_latency: Duration::ZERO,
+            #[cfg(feature = "test-hooks")]
+            test_count_loopback: false,
         }
     }
 }
@@ -431,6 +438,10 @@ impl Node {
             provider_ttl: config.provider_ttl,
             #[cfg(feature = "test-hooks")]
             test_latency: config.test_latency,
+            #[cfg(feature = "test-hooks")]
+            count_loopback: config.test_count_loopback,
+            #[cfg(not(feature = "test-hooks"))]
+            count_loopback: false,
         };
         let mut swarm = behaviour::build(key, records, &settings).map_err(|e| NodeError::Swarm(e.to_string()))?;
         // An IPv6 address that cannot be bound (a host without IPv6) is

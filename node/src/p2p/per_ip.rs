@@ -1,0 +1,201 @@
+//! Incoming connections per network: identities are free, addresses are
+//! not. Without this, one host with ~86 fresh identities filled every
+//! connection slot (3 per peer, 256 in all), the ones the node's own dials
+//! need included. So at most [`MAX_PER_NETWORK`] incoming connections come
+//! from one IPv4 address or one IPv6 /64; relayed connections (whose
+//! address is the relay's) and, outside tests, loopback ones (a host that
+//! is already this machine) are not counted. The slots kept for outgoing
+//! connections are `behaviour::RESERVED_OUTGOING`.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::IpAddr;
+use std::task::{Context, Poll};
+
+use libp2p::core::Endpoint;
+use libp2p::core::transport::PortUse;
+use libp2p::multiaddr::Protocol;
+use libp2p::swarm::{
+    ConnectionDenied, ConnectionId, FromSwarm, NetworkBehaviour, THandler, THandlerInEvent, THandlerOutEvent, ToSwarm,
+    dummy,
+};
+use libp2p::{Multiaddr, PeerId};
+
+/// Incoming connections from one IPv4 address or IPv6 /64.
+pub const MAX_PER_NETWORK: usize = 8;
+
+/// The network an incoming connection comes from (`None`: relayed).
+fn network(remote: &Multiaddr) -> Option<IpAddr> {
+    if remote.iter().any(|p| p == Protocol::P2pCircuit) {
+        return None;
+    }
+    match remote.iter().next()? {
+        Protocol::Ip4(ip) => Some(IpAddr::V4(ip)),
+        Protocol::Ip6(ip) => {
+            let s = ip.segments();
+            Some(IpAddr::from([s[0], s[1], s[2], s[3], 0, 0, 0, 0]))
+        }
+        _ => None,
+    }
+}
+
+/// The limit, as a behaviour placed right after the connection limits.
+#[derive(Debug, Default)]
+pub struct PerNetwork {
+    counts: HashMap<IpAddr, usize>,
+    by_connection: HashMap<ConnectionId, IpAddr>,
+    /// Count loopback connections too (tests, where every peer is on
+    /// 127.0.0.1).
+    count_loopback: bool,
+}
+
+/// Why a connection was refused.
+#[derive(Debug, thiserror::Error)]
+#[error("{MAX_PER_NETWORK} incoming connections from {0} already")]
+pub struct TooMany(IpAddr);
+
+impl PerNetwork {
+    pub fn new(count_loopback: bool) -> Self {
+        Self {
+            count_loopback,
+            ..Self::default()
+        }
+    }
+
+    /// Admits an incoming connection from `remote`, or says why not.
+    fn admit(&mut self, id: ConnectionId, remote: &Multiaddr) -> Result<(), TooMany> {
+        let Some(net) = network(remote) else {
+            return Ok(());
+        };
+        if net.is_loopback() && !self.count_loopback {
+            return Ok(());
+        }
+        let n = self.counts.entry(net).or_default();
+        if *n >= MAX_PER_NETWORK {
+            return Err(TooMany(net));
+        }
+        *n += 1;
+        self.by_connection.insert(id, net);
+        Ok(())
+    }
+
+    /// A connection admitted before went (closed, or denied later).
+    fn gone(&mut self, id: ConnectionId) {
+        if let Some(net) = self.by_connection.remove(&id)
+            && let Some(n) = self.counts.get_mut(&net)
+        {
+            *n -= 1;
+            if *n == 0 {
+                self.counts.remove(&net);
+            }
+        }
+    }
+}
+
+impl NetworkBehaviour for PerNetwork {
+    type ConnectionHandler = dummy::ConnectionHandler;
+    type ToSwarm = Infallible;
+
+    fn handle_established_inbound_connection(
+        &mut self,
+        id: ConnectionId,
+        _: PeerId,
+        _: &Multiaddr,
+        remote: &Multiaddr,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        self.admit(id, remote).map_err(ConnectionDenied::new)?;
+        Ok(dummy::ConnectionHandler)
+    }
+
+    fn handle_established_outbound_connection(
+        &mut self,
+        _: ConnectionId,
+        _: PeerId,
+        _: &Multiaddr,
+        _: Endpoint,
+        _: PortUse,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        Ok(dummy::ConnectionHandler)
+    }
+
+    fn on_swarm_event(&mut self, event: FromSwarm) {
+        match event {
+            FromSwarm::ConnectionClosed(c) => self.gone(c.connection_id),
+            FromSwarm::ListenFailure(f) => self.gone(f.connection_id),
+            _ => {}
+        }
+    }
+
+    fn on_connection_handler_event(&mut self, _: PeerId, _: ConnectionId, event: THandlerOutEvent<Self>) {
+        match event {}
+    }
+
+    fn poll(&mut self, _: &mut Context<'_>) -> Poll<ToSwarm<Self::ToSwarm, THandlerInEvent<Self>>> {
+        Poll::Pending
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(s: &str) -> Multiaddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn one_network_gets_a_few_connections_and_gives_them_back() {
+        let mut p = PerNetwork::new(false);
+        let ids: Vec<ConnectionId> = (0..MAX_PER_NETWORK + 1)
+            .map(|_| ConnectionId::new_unchecked(rand_id()))
+            .collect();
+        for id in &ids[..MAX_PER_NETWORK] {
+            p.admit(*id, &addr("/ip4/1.2.3.4/tcp/5000")).unwrap();
+        }
+        assert!(p.admit(ids[MAX_PER_NETWORK], &addr("/ip4/1.2.3.4/tcp/5001")).is_err());
+        // One IPv6 /64 is one network.
+        for i in 0..MAX_PER_NETWORK {
+            p.admit(
+                ConnectionId::new_unchecked(rand_id()),
+                &addr(&format!("/ip6/2001:db8:1:2::{i}/tcp/1")),
+            )
+            .unwrap();
+        }
+        assert!(
+            p.admit(
+                ConnectionId::new_unchecked(rand_id()),
+                &addr("/ip6/2001:db8:1:2:ffff::1/tcp/1")
+            )
+            .is_err()
+        );
+        assert!(
+            p.admit(
+                ConnectionId::new_unchecked(rand_id()),
+                &addr("/ip6/2001:db8:1:3::1/tcp/1")
+            )
+            .is_ok()
+        );
+        // Others, relayed connections and (outside tests) loopback pass.
+        assert!(
+            p.admit(ConnectionId::new_unchecked(rand_id()), &addr("/ip4/1.2.3.5/tcp/5000"))
+                .is_ok()
+        );
+        let circuit = "/ip4/1.2.3.4/tcp/4001/p2p/12D3KooWGyfMDKvKQbDSZgYLVawzM7CroAFy1TaPr3T8LHuRyjTU/p2p-circuit";
+        assert!(p.admit(ConnectionId::new_unchecked(rand_id()), &addr(circuit)).is_ok());
+        for _ in 0..20 {
+            assert!(
+                p.admit(ConnectionId::new_unchecked(rand_id()), &addr("/ip4/127.0.0.1/tcp/1"))
+                    .is_ok()
+            );
+        }
+        // A connection that goes frees its place.
+        p.gone(ids[0]);
+        assert!(p.admit(ids[MAX_PER_NETWORK], &addr("/ip4/1.2.3.4/tcp/5001")).is_ok());
+    }
+
+    fn rand_id() -> usize {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static NEXT: AtomicUsize = AtomicUsize::new(1);
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    }
+}
