@@ -221,7 +221,12 @@ fn behaviour(
         kad,
         identify: identify::Behaviour::new(
             identify::Config::new(IDENTIFY_VERSION.into(), key.public())
-                .with_agent_version(concat!("nixswarm/", env!("CARGO_PKG_VERSION")).into()),
+                .with_agent_version(concat!("nixswarm/", env!("CARGO_PKG_VERSION")).into())
+                // Only the advertised (external) addresses go to peers, not
+                // every listen address (LAN, VPN, container bridges): the
+                // actor makes global listen addresses external, and all of
+                // them in LAN mode.
+                .with_hide_listen_addrs(true),
         ),
         ping: ping::Behaviour::default(),
         mdns: Toggle::from(mdns),
