@@ -1,5 +1,5 @@
 //! A hostile identify-push flood, for minutes: one libp2p peer (in this
-//! process) claims the DHT protocol and pushes identify messages of 150
+//! process: `p2p::identify_flood`, test builds only) claims the DHT protocol and pushes identify messages of 150
 //! fresh public addresses 20 times a second at a `nixswarm run` on
 //! 127.0.0.1 (mDNS and UPnP off, upstream down). Measured on the victim,
 //! first idle for `BENCH_IDLE_SECS` (default 20) as the reference, then
@@ -23,77 +23,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
 use common::{cpu_seconds, percentile};
-use futures::StreamExt as _;
-use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use libp2p::{Multiaddr, PeerId, identify, kad, noise, tcp, yamux};
-use nixswarm_node::p2p::behaviour::{IDENTIFY_VERSION, KAD_PROTOCOL};
+use libp2p::Multiaddr;
+use nixswarm_node::p2p::identify_flood::{self, PER_PUSH};
 use nixswarm_protocol::SecretKey;
 use support::{Gateway, down_upstream, rss};
 
-#[derive(NetworkBehaviour)]
-struct Pusher {
-    identify: identify::Behaviour,
-    kad: kad::Behaviour<kad::store::MemoryStore>,
-}
-
-const PER_PUSH: u32 = 150;
-const PUSH_EVERY: Duration = Duration::from_millis(50);
-
-fn fresh(i: u32) -> Multiaddr {
-    let [_, b, c, d] = i.to_be_bytes();
-    format!("/ip4/1.{b}.{c}.{d}/tcp/{}", 1024 + i % 50_000).parse().unwrap()
-}
-
 fn secs(var: &str, default: u64) -> u64 {
     std::env::var(var).ok().and_then(|s| s.parse().ok()).unwrap_or(default)
-}
-
-/// Pushes until `stop`; counts the pushes.
-async fn flood(victim: Multiaddr, victim_id: PeerId, stop: Arc<AtomicBool>, pushes: Arc<AtomicU32>) -> Result<()> {
-    let mut swarm = libp2p::SwarmBuilder::with_new_identity()
-        .with_tokio()
-        .with_tcp(tcp::Config::default(), noise::Config::new, yamux::Config::default)?
-        .with_behaviour(|key| {
-            let id = key.public().to_peer_id();
-            let mut kad =
-                kad::Behaviour::with_config(id, kad::store::MemoryStore::new(id), kad::Config::new(KAD_PROTOCOL));
-            kad.set_mode(Some(kad::Mode::Server));
-            Pusher {
-                identify: identify::Behaviour::new(identify::Config::new(IDENTIFY_VERSION.into(), key.public())),
-                kad,
-            }
-        })?
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(600)))
-        .build();
-    swarm.dial(victim)?;
-    let mut tick = tokio::time::interval(PUSH_EVERY);
-    let (mut claimed, mut connected, mut n) = (Vec::new(), false, 0u32);
-    while !stop.load(Ordering::Relaxed) {
-        tokio::select! {
-            ev = swarm.select_next_some() => match ev {
-                SwarmEvent::ConnectionEstablished { peer_id, .. } if peer_id == victim_id => connected = true,
-                SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } if peer_id == victim_id => {
-                    connected = false;
-                    swarm.dial(victim_id)?;
-                }
-                _ => {}
-            },
-            _ = tick.tick(), if connected => {
-                for a in claimed.drain(..) {
-                    swarm.remove_external_address(&a);
-                }
-                for i in 0..PER_PUSH {
-                    let a = fresh(n.wrapping_mul(PER_PUSH).wrapping_add(i));
-                    swarm.add_external_address(a.clone());
-                    claimed.push(a);
-                }
-                swarm.behaviour_mut().identify.push([victim_id]);
-                n += 1;
-                pushes.store(n, Ordering::Relaxed);
-            }
-        }
-    }
-    Ok(())
 }
 
 /// Milliseconds for one `/status` over a fresh connection.
@@ -188,11 +124,21 @@ fn main() -> Result<()> {
         .worker_threads(1)
         .enable_all()
         .build()?;
-    let attack = rt.spawn(flood(node, victim_id, stop.clone(), pushes.clone()));
+    let (me, _) = tokio::sync::oneshot::channel();
+    let attack = rt.spawn(identify_flood::run(
+        node,
+        victim_id,
+        None,
+        stop.clone(),
+        pushes.clone(),
+        me,
+    ));
     let flooded = watch(&victim, &addr, flood_secs)?;
     let flood_addrs = addresses(&victim)?;
     stop.store(true, Ordering::Relaxed);
-    rt.block_on(attack).context("the flooder")??;
+    rt.block_on(attack)
+        .context("the flooder")?
+        .map_err(|e| anyhow::anyhow!("the flooder: {e}"))?;
     let n = pushes.load(Ordering::Relaxed);
     let table = format!(
         "| phase | seconds | victim CPU s | victim RSS MiB | `/status` p50 / p99 / max, ms | routing table addresses |\n|---|---|---|---|---|---|\n{}\n{}\n\n{n} identify pushes of {PER_PUSH} fresh addresses ({} addresses claimed).\n",

@@ -9,4 +9,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 install_missing curl:curl
-cargo bench --bench flood
+cargo bench --bench flood --features test-hooks

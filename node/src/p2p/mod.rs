@@ -13,6 +13,8 @@ mod delay;
 pub mod direct;
 mod discover;
 mod fetch;
+#[cfg(feature = "test-hooks")]
+pub mod identify_flood;
 mod in_flight;
 mod inline;
 mod key;
