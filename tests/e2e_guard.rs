@@ -6,20 +6,8 @@
 
 mod support;
 
-use std::process::Command;
-
 use anyhow::{Context as _, Result, ensure};
-use support::{ClientStore, Gateway, StaticServer, check, fixture, narinfo_file, run_ok};
-
-/// The HTTP status of `method url` sent with `headers`.
-fn status(method: &str, url: &str, headers: &[String]) -> Result<u16> {
-    let mut c = Command::new("curl");
-    c.args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", method]);
-    for h in headers {
-        c.args(["-H", h]);
-    }
-    Ok(run_ok(c.arg(url), &format!("curl {method} {url}"))?.trim().parse()?)
-}
+use support::{ClientStore, Gateway, StaticServer, check, fixture, http_status_with as status, narinfo_file};
 
 #[test]
 fn web_pages_are_refused_on_every_route_and_nix_is_served() -> Result<()> {

@@ -472,16 +472,22 @@ pub fn run_ok(c: &mut Command, what: &str) -> Result<String> {
     Ok(String::from_utf8(out.stdout)?)
 }
 
-/// GETs `url` with curl and returns the body.
 /// The HTTP status of a GET of `url`.
 pub fn http_status(url: &str) -> Result<u16> {
-    let out = run_ok(
-        Command::new("curl").args(["-s", "-o", "/dev/null", "-w", "%{http_code}", url]),
-        &format!("curl {url}"),
-    )?;
-    Ok(out.trim().parse()?)
+    http_status_with("GET", url, &[])
 }
 
+/// The HTTP status of `method url` sent with `headers` ("Name: value").
+pub fn http_status_with(method: &str, url: &str, headers: &[String]) -> Result<u16> {
+    let mut c = Command::new("curl");
+    c.args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", method]);
+    for h in headers {
+        c.args(["-H", h]);
+    }
+    Ok(run_ok(c.arg(url), &format!("curl {method} {url}"))?.trim().parse()?)
+}
+
+/// GETs `url` with curl and returns the body.
 pub fn http_get(url: &str) -> Result<String> {
     run_ok(Command::new("curl").args(["-sf", url]), &format!("curl {url}"))
 }

@@ -1,8 +1,8 @@
 //! Test builds only (feature `test-hooks`): a hostile peer for tests and
 //! benchmarks. A real libp2p swarm that claims the DHT protocol and pushes
 //! identify messages of [`PER_PUSH`] fresh public addresses every
-//! [`PUSH_EVERY`] at a victim (the attack of issue 21: each push used to
-//! grow the victim's Kademlia entry without bound).
+//! [`PUSH_EVERY`] at a victim (each push used to grow the victim's
+//! Kademlia entry without bound).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};

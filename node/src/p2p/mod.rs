@@ -94,12 +94,29 @@ pub enum DhtMode {
 /// link-local, multicast or reserved address, nor an IPv6 form of one).
 pub fn is_global(addr: &Multiaddr) -> bool {
     use libp2p::multiaddr::Protocol;
-    use nixswarm_protocol::ip::is_public;
     match addr.iter().next() {
-        Some(Protocol::Ip4(ip)) => is_public(ip.into()),
-        Some(Protocol::Ip6(ip)) => is_public(ip.into()),
         Some(Protocol::Dns(_) | Protocol::Dns4(_) | Protocol::Dns6(_)) => true,
-        _ => false,
+        _ => ip_of(addr).is_some_and(nixswarm_protocol::ip::is_public),
+    }
+}
+
+/// The IP address `addr` starts with (a relay circuit's: its relay's).
+pub fn ip_of(addr: &Multiaddr) -> Option<std::net::IpAddr> {
+    use libp2p::multiaddr::Protocol;
+    match addr.iter().next()? {
+        Protocol::Ip4(ip) => Some(ip.into()),
+        Protocol::Ip6(ip) => Some(ip.into()),
+        _ => None,
+    }
+}
+
+/// The network `ip` is in: its first `v4` bits (IPv4) or `v6` bits (IPv6),
+/// the rest cleared.
+pub(crate) fn network_of(ip: std::net::IpAddr, v4: u32, v6: u32) -> std::net::IpAddr {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    match ip {
+        IpAddr::V4(a) => Ipv4Addr::from(u32::from(a) & !u32::MAX.checked_shr(v4).unwrap_or(0)).into(),
+        IpAddr::V6(a) => Ipv6Addr::from(u128::from(a) & !u128::MAX.checked_shr(v6).unwrap_or(0)).into(),
     }
 }
 

@@ -14,7 +14,6 @@ use std::task::{Context, Poll};
 
 use libp2p::core::Endpoint;
 use libp2p::core::transport::PortUse;
-use libp2p::multiaddr::Protocol;
 use libp2p::swarm::{
     ConnectionDenied, ConnectionId, FromSwarm, NetworkBehaviour, THandler, THandlerInEvent, THandlerOutEvent, ToSwarm,
     dummy,
@@ -24,19 +23,13 @@ use libp2p::{Multiaddr, PeerId};
 /// Incoming connections from one IPv4 address or IPv6 /64.
 pub const MAX_PER_NETWORK: usize = 8;
 
-/// The network an incoming connection comes from (`None`: relayed).
+/// The network an incoming connection comes from: its IPv4 address or
+/// IPv6 /64 (`None`: relayed).
 fn network(remote: &Multiaddr) -> Option<IpAddr> {
-    if remote.iter().any(|p| p == Protocol::P2pCircuit) {
+    if super::direct::is_relayed(remote) {
         return None;
     }
-    match remote.iter().next()? {
-        Protocol::Ip4(ip) => Some(IpAddr::V4(ip)),
-        Protocol::Ip6(ip) => {
-            let s = ip.segments();
-            Some(IpAddr::from([s[0], s[1], s[2], s[3], 0, 0, 0, 0]))
-        }
-        _ => None,
-    }
+    super::ip_of(remote).map(|ip| super::network_of(ip, 32, 64))
 }
 
 /// The limit, as a behaviour placed right after the connection limits.

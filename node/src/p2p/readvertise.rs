@@ -12,7 +12,6 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use libp2p::Multiaddr;
-use libp2p::multiaddr::Protocol;
 use tokio::time::Instant;
 
 /// How long the advertised addresses must stay put before the records
@@ -24,14 +23,7 @@ pub const MIN_GAP: Duration = Duration::from_secs(300);
 /// The IP addresses in `addrs`: a direct address's own, a circuit's
 /// relay's.
 pub fn ips<'a>(addrs: impl IntoIterator<Item = &'a Multiaddr>) -> BTreeSet<IpAddr> {
-    addrs
-        .into_iter()
-        .filter_map(|a| match a.iter().next()? {
-            Protocol::Ip4(ip) => Some(IpAddr::V4(ip)),
-            Protocol::Ip6(ip) => Some(IpAddr::V6(ip)),
-            _ => None,
-        })
-        .collect()
+    addrs.into_iter().filter_map(super::ip_of).collect()
 }
 
 /// The debounce: fed each change, it says when to re-announce.

@@ -49,18 +49,8 @@ pub struct Relays {
 }
 
 /// The network an address is in, for diversity: IPv4 /24, IPv6 /48.
-fn network(addr: &Multiaddr) -> Option<(IpAddr, u8)> {
-    match addr.iter().next()? {
-        Protocol::Ip4(ip) => {
-            let [a, b, c, _] = ip.octets();
-            Some((IpAddr::from([a, b, c, 0]), 24))
-        }
-        Protocol::Ip6(ip) => {
-            let s = ip.segments();
-            Some((IpAddr::from([s[0], s[1], s[2], 0, 0, 0, 0, 0]), 48))
-        }
-        _ => None,
-    }
+fn network(addr: &Multiaddr) -> Option<IpAddr> {
+    super::ip_of(addr).map(|ip| super::network_of(ip, 24, 48))
 }
 
 impl Relays {
@@ -92,7 +82,7 @@ impl Relays {
         self.resting.retain(|_, until| *until > now);
         let missing = WANT.saturating_sub(self.active.len());
         let used: Vec<PeerId> = self.active.values().map(|a| a.relay).collect();
-        let mut nets: Vec<(IpAddr, u8)> = self
+        let mut nets: Vec<IpAddr> = self
             .active
             .values()
             .filter_map(|a| self.candidates.get(&a.relay).and_then(network))

@@ -126,7 +126,7 @@ impl Actor {
         if ips != self.advertised_ips {
             // The first addresses ever: the records made so far were left
             // out (no address to carry), so they are made at once.
-            let first = self.advertised_ips.is_empty() && !self.addressed_once;
+            let first = !self.addressed_once;
             self.addressed_once |= !ips.is_empty();
             self.advertised_ips = ips;
             if first {
