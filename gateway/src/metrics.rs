@@ -129,6 +129,21 @@ impl Collector for NodeCounters {
             let metric = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
             counter.encode(metric)?;
         }
+        let refused = stats.dials_refused();
+        let mut family = encoder.encode_descriptor(
+            "node_dials_refused",
+            "Dials refused: a target that is not public (outside LAN mode), or over a rate per target, per peer or in all",
+            None,
+            MetricType::Counter,
+        )?;
+        for (reason, n) in [
+            ("not_public", refused.not_public),
+            ("target_rate", refused.target_rate),
+            ("peer_rate", refused.peer_rate),
+            ("total_rate", refused.total_rate),
+        ] {
+            ConstCounter::new(n).encode(family.encode_family(&[("reason", reason)])?)?;
+        }
         let reach = stats.reach.lock().map(|r| r.clone()).unwrap_or_default();
         let mut family = encoder.encode_descriptor(
             "node_reachability",

@@ -72,9 +72,12 @@ async fn an_unconfirmed_node_is_a_dht_client_and_not_in_routing_tables() {
         assert!(!table.contains(&forced_id), "listen addresses leaked through identify");
     }
 
-    // As a client it still finds and fetches what a server announced.
+    // As a client it still finds and fetches what a server announced
+    // (dialling it where told to: outside LAN mode, a loopback address
+    // found in the DHT is not dialled).
     let bytes = nar(21, 300_000);
     other.put(21, &bytes);
+    hidden.node.handle.dial(other.addr()).await.unwrap();
     let path = lookup_until(&hidden.fetcher, hash(21), |p| p.providers.contains(&other_id)).await;
     let (got, err) = collect(hidden.fetcher.stream(path)).await;
     assert_eq!(err, None);

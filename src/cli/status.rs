@@ -85,6 +85,10 @@ pub fn run(args: &StatusArgs) -> Result<()> {
             n(&node["provider_records"]),
             n(&node["records_refused"])
         );
+        println!(
+            "dials refused:  {} (addresses peers gave that are not public, or too many)",
+            n(&node["dials_refused"])
+        );
         println!("bytes served:   {}", bytes(n(&node["bytes_served"])));
         println!("bytes fetched:  {}", bytes(n(&node["bytes_fetched"])));
         println!(

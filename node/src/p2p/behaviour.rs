@@ -8,14 +8,18 @@
 use std::time::Duration;
 
 use libp2p::connection_limits::{self, ConnectionLimits};
+use libp2p::core::muxing::StreamMuxerBox;
+use libp2p::core::transport::{Boxed, Transport as _};
+use libp2p::core::upgrade;
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::{
-    StreamProtocol, Swarm, autonat, dcutr, identify, identity, kad, mdns, noise, ping, relay, request_response, tcp,
-    yamux,
+    PeerId, StreamProtocol, Swarm, autonat, dcutr, identify, identity, kad, mdns, noise, ping, quic, relay,
+    request_response, tcp, yamux,
 };
 
 use super::codec::{PROTOCOL, PROTOCOL_V2, TransferCodec};
+use super::dial_guard::DialGuard;
 use super::direct::DirectOnly;
 use super::records::ProviderStore;
 
@@ -42,8 +46,11 @@ pub struct Behaviour {
     /// Asks peers to dial our address candidates back: the ones that work
     /// become confirmed external addresses.
     pub autonat: autonat::v2::client::Behaviour,
-    /// Dials peers' candidates back (contributing nodes).
-    pub autonat_server: Toggle<autonat::v2::server::Behaviour>,
+    /// Dials peers' candidates back (contributing nodes), over direct
+    /// connections only and while a direct address of ours is reachable:
+    /// behind NAT or through a relay, its dial-backs would map our LAN
+    /// for the asker (the actor turns it on and off).
+    pub autonat_server: Toggle<DirectOnly<autonat::v2::server::Behaviour>>,
     /// Maps the listen ports on a UPnP IGD router (contributing nodes,
     /// unless turned off); a mapping becomes a confirmed external address.
     pub upnp: Toggle<libp2p::upnp::tokio::Behaviour>,
@@ -85,8 +92,8 @@ impl Default for RelayLimits {
 }
 
 impl RelayLimits {
-    fn config(&self) -> relay::Config {
-        relay::Config {
+    fn config(&self, count_loopback: bool) -> relay::Config {
+        let mut c = relay::Config {
             max_reservations: self.max_reservations,
             max_reservations_per_peer: 4,
             reservation_duration: Duration::from_secs(3600),
@@ -95,7 +102,10 @@ impl RelayLimits {
             max_circuit_duration: self.circuit_duration,
             max_circuit_bytes: self.circuit_bytes,
             ..relay::Config::default()
-        }
+        };
+        c.reservation_rate_limiters
+            .push(Box::new(super::per_ip::reservations_per_network(count_loopback)));
+        c
     }
 }
 
@@ -125,33 +135,30 @@ pub struct SwarmSettings {
     pub count_loopback: bool,
 }
 
-/// Builds the swarm.
-pub fn build(key: identity::Keypair, store: ProviderStore, s: &SwarmSettings) -> anyhow_like::Result<Swarm<Behaviour>> {
+/// Builds the swarm. Every dial passes `guard` (see `dial_guard.rs`).
+pub fn build(
+    key: identity::Keypair,
+    store: ProviderStore,
+    s: &SwarmSettings,
+    guard: &DialGuard,
+) -> anyhow_like::Result<Swarm<Behaviour>> {
     #[cfg(feature = "test-hooks")]
-    if !s.test_latency.is_zero() {
-        // TCP only, through the delay line (QUIC would bypass it).
-        let delay = s.test_latency;
-        let swarm = libp2p::SwarmBuilder::with_existing_identity(key)
-            .with_tokio()
-            .with_other_transport(|key| super::delay::transport(key, delay).map_err(Into::into))
-            .map_err(|e| anyhow_like::Error(format!("delayed TCP transport: {e}")))?
-            .with_relay_client(noise::Config::new, yamux::Config::default)
-            .map_err(|e| anyhow_like::Error(format!("relay client: {e}")))?
-            .with_behaviour(|key, relay| behaviour(key, relay, store, s))
-            .map_err(|e| anyhow_like::Error(format!("behaviour: {e}")))?
-            .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE))
-            .build();
-        return Ok(swarm);
-    }
+    let delay = s.test_latency;
     let swarm = libp2p::SwarmBuilder::with_existing_identity(key)
         .with_tokio()
-        .with_tcp(
-            tcp::Config::default().nodelay(true),
-            noise::Config::new,
-            yamux::Config::default,
-        )
-        .map_err(|e| anyhow_like::Error(format!("TCP transport: {e}")))?
-        .with_quic()
+        .with_other_transport(|key| {
+            #[cfg(feature = "test-hooks")]
+            if !delay.is_zero() {
+                // TCP only, through the delay line (QUIC would bypass it).
+                return super::delay::transport(key, delay)
+                    .map(|t| guard.wrap(t))
+                    .map_err(Into::<Box<dyn std::error::Error + Send + Sync>>::into);
+            }
+            direct_transport(key)
+                .map(|t| guard.wrap(t))
+                .map_err(Into::<Box<dyn std::error::Error + Send + Sync>>::into)
+        })
+        .map_err(|e| anyhow_like::Error(format!("transport: {e}")))?
         .with_relay_client(noise::Config::new, yamux::Config::default)
         .map_err(|e| anyhow_like::Error(format!("relay client: {e}")))?
         .with_behaviour(|key, relay| behaviour(key, relay, store, s))
@@ -159,6 +166,19 @@ pub fn build(key: identity::Keypair, store: ProviderStore, s: &SwarmSettings) ->
         .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE))
         .build();
     Ok(swarm)
+}
+
+/// TCP (noise, yamux) and QUIC, as `SwarmBuilder::with_tcp` and
+/// `with_quic` make them.
+fn direct_transport(key: &identity::Keypair) -> Result<Boxed<(PeerId, StreamMuxerBox)>, noise::Error> {
+    let tcp = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
+        .upgrade(upgrade::Version::V1Lazy)
+        .authenticate(noise::Config::new(key)?)
+        .multiplex(yamux::Config::default())
+        .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)));
+    let quic =
+        quic::tokio::Transport::new(quic::Config::new(key)).map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)));
+    Ok(tcp.or_transport(quic).map(|either, _| either.into_inner()).boxed())
 }
 
 /// Connections kept with one peer (a TCP and a QUIC one may overlap, and
@@ -198,7 +218,9 @@ fn behaviour(
     // nixswarm re-announces its own keys in bounded batches (see
     // announce.rs) instead of one DHT walk per key from kad's job.
     kcfg.set_provider_publication_interval(None);
-    kcfg.set_record_filtering(kad::StoreInserts::Unfiltered);
+    // The actor stores what peers announce, keeping of each record only
+    // the addresses its sender was seen at (`records::addresses_seen_from`).
+    kcfg.set_record_filtering(kad::StoreInserts::FilterBoth);
     let mut kad = kad::Behaviour::with_config(local, store, kcfg);
     kad.set_mode(match s.dht {
         // The actor makes it a server once a direct external address is
@@ -238,11 +260,15 @@ fn behaviour(
             rr,
         )),
         autonat: autonat::v2::client::Behaviour::default(),
-        autonat_server: Toggle::from(s.server.then(autonat::v2::server::Behaviour::default)),
+        autonat_server: Toggle::from(s.server.then(|| {
+            let mut server = DirectOnly::new(autonat::v2::server::Behaviour::default());
+            server.set_on(false);
+            server
+        })),
         upnp: Toggle::from((s.server && s.upnp).then(libp2p::upnp::tokio::Behaviour::default)),
         relay_client,
         relay: Toggle::from(s.relay.as_ref().filter(|_| s.server).map(|l| {
-            let mut r = relay::Behaviour::new(local, l.config());
+            let mut r = relay::Behaviour::new(local, l.config(s.count_loopback));
             // The actor enables it once a direct address is confirmed.
             r.set_status(Some(relay::Status::Disable));
             DirectOnly::new(r)

@@ -29,6 +29,8 @@ pub struct DirectOnly<B> {
     pub inner: B,
     /// Relayed connections, by peer: hidden from `inner`.
     relayed: HashMap<PeerId, HashSet<ConnectionId>>,
+    /// Off: new connections are hidden too (the ones `inner` has keep it).
+    off: bool,
 }
 
 impl<B> DirectOnly<B> {
@@ -36,7 +38,13 @@ impl<B> DirectOnly<B> {
         Self {
             inner,
             relayed: HashMap::new(),
+            off: false,
         }
+    }
+
+    /// Turns `inner` on or off for connections made from now on.
+    pub fn set_on(&mut self, on: bool) {
+        self.off = !on;
     }
 
     fn hidden(&self, peer: &PeerId, id: &ConnectionId) -> bool {
@@ -68,7 +76,7 @@ impl<B: NetworkBehaviour> NetworkBehaviour for DirectOnly<B> {
         local: &Multiaddr,
         remote: &Multiaddr,
     ) -> Result<THandler<Self>, ConnectionDenied> {
-        if is_relayed(local) || is_relayed(remote) {
+        if self.off || is_relayed(local) || is_relayed(remote) {
             self.hide(peer, id);
             return Ok(Either::Right(dummy::ConnectionHandler));
         }
@@ -95,7 +103,7 @@ impl<B: NetworkBehaviour> NetworkBehaviour for DirectOnly<B> {
         role: Endpoint,
         port_use: PortUse,
     ) -> Result<THandler<Self>, ConnectionDenied> {
-        if is_relayed(addr) {
+        if self.off || is_relayed(addr) {
             self.hide(peer, id);
             return Ok(Either::Right(dummy::ConnectionHandler));
         }

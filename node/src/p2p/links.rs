@@ -155,6 +155,11 @@ impl<T> Links<T> {
         out
     }
 
+    /// Something waits for `peer`.
+    pub fn has_parked(&self, peer: &PeerId) -> bool {
+        self.parked.contains_key(peer)
+    }
+
     /// Items waiting, in all.
     #[cfg(test)]
     pub fn parked(&self) -> usize {

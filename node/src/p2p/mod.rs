@@ -10,6 +10,7 @@ mod book;
 mod codec;
 #[cfg(feature = "test-hooks")]
 mod delay;
+pub mod dial_guard;
 pub mod direct;
 mod discover;
 mod fetch;
@@ -26,6 +27,8 @@ pub mod proven;
 mod ratelimit;
 mod readvertise;
 pub mod records;
+#[cfg(feature = "test-hooks")]
+pub mod reflector;
 mod relays;
 mod rtts;
 mod schedule;
@@ -46,7 +49,7 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-pub use actor::{Command, DIRECT_WAIT};
+pub use actor::{Command, DIALS_PER_LOOKUP, DIRECT_WAIT};
 pub use behaviour::RelayLimits;
 pub use book::Found;
 pub use codec::{PROTOCOL, PROTOCOL_V2, TransferCodec};
@@ -223,6 +226,15 @@ pub struct NodeStats {
     pub readdressed: tokio::sync::Notify,
     /// Reachability as the swarm task last saw it (for the metrics).
     pub reach: std::sync::Mutex<Reach>,
+    /// The rules every dial passes, with their refusal counts.
+    pub dials: std::sync::OnceLock<dial_guard::DialGuard>,
+}
+
+impl NodeStats {
+    /// Dials refused so far, by reason.
+    pub fn dials_refused(&self) -> dial_guard::RefusedCounts {
+        self.dials.get().map(|g| g.with(|r| r.refused())).unwrap_or_default()
+    }
 }
 
 /// Whether and how others can reach this node.
@@ -265,6 +277,9 @@ pub struct NodeStatus {
     /// malformed or over a quota, a rate or a cap, and value records
     /// (nixswarm uses none).
     pub records_refused: u64,
+    /// Dials refused: a target that is not public (outside LAN mode), or
+    /// over a rate (`dial_guard.rs`).
+    pub dials_refused: u64,
     pub bytes_served: u64,
     pub bytes_fetched: u64,
     pub bytes_fetched_duplicate: u64,
@@ -446,6 +461,10 @@ impl Node {
             config.provider_ttl,
             stats.proven.clone(),
         );
+        #[cfg(feature = "test-hooks")]
+        let count_loopback = config.test_count_loopback;
+        #[cfg(not(feature = "test-hooks"))]
+        let count_loopback = false;
         let settings = behaviour::SwarmSettings {
             mdns: config.mdns,
             server: config.server,
@@ -457,12 +476,14 @@ impl Node {
             provider_ttl: config.provider_ttl,
             #[cfg(feature = "test-hooks")]
             test_latency: config.test_latency,
-            #[cfg(feature = "test-hooks")]
-            count_loopback: config.test_count_loopback,
-            #[cfg(not(feature = "test-hooks"))]
-            count_loopback: false,
+            count_loopback,
         };
-        let mut swarm = behaviour::build(key, records, &settings).map_err(|e| NodeError::Swarm(e.to_string()))?;
+        let guard = dial_guard::DialGuard::new(dial_guard::Rules::new(config.announce_private, count_loopback));
+        // The user gave these: dialled whatever their address.
+        guard.with(|r| config.bootstrap.iter().for_each(|a| r.allow(a)));
+        let _ = stats.dials.set(guard.clone());
+        let mut swarm =
+            behaviour::build(key, records, &settings, &guard).map_err(|e| NodeError::Swarm(e.to_string()))?;
         // An IPv6 address that cannot be bound (a host without IPv6) is
         // skipped while an IPv4 one works; anything else is an error.
         let has_ip4 = config
@@ -522,6 +543,7 @@ impl Node {
             in_flight: Arc::default(),
         };
         let mut actor = actor::Actor::new(swarm, rx, inbound_tx, stats, cancel.clone(), config.bootstrap.clone());
+        actor.guard = Some(guard);
         actor.announce_private = config.announce_private;
         actor.known = known::KnownAddrs::new(config.announce_private);
         actor.dht_auto = config.server && config.dht == DhtMode::Auto;

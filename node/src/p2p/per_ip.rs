@@ -32,6 +32,37 @@ fn network(remote: &Multiaddr) -> Option<IpAddr> {
     super::ip_of(remote).map(|ip| super::network_of(ip, 32, 64))
 }
 
+/// Relay reservations (new or renewed) from one network before its rate
+/// applies.
+pub const RESERVATION_BURST: f64 = 8.0;
+/// Then one this often. A reservation lasts an hour and its client renews
+/// it about every 45 minutes, so one network holds a handful at once,
+/// however many identities it makes.
+pub const RESERVATION_EVERY: std::time::Duration = std::time::Duration::from_secs(450);
+
+/// The relay service's limit of reservations per IPv4 address or IPv6
+/// /64 (libp2p-relay's own per-IP limit counts IPv6 per /128, and a home
+/// gets a /64 or more), for `relay::Config::reservation_rate_limiters`.
+/// Loopback is exempt unless `count_loopback` (tests).
+pub fn reservations_per_network(
+    count_loopback: bool,
+) -> impl FnMut(PeerId, &Multiaddr, std::time::Instant) -> bool + Send {
+    let mut buckets = super::dial_guard::Buckets::new(RESERVATION_EVERY, RESERVATION_BURST);
+    move |_, addr: &Multiaddr, now| {
+        let Some(net) = network(addr) else {
+            return true;
+        };
+        if net.is_loopback() && !count_loopback {
+            return true;
+        }
+        let ok = buckets.has(net, now);
+        if ok {
+            buckets.take(net);
+        }
+        ok
+    }
+}
+
 /// The limit, as a behaviour placed right after the connection limits.
 #[derive(Debug, Default)]
 pub struct PerNetwork {
@@ -190,5 +221,25 @@ mod tests {
         use std::sync::atomic::{AtomicUsize, Ordering};
         static NEXT: AtomicUsize = AtomicUsize::new(1);
         NEXT.fetch_add(1, Ordering::Relaxed)
+    }
+
+    #[test]
+    fn relay_reservations_are_limited_per_network_with_ipv6_per_64() {
+        let mut limit = reservations_per_network(false);
+        let now = std::time::Instant::now();
+        let mut from = |a: &str, t| limit(PeerId::random(), &addr(a), t);
+        // Fresh identities and addresses across one /64.
+        let ok = (0..20)
+            .filter(|i| from(&format!("/ip6/2001:db8:1:2::{i:x}/tcp/1"), now))
+            .count();
+        assert_eq!(ok, RESERVATION_BURST as usize);
+        assert!(
+            from("/ip6/2001:db8:1:3::1/tcp/1", now),
+            "another /64 is another network"
+        );
+        assert!(!from("/ip6/2001:db8:1:2::99/tcp/1", now));
+        assert!(from("/ip6/2001:db8:1:2::99/tcp/1", now + RESERVATION_EVERY));
+        // Loopback is this machine (outside tests).
+        assert!((0..20).all(|_| from("/ip4/127.0.0.1/tcp/1", now)));
     }
 }

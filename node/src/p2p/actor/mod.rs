@@ -46,6 +46,9 @@ pub const PRIVATE_AFTER: Duration = Duration::from_secs(15);
 /// After a peer's requests gave up on a direct connection, new ones fail at
 /// once for this long (unless a direct connection comes up meanwhile).
 pub const OUT_OF_REACH: Duration = Duration::from_secs(60);
+/// Providers a lookup dials as it finds them (the rest are dialled when
+/// a transfer asks for them, with what the routing table knows).
+pub const DIALS_PER_LOOKUP: usize = 4;
 /// The relay service's protocol: a peer that speaks it can be reserved on.
 const RELAY_HOP: &str = "/libp2p/circuit/relay/0.2.0/hop";
 
@@ -85,7 +88,8 @@ pub enum Command {
         response: Response,
         written: Option<(InboundRequestId, oneshot::Sender<()>)>,
     },
-    /// Dial an address (bootstrap).
+    /// Dial an address (bootstrap, or one a program chose): allowed by
+    /// the dial guard whatever its IP.
     Dial { addr: Multiaddr },
     /// Connected peers.
     Peers { reply: oneshot::Sender<Vec<PeerId>> },
@@ -134,6 +138,13 @@ pub(super) struct Actor {
     dialed: HashMap<ConnectionId, Multiaddr>,
     /// When the first connection came up (AutoNAT servers to ask).
     first_connected: Option<Instant>,
+    /// Dials through relays tried again, by peer: since when, how often,
+    /// and the addresses of the one due (empty: none due).
+    relay_redials: HashMap<PeerId, (Instant, u32, Vec<Multiaddr>)>,
+    /// The IP addresses of each peer's direct connections.
+    direct_ips: HashMap<PeerId, Vec<(ConnectionId, std::net::IpAddr)>>,
+    /// The rules every dial passes (mDNS finds are added to them).
+    pub guard: Option<super::dial_guard::DialGuard>,
 }
 
 impl Actor {
@@ -167,6 +178,9 @@ impl Actor {
             relays: Relays::default(),
             dialed: HashMap::new(),
             first_connected: None,
+            direct_ips: HashMap::new(),
+            relay_redials: HashMap::new(),
+            guard: None,
         }
     }
 
@@ -196,6 +210,7 @@ impl Actor {
                     // Waiters that gave up (an event that never came).
                     self.writing.retain(|_, tx| !tx.is_closed());
                     self.expire_parked();
+                    self.redial_due();
                     self.reach_tick();
                 }
             }
@@ -239,6 +254,11 @@ impl Actor {
                 }
             }
             Command::Dial { addr } => {
+                // Asked for by name (bootstrap, or a program's own choice):
+                // dialled whatever the address.
+                if let Some(g) = &self.guard {
+                    g.with(|r| r.allow(&addr));
+                }
                 if let Err(e) = self.swarm.dial(addr.clone()) {
                     tracing::warn!(%addr, error = %e, "cannot dial");
                 }
@@ -291,6 +311,7 @@ impl Actor {
                         let r = self.swarm.behaviour_mut().kad.store_mut().refused();
                         r.malformed + r.over_limit + r.values
                     },
+                    dials_refused: self.stats.dials_refused().total(),
                     bytes_served: self.stats.bytes_served.load(Ordering::Relaxed),
                     bytes_fetched: self.stats.bytes_fetched.load(Ordering::Relaxed),
                     bytes_fetched_duplicate: self.stats.bytes_fetched_duplicate.load(Ordering::Relaxed),
@@ -320,6 +341,19 @@ impl Actor {
         }
     }
 
+    /// True if `addr` is in the IPv4 /24 or IPv6 /64 of one of this
+    /// node's listen addresses (loopback excluded).
+    fn on_attached_network(&self, addr: &Multiaddr) -> bool {
+        let Some(ip) = super::ip_of(addr).filter(|ip| !ip.is_loopback()) else {
+            return false;
+        };
+        let net = super::network_of(ip, 24, 64);
+        self.swarm
+            .listeners()
+            .filter_map(super::ip_of)
+            .any(|own| super::network_of(own, 24, 64) == net)
+    }
+
     fn on_swarm_event(&mut self, ev: SwarmEvent<BehaviourEvent>) {
         let Some(ev) = self.on_reach_event(ev) else {
             return;
@@ -341,6 +375,9 @@ impl Actor {
                 for c in self.links.redundant_relayed(&peer_id) {
                     self.swarm.close_connection(c);
                 }
+                if !relayed && let Some(ip) = super::ip_of(endpoint.get_remote_address()) {
+                    self.direct_ips.entry(peer_id).or_default().push((connection_id, ip));
+                }
                 if endpoint.is_dialer() && !relayed {
                     let addr = endpoint.get_remote_address().clone();
                     self.dialed.insert(connection_id, addr.clone());
@@ -355,6 +392,12 @@ impl Actor {
             } => {
                 self.links.down(&peer_id, connection_id);
                 self.dialed.remove(&connection_id);
+                if let Some(ips) = self.direct_ips.get_mut(&peer_id) {
+                    ips.retain(|(c, _)| *c != connection_id);
+                    if ips.is_empty() {
+                        self.direct_ips.remove(&peer_id);
+                    }
+                }
                 if num_established == 0 {
                     self.relays.gone(&peer_id);
                     self.stats.rtts.forget(&peer_id);
@@ -364,7 +407,7 @@ impl Actor {
                 peer_id: Some(peer),
                 error,
                 ..
-            } if !self.links.connected(&peer) => {
+            } if !self.links.connected(&peer) && !self.redial_through_relay(peer, &error) => {
                 self.fail_parked(&peer, &format!("cannot connect: {error}"));
             }
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
@@ -386,6 +429,16 @@ impl Actor {
             }
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(list))) => {
                 for (peer, addr) in list {
+                    // Any host on the LAN can answer mDNS with any address:
+                    // only one on a network this node listens on is taken
+                    // (and then dialled, though not public).
+                    if !self.announce_private && !self.on_attached_network(&addr) {
+                        tracing::debug!(%peer, %addr, "mDNS address not on an attached network; ignored");
+                        continue;
+                    }
+                    if let Some(g) = &self.guard {
+                        g.with(|r| r.allow(&addr));
+                    }
                     self.learn(peer, Source::Lan, [addr]);
                 }
             }
@@ -396,6 +449,31 @@ impl Actor {
                 if entries == 1 {
                     self.stats.joined.notify_one();
                 }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::InboundRequest {
+                request:
+                    kad::InboundRequest::AddProvider {
+                        record: Some(mut record),
+                    },
+            })) => {
+                use libp2p::kad::store::RecordStore as _;
+                let from: Vec<_> = self
+                    .direct_ips
+                    .get(&record.provider)
+                    .map(|v| v.iter().map(|(_, ip)| *ip).collect())
+                    .unwrap_or_default();
+                record.addresses = super::records::addresses_seen_from(&record.addresses, &from);
+                // The store counts what it refuses; nothing to tell the peer.
+                let _ = self.swarm.behaviour_mut().kad.store_mut().add_provider(record);
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::InboundRequest {
+                request: kad::InboundRequest::PutRecord {
+                    record: Some(record), ..
+                },
+            })) => {
+                use libp2p::kad::store::RecordStore as _;
+                // Refused and counted (nixswarm uses no value records).
+                let _ = self.swarm.behaviour_mut().kad.store_mut().put(record);
             }
             SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
                 id,
@@ -432,8 +510,10 @@ impl Actor {
                             if p != local && seen.insert(p) {
                                 // Dial now, while the query still holds the
                                 // addresses the record came with (a provider
-                                // behind NAT is in nobody's routing table).
-                                if !self.links.connected(&p) {
+                                // behind NAT is in nobody's routing table);
+                                // only the first few: an answer may list
+                                // any number, and each costs a dial.
+                                if seen.len() <= DIALS_PER_LOOKUP && !self.links.connected(&p) {
                                     // (No addresses given: the behaviours' are used.)
                                     let opts = DialOpts::peer_id(p)
                                         .condition(PeerCondition::DisconnectedAndNotDialing)

@@ -45,7 +45,8 @@ impl Actor {
 
     /// Follows reachability: Kademlia serves (auto mode) and the relay
     /// service is offered only while a direct address is reachable (a node
-    /// behind NAT, reached through relays, is a client of both); our own
+    /// behind NAT, reached through relays, is a client of both), and so is
+    /// the AutoNAT server; our own
     /// records carry the advertised addresses.
     pub(super) fn update_mode(&mut self) {
         let reachable = self.reachable();
@@ -57,6 +58,9 @@ impl Actor {
             } else {
                 libp2p::relay::Status::Disable
             }));
+        }
+        if let Some(a) = self.swarm.behaviour_mut().autonat_server.as_mut() {
+            a.set_on(reachable);
         }
         if self.dht_auto {
             let mode = if reachable {

@@ -42,6 +42,26 @@ pub struct Refused {
     pub values: u64,
 }
 
+/// Circuit addresses kept from one record (a node behind NAT holds
+/// reservations on two relays).
+pub const CIRCUIT_ADDRS: usize = 2;
+
+/// Of the addresses a provider put in its record, the ones others may be
+/// sent to dial: a direct address in the network (IPv4 address, IPv6 /64)
+/// of a direct connection the provider announced over (`from`), and at
+/// most [`CIRCUIT_ADDRS`] relayed ones (dialling those reaches a relay,
+/// which the circuit protocol then asks). Anything else the sender chose
+/// freely: kept, it would send every fetcher of the path to dial it.
+pub fn addresses_seen_from(addrs: &[Multiaddr], from: &[std::net::IpAddr]) -> Vec<Multiaddr> {
+    use super::{direct::is_relayed, ip_of, network_of};
+    let nets: Vec<_> = from.iter().map(|ip| network_of(*ip, 32, 64)).collect();
+    let direct = addrs
+        .iter()
+        .filter(|a| !is_relayed(a) && ip_of(a).is_some_and(|ip| nets.contains(&network_of(ip, 32, 64))));
+    let relayed = addrs.iter().filter(|a| is_relayed(a)).take(CIRCUIT_ADDRS);
+    direct.chain(relayed).cloned().collect()
+}
+
 /// The store.
 #[derive(Debug)]
 pub struct ProviderStore {

@@ -321,3 +321,32 @@ fn a_re_announcement_replaces_stale_addresses() {
     assert_eq!(p.len(), 1);
     assert_eq!(p[0].addresses, vec![new], "the relay it moved to, not the one it left");
 }
+
+#[test]
+fn a_record_keeps_only_addresses_its_sender_was_seen_at() {
+    let a = |s: &str| s.parse::<Multiaddr>().unwrap();
+    let relay = PeerId::random();
+    let addrs = vec![
+        a("/ip4/198.51.100.7/tcp/4001"),
+        a("/ip4/198.51.100.7/udp/4001/quic-v1"),
+        // A victim, the user's LAN and loopback, chosen by the sender.
+        a("/ip4/203.0.113.9/tcp/80"),
+        a("/ip4/192.168.1.1/tcp/80"),
+        a("/ip4/127.0.0.1/tcp/22"),
+        a("/ip6/2001:db8:1:2::99/tcp/4001"),
+        a(&format!("/ip4/198.51.100.1/tcp/1/p2p/{relay}/p2p-circuit")),
+        a(&format!("/ip4/198.51.100.2/tcp/1/p2p/{relay}/p2p-circuit")),
+        a(&format!("/ip4/198.51.100.3/tcp/1/p2p/{relay}/p2p-circuit")),
+    ];
+    let from = ["198.51.100.7".parse().unwrap(), "2001:db8:1:2::1".parse().unwrap()];
+    let kept = super::addresses_seen_from(&addrs, &from);
+    assert_eq!(
+        kept,
+        [&addrs[0], &addrs[1], &addrs[5], &addrs[6], &addrs[7]].map(Clone::clone)
+    );
+    // Seen only through a relay: its circuit addresses, nothing direct.
+    assert_eq!(
+        super::addresses_seen_from(&addrs, &[]),
+        [addrs[6].clone(), addrs[7].clone()]
+    );
+}
