@@ -126,6 +126,7 @@ fn main() -> Result<()> {
         .build()?;
     let (me, _) = tokio::sync::oneshot::channel();
     let attack = rt.spawn(identify_flood::run(
+        true,
         node,
         victim_id,
         None,

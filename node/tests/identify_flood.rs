@@ -22,6 +22,7 @@ async fn an_identify_push_flood_keeps_a_few_addresses() {
     let (stop, pushes) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU32::new(0)));
     let (me, pusher) = tokio::sync::oneshot::channel();
     let flood = tokio::spawn(identify_flood::run(
+        true,
         victim.addr(),
         victim.node.handle.peer_id(),
         Some(PUSHES),
@@ -56,4 +57,32 @@ async fn an_identify_push_flood_keeps_a_few_addresses() {
         "{} addresses kept for one peer",
         s.routing_addresses
     );
+}
+
+/// A peer that claims the DHT protocol but cannot be dialled back (it
+/// listens nowhere; every address it claims is elsewhere) never enters the
+/// routing table: before, whatever a connected peer claimed went in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_cannot_be_dialled_back_stays_out_of_the_routing_table() {
+    let victim = TestNode::start(None, |_| {}).await;
+    let (stop, pushes) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU32::new(0)));
+    let (me, pusher) = tokio::sync::oneshot::channel();
+    let flood = tokio::spawn(identify_flood::run(
+        false,
+        victim.addr(),
+        victim.node.handle.peer_id(),
+        Some(40),
+        stop,
+        pushes.clone(),
+        me,
+    ));
+    let pusher = pusher.await.expect("the pusher's id");
+    flood.await.expect("the flood task").expect("the flood");
+    assert_eq!(pushes.load(Ordering::Relaxed), 40);
+    let table = victim.node.handle.routing_table().await.expect("routing table");
+    assert!(
+        !table.contains(&pusher),
+        "a peer nobody dialled is in the routing table"
+    );
+    assert!(victim.node.handle.peers().await.expect("peers").contains(&pusher));
 }

@@ -89,6 +89,10 @@ pub fn run(args: &StatusArgs) -> Result<()> {
             "dials refused:  {} (addresses peers gave that are not public, or too many)",
             n(&node["dials_refused"])
         );
+        println!(
+            "kept out:       {} (DHT peers whose bucket held two of their network)",
+            n(&node["not_admitted"])
+        );
         println!("bytes served:   {}", bytes(n(&node["bytes_served"])));
         println!("bytes fetched:  {}", bytes(n(&node["bytes_fetched"])));
         println!(

@@ -221,6 +221,9 @@ fn behaviour(
     // The actor stores what peers announce, keeping of each record only
     // the addresses its sender was seen at (`records::addresses_seen_from`).
     kcfg.set_record_filtering(kad::StoreInserts::FilterBoth);
+    // Peers enter the routing table through the actor (dialled, and no
+    // more than a few per network and bucket: `actor/admission.rs`).
+    kcfg.set_kbucket_inserts(kad::BucketInserts::Manual);
     let mut kad = kad::Behaviour::with_config(local, store, kcfg);
     kad.set_mode(match s.dht {
         // The actor makes it a server once a direct external address is

@@ -35,8 +35,11 @@ pub fn fresh(i: u32) -> Multiaddr {
 }
 
 /// The flood, until `stop` or `rounds` pushes; its peer id is reported
-/// through `me` once known and the pushes so far through `pushes`.
+/// through `me` once known and the pushes so far through `pushes`. With
+/// `listen`, it listens on 127.0.0.1 and claims that address too (a victim
+/// that dials it back there admits it to its routing table).
 pub async fn run(
+    listen: bool,
     victim: Multiaddr,
     victim_id: PeerId,
     rounds: Option<u32>,
@@ -59,6 +62,15 @@ pub async fn run(
         })?
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(600)))
         .build();
+    if listen {
+        swarm.listen_on("/ip4/127.0.0.1/tcp/0".parse()?)?;
+        loop {
+            if let SwarmEvent::NewListenAddr { address, .. } = swarm.select_next_some().await {
+                swarm.add_external_address(address);
+                break;
+            }
+        }
+    }
     let _ = me.send(*swarm.local_peer_id());
     swarm.dial(victim)?;
     let mut tick = tokio::time::interval(PUSH_EVERY);

@@ -49,7 +49,7 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-pub use actor::{Command, DIALS_PER_LOOKUP, DIRECT_WAIT};
+pub use actor::{Command, DIALS_PER_LOOKUP, DIRECT_WAIT, PER_BUCKET_NETWORK};
 pub use behaviour::RelayLimits;
 pub use book::Found;
 pub use codec::{PROTOCOL, PROTOCOL_V2, TransferCodec};
@@ -226,6 +226,9 @@ pub struct NodeStats {
     pub readdressed: tokio::sync::Notify,
     /// Reachability as the swarm task last saw it (for the metrics).
     pub reach: std::sync::Mutex<Reach>,
+    /// DHT peers kept out of the routing table: their bucket held enough
+    /// of their network.
+    pub not_admitted: AtomicU64,
     /// The rules every dial passes, with their refusal counts.
     pub dials: std::sync::OnceLock<dial_guard::DialGuard>,
 }
@@ -280,6 +283,8 @@ pub struct NodeStatus {
     /// Dials refused: a target that is not public (outside LAN mode), or
     /// over a rate (`dial_guard.rs`).
     pub dials_refused: u64,
+    /// DHT peers kept out of the routing table for network diversity.
+    pub not_admitted: u64,
     pub bytes_served: u64,
     pub bytes_fetched: u64,
     pub bytes_fetched_duplicate: u64,
@@ -548,6 +553,7 @@ impl Node {
         actor.known = known::KnownAddrs::new(config.announce_private);
         actor.dht_auto = config.server && config.dht == DhtMode::Auto;
         actor.contributing = config.server;
+        actor.count_loopback = count_loopback;
         tokio::spawn(actor.run());
         let limiter = Arc::new(RateLimiter::new(config.upload_limit));
         #[cfg(feature = "test-hooks")]

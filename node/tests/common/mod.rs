@@ -56,6 +56,25 @@ pub struct TestNode {
 impl TestNode {
     pub async fn start(bootstrap: Option<Multiaddr>, tweak: impl FnOnce(&mut NodeConfig)) -> Self {
         let dir = tempfile::tempdir().unwrap();
+        let keypair = load_or_create_key(&dir.path().join("node.key")).unwrap();
+        Self::start_in(dir, keypair, bootstrap, tweak).await
+    }
+
+    /// Same, with this key.
+    pub async fn start_with_key(
+        keypair: libp2p::identity::Keypair,
+        bootstrap: Option<Multiaddr>,
+        tweak: impl FnOnce(&mut NodeConfig),
+    ) -> Self {
+        Self::start_in(tempfile::tempdir().unwrap(), keypair, bootstrap, tweak).await
+    }
+
+    async fn start_in(
+        dir: tempfile::TempDir,
+        keypair: libp2p::identity::Keypair,
+        bootstrap: Option<Multiaddr>,
+        tweak: impl FnOnce(&mut NodeConfig),
+    ) -> Self {
         let store = ChunkStore::open(&dir.path().join("store"), StoreOptions::with_quota(1 << 30)).unwrap();
         let mut config = NodeConfig {
             listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
@@ -66,7 +85,6 @@ impl TestNode {
         };
         tweak(&mut config);
         let cancel = CancellationToken::new();
-        let keypair = load_or_create_key(&dir.path().join("node.key")).unwrap();
         let shelves = Shelves::store(store.clone(), SharePolicy::new(vec![key().public_key()], false));
         let node = Node::start(dir.path(), keypair, shelves, config, cancel.clone())
             .await

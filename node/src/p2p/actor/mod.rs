@@ -20,6 +20,8 @@ use nixswarm_protocol::wire::{Request, Response};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+mod admission;
+pub use admission::PER_BUCKET_NETWORK;
 mod reach;
 mod requests;
 
@@ -134,8 +136,12 @@ pub(super) struct Actor {
     /// Connections by kind; requests waiting for a direct one.
     links: Links<(Request, Reply)>,
     relays: Relays,
-    /// Where we dialled each direct outbound connection.
-    dialed: HashMap<ConnectionId, Multiaddr>,
+    /// Where we dialled each direct outbound connection, and whom.
+    dialed: HashMap<ConnectionId, (PeerId, Multiaddr)>,
+    /// When each peer that connected to us was last dialled back.
+    dial_backs: HashMap<PeerId, Instant>,
+    /// Tests: loopback addresses count as a host's network.
+    pub count_loopback: bool,
     /// When the first connection came up (AutoNAT servers to ask).
     first_connected: Option<Instant>,
     /// Dials through relays tried again, by peer: since when, how often,
@@ -177,6 +183,8 @@ impl Actor {
             links: Links::default(),
             relays: Relays::default(),
             dialed: HashMap::new(),
+            dial_backs: HashMap::new(),
+            count_loopback: false,
             first_connected: None,
             direct_ips: HashMap::new(),
             relay_redials: HashMap::new(),
@@ -312,6 +320,7 @@ impl Actor {
                         r.malformed + r.over_limit + r.values
                     },
                     dials_refused: self.stats.dials_refused().total(),
+                    not_admitted: self.stats.not_admitted.load(Ordering::Relaxed),
                     bytes_served: self.stats.bytes_served.load(Ordering::Relaxed),
                     bytes_fetched: self.stats.bytes_fetched.load(Ordering::Relaxed),
                     bytes_fetched_duplicate: self.stats.bytes_fetched_duplicate.load(Ordering::Relaxed),
@@ -324,13 +333,17 @@ impl Actor {
     }
 
     /// Keeps what is worth keeping of `addrs` for `peer` (see
-    /// [`KnownAddrs`]) and tells Kademlia what changed: it never holds
-    /// more of a peer's addresses than the book does.
+    /// [`KnownAddrs`]) and, for a peer in the routing table, tells
+    /// Kademlia what changed: it never holds more of a peer's addresses
+    /// than the book does (peers enter the table in `admission.rs`).
     fn learn(&mut self, peer: PeerId, source: Source, addrs: impl IntoIterator<Item = Multiaddr>) {
         let swarm = &self.swarm;
         let change = self
             .known
             .learn(peer, source, addrs, Instant::now(), |p| swarm.is_connected(p));
+        if change == super::known::Change::default() || !self.in_table(&peer) {
+            return;
+        }
         let kad = &mut self.swarm.behaviour_mut().kad;
         // Added first: removing a peer's last address drops it from the table.
         for a in change.added {
@@ -380,7 +393,7 @@ impl Actor {
                 }
                 if endpoint.is_dialer() && !relayed {
                     let addr = endpoint.get_remote_address().clone();
-                    self.dialed.insert(connection_id, addr.clone());
+                    self.dialed.insert(connection_id, (peer_id, addr.clone()));
                     self.learn(peer_id, Source::Dialed, [addr]);
                 }
             }
@@ -415,12 +428,19 @@ impl Actor {
                 info,
                 connection_id,
             })) => {
-                // Without this, inbound peers never enter the routing table.
+                // A DHT server that connected to us enters the routing
+                // table once a dial back at what it claims works.
                 if info.protocols.contains(&super::behaviour::KAD_PROTOCOL) {
+                    if !self.dialled(&peer_id) {
+                        self.dial_back(peer_id, connection_id, &info.listen_addrs);
+                    }
                     self.learn(peer_id, Source::Claimed, info.listen_addrs);
+                    if self.dialled(&peer_id) {
+                        self.admit(peer_id);
+                    }
                 }
                 if info.protocols.iter().any(|p| p.as_ref() == RELAY_HOP)
-                    && let Some(addr) = self.dialed.get(&connection_id)
+                    && let Some((_, addr)) = self.dialed.get(&connection_id)
                     && (self.announce_private || super::is_global(addr))
                 {
                     self.relays.candidate(peer_id, addr.clone());
@@ -440,7 +460,20 @@ impl Actor {
                         g.with(|r| r.allow(&addr));
                     }
                     self.learn(peer, Source::Lan, [addr]);
+                    // Dialled, it enters the routing table (`RoutablePeer`).
+                    if !self.swarm.is_connected(&peer) {
+                        let _ = self.swarm.dial(
+                            DialOpts::peer_id(peer)
+                                .condition(PeerCondition::DisconnectedAndNotDialing)
+                                .build(),
+                        );
+                    }
                 }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::RoutablePeer { peer, address })) => {
+                // Dialled, and it confirmed the DHT protocol.
+                self.learn(peer, Source::Dialed, [address]);
+                self.admit(peer);
             }
             SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::RoutingUpdated { is_new_peer: true, .. })) => {
                 // The first entry in the routing table: what was announced
