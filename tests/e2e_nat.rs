@@ -188,6 +188,18 @@ fn nar_bytes(cache: &Path, paths: &[String]) -> Result<u64> {
     Ok(total)
 }
 
+/// `log` without its terminal colour codes.
+fn plain(log: &str) -> String {
+    let mut out = String::with_capacity(log.len());
+    let mut rest = log;
+    while let Some(i) = rest.find('\x1b') {
+        out.push_str(&rest[..i]);
+        rest = rest[i..].find('m').map_or("", |j| &rest[i + j + 1..]);
+    }
+    out.push_str(rest);
+    out
+}
+
 fn hash_of(path: &str) -> &str {
     &path["/nix/store/".len()..][..32]
 }
@@ -295,6 +307,12 @@ fn direct_transfer(tag: &str, t: Transports) -> Result<()> {
         c.log().contains("hole punched: direct connection") || s.d.log().contains("hole punched: direct connection"),
         "no hole punch was logged"
     );
+    // For scripts/bench-punch.sh: how the punch went.
+    eprintln!(
+        "punch: {} punches failed first, {} retries",
+        s.d.log().matches("hole punching failed").count() + c.log().matches("hole punching failed").count(),
+        c.log().matches("trying hole punching again").count()
+    );
     let nar = nar_bytes(&fx.cache(), &fx.paths)?;
     let status = json(&c.status()?)?;
     let from_peers = status["served"]["peer"].as_u64().unwrap_or(0);
@@ -318,6 +336,78 @@ fn direct_transfer(tag: &str, t: Transports) -> Result<()> {
     ensure!(
         relayed * 20 < sent,
         "D sent {sent} bytes, the relays carried {relayed}: {d}"
+    );
+    Ok(())
+}
+
+/// C's router drops everything between C and D's router until C's first
+/// hole punch to D has failed; then the way is open. Before, a punch that
+/// failed was not tried again until something else opened a new relayed
+/// connection: C stayed without a direct connection to D.
+#[test]
+fn a_punch_that_failed_is_tried_again_and_gets_through() -> Result<()> {
+    let fx = fixture();
+    let tmp = tempfile::tempdir()?;
+    let (s, c) = swarm(
+        "p",
+        tmp.path(),
+        Transports::QuicOnly,
+        Nat::PortPreserving,
+        Nat::PortPreserving,
+        |_| down_upstream(),
+        &[],
+    )?;
+    let router = s.net.ns("c-router");
+    Net::nft(
+        &router,
+        "table ip punchblock {
+  chain block {
+    type filter hook forward priority -10; policy accept;
+    ip daddr 198.18.0.11 drop
+    ip saddr 198.18.0.11 drop
+  }
+}
+",
+    )?;
+    let logs = || format!("--- C ---\n{}\n--- D ---\n{}", c.log(), s.d.log());
+    wait(30, "C to join", || {
+        Ok((json(&c.status()?)?["node"]["peers"].as_u64() >= Some(2)).then_some(()))
+    })?;
+    // A narinfo D holds: C finds D in the DHT and dials it through a relay.
+    let narinfo = format!("/{}.narinfo", hash_of(&fx.paths[0]));
+    let t = Instant::now();
+    // D starts the punch (it is the relayed connection's listener) and
+    // reports its end.
+    wait(90, "the first punch between C and D to fail", || {
+        if !s.d.log().contains("hole punching failed") {
+            let _ = c.get(&narinfo);
+            return Ok(None);
+        }
+        Ok(Some(()))
+    })
+    .map_err(|e| e.context(logs()))?;
+    let failed_after = t.elapsed();
+    Net::nft(&router, "delete table ip punchblock")?;
+    let c_id = json(&c.status()?)?["node"]["peer_id"]
+        .as_str()
+        .context("C's peer id")?
+        .to_owned();
+    let (to_d, to_c) = (
+        format!("hole punched: direct connection peer={}", s.d_id),
+        format!("hole punched: direct connection peer={c_id}"),
+    );
+    wait(90, "C and D to punch through on a retry", || {
+        Ok((plain(&c.log()).contains(&to_d) || plain(&s.d.log()).contains(&to_c)).then_some(()))
+    })
+    .map_err(|e| e.context(logs()))?;
+    eprintln!(
+        "the first punch failed {failed_after:?} after the lookup; a retry got through {:?} later",
+        t.elapsed() - failed_after
+    );
+    ensure!(
+        c.log().contains("trying hole punching again"),
+        "no retry logged:\n{}",
+        c.log()
     );
     Ok(())
 }

@@ -203,6 +203,20 @@ table ip filter {{
         Ok(host)
     }
 
+    /// Loads nftables `rules` (or commands) in namespace `ns`.
+    pub fn nft(ns: &str, rules: &str) -> Result<()> {
+        let mut nft = Command::new("ip")
+            .args(["netns", "exec", ns, "nft", "-f", "-"])
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("running nft")?;
+        nft.stdin.take().context("nft stdin")?.write_all(rules.as_bytes())?;
+        let out = nft.wait_with_output()?;
+        ensure!(out.status.success(), "nft: {}", String::from_utf8_lossy(&out.stderr));
+        Ok(())
+    }
+
     /// `program` run inside namespace `ns`.
     pub fn command(ns: &str, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut c = Command::new("ip");

@@ -155,6 +155,14 @@ impl<T> Links<T> {
         out
     }
 
+    /// `peer`'s relayed connections.
+    pub fn relayed_of(&self, peer: &PeerId) -> Vec<ConnectionId> {
+        self.peers
+            .get(peer)
+            .map(|p| p.relayed.iter().copied().collect())
+            .unwrap_or_default()
+    }
+
     /// Something waits for `peer`.
     pub fn has_parked(&self, peer: &PeerId) -> bool {
         self.parked.contains_key(peer)

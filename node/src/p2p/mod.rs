@@ -24,6 +24,7 @@ mod liar;
 mod links;
 mod per_ip;
 pub mod proven;
+mod punch;
 mod ratelimit;
 mod readvertise;
 pub mod records;

@@ -140,6 +140,8 @@ pub(super) struct Actor {
     dialed: HashMap<ConnectionId, (PeerId, Multiaddr)>,
     /// When each peer that connected to us was last dialled back.
     dial_backs: HashMap<PeerId, Instant>,
+    /// Hole punches to try again.
+    punches: super::punch::Punches,
     /// Tests: loopback addresses count as a host's network.
     pub count_loopback: bool,
     /// When the first connection came up (AutoNAT servers to ask).
@@ -184,6 +186,7 @@ impl Actor {
             relays: Relays::default(),
             dialed: HashMap::new(),
             dial_backs: HashMap::new(),
+            punches: super::punch::Punches::default(),
             count_loopback: false,
             first_connected: None,
             direct_ips: HashMap::new(),
@@ -219,6 +222,7 @@ impl Actor {
                     self.writing.retain(|_, tx| !tx.is_closed());
                     self.expire_parked();
                     self.redial_due();
+                    self.punch_again();
                     self.reach_tick();
                 }
             }
@@ -388,6 +392,12 @@ impl Actor {
                 for c in self.links.redundant_relayed(&peer_id) {
                     self.swarm.close_connection(c);
                 }
+                if !relayed {
+                    self.punches.direct(&peer_id);
+                } else if endpoint.is_dialer() {
+                    self.punches
+                        .relayed(peer_id, endpoint.get_remote_address().clone(), Instant::now());
+                }
                 if !relayed && let Some(ip) = super::ip_of(endpoint.get_remote_address()) {
                     self.direct_ips.entry(peer_id).or_default().push((connection_id, ip));
                 }
@@ -412,6 +422,7 @@ impl Actor {
                     }
                 }
                 if num_established == 0 {
+                    self.punches.gone(&peer_id);
                     self.relays.gone(&peer_id);
                     self.stats.rtts.forget(&peer_id);
                 }

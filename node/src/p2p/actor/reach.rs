@@ -141,6 +141,27 @@ impl Actor {
         }
     }
 
+    /// Once a second: a fresh relayed connection to each peer whose punch
+    /// is due again (its remote then starts a new DCUtR attempt).
+    pub(super) fn punch_again(&mut self) {
+        for (peer, circuit) in self.punches.due(Instant::now()) {
+            if self.links.direct(&peer) {
+                continue;
+            }
+            for c in self.links.relayed_of(&peer) {
+                self.swarm.close_connection(c);
+            }
+            tracing::info!(%peer, %circuit, "trying hole punching again");
+            let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer)
+                .condition(libp2p::swarm::dial_opts::PeerCondition::Always)
+                .addresses(vec![circuit])
+                .build();
+            if let Err(e) = self.swarm.dial(opts) {
+                tracing::info!(%peer, error = %e, "cannot dial through the relay again");
+            }
+        }
+    }
+
     /// Handles the events about addresses, reachability, relays and hole
     /// punching; gives back any other.
     pub(super) fn on_reach_event(&mut self, ev: SwarmEvent<BehaviourEvent>) -> Option<SwarmEvent<BehaviourEvent>> {
@@ -181,7 +202,8 @@ impl Actor {
             SwarmEvent::Behaviour(BehaviourEvent::Dcutr(dcutr::Event { remote_peer_id, result })) => match result {
                 Ok(_) => tracing::info!(peer = %remote_peer_id, "hole punched: direct connection"),
                 Err(e) => {
-                    tracing::info!(peer = %remote_peer_id, error = %e, "hole punching failed");
+                    let retry = self.punches.failed(&remote_peer_id, Instant::now());
+                    tracing::info!(peer = %remote_peer_id, error = %e, ?retry, "hole punching failed");
                     if !self.links.direct(&remote_peer_id) {
                         self.fail_parked(&remote_peer_id, &format!("hole punching failed: {e}"));
                     }
