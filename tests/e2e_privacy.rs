@@ -147,3 +147,65 @@ fn a_trusted_key_that_is_not_shared_never_leaves_the_machine() -> Result<()> {
     }
     Ok(())
 }
+
+/// What a peer hears: a node that trusts a key it does not share asks
+/// its upstreams first, and peers hear of a path only once a share key
+/// signed its narinfo. A connected peer (an in-process node that notes
+/// every hash it is asked about) heard of the public path and of its
+/// references, never of the company's. Before, discovery started as Nix
+/// asked for each narinfo, so every connected peer heard every hash.
+#[test]
+fn a_private_cache_s_paths_are_never_asked_of_peers() -> Result<()> {
+    let fx = fixture();
+    let tmp = tempfile::tempdir()?;
+    let public = fx.trusted_pub.clone();
+    let company = std::fs::read_to_string(fx.dir.join("keys/untrusted.pub"))?
+        .trim()
+        .to_owned();
+    let (open, private, both) = (
+        fx.path_named("leaf-0").to_owned(),
+        fx.path_named("leaf-1").to_owned(),
+        fx.path_named("leaf-2").to_owned(),
+    );
+    let cache = tmp.path().join("cache");
+    mixed_cache(&fx, &cache, &private, &both)?;
+    let upstream = StaticServer::start(&cache);
+    let a = Gateway::start_with(
+        &tmp.path().join("a"),
+        &[&upstream.url],
+        &public,
+        &["--trusted-key", &company],
+    )?;
+    let rt = tokio::runtime::Runtime::new()?;
+    let (listener, _) = rt.block_on(probe(&tmp.path().join("probe"), &a.node_addrs[0]))?;
+    a.wait_for("peers", 1)?;
+    let client = ClientStore::new(&tmp.path().join("client"));
+    check(
+        &client.realise(
+            &a.url,
+            &format!("{public} {company}"),
+            &[open.clone(), private.clone()],
+            false,
+        ),
+        "nix-store -r through A",
+    )?;
+    // Discovery runs in the background: give it time to ask.
+    let heard_open = |l: &nixswarm_node::NodeHandle| l.stats.asked().contains(&hash_of(&open));
+    let end = Instant::now() + Duration::from_secs(10);
+    while !heard_open(&listener) {
+        ensure!(
+            Instant::now() < end,
+            "the peer never heard of the public path: the test shows nothing"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let asked = listener.stats.asked();
+    ensure!(
+        !asked.contains(&hash_of(&private)),
+        "a peer was asked about the company's path ({} hashes asked in all)",
+        asked.len()
+    );
+    drop(rt);
+    Ok(())
+}

@@ -65,6 +65,10 @@ pub struct GatewayOptions {
     /// Host names requests may use besides IP addresses and `localhost`
     /// (see [`guard`]).
     pub allowed_hosts: guard::AllowedHosts,
+    /// The keys whose paths may leave the machine (`None`: every trusted
+    /// key). A trusted key not among them keeps its paths from peers'
+    /// ears: see [`Resolver::with_share_keys`].
+    pub share_keys: Option<Vec<PublicKey>>,
 }
 
 impl Default for GatewayOptions {
@@ -76,6 +80,7 @@ impl Default for GatewayOptions {
             lookup_budget: Duration::ZERO,
             nar: NarSettings::default(),
             allowed_hosts: guard::AllowedHosts::default(),
+            share_keys: None,
         }
     }
 }
@@ -116,13 +121,17 @@ impl Gateway {
         cancel: CancellationToken,
     ) -> Self {
         let metrics = Metrics::new();
-        let resolver = Arc::new(Resolver::new(
+        let mut resolver = Resolver::new(
             sources,
             keys,
             options.negative_ttl,
             options.lookup_budget,
             metrics.clone(),
-        ));
+        );
+        if let Some(share) = &options.share_keys {
+            resolver = resolver.with_share_keys(share.clone());
+        }
+        let resolver = Arc::new(resolver);
         let store: AsyncStore = store.into();
         let mut nar_settings = options.nar.clone();
         if !options.keep_fetched {

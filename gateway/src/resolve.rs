@@ -40,6 +40,11 @@ pub struct Resolver {
     missing: TtlMap<StorePathHash, ()>,
     /// (source, path, NarHash) that failed verification.
     bad: TtlMap<(SourceId, StorePathHash, Sha256Hash), ()>,
+    /// The share keys, when some trusted key is not one: peers are then
+    /// asked about a path only once its narinfo verified with a share key
+    /// (or no upstream had it), so a private cache's paths never reach
+    /// them. `None`: every trusted key is shared, peers are asked at once.
+    private: Option<Vec<PublicKey>>,
 }
 
 impl Resolver {
@@ -59,7 +64,22 @@ impl Resolver {
             absent: TtlMap::new(negative_ttl, CACHE_CAP),
             missing: TtlMap::new(negative_ttl, CACHE_CAP),
             bad: TtlMap::new(BAD_SOURCE_TTL, CACHE_CAP),
+            private: None,
         }
+    }
+
+    /// The keys whose paths leave the machine. When some trusted key is not
+    /// among them, peers are asked about a path only once its narinfo
+    /// verified with one of them.
+    pub fn with_share_keys(mut self, share: Vec<PublicKey>) -> Self {
+        self.private = self.keys.iter().any(|k| !share.contains(k)).then_some(share);
+        self
+    }
+
+    /// Whether peers may be asked about `info`'s path (and its NAR): every
+    /// trusted key is shared, or a share key signed it.
+    pub fn may_ask_peers(&self, info: &NarInfo) -> bool {
+        self.private.as_ref().is_none_or(|share| info.trust(share).is_some())
     }
 
     /// True if the trusted keys (or Nix's content-address rule) accept `info`
@@ -207,6 +227,9 @@ impl Resolver {
         if self.missing.get(hash).is_some() {
             return None;
         }
+        if self.private.is_some() {
+            return self.narinfo_upstreams_first(hash).await;
+        }
         self.prefetch(std::slice::from_ref(hash));
         let (peers, ups): (Vec<SourceId>, Vec<SourceId>) =
             self.ids().partition(|&i| self.source(i).kind() == SourceKind::Peer);
@@ -244,6 +267,31 @@ impl Resolver {
             Some((_, info)) => {
                 self.prefetch(&info.reference_hashes());
             }
+            None => self.missing.insert(*hash, ()),
+        }
+        result
+    }
+
+    /// [`Self::narinfo`] when some trusted key is not shared: the upstreams
+    /// first; peers hear of the path only if a share key signed it, or if
+    /// no upstream had it (a path no upstream serves is no private cache's).
+    async fn narinfo_upstreams_first(&self, hash: &StorePathHash) -> Option<(SourceId, NarInfo)> {
+        let (peers, ups): (Vec<SourceId>, Vec<SourceId>) =
+            self.ids().partition(|&i| self.source(i).kind() == SourceKind::Peer);
+        let result = match self.first(&ups, hash).await {
+            Ok(found) => Some(found),
+            Err(_) if !peers.is_empty() => {
+                self.prefetch(std::slice::from_ref(hash));
+                self.first(&peers, hash).await.ok()
+            }
+            Err(_) => None,
+        };
+        match &result {
+            Some((_, info)) if self.may_ask_peers(info) => {
+                self.prefetch(std::slice::from_ref(hash));
+                self.prefetch(&info.reference_hashes());
+            }
+            Some(_) => {}
             None => self.missing.insert(*hash, ()),
         }
         result

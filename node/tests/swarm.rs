@@ -345,3 +345,37 @@ async fn a_small_nar_comes_with_its_lookup_and_a_liars_is_caught() {
     }
     assert!(fetcher.is_banned(&liar), "two lies: banned");
 }
+
+/// A peer that says it holds every path (`Have`) and answers every lookup
+/// "not found" costs each fetcher a round trip per path: three such false
+/// claims within ten minutes ban it, and it is asked nothing more. Before,
+/// it was only forgotten for that one path, and claimed the next.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_claims_paths_it_does_not_have_is_banned() {
+    let nodes = swarm(4, |i, c| {
+        if i == 3 {
+            c.lie = Lie::FalseClaims;
+        }
+    })
+    .await;
+    let liar = nodes[3].node.handle.peer_id();
+    let fetcher = nodes[1].fetcher.clone();
+    wait(|| async { nodes[1].node.handle.peers().await.unwrap().contains(&liar) }).await;
+    let mut lookups = 0;
+    for n in 40u8..50 {
+        let bytes = nar(n, 100_000);
+        nodes[2].put(n, &bytes);
+        wait_providers(&nodes[1], hash(n), 1).await;
+        let found = lookup_until(&fetcher, hash(n), |_| true).await;
+        assert!(!found.providers.contains(&liar), "a peer with nothing is no provider");
+        lookups += 1;
+        if fetcher.is_banned(&liar) {
+            break;
+        }
+    }
+    assert!(
+        fetcher.is_banned(&liar),
+        "{lookups} lookups, and the false claimer is not banned"
+    );
+    assert!(lookups >= nixswarm_node::p2p::FALSE_CLAIMS as usize);
+}

@@ -222,6 +222,7 @@ async fn serve(eff: Effective, hooks: TestHooks) -> Result<()> {
             ..NarSettings::default()
         },
         allowed_hosts: AllowedHosts::new(eff.config.gateway.allowed_hosts.iter().cloned()),
+        share_keys: Some(eff.config.donor.share_keys()?),
     };
     let mut gateway = Gateway::new(
         store,

@@ -217,7 +217,7 @@ impl NarPipeline {
         if self.settings.prefetch.running == 0 {
             return;
         }
-        if let Some((_, peers)) = self.resolver.peers() {
+        if let Some((_, peers)) = self.resolver.peers().filter(|_| self.resolver.may_ask_peers(info)) {
             self.prefetcher.start(info, peers, &self.store, peers.patience());
         }
     }
@@ -260,7 +260,7 @@ impl NarPipeline {
         let r = &self.resolver;
         let info = r.info_for(hash, nar_hash).await.ok_or(NarError::Unavailable)?;
         let usable = |id: SourceId| r.usable(id, hash, nar_hash);
-        let peers = r.peers().filter(|(id, _)| usable(*id));
+        let peers = r.peers().filter(|(id, _)| usable(*id) && r.may_ask_peers(&info));
         let ups = self.upstreams(hash, nar_hash, |_| true).await;
         // The first upstream with this NAR gives its compressed size.
         let file_size = ups

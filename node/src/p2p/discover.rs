@@ -8,6 +8,7 @@
 //! `Have` batches in flight, peers asked per batch, hashes per request, and
 //! a deadline on every answer.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -63,11 +64,19 @@ impl Default for DiscoverySettings {
     }
 }
 
+/// A `Have` claim is checked against the lookup that follows within this.
+pub const CLAIM_FRESH: Duration = Duration::from_secs(60);
+/// Claims remembered at once.
+const MAX_CLAIMS: usize = 65_536;
+
 #[derive(Debug)]
 struct Inner {
     book: Mutex<Book>,
     have_tx: mpsc::Sender<StorePathHash>,
     dht_tx: mpsc::Sender<StorePathHash>,
+    /// Recent `Have` claims: a lookup answered "not found" by a peer that
+    /// claimed the path is a false claim.
+    claims: Mutex<HashMap<(StorePathHash, PeerId), Instant>>,
 }
 
 /// Provider discovery; cheap to clone.
@@ -85,6 +94,7 @@ impl Discovery {
             book: Mutex::new(Book::new(settings.ttl, settings.miss_ttl, settings.capacity)),
             have_tx,
             dht_tx,
+            claims: Mutex::new(HashMap::new()),
         });
         let weak = Arc::downgrade(&inner);
         tokio::spawn(have_task(weak.clone(), handle.clone(), have_rx, settings.clone()));
@@ -171,6 +181,17 @@ impl Discovery {
     pub fn forget(&self, hash: &StorePathHash, peer: &PeerId) {
         self.book().forget(hash, peer);
     }
+
+    /// Whether `peer` said it holds `hash` in a `Have` answer in the last
+    /// [`CLAIM_FRESH`] (forgotten once asked).
+    pub fn claimed(&self, hash: &StorePathHash, peer: &PeerId) -> bool {
+        let mut c = self
+            .inner
+            .claims
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        c.remove(&(*hash, *peer)).is_some_and(|t| t.elapsed() < CLAIM_FRESH)
+    }
 }
 
 fn lock(m: &Mutex<Book>) -> MutexGuard<'_, Book> {
@@ -232,9 +253,17 @@ async fn ask_batch(
     while let Some((peer, r)) = asks.next().await {
         match r {
             Ok(Ok(Response::Have { have })) if have.len() == batch.len() => {
+                let now = Instant::now();
                 let mut book = lock(&inner.book);
+                let mut claims = inner.claims.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                if claims.len() >= MAX_CLAIMS {
+                    claims.retain(|_, t| now.duration_since(*t) < CLAIM_FRESH);
+                }
                 for (hash, _) in batch.iter().zip(have).filter(|(_, h)| *h) {
                     book.found(hash, peer);
+                    if claims.len() < MAX_CLAIMS {
+                        claims.insert((*hash, peer), now);
+                    }
                 }
             }
             Ok(Ok(other)) => tracing::debug!(%peer, ?other, "peer answered Have with something else"),

@@ -81,6 +81,8 @@ pub struct Fetcher {
     keys: Arc<Vec<PublicKey>>,
     settings: FetchSettings,
     scores: Arc<Mutex<Scores>>,
+    /// False claims (`Have` yes, then "not found"), forgotten after a while.
+    false_claims: Arc<Mutex<Scores>>,
     /// Per peer: chunk requests in flight, and whether its chunks come
     /// faster compressed or as stored.
     load: Arc<PeerLoad>,
@@ -105,6 +107,10 @@ type BadManifests = HashSet<(StorePathHash, [u8; 32])>;
 
 /// Rejected manifests remembered before the memory is cleared.
 const MAX_BAD_MANIFESTS: usize = 10_000;
+/// False claims (`Have` yes, then "not found") before a peer is banned.
+pub const FALSE_CLAIMS: u32 = 3;
+/// A false claim older than this no longer counts.
+pub const FALSE_CLAIM_DECAY: Duration = Duration::from_secs(600);
 /// What came back for one batch: the answer's bytes on the wire and its
 /// chunks checked off the runtime (zstd and BLAKE3 over up to 32 chunks),
 /// or the request's failure.
@@ -183,6 +189,9 @@ impl Fetcher {
             store: store.into(),
             keys: Arc::new(keys),
             scores: Arc::new(Mutex::new(Scores::new(settings.ban_after, settings.ban_for))),
+            false_claims: Arc::new(Mutex::new(
+                Scores::new(FALSE_CLAIMS, settings.ban_for).with_decay(FALSE_CLAIM_DECAY),
+            )),
             load: Arc::default(),
             settings,
             bad_manifests: Arc::default(),
@@ -225,9 +234,28 @@ impl Fetcher {
         self.scores.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// True if `peer` is banned now.
+    /// True if `peer` is banned now (for bad data, or for false claims).
     pub fn is_banned(&self, peer: &PeerId) -> bool {
-        self.scores().is_banned(peer, Instant::now())
+        let now = Instant::now();
+        self.scores().is_banned(peer, now) || self.claims().is_banned(peer, now)
+    }
+
+    fn claims(&self) -> std::sync::MutexGuard<'_, Scores> {
+        self.false_claims
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// `peer` said it held a path, then answered the lookup "not found".
+    /// An honest peer does that only when it evicted the path in between,
+    /// so [`FALSE_CLAIMS`] within [`FALSE_CLAIM_DECAY`] of each other ban
+    /// it for `ban_for`: its claims cost every fetcher a round trip each.
+    fn false_claim(&self, peer: PeerId) {
+        let (n, banned) = self.claims().penalise(peer, Instant::now());
+        tracing::debug!(%peer, n, "peer claimed a path it did not have");
+        if banned {
+            tracing::warn!(%peer, "peer banned for {:?}: it claims paths it does not have", self.settings.ban_for);
+        }
     }
 
     /// Records a bad chunk or manifest from `peer`.
@@ -441,6 +469,10 @@ impl Fetcher {
                         busy_retries -= 1;
                         unanswered.insert(peer);
                         asking.push(ask(peer, Duration::from_millis(50)));
+                    }
+                    Ok(Response::NotFound) if self.discovery.claimed(hash, &peer) => {
+                        self.discovery.forget(hash, &peer);
+                        self.false_claim(peer);
                     }
                     Ok(_) | Err(_) => self.discovery.forget(hash, &peer),
                     }

@@ -27,6 +27,9 @@ pub enum Lie {
     /// Claims paths and takes requests, but never answers one (each waits
     /// for the asker's request timeout).
     Silent,
+    /// Says it holds every path it is asked about (`Have`), then answers
+    /// every lookup "not found".
+    FalseClaims,
 }
 
 /// A server's lie and what it needs to keep telling it.
@@ -64,6 +67,11 @@ impl Liar {
             fakes: Mutex::default(),
             parked: Mutex::default(),
         }
+    }
+
+    /// True if this server claims every path and has none.
+    pub fn claims_everything(&self) -> bool {
+        self.lie == Lie::FalseClaims
     }
 
     /// True if this server answers nothing.

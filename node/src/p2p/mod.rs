@@ -55,7 +55,7 @@ pub use behaviour::RelayLimits;
 pub use book::Found;
 pub use codec::{PROTOCOL, PROTOCOL_V2, TransferCodec};
 pub use discover::{Discovery, DiscoverySettings};
-pub use fetch::{FetchSettings, Fetcher, PeerPath, TailStream};
+pub use fetch::{FALSE_CLAIMS, FetchSettings, Fetcher, PeerPath, TailStream};
 pub use key::load_or_create_key;
 pub use liar::Lie;
 pub use ratelimit::RateLimiter;
@@ -232,9 +232,35 @@ pub struct NodeStats {
     pub not_admitted: AtomicU64,
     /// The rules every dial passes, with their refusal counts.
     pub dials: std::sync::OnceLock<dial_guard::DialGuard>,
+    /// Test builds only: the store-path hashes peers asked about.
+    #[cfg(feature = "test-hooks")]
+    asked: std::sync::Mutex<std::collections::HashSet<StorePathHash>>,
 }
 
 impl NodeStats {
+    /// Test builds only: notes the store-path hashes a peer asked about.
+    #[cfg(feature = "test-hooks")]
+    pub fn heard(&self, request: &Request) {
+        let hashes: Vec<StorePathHash> = match request {
+            Request::Have { hashes } => hashes.clone(),
+            Request::PathInfo { hash } | Request::PathInline { hash, .. } => vec![*hash],
+            Request::Chunks { .. } => return,
+        };
+        let mut asked = self.asked.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if asked.len() < 100_000 {
+            asked.extend(hashes);
+        }
+    }
+
+    /// Test builds only: every store-path hash peers asked about so far.
+    #[cfg(feature = "test-hooks")]
+    pub fn asked(&self) -> std::collections::HashSet<StorePathHash> {
+        self.asked
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
     /// Dials refused so far, by reason.
     pub fn dials_refused(&self) -> dial_guard::RefusedCounts {
         self.dials.get().map(|g| g.with(|r| r.refused())).unwrap_or_default()

@@ -11,10 +11,12 @@ use libp2p::PeerId;
 /// Peers scored at once.
 pub const MAX_SCORES: usize = 10_000;
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Score {
     bad: u32,
     banned_until: Option<Instant>,
+    /// The last offence.
+    last: Instant,
 }
 
 /// The score table.
@@ -22,6 +24,8 @@ struct Score {
 pub struct Scores {
     ban_after: u32,
     ban_for: Duration,
+    /// Offences older than this are forgotten (`None`: never).
+    decay: Option<Duration>,
     map: HashMap<PeerId, Score>,
 }
 
@@ -30,8 +34,15 @@ impl Scores {
         Self {
             ban_after: ban_after.max(1),
             ban_for,
+            decay: None,
             map: HashMap::new(),
         }
+    }
+
+    /// Offences older than `decay` no longer count.
+    pub fn with_decay(mut self, decay: Duration) -> Self {
+        self.decay = Some(decay);
+        self
     }
 
     pub fn is_banned(&self, peer: &PeerId, now: Instant) -> bool {
@@ -46,7 +57,15 @@ impl Scores {
                 self.map.clear();
             }
         }
-        let s = self.map.entry(peer).or_default();
+        let s = self.map.entry(peer).or_insert(Score {
+            bad: 0,
+            banned_until: None,
+            last: now,
+        });
+        if self.decay.is_some_and(|d| now.saturating_duration_since(s.last) >= d) {
+            s.bad = 0;
+        }
+        s.last = now;
         s.bad += 1;
         let banned = s.bad >= self.ban_after;
         if banned {
@@ -74,6 +93,21 @@ mod tests {
         assert_eq!(s.penalise(p, t0), (2, true));
         assert!(s.is_banned(&p, t0 + Duration::from_secs(599)));
         assert!(!s.is_banned(&p, t0 + Duration::from_secs(600)));
+    }
+
+    #[test]
+    fn with_decay_old_offences_are_forgotten() {
+        let mut s = Scores::new(3, Duration::from_secs(600)).with_decay(Duration::from_secs(600));
+        let (p, t0) = (PeerId::random(), Instant::now());
+        // One offence every 10 minutes never adds up to a ban.
+        for i in 0..10u64 {
+            assert_eq!(s.penalise(p, t0 + Duration::from_secs(600 * i)), (1, false));
+        }
+        // Then two more within the window of the last: banned.
+        let t = t0 + Duration::from_secs(5400);
+        assert_eq!(s.penalise(p, t + Duration::from_secs(1)), (2, false));
+        assert_eq!(s.penalise(p, t + Duration::from_secs(2)), (3, true));
+        assert!(s.is_banned(&p, t + Duration::from_secs(3)));
     }
 
     #[test]
