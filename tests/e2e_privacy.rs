@@ -44,15 +44,27 @@ fn mixed_cache(fx: &Fixture, dir: &Path, company: &str, both: &str) -> Result<()
     Ok(())
 }
 
-#[test]
-fn a_trusted_key_that_is_not_shared_never_leaves_the_machine() -> Result<()> {
+/// The upstream serving the mixed cache, and node A trusting both keys
+/// and sharing the public one's (`start_with` adds `--share-key` for the
+/// test key only).
+struct Setup {
+    tmp: tempfile::TempDir,
+    public: String,
+    company: String,
+    open: String,
+    private: String,
+    both: String,
+    a: Gateway,
+    _upstream: StaticServer,
+}
+
+fn setup() -> Result<Setup> {
     let fx = fixture();
     let tmp = tempfile::tempdir()?;
     let public = fx.trusted_pub.clone();
     let company = std::fs::read_to_string(fx.dir.join("keys/untrusted.pub"))?
         .trim()
         .to_owned();
-    let company_name = company.split(':').next().context("key name")?.to_owned();
     let (open, private, both) = (
         fx.path_named("leaf-0").to_owned(),
         fx.path_named("leaf-1").to_owned(),
@@ -61,15 +73,37 @@ fn a_trusted_key_that_is_not_shared_never_leaves_the_machine() -> Result<()> {
     let cache = tmp.path().join("cache");
     mixed_cache(&fx, &cache, &private, &both)?;
     let upstream = StaticServer::start(&cache);
-
-    // A trusts both keys and shares the public one's (start_with adds
-    // `--share-key` for the test key only).
     let a = Gateway::start_with(
         &tmp.path().join("a"),
         &[&upstream.url],
         &public,
         &["--trusted-key", &company],
     )?;
+    Ok(Setup {
+        tmp,
+        public,
+        company,
+        open,
+        private,
+        both,
+        a,
+        _upstream: upstream,
+    })
+}
+
+#[test]
+fn a_trusted_key_that_is_not_shared_never_leaves_the_machine() -> Result<()> {
+    let Setup {
+        tmp,
+        public,
+        company,
+        open,
+        private,
+        both,
+        a,
+        _upstream,
+    } = setup()?;
+    let company_name = company.split(':').next().context("key name")?.to_owned();
     let client = ClientStore::new(&tmp.path().join("client-a"));
     let all = vec![open.clone(), private.clone(), both.clone()];
     check(
@@ -156,26 +190,16 @@ fn a_trusted_key_that_is_not_shared_never_leaves_the_machine() -> Result<()> {
 /// asked for each narinfo, so every connected peer heard every hash.
 #[test]
 fn a_private_cache_s_paths_are_never_asked_of_peers() -> Result<()> {
-    let fx = fixture();
-    let tmp = tempfile::tempdir()?;
-    let public = fx.trusted_pub.clone();
-    let company = std::fs::read_to_string(fx.dir.join("keys/untrusted.pub"))?
-        .trim()
-        .to_owned();
-    let (open, private, both) = (
-        fx.path_named("leaf-0").to_owned(),
-        fx.path_named("leaf-1").to_owned(),
-        fx.path_named("leaf-2").to_owned(),
-    );
-    let cache = tmp.path().join("cache");
-    mixed_cache(&fx, &cache, &private, &both)?;
-    let upstream = StaticServer::start(&cache);
-    let a = Gateway::start_with(
-        &tmp.path().join("a"),
-        &[&upstream.url],
-        &public,
-        &["--trusted-key", &company],
-    )?;
+    let Setup {
+        tmp,
+        public,
+        company,
+        open,
+        private,
+        a,
+        _upstream,
+        ..
+    } = setup()?;
     let rt = tokio::runtime::Runtime::new()?;
     let (listener, _) = rt.block_on(probe(&tmp.path().join("probe"), &a.node_addrs[0]))?;
     a.wait_for("peers", 1)?;

@@ -191,15 +191,7 @@ table ip filter {{
 }}
 "
         );
-        let mut nft = Command::new("ip")
-            .args(["netns", "exec", &router, "nft", "-f", "-"])
-            .stdin(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("running nft")?;
-        nft.stdin.take().context("nft stdin")?.write_all(rules.as_bytes())?;
-        let out = nft.wait_with_output()?;
-        ensure!(out.status.success(), "nft: {}", String::from_utf8_lossy(&out.stderr));
+        Self::nft(&router, &rules)?;
         Ok(host)
     }
 

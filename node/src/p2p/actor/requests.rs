@@ -38,15 +38,7 @@ impl Actor {
         let redial_due = self.relay_redials.get(&peer).is_some_and(|(_, _, a)| !a.is_empty());
         if !connected && !redial_due {
             let addrs = self.known.get(&peer);
-            let opts = DialOpts::peer_id(peer)
-                .condition(PeerCondition::DisconnectedAndNotDialing)
-                .addresses(addrs)
-                .extend_addresses_through_behaviour()
-                .build();
-            match self.swarm.dial(opts) {
-                Ok(()) | Err(DialError::DialPeerConditionFalse(_)) => {}
-                Err(e) => self.fail_parked(&peer, &format!("cannot dial: {e}")),
-            }
+            self.dial_for_parked(peer, addrs);
         }
     }
 
@@ -104,18 +96,23 @@ impl Actor {
             })
             .collect();
         for (peer, addrs) in due {
-            if self.links.connected(&peer) {
-                continue;
+            if !self.links.connected(&peer) {
+                self.dial_for_parked(peer, addrs);
             }
-            let opts = DialOpts::peer_id(peer)
-                .condition(PeerCondition::DisconnectedAndNotDialing)
-                .addresses(addrs)
-                .extend_addresses_through_behaviour()
-                .build();
-            match self.swarm.dial(opts) {
-                Ok(()) | Err(DialError::DialPeerConditionFalse(_)) => {}
-                Err(e) => self.fail_parked(&peer, &format!("cannot dial: {e}")),
-            }
+        }
+    }
+
+    /// Dials `peer` (at `addrs` and what the behaviours know) for the
+    /// requests parked for it; a dial that cannot start fails them.
+    fn dial_for_parked(&mut self, peer: PeerId, addrs: Vec<libp2p::Multiaddr>) {
+        let opts = DialOpts::peer_id(peer)
+            .condition(PeerCondition::DisconnectedAndNotDialing)
+            .addresses(addrs)
+            .extend_addresses_through_behaviour()
+            .build();
+        match self.swarm.dial(opts) {
+            Ok(()) | Err(DialError::DialPeerConditionFalse(_)) => {}
+            Err(e) => self.fail_parked(&peer, &format!("cannot dial: {e}")),
         }
     }
 
