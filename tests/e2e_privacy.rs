@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, bail, ensure};
 use nixswarm_protocol::wire::{Request, Response};
 use nixswarm_protocol::{NarInfo, PublicKey};
-use support::probe::{hash_of, path_info, probe};
+use support::probe::{hash_of, listener, path_info, probe};
 use support::{ClientStore, Fixture, Gateway, StaticServer, check, down_upstream, fixture, narinfo_file};
 
 fn read(cache: &Path, path: &str) -> Result<NarInfo> {
@@ -59,6 +59,11 @@ struct Setup {
 }
 
 fn setup() -> Result<Setup> {
+    setup_with(&[])
+}
+
+/// Same, with extra flags for A.
+fn setup_with(extra: &[&str]) -> Result<Setup> {
     let fx = fixture();
     let tmp = tempfile::tempdir()?;
     let public = fx.trusted_pub.clone();
@@ -77,7 +82,7 @@ fn setup() -> Result<Setup> {
         &tmp.path().join("a"),
         &[&upstream.url],
         &public,
-        &["--trusted-key", &company],
+        &[&["--trusted-key", &company], extra].concat(),
     )?;
     Ok(Setup {
         tmp,
@@ -182,14 +187,18 @@ fn a_trusted_key_that_is_not_shared_never_leaves_the_machine() -> Result<()> {
     Ok(())
 }
 
-/// What a peer hears: a node that trusts a key it does not share asks
-/// its upstreams first, and peers hear of a path only once a share key
-/// signed its narinfo. A connected peer (an in-process node that notes
-/// every hash it is asked about) heard of the public path and of its
-/// references, never of the company's. Before, discovery started as Nix
-/// asked for each narinfo, so every connected peer heard every hash.
+/// What peers hear. A node that trusts a key it does not share asks its
+/// upstreams first, and peers hear of a path only once a share key signed
+/// its narinfo: a peer A dialled (an in-process node that notes every
+/// hash it is asked about) heard of the public path, never of the
+/// company's. And a peer that only connected to A, which A neither
+/// dialled nor admitted, hears of nothing. Before, discovery started as
+/// Nix asked for each narinfo, and went to every connected peer.
 #[test]
 fn a_private_cache_s_paths_are_never_asked_of_peers() -> Result<()> {
+    let rt = tokio::runtime::Runtime::new()?;
+    let dir = tempfile::tempdir()?;
+    let (listener, listener_addr) = rt.block_on(listener(&dir.path().join("listener")))?;
     let Setup {
         tmp,
         public,
@@ -199,10 +208,9 @@ fn a_private_cache_s_paths_are_never_asked_of_peers() -> Result<()> {
         a,
         _upstream,
         ..
-    } = setup()?;
-    let rt = tokio::runtime::Runtime::new()?;
-    let (listener, _) = rt.block_on(probe(&tmp.path().join("probe"), &a.node_addrs[0]))?;
-    a.wait_for("peers", 1)?;
+    } = setup_with(&["--bootstrap", &listener_addr])?;
+    let (stranger, _) = rt.block_on(probe(&tmp.path().join("probe"), &a.node_addrs[0]))?;
+    a.wait_for("peers", 2)?;
     let client = ClientStore::new(&tmp.path().join("client"));
     check(
         &client.realise(
@@ -229,6 +237,12 @@ fn a_private_cache_s_paths_are_never_asked_of_peers() -> Result<()> {
         !asked.contains(&hash_of(&private)),
         "a peer was asked about the company's path ({} hashes asked in all)",
         asked.len()
+    );
+    let heard = stranger.stats.asked();
+    ensure!(
+        heard.is_empty(),
+        "a peer A never dialled was asked about {} paths",
+        heard.len()
     );
     drop(rt);
     Ok(())

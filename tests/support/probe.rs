@@ -38,6 +38,28 @@ pub async fn probe(dir: &std::path::Path, addr: &str) -> Result<(NodeHandle, lib
     Ok((node.handle, peer))
 }
 
+/// A node that shares nothing and waits on 127.0.0.1 for others to dial
+/// it; returns it and its address (with /p2p/<id>).
+pub async fn listener(dir: &std::path::Path) -> Result<(NodeHandle, String)> {
+    let key = load_or_create_key(&dir.join("listener.key"))?;
+    let config = NodeConfig {
+        server: false,
+        listen: vec!["/ip4/127.0.0.1/tcp/0".parse()?],
+        announce_private: true,
+        ..NodeConfig::default()
+    };
+    let node = Node::start(
+        dir,
+        key,
+        Shelves::default(),
+        config,
+        tokio_util::sync::CancellationToken::new(),
+    )
+    .await?;
+    let addr = format!("{}/p2p/{}", node.listen_addrs[0], node.handle.peer_id());
+    Ok((node.handle, addr))
+}
+
 /// Asks `peer` for the narinfo and manifest of `path`.
 pub async fn path_info(h: &NodeHandle, peer: libp2p::PeerId, path: &str) -> Result<Response> {
     Ok(h.request(peer, Request::PathInfo { hash: hash_of(path) }).await?)

@@ -198,7 +198,8 @@ fn lock(m: &Mutex<Book>) -> MutexGuard<'_, Book> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// Batches paths into `Have` requests to the connected peers.
+/// Batches paths into `Have` requests to the connected peers this node has
+/// reason to ask (see `NodeHandle::askable_peers`).
 async fn have_task(
     inner: std::sync::Weak<Inner>,
     handle: NodeHandle,
@@ -227,7 +228,7 @@ async fn have_task(
             }
         }
         let Some(strong) = inner.upgrade() else { return };
-        let mut peers = handle.peers().await.unwrap_or_default();
+        let mut peers = handle.askable_peers().await.unwrap_or_default();
         peers.truncate(s.have_peers);
         in_flight.push(ask_batch(strong, handle.clone(), peers, batch, s.have_timeout));
     }

@@ -419,6 +419,14 @@ impl NodeHandle {
         wait.await.map_err(|_| NodeError::Stopped)
     }
 
+    /// The connected peers worth asking which paths they hold (see
+    /// `Command::AskablePeers`).
+    pub async fn askable_peers(&self) -> Result<Vec<PeerId>, NodeError> {
+        let (reply, wait) = oneshot::channel();
+        self.send(Command::AskablePeers { reply }).await?;
+        wait.await.map_err(|_| NodeError::Stopped)
+    }
+
     /// Node status.
     pub async fn status(&self) -> Result<NodeStatus, NodeError> {
         let (reply, wait) = oneshot::channel();

@@ -129,6 +129,20 @@ impl Actor {
         }
     }
 
+    /// The connected peers worth asking which paths they hold, proven ones
+    /// first: a peer that only connected in, and that this node neither
+    /// dialled nor admitted, is not told what the user looks for.
+    pub(super) fn askable_peers(&mut self) -> Vec<PeerId> {
+        let proven = self.stats.proven.clone();
+        let connected: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+        let mut v: Vec<PeerId> = connected
+            .into_iter()
+            .filter(|p| proven.contains(p) || self.dialled(p) || self.in_table(p))
+            .collect();
+        v.sort_by_key(|p| !proven.contains(p));
+        v
+    }
+
     /// A direct connection this node dialled to `peer` is up.
     pub(super) fn dialled(&self, peer: &PeerId) -> bool {
         self.dialed.values().any(|(p, _)| p == peer)

@@ -95,6 +95,10 @@ pub enum Command {
     Dial { addr: Multiaddr },
     /// Connected peers.
     Peers { reply: oneshot::Sender<Vec<PeerId>> },
+    /// The connected peers worth asking which paths they hold: those that
+    /// served verified chunks, those in the routing table, those this
+    /// node dialled (proven ones first).
+    AskablePeers { reply: oneshot::Sender<Vec<PeerId>> },
     /// Status for `nixswarm status`.
     Status { reply: oneshot::Sender<NodeStatus> },
     /// The peers in the Kademlia routing table.
@@ -295,6 +299,9 @@ impl Actor {
                     .flat_map(|bucket| bucket.iter().map(|e| *e.node.key.preimage()).collect::<Vec<_>>())
                     .collect();
                 let _ = reply.send(peers);
+            }
+            Command::AskablePeers { reply } => {
+                let _ = reply.send(self.askable_peers());
             }
             Command::Peers { reply } => {
                 let _ = reply.send(self.swarm.connected_peers().copied().collect());
