@@ -188,18 +188,6 @@ fn nar_bytes(cache: &Path, paths: &[String]) -> Result<u64> {
     Ok(total)
 }
 
-/// `log` without its terminal colour codes.
-fn plain(log: &str) -> String {
-    let mut out = String::with_capacity(log.len());
-    let mut rest = log;
-    while let Some(i) = rest.find('\x1b') {
-        out.push_str(&rest[..i]);
-        rest = rest[i..].find('m').map_or("", |j| &rest[i + j + 1..]);
-    }
-    out.push_str(rest);
-    out
-}
-
 fn hash_of(path: &str) -> &str {
     &path["/nix/store/".len()..][..32]
 }
@@ -397,7 +385,10 @@ fn a_punch_that_failed_is_tried_again_and_gets_through() -> Result<()> {
         format!("hole punched: direct connection peer={c_id}"),
     );
     wait(90, "C and D to punch through on a retry", || {
-        Ok((plain(&c.log()).contains(&to_d) || plain(&s.d.log()).contains(&to_c)).then_some(()))
+        Ok(
+            (support::strip_ansi(&c.log()).contains(&to_d) || support::strip_ansi(&s.d.log()).contains(&to_c))
+                .then_some(()),
+        )
     })
     .map_err(|e| e.context(logs()))?;
     eprintln!(

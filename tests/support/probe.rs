@@ -14,13 +14,9 @@ pub fn hash_of(path: &str) -> StorePathHash {
         .expect("a store path")
 }
 
-/// Starts the probe in `dir` and connects it to `addr` (with /p2p/<id>).
-pub async fn probe(dir: &std::path::Path, addr: &str) -> Result<(NodeHandle, libp2p::PeerId)> {
-    let key = load_or_create_key(&dir.join("probe.key"))?;
-    let config = NodeConfig {
-        server: false,
-        ..NodeConfig::default()
-    };
+/// A node that shares nothing, with its key `dir/<name>.key`.
+async fn start(dir: &std::path::Path, name: &str, config: NodeConfig) -> Result<Node> {
+    let key = load_or_create_key(&dir.join(format!("{name}.key")))?;
     let node = Node::start(
         dir,
         key,
@@ -29,6 +25,16 @@ pub async fn probe(dir: &std::path::Path, addr: &str) -> Result<(NodeHandle, lib
         tokio_util::sync::CancellationToken::new(),
     )
     .await?;
+    Ok(node)
+}
+
+/// Starts the probe in `dir` and connects it to `addr` (with /p2p/<id>).
+pub async fn probe(dir: &std::path::Path, addr: &str) -> Result<(NodeHandle, libp2p::PeerId)> {
+    let config = NodeConfig {
+        server: false,
+        ..NodeConfig::default()
+    };
+    let node = start(dir, "probe", config).await?;
     let addr: libp2p::Multiaddr = addr.parse()?;
     let peer = match addr.iter().last() {
         Some(libp2p::multiaddr::Protocol::P2p(p)) => p,
@@ -41,21 +47,13 @@ pub async fn probe(dir: &std::path::Path, addr: &str) -> Result<(NodeHandle, lib
 /// A node that shares nothing and waits on 127.0.0.1 for others to dial
 /// it; returns it and its address (with /p2p/<id>).
 pub async fn listener(dir: &std::path::Path) -> Result<(NodeHandle, String)> {
-    let key = load_or_create_key(&dir.join("listener.key"))?;
     let config = NodeConfig {
         server: false,
         listen: vec!["/ip4/127.0.0.1/tcp/0".parse()?],
         announce_private: true,
         ..NodeConfig::default()
     };
-    let node = Node::start(
-        dir,
-        key,
-        Shelves::default(),
-        config,
-        tokio_util::sync::CancellationToken::new(),
-    )
-    .await?;
+    let node = start(dir, "listener", config).await?;
     let addr = format!("{}/p2p/{}", node.listen_addrs[0], node.handle.peer_id());
     Ok((node.handle, addr))
 }

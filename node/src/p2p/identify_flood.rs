@@ -19,10 +19,45 @@ pub const PER_PUSH: u32 = 150;
 /// How often it pushes.
 pub const PUSH_EVERY: Duration = Duration::from_millis(50);
 
+/// A hostile peer's behaviours: identify, and Kademlia in server mode (so
+/// it claims the DHT protocol) over a memory store.
 #[derive(NetworkBehaviour)]
-struct Pusher {
+pub(crate) struct DhtPeer {
     identify: identify::Behaviour,
-    kad: kad::Behaviour<kad::store::MemoryStore>,
+    pub(crate) kad: kad::Behaviour<kad::store::MemoryStore>,
+}
+
+/// A swarm of [`DhtPeer`] over TCP, with a fresh identity.
+pub(crate) fn dht_peer(
+    store: kad::store::MemoryStoreConfig,
+) -> Result<libp2p::Swarm<DhtPeer>, Box<dyn std::error::Error + Send + Sync>> {
+    Ok(libp2p::SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_tcp(tcp::Config::default(), noise::Config::new, yamux::Config::default)?
+        .with_behaviour(|key| {
+            let id = key.public().to_peer_id();
+            let store = kad::store::MemoryStore::with_config(id, store);
+            let mut kad = kad::Behaviour::with_config(id, store, kad::Config::new(KAD_PROTOCOL));
+            kad.set_mode(Some(kad::Mode::Server));
+            DhtPeer {
+                identify: identify::Behaviour::new(identify::Config::new(IDENTIFY_VERSION.into(), key.public())),
+                kad,
+            }
+        })?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(600)))
+        .build())
+}
+
+/// Listens on 127.0.0.1 and gives back the address once it is up.
+pub(crate) async fn listen_local(
+    swarm: &mut libp2p::Swarm<DhtPeer>,
+) -> Result<Multiaddr, Box<dyn std::error::Error + Send + Sync>> {
+    swarm.listen_on("/ip4/127.0.0.1/tcp/0".parse()?)?;
+    loop {
+        if let SwarmEvent::NewListenAddr { address, .. } = swarm.select_next_some().await {
+            return Ok(address);
+        }
+    }
 }
 
 /// The `i`th fresh address: public, TCP, never repeated for 2^24 pushes.
@@ -47,29 +82,10 @@ pub async fn run(
     pushes: Arc<AtomicU32>,
     me: tokio::sync::oneshot::Sender<PeerId>,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let mut swarm = libp2p::SwarmBuilder::with_new_identity()
-        .with_tokio()
-        .with_tcp(tcp::Config::default(), noise::Config::new, yamux::Config::default)?
-        .with_behaviour(|key| {
-            let id = key.public().to_peer_id();
-            let mut kad =
-                kad::Behaviour::with_config(id, kad::store::MemoryStore::new(id), kad::Config::new(KAD_PROTOCOL));
-            kad.set_mode(Some(kad::Mode::Server));
-            Pusher {
-                identify: identify::Behaviour::new(identify::Config::new(IDENTIFY_VERSION.into(), key.public())),
-                kad,
-            }
-        })?
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(600)))
-        .build();
+    let mut swarm = dht_peer(kad::store::MemoryStoreConfig::default())?;
     if listen {
-        swarm.listen_on("/ip4/127.0.0.1/tcp/0".parse()?)?;
-        loop {
-            if let SwarmEvent::NewListenAddr { address, .. } = swarm.select_next_some().await {
-                swarm.add_external_address(address);
-                break;
-            }
-        }
+        let address = listen_local(&mut swarm).await?;
+        swarm.add_external_address(address);
     }
     let _ = me.send(*swarm.local_peer_id());
     swarm.dial(victim)?;

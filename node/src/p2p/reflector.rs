@@ -4,21 +4,12 @@
 //! listing addresses it chose (a victim's, the asker's own loopback or
 //! LAN): every node that looks the key up is asked to dial them.
 
-use std::time::Duration;
-
 use futures::StreamExt as _;
-use libp2p::kad::store::{MemoryStore, MemoryStoreConfig, RecordStore as _};
+use libp2p::kad::store::{MemoryStoreConfig, RecordStore as _};
 use libp2p::kad::{ProviderRecord, RecordKey};
-use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use libp2p::{Multiaddr, PeerId, identify, kad, noise, tcp, yamux};
+use libp2p::{Multiaddr, PeerId};
 
-use super::behaviour::{IDENTIFY_VERSION, KAD_PROTOCOL};
-
-#[derive(NetworkBehaviour)]
-struct Server {
-    identify: identify::Behaviour,
-    kad: kad::Behaviour<MemoryStore>,
-}
+use super::identify_flood::{dht_peer, listen_local};
 
 /// The running reflector; stops when dropped.
 #[derive(Debug)]
@@ -41,27 +32,10 @@ pub async fn start(
     fakes: usize,
     targets: Vec<Multiaddr>,
 ) -> Result<Reflector, Box<dyn std::error::Error + Send + Sync>> {
-    let mut swarm = libp2p::SwarmBuilder::with_new_identity()
-        .with_tokio()
-        .with_tcp(tcp::Config::default(), noise::Config::new, yamux::Config::default)?
-        .with_behaviour(|k| {
-            let id = k.public().to_peer_id();
-            let store = MemoryStore::with_config(
-                id,
-                MemoryStoreConfig {
-                    max_providers_per_key: fakes,
-                    ..MemoryStoreConfig::default()
-                },
-            );
-            let mut kad = kad::Behaviour::with_config(id, store, kad::Config::new(KAD_PROTOCOL));
-            kad.set_mode(Some(kad::Mode::Server));
-            Server {
-                identify: identify::Behaviour::new(identify::Config::new(IDENTIFY_VERSION.into(), k.public())),
-                kad,
-            }
-        })?
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(600)))
-        .build();
+    let mut swarm = dht_peer(MemoryStoreConfig {
+        max_providers_per_key: fakes,
+        ..MemoryStoreConfig::default()
+    })?;
     for key in keys {
         for _ in 0..fakes {
             swarm.behaviour_mut().kad.store_mut().add_provider(ProviderRecord {
@@ -72,12 +46,9 @@ pub async fn start(
             })?;
         }
     }
-    swarm.listen_on("/ip4/127.0.0.1/tcp/0".parse()?)?;
-    let addr = loop {
-        if let SwarmEvent::NewListenAddr { address, .. } = swarm.select_next_some().await {
-            break address.with(libp2p::multiaddr::Protocol::P2p(*swarm.local_peer_id()));
-        }
-    };
+    let addr = listen_local(&mut swarm)
+        .await?
+        .with(libp2p::multiaddr::Protocol::P2p(*swarm.local_peer_id()));
     let task = tokio::spawn(async move {
         loop {
             swarm.select_next_some().await;
