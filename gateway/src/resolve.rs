@@ -227,13 +227,17 @@ impl Resolver {
         if self.missing.get(hash).is_some() {
             return None;
         }
-        if self.private.is_some() {
-            return self.narinfo_upstreams_first(hash).await;
+        // With a trusted key that is not shared, peers hear of the path
+        // only once its narinfo says they may (`may_ask_peers`).
+        let private = self.private.is_some();
+        if !private {
+            self.prefetch(std::slice::from_ref(hash));
         }
-        self.prefetch(std::slice::from_ref(hash));
         let (peers, ups): (Vec<SourceId>, Vec<SourceId>) =
             self.ids().partition(|&i| self.source(i).kind() == SourceKind::Peer);
-        let result = if peers.is_empty() {
+        let result = if private {
+            self.upstreams_then_peers(hash, &peers, &ups).await
+        } else if peers.is_empty() {
             self.first(&ups, hash).await.ok()
         } else if ups.is_empty() {
             self.first(&peers, hash).await.ok()
@@ -264,37 +268,35 @@ impl Resolver {
             }
         };
         match &result {
-            Some((_, info)) => {
-                self.prefetch(&info.reference_hashes());
-            }
-            None => self.missing.insert(*hash, ()),
-        }
-        result
-    }
-
-    /// [`Self::narinfo`] when some trusted key is not shared: the upstreams
-    /// first; peers hear of the path only if a share key signed it, or if
-    /// no upstream had it (a path no upstream serves is no private cache's).
-    async fn narinfo_upstreams_first(&self, hash: &StorePathHash) -> Option<(SourceId, NarInfo)> {
-        let (peers, ups): (Vec<SourceId>, Vec<SourceId>) =
-            self.ids().partition(|&i| self.source(i).kind() == SourceKind::Peer);
-        let result = match self.first(&ups, hash).await {
-            Ok(found) => Some(found),
-            Err(_) if !peers.is_empty() => {
-                self.prefetch(std::slice::from_ref(hash));
-                self.first(&peers, hash).await.ok()
-            }
-            Err(_) => None,
-        };
-        match &result {
             Some((_, info)) if self.may_ask_peers(info) => {
-                self.prefetch(std::slice::from_ref(hash));
+                if private {
+                    self.prefetch(std::slice::from_ref(hash));
+                }
                 self.prefetch(&info.reference_hashes());
             }
             Some(_) => {}
             None => self.missing.insert(*hash, ()),
         }
         result
+    }
+
+    /// When some trusted key is not shared: the upstreams first; the peers
+    /// (and discovery) only if no upstream had the path (a path no upstream
+    /// serves is no private cache's).
+    async fn upstreams_then_peers(
+        &self,
+        hash: &StorePathHash,
+        peers: &[SourceId],
+        ups: &[SourceId],
+    ) -> Option<(SourceId, NarInfo)> {
+        match self.first(ups, hash).await {
+            Ok(found) => Some(found),
+            Err(_) if !peers.is_empty() => {
+                self.prefetch(std::slice::from_ref(hash));
+                self.first(peers, hash).await.ok()
+            }
+            Err(_) => None,
+        }
     }
 
     /// A verified narinfo of `hash` with `nar_hash`: one already known, or

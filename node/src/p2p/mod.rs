@@ -230,7 +230,8 @@ pub struct NodeStats {
     /// DHT peers kept out of the routing table: their bucket held enough
     /// of their network.
     pub not_admitted: AtomicU64,
-    /// The rules every dial passes, with their refusal counts.
+    /// The rules every dial passes, with their refusal counts (the swarm
+    /// task adds the addresses it is told to dial, and mDNS finds).
     pub dials: std::sync::OnceLock<dial_guard::DialGuard>,
     /// Test builds only: the store-path hashes peers asked about.
     #[cfg(feature = "test-hooks")]
@@ -583,7 +584,6 @@ impl Node {
             in_flight: Arc::default(),
         };
         let mut actor = actor::Actor::new(swarm, rx, inbound_tx, stats, cancel.clone(), config.bootstrap.clone());
-        actor.guard = Some(guard);
         actor.announce_private = config.announce_private;
         actor.known = known::KnownAddrs::new(config.announce_private);
         actor.dht_auto = config.server && config.dht == DhtMode::Auto;

@@ -30,11 +30,10 @@ const DIAL_BACKS: usize = 4096;
 impl Actor {
     /// `peer` is in the routing table.
     pub(super) fn in_table(&mut self, peer: &PeerId) -> bool {
-        let key = *peer;
         self.swarm
             .behaviour_mut()
             .kad
-            .kbucket(key)
+            .kbucket(*peer)
             .is_some_and(|b| b.iter().any(|e| e.node.key.preimage() == peer))
     }
 
@@ -56,8 +55,7 @@ impl Actor {
         if nets.is_empty() {
             return true;
         }
-        let key = *peer;
-        let Some(bucket) = self.swarm.behaviour_mut().kad.kbucket(key) else {
+        let Some(bucket) = self.swarm.behaviour_mut().kad.kbucket(*peer) else {
             return true;
         };
         let entries: Vec<Vec<Multiaddr>> = bucket.iter().map(|e| e.node.value.iter().cloned().collect()).collect();
@@ -134,10 +132,11 @@ impl Actor {
     /// dialled nor admitted, is not told what the user looks for.
     pub(super) fn askable_peers(&mut self) -> Vec<PeerId> {
         let proven = self.stats.proven.clone();
+        let dialled: std::collections::HashSet<PeerId> = self.dialed.values().map(|(p, _)| *p).collect();
         let connected: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
         let mut v: Vec<PeerId> = connected
             .into_iter()
-            .filter(|p| proven.contains(p) || self.dialled(p) || self.in_table(p))
+            .filter(|p| proven.contains(p) || dialled.contains(p) || self.in_table(p))
             .collect();
         v.sort_by_key(|p| !proven.contains(p));
         v

@@ -155,8 +155,6 @@ pub(super) struct Actor {
     relay_redials: HashMap<PeerId, (Instant, u32, Vec<Multiaddr>)>,
     /// The IP addresses of each peer's direct connections.
     direct_ips: HashMap<PeerId, Vec<(ConnectionId, std::net::IpAddr)>>,
-    /// The rules every dial passes (mDNS finds are added to them).
-    pub guard: Option<super::dial_guard::DialGuard>,
 }
 
 impl Actor {
@@ -195,7 +193,6 @@ impl Actor {
             first_connected: None,
             direct_ips: HashMap::new(),
             relay_redials: HashMap::new(),
-            guard: None,
         }
     }
 
@@ -272,9 +269,7 @@ impl Actor {
             Command::Dial { addr } => {
                 // Asked for by name (bootstrap, or a program's own choice):
                 // dialled whatever the address.
-                if let Some(g) = &self.guard {
-                    g.with(|r| r.allow(&addr));
-                }
+                self.allow_dial(&addr);
                 if let Err(e) = self.swarm.dial(addr.clone()) {
                     tracing::warn!(%addr, error = %e, "cannot dial");
                 }
@@ -365,6 +360,14 @@ impl Actor {
         }
     }
 
+    /// Lets the dial guard dial `addr` whatever its IP (the user or mDNS
+    /// named it).
+    fn allow_dial(&self, addr: &Multiaddr) {
+        if let Some(g) = self.stats.dials.get() {
+            g.with(|r| r.allow(addr));
+        }
+    }
+
     /// True if `addr` is in the IPv4 /24 or IPv6 /64 of one of this
     /// node's listen addresses (loopback excluded).
     fn on_attached_network(&self, addr: &Multiaddr) -> bool {
@@ -449,11 +452,12 @@ impl Actor {
                 // A DHT server that connected to us enters the routing
                 // table once a dial back at what it claims works.
                 if info.protocols.contains(&super::behaviour::KAD_PROTOCOL) {
-                    if !self.dialled(&peer_id) {
+                    let dialled = self.dialled(&peer_id);
+                    if !dialled {
                         self.dial_back(peer_id, connection_id, &info.listen_addrs);
                     }
                     self.learn(peer_id, Source::Claimed, info.listen_addrs);
-                    if self.dialled(&peer_id) {
+                    if dialled {
                         self.admit(peer_id);
                     }
                 }
@@ -474,9 +478,7 @@ impl Actor {
                         tracing::debug!(%peer, %addr, "mDNS address not on an attached network; ignored");
                         continue;
                     }
-                    if let Some(g) = &self.guard {
-                        g.with(|r| r.allow(&addr));
-                    }
+                    self.allow_dial(&addr);
                     self.learn(peer, Source::Lan, [addr]);
                     // Dialled, it enters the routing table (`RoutablePeer`).
                     if !self.swarm.is_connected(&peer) {
