@@ -43,17 +43,18 @@ pub struct Behaviour {
     pub mdns: Toggle<mdns::tokio::Behaviour>,
     /// NAR bytes: never through a relay.
     pub transfer: DirectOnly<request_response::Behaviour<TransferCodec>>,
-    /// Asks peers to dial our address candidates back: the ones that work
-    /// become confirmed external addresses.
-    pub autonat: autonat::v2::client::Behaviour,
+    /// Asks peers to dial our address candidates back: the ones servers
+    /// in two networks agree on become confirmed external addresses.
+    pub autonat: super::autonat::Client,
     /// Dials peers' candidates back (contributing nodes), over direct
     /// connections only and while a direct address of ours is reachable:
     /// behind NAT or through a relay, its dial-backs would map our LAN
     /// for the asker (the actor turns it on and off).
     pub autonat_server: Toggle<DirectOnly<autonat::v2::server::Behaviour>>,
     /// Maps the listen ports on a UPnP IGD router (contributing nodes,
-    /// unless turned off); a mapping becomes a confirmed external address.
-    pub upnp: Toggle<libp2p::upnp::tokio::Behaviour>,
+    /// unless turned off); a mapping is an AutoNAT candidate, not a
+    /// confirmed address (a LAN host can pose as the router).
+    pub upnp: Toggle<super::autonat::Unconfirmed<libp2p::upnp::tokio::Behaviour>>,
     /// Listens through relays while no direct address is reachable.
     pub relay_client: relay::client::Behaviour,
     /// The relay service (contributing nodes, unless turned off), offered
@@ -262,13 +263,15 @@ fn behaviour(
             ],
             rr,
         )),
-        autonat: autonat::v2::client::Behaviour::default(),
+        autonat: super::autonat::Client::new(s.count_loopback),
         autonat_server: Toggle::from(s.server.then(|| {
             let mut server = DirectOnly::new(autonat::v2::server::Behaviour::default());
             server.set_on(false);
             server
         })),
-        upnp: Toggle::from((s.server && s.upnp).then(libp2p::upnp::tokio::Behaviour::default)),
+        upnp: Toggle::from(
+            (s.server && s.upnp).then(|| super::autonat::Unconfirmed(libp2p::upnp::tokio::Behaviour::default())),
+        ),
         relay_client,
         relay: Toggle::from(s.relay.as_ref().filter(|_| s.server).map(|l| {
             let mut r = relay::Behaviour::new(local, l.config(s.count_loopback));

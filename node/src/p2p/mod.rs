@@ -5,6 +5,7 @@
 
 mod actor;
 mod announce;
+pub mod autonat;
 pub mod behaviour;
 mod book;
 mod codec;
@@ -168,6 +169,10 @@ pub struct NodeConfig {
     /// incoming connections per network, as a host's would.
     #[cfg(feature = "test-hooks")]
     pub test_count_loopback: bool,
+    /// Test builds only: address candidates handed to AutoNAT at start (as
+    /// a lying observer or UPnP router would report them).
+    #[cfg(feature = "test-hooks")]
+    pub test_candidates: Vec<Multiaddr>,
 }
 
 impl Default for NodeConfig {
@@ -193,6 +198,8 @@ impl Default for NodeConfig {
             test_latency: Duration::ZERO,
             #[cfg(feature = "test-hooks")]
             test_count_loopback: false,
+            #[cfg(feature = "test-hooks")]
+            test_candidates: Vec::new(),
         }
     }
 }
@@ -574,6 +581,10 @@ impl Node {
         // actor does the same for addresses that turn up later.
         for a in listen_addrs.iter().filter(|a| config.announce_private || is_global(a)) {
             swarm.add_external_address(a.clone());
+        }
+        #[cfg(feature = "test-hooks")]
+        for a in &config.test_candidates {
+            swarm.behaviour_mut().autonat.candidate(a.clone());
         }
         let (tx, rx) = mpsc::channel(1024);
         let (inbound_tx, inbound_rx) = mpsc::channel(256);

@@ -449,6 +449,12 @@ impl Actor {
                 info,
                 connection_id,
             })) => {
+                // What the peer saw us connect from: an address candidate
+                // if we dialled it.
+                self.swarm
+                    .behaviour_mut()
+                    .autonat
+                    .observed(connection_id, &info.observed_addr);
                 // A DHT server that connected to us enters the routing
                 // table once a dial back at what it claims works.
                 if info.protocols.contains(&super::behaviour::KAD_PROTOCOL) {

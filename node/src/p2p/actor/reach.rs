@@ -9,6 +9,7 @@ use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, dcutr, kad};
 
 use super::super::Reach;
+use super::super::autonat::Answer;
 use super::super::behaviour::BehaviourEvent;
 use super::super::direct::is_relayed;
 use super::{Actor, PRIVATE_AFTER};
@@ -212,14 +213,25 @@ impl Actor {
             SwarmEvent::Behaviour(BehaviourEvent::Relay(ev)) => tracing::debug!(?ev, "relay service"),
             SwarmEvent::Behaviour(BehaviourEvent::RelayClient(ev)) => tracing::info!(?ev, "relay client"),
             SwarmEvent::Behaviour(BehaviourEvent::Autonat(ev)) => match ev.result {
-                Ok(()) => tracing::info!(addr = %ev.tested_addr, server = %ev.server, "reachable: AutoNAT confirmed"),
-                Err(e) => {
+                Ok(Answer::Reachable) => tracing::info!(addr = %ev.addr, server = %ev.server, "AutoNAT: dialled back"),
+                Ok(Answer::Unreachable) => {
                     self.unreachable = true;
-                    tracing::info!(addr = %ev.tested_addr, server = %ev.server, error = %e, "not reachable at this address");
+                    tracing::info!(addr = %ev.addr, server = %ev.server, "not reachable at this address");
                     self.ensure_relays();
                 }
+                Err(e) => {
+                    tracing::debug!(addr = %ev.addr, server = %ev.server, error = %e, "AutoNAT probe gave no answer")
+                }
             },
-            SwarmEvent::Behaviour(BehaviourEvent::Upnp(ev)) => tracing::info!(?ev, "UPnP"),
+            SwarmEvent::Behaviour(BehaviourEvent::Upnp(ev)) => {
+                tracing::info!(?ev, "UPnP");
+                let autonat = &mut self.swarm.behaviour_mut().autonat;
+                match ev {
+                    libp2p::upnp::Event::NewExternalAddr { external_addr, .. } => autonat.candidate(external_addr),
+                    libp2p::upnp::Event::ExpiredExternalAddr { external_addr, .. } => autonat.withdraw(&external_addr),
+                    _ => {}
+                }
+            }
             SwarmEvent::ExternalAddrConfirmed { address } => {
                 tracing::info!(%address, "external address confirmed");
                 self.addresses_changed();
