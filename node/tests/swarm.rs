@@ -273,6 +273,24 @@ async fn one_peer_cannot_open_more_connections_than_the_limit() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_above_its_memory_budget_takes_no_new_connection() {
+    // A budget below what any process uses: every connection is refused,
+    // and the one that dialled sees why.
+    let full = TestNode::start(None, |c| c.test_memory_budget = Some(1 << 20)).await;
+    let other = TestNode::start(None, |_| {}).await;
+    let err = other.node.handle.dial(full.addr()).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        full.node.handle.peers().await.unwrap().is_empty(),
+        "connected above the budget ({err:?})"
+    );
+    // Under the budget, the same dial connects.
+    let roomy = TestNode::start(None, |_| {}).await;
+    other.node.handle.dial(roomy.addr()).await.unwrap();
+    wait(|| async { !roomy.node.handle.peers().await.unwrap().is_empty() }).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_peer_sends_its_chunks_compressed() {
     // A 4 MiB/s upload and a NAR of hex text (zstd halves it): compressed
     // batches deliver about twice the NAR bytes per second, so after one

@@ -37,6 +37,8 @@ pub struct Behaviour {
     pub limits: connection_limits::Behaviour,
     /// Then the limit of incoming connections from one network.
     pub per_network: super::per_ip::PerNetwork,
+    /// And no new connection while the process is above its memory budget.
+    pub memory: libp2p::memory_connection_limits::Behaviour,
     pub kad: kad::Behaviour<ProviderStore>,
     pub identify: identify::Behaviour,
     pub ping: ping::Behaviour,
@@ -106,6 +108,8 @@ impl RelayLimits {
         };
         c.reservation_rate_limiters
             .push(Box::new(super::per_ip::reservations_per_network(count_loopback)));
+        c.circuit_src_rate_limiters
+            .push(Box::new(super::per_ip::circuits_per_network_and_in_all(count_loopback)));
         c
     }
 }
@@ -134,6 +138,8 @@ pub struct SwarmSettings {
     pub test_latency: Duration,
     /// Count loopback connections toward the per-network limit (tests).
     pub count_loopback: bool,
+    /// New connections are refused above this much process memory.
+    pub memory_budget: usize,
 }
 
 /// Builds the swarm. Every dial passes `guard` (see `dial_guard.rs`).
@@ -160,7 +166,7 @@ pub fn build(
                 .map_err(Into::<Box<dyn std::error::Error + Send + Sync>>::into)
         })
         .map_err(|e| anyhow_like::Error(format!("transport: {e}")))?
-        .with_relay_client(noise::Config::new, yamux::Config::default)
+        .with_relay_client(noise::Config::new, muxer)
         .map_err(|e| anyhow_like::Error(format!("relay client: {e}")))?
         .with_behaviour(|key, relay| behaviour(key, relay, store, s))
         .map_err(|e| anyhow_like::Error(format!("behaviour: {e}")))?
@@ -175,11 +181,27 @@ fn direct_transport(key: &identity::Keypair) -> Result<Boxed<(PeerId, StreamMuxe
     let tcp = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
         .upgrade(upgrade::Version::V1Lazy)
         .authenticate(noise::Config::new(key)?)
-        .multiplex(yamux::Config::default())
+        .multiplex(muxer())
         .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)));
     let quic =
         quic::tokio::Transport::new(quic::Config::new(key)).map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)));
     Ok(tcp.or_transport(quic).map(|either, _| either.into_inner()).boxed())
+}
+
+/// Streams one yamux connection may hold open (libp2p's default is 512).
+/// A stream's receive window starts at 256 KiB and grows only as its
+/// handler reads, so what a peer can make a connection buffer unread is
+/// bounded by this times 256 KiB (64 MiB).
+pub const MAX_STREAMS: usize = 256;
+/// Above this much memory in the process, new connections are refused
+/// (the NixOS module's `MemoryMax` is 1 GiB): what peers make a node
+/// buffer then stays with the peers it has.
+pub const MEMORY_BUDGET: usize = 768 << 20;
+
+fn muxer() -> yamux::Config {
+    let mut c = yamux::Config::default();
+    c.set_max_num_streams(MAX_STREAMS);
+    c
 }
 
 /// Connections kept with one peer (a TCP and a QUIC one may overlap, and
@@ -244,6 +266,7 @@ fn behaviour(
     Ok(Behaviour {
         limits: connection_limits::Behaviour::new(limits()),
         per_network: super::per_ip::PerNetwork::new(s.count_loopback),
+        memory: libp2p::memory_connection_limits::Behaviour::with_max_bytes(s.memory_budget),
         kad,
         identify: identify::Behaviour::new(
             identify::Config::new(IDENTIFY_VERSION.into(), key.public())

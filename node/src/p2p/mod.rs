@@ -173,6 +173,10 @@ pub struct NodeConfig {
     /// a lying observer or UPnP router would report them).
     #[cfg(feature = "test-hooks")]
     pub test_candidates: Vec<Multiaddr>,
+    /// Test builds only: the memory budget above which new connections
+    /// are refused (`behaviour::MEMORY_BUDGET` otherwise).
+    #[cfg(feature = "test-hooks")]
+    pub test_memory_budget: Option<usize>,
 }
 
 impl Default for NodeConfig {
@@ -200,6 +204,8 @@ impl Default for NodeConfig {
             test_count_loopback: false,
             #[cfg(feature = "test-hooks")]
             test_candidates: Vec::new(),
+            #[cfg(feature = "test-hooks")]
+            test_memory_budget: None,
         }
     }
 }
@@ -513,6 +519,10 @@ impl Node {
         let count_loopback = config.test_count_loopback;
         #[cfg(not(feature = "test-hooks"))]
         let count_loopback = false;
+        #[cfg(feature = "test-hooks")]
+        let memory_budget = config.test_memory_budget.unwrap_or(behaviour::MEMORY_BUDGET);
+        #[cfg(not(feature = "test-hooks"))]
+        let memory_budget = behaviour::MEMORY_BUDGET;
         let settings = behaviour::SwarmSettings {
             mdns: config.mdns,
             server: config.server,
@@ -525,6 +535,7 @@ impl Node {
             #[cfg(feature = "test-hooks")]
             test_latency: config.test_latency,
             count_loopback,
+            memory_budget,
         };
         let guard = dial_guard::DialGuard::new(dial_guard::Rules::new(config.announce_private, count_loopback));
         // The user gave these: dialled whatever their address.

@@ -63,6 +63,40 @@ pub fn reservations_per_network(
     }
 }
 
+/// Relayed circuits from one network (IPv4 address, IPv6 /64) before its
+/// rate applies (libp2p-relay's own per-IP limit counts IPv6 per /128).
+pub const CIRCUIT_BURST: f64 = 8.0;
+/// Then one this often.
+pub const CIRCUIT_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+/// Circuits in all before the budget's rate applies.
+pub const CIRCUITS_BURST: f64 = 16.0;
+/// Then one this often, from anyone. A circuit carries at most
+/// `RelayLimits::circuit_bytes` each way, so relayed bytes stay within
+/// 2 x 128 KiB every 4 s (64 KiB/s) beyond the burst: the relay's budget,
+/// apart from the upload limit (libp2p-relay copies circuit bytes itself).
+pub const CIRCUITS_EVERY: std::time::Duration = std::time::Duration::from_secs(4);
+
+/// The relay service's limits of new circuits, per source network and in
+/// all, for `relay::Config::circuit_src_rate_limiters`. Loopback is exempt
+/// from the per-network one unless `count_loopback` (tests).
+pub fn circuits_per_network_and_in_all(
+    count_loopback: bool,
+) -> impl FnMut(PeerId, &Multiaddr, std::time::Instant) -> bool + Send {
+    let mut per_network = super::dial_guard::Buckets::new(CIRCUIT_EVERY, CIRCUIT_BURST);
+    let mut all = super::dial_guard::Buckets::new(CIRCUITS_EVERY, CIRCUITS_BURST);
+    move |_, addr: &Multiaddr, now| {
+        let net = network(addr).filter(|n| count_loopback || !n.is_loopback());
+        if !all.has((), now) || net.is_some_and(|n| !per_network.has(n, now)) {
+            return false;
+        }
+        all.take(());
+        if let Some(n) = net {
+            per_network.take(n);
+        }
+        true
+    }
+}
+
 /// The limit, as a behaviour placed right after the connection limits.
 #[derive(Debug, Default)]
 pub struct PerNetwork {
@@ -241,5 +275,24 @@ mod tests {
         assert!(from("/ip6/2001:db8:1:2::99/tcp/1", now + RESERVATION_EVERY));
         // Loopback is this machine (outside tests).
         assert!((0..20).all(|_| from("/ip4/127.0.0.1/tcp/1", now)));
+    }
+
+    #[test]
+    fn relayed_circuits_are_limited_per_network_and_in_all() {
+        let mut limit = circuits_per_network_and_in_all(false);
+        let now = std::time::Instant::now();
+        let mut from = |a: &str, t| limit(PeerId::random(), &addr(a), t);
+        let ok = (0..20)
+            .filter(|i| from(&format!("/ip6/2001:db8:1:2::{i:x}/tcp/1"), now))
+            .count();
+        assert_eq!(ok, CIRCUIT_BURST as usize, "one /64");
+        // Other networks share what is left of the budget in all.
+        let ok = (0..40u8)
+            .filter(|i| from(&format!("/ip4/81.2.69.{i}/tcp/1"), now))
+            .count();
+        assert_eq!(ok, (CIRCUITS_BURST - CIRCUIT_BURST) as usize);
+        assert!(!from("/ip4/81.2.70.1/tcp/1", now));
+        assert!(from("/ip4/81.2.70.1/tcp/1", now + CIRCUITS_EVERY));
+        assert!(!from("/ip4/81.2.70.2/tcp/1", now + CIRCUITS_EVERY), "one per period");
     }
 }
