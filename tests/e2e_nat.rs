@@ -103,6 +103,10 @@ struct Swarm {
     net: Net,
 }
 
+/// What the relay R claims besides its real address: nobody is there.
+const CLAIMED_IP: &str = "198.18.0.200";
+const CLAIMED: &str = "/ip4/198.18.0.200/tcp/4001";
+
 fn swarm(
     tag: &str,
     tmp: &Path,
@@ -120,7 +124,10 @@ fn swarm(
     let d_ns = net.home("d", 11, d_nat)?;
     let c_ns = net.home("c", 12, c_nat)?;
 
-    let r = start(&r_ns, R, t, &tmp.join("r"), &[], key, &[])?;
+    // R claims an address that is not its own (a host that does not
+    // exist on the test internet): a relay hands its addresses to every
+    // reservation, and D must not advertise circuits through it.
+    let r = start(&r_ns, R, t, &tmp.join("r"), &[], key, &["--test-claim-addr", CLAIMED])?;
     let boot = boot_addr(&r, t)?;
     let r2 = start(&r2_ns, R2, t, &tmp.join("r2"), &[], key, &["--bootstrap", &boot])?;
     let boot2 = boot_addr(&r2, t)?;
@@ -154,6 +161,10 @@ fn swarm(
     })
     .map_err(|e| e.context(d.log()))?;
     ensure!(status["node"]["reachability"] == "private", "D is behind NAT: {status}");
+    ensure!(
+        !status["node"]["external_addrs"].to_string().contains(CLAIMED_IP),
+        "D advertises a circuit through the address R claimed: {status}"
+    );
     ensure!(status["node"]["dht_server"] == false, "D stays a DHT client: {status}");
 
     let upstream = c_upstream(&c_ns);

@@ -41,6 +41,10 @@ pub struct TestHooks {
     /// long: between two such nodes a round trip takes twice as long.
     #[arg(long, hide = true, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub test_peer_latency: Option<Duration>,
+    /// Claim this address as one of ours (repeatable): a relay then hands
+    /// it to every node holding a reservation (a hostile relay).
+    #[arg(long, hide = true, value_name = "MULTIADDR")]
+    pub test_claim_addr: Vec<libp2p::Multiaddr>,
 }
 
 #[cfg(not(feature = "test-hooks"))]
@@ -142,6 +146,7 @@ async fn start_node(eff: &Effective, shelves: Shelves, hooks: &TestHooks, cancel
             _ => Lie::Honest,
         };
         config.test_latency = hooks.test_peer_latency.unwrap_or_default();
+        config.test_claims.clone_from(&hooks.test_claim_addr);
     }
     let _ = hooks;
     let node = Node::start(&eff.data_dir.join("p2p"), key, shelves, config, cancel.clone())

@@ -177,6 +177,10 @@ pub struct NodeConfig {
     /// are refused (`behaviour::MEMORY_BUDGET` otherwise).
     #[cfg(feature = "test-hooks")]
     pub test_memory_budget: Option<usize>,
+    /// Test builds only: addresses claimed as external ones (a relay hands
+    /// its external addresses to every reservation: a hostile relay).
+    #[cfg(feature = "test-hooks")]
+    pub test_claims: Vec<Multiaddr>,
 }
 
 impl Default for NodeConfig {
@@ -206,6 +210,8 @@ impl Default for NodeConfig {
             test_candidates: Vec::new(),
             #[cfg(feature = "test-hooks")]
             test_memory_budget: None,
+            #[cfg(feature = "test-hooks")]
+            test_claims: Vec::new(),
         }
     }
 }
@@ -596,6 +602,10 @@ impl Node {
         #[cfg(feature = "test-hooks")]
         for a in &config.test_candidates {
             swarm.behaviour_mut().autonat.candidate(a.clone());
+        }
+        #[cfg(feature = "test-hooks")]
+        for a in &config.test_claims {
+            swarm.add_external_address(a.clone());
         }
         let (tx, rx) = mpsc::channel(1024);
         let (inbound_tx, inbound_rx) = mpsc::channel(256);
