@@ -72,7 +72,6 @@ fn import(data_dir: &Path, cache: &Path, key: &str) -> Result<()> {
             &format!("file://{}", cache.display()),
             "--trusted-key",
             key,
-            "--no-mdns",
             "--data-dir",
         ])
         .arg(data_dir)

@@ -5,12 +5,18 @@ mod cli;
 mod config;
 mod size;
 
+use std::io::IsTerminal as _;
+use std::process::ExitCode;
+
 use clap::{Parser, Subcommand};
+
+/// The version and the git revision built from.
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (git ", env!("NIXSWARM_GIT_REV"), ")");
 
 /// nixswarm: a Nix substituter on localhost that serves from a local store,
 /// peers and upstream caches, verifying everything.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version = VERSION, about)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -33,21 +39,41 @@ enum Command {
     CheckConfig(config::ConfigArgs),
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Run(_)) {
+        // A command whose output goes to `head` ends quietly when the pipe
+        // closes (Rust ignores SIGPIPE and println! would panic). Not for
+        // `run`: a server must outlive its clients' closed sockets.
+        // SAFETY: resetting a signal's disposition before any thread starts.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // Colour only on a terminal: not into files or the journal.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
-    match cli.command {
+    let result = match cli.command {
         Command::Run(args) => cli::run::run(args),
         Command::Import(args) => cli::import::run(&args),
         Command::Status(args) => cli::status::run(&args),
         Command::Pin(args) => cli::pin::run(&args, true),
         Command::Unpin(args) => cli::pin::run(&args, false),
         Command::CheckConfig(args) => cli::check_config::run(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // The message and its causes on one line; never a backtrace
+            // (RUST_BACKTRACE is for panics, and a user error is none).
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }

@@ -1,5 +1,6 @@
-//! Human sizes: `123`, `64K`, `512MiB`, `10G`, `1.5T` (K, M, G, T are powers
-//! of 1024; a trailing `B` or `iB` is optional).
+//! Human sizes: `123B`, `64K`, `512MiB`, `10G`, `1.5T` (K, M, G, T are
+//! powers of 1024; a trailing `B` or `iB` is optional). A number without a
+//! unit is refused (is `10` ten bytes or ten gigabytes?), except `0`.
 
 use std::fmt;
 use std::str::FromStr;
@@ -18,6 +19,12 @@ impl FromStr for Size {
         let (num, unit) = t.split_at(split);
         let unit = unit.trim();
         let shift = match unit.trim_end_matches("iB").trim_end_matches('B') {
+            "" if unit.is_empty() && !num.is_empty() && num.chars().all(|c| c == '0' || c == '.') => 0,
+            "" if unit.is_empty() && !num.is_empty() => {
+                return Err(format!(
+                    "size {s:?} has no unit: write {num}B for bytes, or {num}K, {num}M, {num}G, {num}T"
+                ));
+            }
             "" => 0,
             "K" | "k" => 10,
             "M" | "m" => 20,
@@ -49,7 +56,10 @@ impl fmt::Display for Size {
                 return write!(f, "{}{unit}", self.0 >> shift);
             }
         }
-        write!(f, "{}", self.0)
+        if self.0 == 0 {
+            return write!(f, "0");
+        }
+        write!(f, "{}B", self.0)
     }
 }
 
@@ -68,7 +78,10 @@ fn bytes_or_str<'de, D: Deserializer<'de>, T: FromStr<Err = String>>(d: D, bytes
         S(String),
     }
     match Raw::deserialize(d)? {
-        Raw::N(n) => Ok(bytes(n)),
+        Raw::N(0) => Ok(bytes(0)),
+        Raw::N(n) => Err(serde::de::Error::custom(format!(
+            "{n} has no unit: write \"{n}B\" for bytes, or \"{n}K\", \"{n}M\", \"{n}G\", \"{n}T\""
+        ))),
         Raw::S(s) => s.parse().map_err(serde::de::Error::custom),
     }
 }
@@ -86,7 +99,10 @@ mod tests {
 
     #[test]
     fn examples() {
-        assert_eq!("123".parse(), Ok(Size(123)));
+        assert_eq!("123B".parse(), Ok(Size(123)));
+        assert_eq!("0".parse(), Ok(Size(0)));
+        let e = "10".parse::<Size>().unwrap_err();
+        assert!(e.contains("no unit") && e.contains("10B") && e.contains("10G"), "{e}");
         assert_eq!("64K".parse(), Ok(Size(64 << 10)));
         assert_eq!("512MiB".parse(), Ok(Size(512 << 20)));
         assert_eq!("10 GB".parse(), Ok(Size(10 << 30)));
@@ -95,7 +111,15 @@ mod tests {
         assert!("".parse::<Size>().is_err());
         assert!("G".parse::<Size>().is_err());
         assert_eq!(Size(10 << 30).to_string(), "10G");
-        assert_eq!(Size(1000).to_string(), "1000");
+        assert_eq!(Size(1000).to_string(), "1000B");
+        #[derive(Debug, Deserialize)]
+        struct T {
+            #[allow(dead_code)]
+            s: Size,
+        }
+        let e = toml::from_str::<T>("s = 10").unwrap_err().to_string();
+        assert!(e.contains("no unit"), "{e}");
+        assert!(toml::from_str::<T>("s = 0").is_ok());
     }
 
     proptest! {

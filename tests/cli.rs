@@ -167,3 +167,119 @@ fn reachability_defaults_and_their_switches() {
     let out = stdout(&check_config(&[], &[("NIXSWARM_NO_UPNP", "true")]));
     assert!(out.contains("upnp = false"), "{out}");
 }
+
+/// `nixswarm ARGS` with `env`, RUST_BACKTRACE set (a user error must not
+/// print one anyway).
+fn nixswarm(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_nixswarm"));
+    c.args(args)
+        .env_clear()
+        .env("HOME", "/home/someone")
+        .env("RUST_BACKTRACE", "1");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().unwrap()
+}
+
+/// The error of a failed run: exit code 1, one line, no backtrace.
+fn one_line_error(o: &Output) -> String {
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.starts_with("error: "), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(!err.contains("backtrace") && !err.contains("panicked"), "{err}");
+    err
+}
+
+#[test]
+fn user_errors_are_one_line_say_what_to_do_and_show_no_backtrace() {
+    // Nothing listens on port 1 of loopback.
+    let err = one_line_error(&nixswarm(&["status", "--gateway", "127.0.0.1:1"], &[]));
+    assert!(
+        err.contains("cannot reach the gateway at http://127.0.0.1:1") && err.contains("refused"),
+        "{err}"
+    );
+    let err = one_line_error(&nixswarm(&["pin", "--gateway", "127.0.0.1:1", "/nix/store/x"], &[]));
+    assert!(err.contains("not a store path"), "{err}");
+    let err = one_line_error(&nixswarm(&["status", "--gateway", "ftp://x"], &[]));
+    assert!(err.contains("HOST:PORT"), "{err}");
+
+    // A secret key given for a public one: said so, and not echoed.
+    let secret = "test-1:ZjQfTb8k6Bkv9dcbK5n1kvGrh7ZB+BszbNJcX8E+AgOYGwGz6lf2eGsXhjPAxvhc5Uwqwg8iW6P4mvRomYzZRg==";
+    let err = one_line_error(&nixswarm(&["check-config", "--trusted-key", secret], &[]));
+    assert!(
+        err.contains("is a secret key") && err.contains("convert-secret-to-public"),
+        "{err}"
+    );
+    assert!(!err.contains("ZjQfTb8k"), "the secret was echoed: {err}");
+
+    // A size needs a unit, on the command line and in the file.
+    let out = nixswarm(&["check-config", "--amount", "10"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no unit"));
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("c.toml");
+    std::fs::write(&file, "[store]\namount = 10\n").unwrap();
+    // (toml's message quotes the line, over several.)
+    let out = nixswarm(&["check-config", "--config", file.to_str().unwrap()], &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("no unit") && err.contains("10G") && !err.contains("backtrace"),
+        "{err}"
+    );
+}
+
+#[test]
+fn subcommands_take_only_their_own_options() {
+    for cmd in ["status", "pin", "unpin", "import"] {
+        let out = nixswarm(&[cmd, "--relay-max-circuits", "5", "x"], &[]);
+        assert_eq!(out.status.code(), Some(2), "{cmd}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("unexpected argument '--relay-max-circuits'"),
+            "{cmd}: {err}"
+        );
+        let help = nixswarm(&[cmd, "--help"], &[]);
+        let lines = String::from_utf8_lossy(&help.stdout).lines().count();
+        assert!(lines < 40, "{cmd} --help has {lines} lines");
+    }
+}
+
+#[test]
+fn boolean_variables_take_1_0_yes_no_true_false() {
+    for (v, mdns) in [
+        ("1", false),
+        ("yes", false),
+        ("true", false),
+        ("0", true),
+        ("no", true),
+        ("false", true),
+    ] {
+        let out = stdout(&check_config(&[], &[("NIXSWARM_NO_MDNS", v)]));
+        assert!(out.contains(&format!("mdns = {mdns}")), "{v}: {out}");
+    }
+}
+
+#[test]
+fn the_version_names_the_git_revision_and_a_closed_pipe_is_no_panic() {
+    let out = nixswarm(&["--version"], &[]);
+    let v = String::from_utf8_lossy(&out.stdout);
+    assert!(v.starts_with("nixswarm ") && v.contains("(git "), "{v}");
+
+    // `nixswarm check-config | head -0`: the reader is gone before the
+    // output is written.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_nixswarm"))
+        .arg("check-config")
+        .env_clear()
+        .env("HOME", "/home/someone")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+}

@@ -14,13 +14,13 @@ use futures::StreamExt as _;
 use nixswarm_gateway::{FileSource, Source, Upstream, Url, http_client};
 use nixswarm_protocol::{StorePath, StorePathHash};
 
-use crate::config::{Config, ConfigArgs};
+use crate::config::{Config, StoreArgs};
 
 /// Flags of `nixswarm import`.
 #[derive(Debug, Clone, Args)]
 pub struct ImportArgs {
     #[command(flatten)]
-    pub config: ConfigArgs,
+    pub store: StoreArgs,
     /// The binary cache: file:///dir, http://... or https://...
     pub url: String,
     /// Store paths (or their 32-character hashes) to import; default: every
@@ -38,7 +38,7 @@ fn parse_path(p: &str) -> Result<StorePathHash> {
 }
 
 pub fn run(args: &ImportArgs) -> Result<()> {
-    let eff = Config::load(&args.config)?.resolve()?;
+    let eff = Config::load(&args.store.config_args())?.resolve()?;
     let store = super::run::open_store(&eff).context("(stop `nixswarm run` before importing into its store)")?;
     let url: Url = args
         .url

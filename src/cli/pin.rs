@@ -9,16 +9,13 @@ use anyhow::{Context as _, Result, bail};
 use clap::Args;
 use nixswarm_protocol::{NarInfo, StorePathHash};
 
-use crate::config::{Config, ConfigArgs};
+use crate::config::ClientArgs;
 
 /// Flags of `nixswarm pin` and `nixswarm unpin`.
 #[derive(Debug, Clone, Args)]
 pub struct PinArgs {
     #[command(flatten)]
-    pub config: ConfigArgs,
-    /// The gateway to ask (default: the configured gateway address).
-    #[arg(long, value_name = "URL")]
-    pub gateway: Option<String>,
+    pub client: ClientArgs,
     /// Store paths (/nix/store/<hash>-<name>, or the 32-character hash).
     #[arg(required = true, value_name = "PATH")]
     pub paths: Vec<String>,
@@ -31,14 +28,35 @@ fn hash_of(p: &str) -> Result<StorePathHash> {
         .with_context(|| format!("{p:?} is not a store path"))
 }
 
-fn base_url(args: &PinArgs) -> Result<String> {
-    let config = Config::load(&args.config)?;
-    Ok(args
-        .gateway
-        .clone()
-        .unwrap_or_else(|| format!("http://{}", config.gateway.listen))
-        .trim_end_matches('/')
-        .to_owned())
+/// Sends `req`; an unreachable gateway and an error answer each get a
+/// message that says which.
+pub(crate) async fn send(req: reqwest::RequestBuilder, base: &str) -> Result<reqwest::Response> {
+    let resp = req.send().await.map_err(|e| {
+        if e.is_connect() || e.is_timeout() {
+            anyhow::anyhow!(
+                "cannot reach the gateway at {base} (is `nixswarm run` running?): {}",
+                root_cause(&e)
+            )
+        } else {
+            anyhow::Error::new(e)
+        }
+    })?;
+    let status = resp.status();
+    if status.is_success() || status == reqwest::StatusCode::NOT_FOUND {
+        return Ok(resp);
+    }
+    let body = resp.text().await.unwrap_or_default();
+    bail!("the gateway answered {status}: {}", body.trim())
+}
+
+/// The innermost cause of `e` ("Connection refused"), which reqwest's own
+/// message leaves out.
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut last = e;
+    while let Some(s) = last.source() {
+        last = s;
+    }
+    last.to_string()
 }
 
 /// Makes the gateway hold every path of `root`'s closure.
@@ -47,14 +65,17 @@ async fn fetch_closure(client: &reqwest::Client, base: &str, root: StorePathHash
     let mut queue = VecDeque::from([root]);
     while let Some(h) = queue.pop_front() {
         let url = format!("{base}/{h}.narinfo");
-        let resp = client.get(&url).send().await.with_context(|| format!("asking {url}"))?;
+        let resp = send(client.get(&url), base).await?;
         if resp.status() == reqwest::StatusCode::NOT_FOUND {
             bail!("{h} is not available from the gateway (nor its peers and upstreams)");
         }
-        let text = resp.error_for_status()?.text().await?;
+        let text = resp.text().await?;
         let info = NarInfo::parse(&text).with_context(|| format!("narinfo of {h}"))?;
         let nar = format!("{base}/{}", info.url);
-        let mut resp = client.get(&nar).send().await?.error_for_status()?;
+        let mut resp = send(client.get(&nar), base).await?;
+        if resp.status() == reqwest::StatusCode::NOT_FOUND {
+            bail!("the NAR of {h} is not available from the gateway");
+        }
         while resp.chunk().await?.is_some() {}
         for r in &info.references {
             if seen.insert(r.hash()) {
@@ -66,7 +87,7 @@ async fn fetch_closure(client: &reqwest::Client, base: &str, root: StorePathHash
 }
 
 pub fn run(args: &PinArgs, pin: bool) -> Result<()> {
-    let base = base_url(args)?;
+    let base = args.client.gateway_url()?.as_str().trim_end_matches('/').to_owned();
     let hashes = args.paths.iter().map(|p| hash_of(p)).collect::<Result<Vec<_>>>()?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async {
@@ -75,16 +96,14 @@ pub fn run(args: &PinArgs, pin: bool) -> Result<()> {
             if pin {
                 let n = fetch_closure(&client, &base, *h)
                     .await
-                    .with_context(|| format!("fetching the closure of {p} (is `nixswarm run` running?)"))?;
+                    .with_context(|| format!("fetching the closure of {p}"))?;
                 tracing::debug!(paths = n, "closure held");
             }
             let url = format!("{base}/pin/{h}");
             let req = if pin { client.post(&url) } else { client.delete(&url) };
-            let resp = req
-                .header(nixswarm_gateway::pin::WRITE_HEADER, "1")
-                .send()
+            let resp = send(req.header(nixswarm_gateway::pin::WRITE_HEADER, "1"), &base)
                 .await
-                .with_context(|| format!("asking {url}"))?;
+                .with_context(|| p.clone())?;
             let status = resp.status();
             let body = resp.text().await.unwrap_or_default();
             if !status.is_success() {
@@ -104,6 +123,8 @@ pub fn run(args: &PinArgs, pin: bool) -> Result<()> {
                         held + missing
                     );
                 }
+            } else if count("unpinned") == 0 {
+                bail!("{p} was not pinned (nothing to unpin)");
             } else {
                 println!("unpinned {p} and its closure ({} paths)", count("unpinned"));
             }

@@ -4,16 +4,13 @@
 use anyhow::{Context as _, Result};
 use clap::Args;
 
-use crate::config::{Config, ConfigArgs};
+use crate::config::ClientArgs;
 
 /// Flags of `nixswarm status`.
 #[derive(Debug, Clone, Args)]
 pub struct StatusArgs {
     #[command(flatten)]
-    pub config: ConfigArgs,
-    /// The gateway to ask (default: the configured gateway address).
-    #[arg(long, value_name = "URL")]
-    pub gateway: Option<String>,
+    pub client: ClientArgs,
     /// Print the raw JSON.
     #[arg(long)]
     pub json: bool,
@@ -35,17 +32,12 @@ fn bytes(n: u64) -> String {
 }
 
 pub fn run(args: &StatusArgs) -> Result<()> {
-    let config = Config::load(&args.config)?;
-    let base = args
-        .gateway
-        .clone()
-        .unwrap_or_else(|| format!("http://{}", config.gateway.listen));
-    let url = format!("{}/status", base.trim_end_matches('/'));
+    let gateway = args.client.gateway_url()?;
+    let base = gateway.as_str().trim_end_matches('/');
+    let url = format!("{base}/status");
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let body: serde_json::Value = rt.block_on(async {
-        let resp = reqwest::get(&url)
-            .await
-            .with_context(|| format!("asking {url} (is `nixswarm run` running?)"))?;
+        let resp = super::pin::send(reqwest::Client::new().get(&url), base).await?;
         let text = resp.error_for_status()?.text().await.context("reading the status")?;
         serde_json::from_str(&text).context("parsing the status")
     })?;

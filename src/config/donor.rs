@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Result, bail};
 use clap::Args;
 use nixswarm_node::installed::NamePattern;
 use nixswarm_protocol::{CACHE_NIXOS_ORG_KEY, PublicKey};
@@ -156,7 +156,7 @@ impl DonorSection {
     pub fn share_keys(&self) -> Result<Vec<PublicKey>> {
         self.share_keys
             .iter()
-            .map(|k| k.parse::<PublicKey>().with_context(|| format!("share key {k:?}")))
+            .map(|k| super::public_key("share key", k))
             .collect()
     }
 

@@ -286,6 +286,90 @@ impl Default for StoreSection {
     }
 }
 
+/// The flags of the commands that talk to a running node (`status`,
+/// `pin`, `unpin`): where its configuration is, to find its gateway.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ClientArgs {
+    /// TOML configuration file of the node.
+    #[arg(long, env = "NIXSWARM_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Data directory of the node.
+    #[arg(long, env = "NIXSWARM_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// The gateway to ask: a URL or HOST:PORT [default: the configured
+    /// gateway address, 127.0.0.1:37515].
+    #[arg(long, env = "NIXSWARM_GATEWAY", value_name = "URL")]
+    pub gateway: Option<String>,
+}
+
+impl ClientArgs {
+    /// The gateway's base URL, without a trailing slash.
+    pub fn gateway_url(&self) -> Result<Url> {
+        let given = match &self.gateway {
+            Some(g) => g.clone(),
+            None => {
+                let config = Config::load(&ConfigArgs {
+                    config: self.config.clone(),
+                    data_dir: self.data_dir.clone(),
+                    ..ConfigArgs::default()
+                })?;
+                config.gateway.listen.to_string()
+            }
+        };
+        let with_scheme = if given.contains("://") {
+            given.clone()
+        } else {
+            format!("http://{given}")
+        };
+        let url: Url = with_scheme
+            .parse()
+            .with_context(|| format!("--gateway {given:?} is neither a URL nor HOST:PORT"))?;
+        if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+            bail!("--gateway {given:?}: give http://HOST:PORT or HOST:PORT");
+        }
+        Ok(url)
+    }
+}
+
+/// The flags of `import`: the node's store and what it trusts.
+#[derive(Debug, Clone, Default, Args)]
+pub struct StoreArgs {
+    /// TOML configuration file of the node.
+    #[arg(long, env = "NIXSWARM_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Data directory of the node.
+    #[arg(long, env = "NIXSWARM_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Directory of the chunk store [default: `store` in the data directory].
+    #[arg(long, env = "NIXSWARM_LOCATION", value_name = "DIR")]
+    pub location: Option<PathBuf>,
+    /// Most disk space for the chunk store: a size (10G) or a percentage of its filesystem (10%) [default: 10G].
+    #[arg(long, alias = "cache-size", env = "NIXSWARM_AMOUNT", value_name = "SIZE|PERCENT")]
+    pub amount: Option<Amount>,
+    /// Trusted public key NAME:BASE64; repeat for several [default: cache.nixos.org-1].
+    #[arg(
+        long = "trusted-key",
+        env = "NIXSWARM_TRUSTED_KEY",
+        value_delimiter = ',',
+        value_name = "NAME:KEY"
+    )]
+    pub trusted_keys: Vec<String>,
+}
+
+impl StoreArgs {
+    /// The same, as the configuration's flags.
+    pub fn config_args(&self) -> ConfigArgs {
+        ConfigArgs {
+            config: self.config.clone(),
+            data_dir: self.data_dir.clone(),
+            location: self.location.clone(),
+            amount: self.amount,
+            trusted_keys: self.trusted_keys.clone(),
+            ..ConfigArgs::default()
+        }
+    }
+}
+
 /// The flags shared by every command that reads the configuration. Each
 /// also reads a `NIXSWARM_*` variable.
 #[derive(Debug, Clone, Default, Args)]
@@ -308,7 +392,7 @@ pub struct ConfigArgs {
     )]
     pub upstreams: Vec<String>,
     /// Use no upstream at all (serve only what is stored locally).
-    #[arg(long, env = "NIXSWARM_NO_UPSTREAM", conflicts_with = "upstreams")]
+    #[arg(long, env = "NIXSWARM_NO_UPSTREAM", value_parser = boolish(), conflicts_with = "upstreams")]
     pub no_upstream: bool,
     /// Trusted public key NAME:BASE64; repeat for several. Replaces the default (cache.nixos.org-1).
     #[arg(
@@ -343,22 +427,22 @@ pub struct ConfigArgs {
     )]
     pub bootstrap: Vec<String>,
     /// Do not look for peers on the local network.
-    #[arg(long, env = "NIXSWARM_NO_MDNS")]
+    #[arg(long, env = "NIXSWARM_NO_MDNS", value_parser = boolish())]
     pub no_mdns: bool,
     /// Run the gateway only, without the peer-to-peer node.
-    #[arg(long, env = "NIXSWARM_NO_P2P")]
+    #[arg(long, env = "NIXSWARM_NO_P2P", value_parser = boolish())]
     pub no_p2p: bool,
     /// auto: contribute, a DHT server once reachable; server: contribute, always a DHT server; client: fetch only.
     #[arg(long, env = "NIXSWARM_P2P_MODE", value_name = "MODE")]
     pub p2p_mode: Option<P2pMode>,
     /// Advertise loopback and private listen addresses as reachable (one machine or one LAN).
-    #[arg(long, env = "NIXSWARM_ANNOUNCE_PRIVATE")]
+    #[arg(long, env = "NIXSWARM_ANNOUNCE_PRIVATE", value_parser = boolish())]
     pub announce_private: bool,
     /// Do not ask the router to forward the listen ports (UPnP).
-    #[arg(long, env = "NIXSWARM_NO_UPNP")]
+    #[arg(long, env = "NIXSWARM_NO_UPNP", value_parser = boolish())]
     pub no_upnp: bool,
     /// Do not offer the circuit-relay service to nodes behind NAT.
-    #[arg(long, env = "NIXSWARM_NO_RELAY_SERVICE")]
+    #[arg(long, env = "NIXSWARM_NO_RELAY_SERVICE", value_parser = boolish())]
     pub no_relay_service: bool,
     /// Relay service: peers holding a reservation at once [default: 128].
     #[arg(long, env = "NIXSWARM_RELAY_MAX_RESERVATIONS", value_name = "N")]
@@ -549,7 +633,7 @@ impl Config {
             .upstream
             .trusted_keys
             .iter()
-            .map(|k| k.parse::<PublicKey>().with_context(|| format!("trusted key {k:?}")))
+            .map(|k| public_key("trusted key", k))
             .collect::<Result<Vec<_>>>()?;
         if trusted_keys.is_empty() && !upstreams.is_empty() {
             bail!("no trusted keys: every upstream narinfo would be rejected (set --trusted-key)");
@@ -594,6 +678,34 @@ impl Config {
             trusted_keys,
         })
     }
+}
+
+/// Parses a flag's environment variable: 1/0, yes/no, on/off, true/false.
+fn boolish() -> clap::builder::BoolishValueParser {
+    clap::builder::BoolishValueParser::new()
+}
+
+/// Parses a public key `NAME:BASE64`. The error names the key by its name
+/// only: what was given may be a secret key, which must not reach a log.
+pub fn public_key(what: &str, k: &str) -> Result<PublicKey> {
+    let name = k
+        .split_once(':')
+        .map_or_else(|| "(without a NAME: part)".to_owned(), |(n, _)| format!("{n:?}"));
+    k.parse::<PublicKey>().map_err(|e| {
+        if k.parse::<nixswarm_protocol::SecretKey>().is_ok() {
+            anyhow::anyhow!(
+                "{what} {name} is a secret key; give its public key instead \
+                 (`nix key convert-secret-to-public < SECRET-KEY-FILE`)"
+            )
+        } else {
+            // `e` may quote the value: only its kind is kept.
+            let why = match e {
+                nixswarm_protocol::signature::KeyError::MissingName { .. } => "not of the form NAME:BASE64".to_owned(),
+                other => other.to_string(),
+            };
+            anyhow::anyhow!("{what} {name}: {why} (as `nix key convert-secret-to-public` prints it)")
+        }
+    })
 }
 
 #[cfg(test)]
