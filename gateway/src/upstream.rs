@@ -65,6 +65,21 @@ impl Upstream {
         Ok(Self { base, client, timeout })
     }
 
+    /// A transport error with its causes ("error sending request: ...:
+    /// Connection refused"): reqwest's own message leaves them out.
+    fn fail_io(&self, e: &reqwest::Error) -> SourceError {
+        let mut message = e.to_string();
+        let mut cause: Option<&dyn std::error::Error> = std::error::Error::source(e);
+        while let Some(c) = cause {
+            let text = c.to_string();
+            if !message.contains(&text) {
+                message = format!("{message}: {text}");
+            }
+            cause = c.source();
+        }
+        self.fail(message)
+    }
+
     fn fail(&self, message: impl std::fmt::Display) -> SourceError {
         SourceError::Failed {
             source_name: self.base.to_string(),
@@ -85,7 +100,7 @@ impl Upstream {
         if let Some(t) = timeout {
             req = req.timeout(t);
         }
-        let resp = req.send().await.map_err(|e| self.fail(e))?;
+        let resp = req.send().await.map_err(|e| self.fail_io(&e))?;
         match resp.status() {
             s if s.is_success() => Ok(Some(resp)),
             StatusCode::NOT_FOUND | StatusCode::FORBIDDEN | StatusCode::GONE => Ok(None),
@@ -161,7 +176,7 @@ impl Source for Upstream {
             let mut body = Vec::new();
             let mut stream = resp.bytes_stream();
             while let Some(piece) = stream.next().await {
-                body.extend_from_slice(&piece.map_err(|e| self.fail(e))?);
+                body.extend_from_slice(&piece.map_err(|e| self.fail_io(&e))?);
                 if body.len() > MAX_NARINFO {
                     return Err(self.fail(format!("narinfo for {hash} is larger than {MAX_NARINFO} bytes")));
                 }

@@ -62,3 +62,19 @@ async fn a_redirect_to_a_local_service_is_not_followed() {
     let home = up.get("home.narinfo", None).await.unwrap().unwrap();
     assert_eq!(home.text().await.unwrap(), "StorePath: x\n");
 }
+
+#[tokio::test]
+async fn an_upstream_that_is_down_is_reported_with_the_cause() {
+    // A port nobody listens on (bound, then closed).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url: Url = format!("http://127.0.0.1:{port}/").parse().unwrap();
+    let client = http_client(Duration::from_secs(5), Duration::from_secs(5), std::slice::from_ref(&url)).unwrap();
+    let up = Upstream::new(&url, client, Duration::from_secs(5)).unwrap();
+    let err = up.get("x.narinfo", None).await.unwrap_err().to_string();
+    assert!(err.contains("Connection refused"), "{err}");
+    assert!(err.contains(&format!("127.0.0.1:{port}")), "{err}");
+}
