@@ -120,6 +120,18 @@ fn a_trusted_key_that_is_not_shared_never_leaves_the_machine() -> Result<()> {
     a.wait_for("provided_keys", 2)?;
     std::thread::sleep(Duration::from_secs(1));
     ensure!(a.status_number("provided_keys")? == 2, "{}", a.status()?);
+    // And the user is told: a warning at start, a line in the status.
+    let status = a.status()?;
+    ensure!(
+        status.contains("trusted_not_shared") && status.contains(&company),
+        "the status does not name the key that is not shared: {status}"
+    );
+    ensure!(
+        a.log()
+            .contains(&format!("trusted key \"{company_name}\" are used here but not shared")),
+        "no warning at start: {}",
+        a.log()
+    );
 
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async {

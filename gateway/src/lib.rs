@@ -102,6 +102,9 @@ pub struct AppState {
     pub node: Option<nixswarm_node::NodeHandle>,
     /// The installed paths this node shares, if any (for `/status`).
     pub installed: Option<nixswarm_node::installed::InstalledStore>,
+    /// Trusted keys that are not share keys: what only they signed is used
+    /// here but never offered to peers (for `/status`).
+    pub trusted_not_shared: Vec<PublicKey>,
 }
 
 /// The gateway: build it, then [`Gateway::serve`] it or use its router.
@@ -121,6 +124,10 @@ impl Gateway {
         cancel: CancellationToken,
     ) -> Self {
         let metrics = Metrics::new();
+        let trusted_not_shared = match &options.share_keys {
+            Some(share) => keys.iter().filter(|k| !share.contains(k)).cloned().collect(),
+            None => Vec::new(),
+        };
         let mut resolver = Resolver::new(
             sources,
             keys,
@@ -149,6 +156,7 @@ impl Gateway {
                 cancel,
                 node: None,
                 installed: None,
+                trusted_not_shared,
             }),
         }
     }

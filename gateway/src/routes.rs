@@ -147,6 +147,10 @@ async fn status(State(state): State<Arc<AppState>>) -> Result<Response> {
         },
         "store": { "paths": store.paths, "bytes": store.bytes, "quota": store.quota, "keep_fetched": state.options.keep_fetched },
         "installed": installed,
+        "sharing": {
+            // Trusted keys whose paths are used here but not shared.
+            "trusted_not_shared": state.trusted_not_shared.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        },
     });
     Ok(([(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response())
 }

@@ -72,7 +72,12 @@ async fn an_upstream_that_is_down_is_reported_with_the_cause() {
         .unwrap()
         .port();
     let url: Url = format!("http://127.0.0.1:{port}/").parse().unwrap();
-    let client = http_client(Duration::from_secs(5), Duration::from_secs(5), std::slice::from_ref(&url)).unwrap();
+    let client = http_client(
+        Duration::from_secs(5),
+        Duration::from_secs(5),
+        std::slice::from_ref(&url),
+    )
+    .unwrap();
     let up = Upstream::new(&url, client, Duration::from_secs(5)).unwrap();
     let err = up.get("x.narinfo", None).await.unwrap_err().to_string();
     assert!(err.contains("Connection refused"), "{err}");

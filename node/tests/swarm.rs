@@ -301,7 +301,7 @@ async fn a_slow_peer_sends_its_chunks_compressed() {
         }
     })
     .await;
-    let bytes: Vec<u8> = nar(5, 3 << 20)
+    let bytes: Vec<u8> = nar(5, 6 << 20)
         .iter()
         .flat_map(|b| format!("{b:02x}").into_bytes())
         .collect();
@@ -319,6 +319,14 @@ async fn a_slow_peer_sends_its_chunks_compressed() {
         status.bytes_fetched_wire,
         status.bytes_fetched
     );
+    // The sender's status says its limit held it back (12 MiB of text,
+    // about half on the wire, at 4 MiB/s with 1 s of burst), the
+    // receiver's that it has none.
+    let sender = nodes[1].node.handle.status().await.unwrap().upload;
+    assert_eq!(sender.limit, Some(4 << 20));
+    assert!(sender.waited_ms > 0, "{sender:?}");
+    assert_eq!(status.upload.limit, None);
+    assert_eq!(status.upload.waited_ms, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -191,6 +191,16 @@ async fn serve(eff: Effective, hooks: TestHooks) -> Result<()> {
     if eff.config.donor.keeps_fetched() {
         shelves.push(Arc::new(store.clone()));
     }
+    let share_keys = eff.config.donor.share_keys()?;
+    for k in eff.trusted_keys.iter().filter(|k| !share_keys.contains(k)) {
+        // Trusting is not sharing: say so once, with the way to share.
+        tracing::warn!(
+            key = %k.name(),
+            "paths signed only by trusted key {:?} are used here but not shared with peers \
+             (to share them: --share-key {k}, or donor.share-keys in the configuration)",
+            k.name()
+        );
+    }
     let node = if eff.config.p2p.enable {
         let policy = SharePolicy::new(eff.config.donor.share_keys()?, eff.config.donor.share_content_addressed);
         Some(start_node(&eff, Shelves::new(shelves, policy), &hooks, &cancel).await?)

@@ -86,6 +86,20 @@ pub fn run(args: &StatusArgs) -> Result<()> {
             n(&node["not_admitted"])
         );
         println!("bytes served:   {}", bytes(n(&node["bytes_served"])));
+        let up = &node["upload"];
+        match up["limit"].as_u64() {
+            None => println!("upload limit:   none"),
+            Some(l) => println!(
+                "upload limit:   {}/s ({}; held back {:.1} s in all)",
+                bytes(l),
+                if up["now"].as_bool().unwrap_or(false) {
+                    "throttling now"
+                } else {
+                    "not throttling"
+                },
+                n(&up["waited_ms"]) as f64 / 1000.0
+            ),
+        }
         println!("bytes fetched:  {}", bytes(n(&node["bytes_fetched"])));
         println!(
             "  duplicates:   {} (received twice: the endgame's cost)",
@@ -107,7 +121,10 @@ pub fn run(args: &StatusArgs) -> Result<()> {
         println!("installed paths shared: {}", n(&inst["paths_shared"]));
         println!("bytes indexed:  {}", bytes(n(&inst["bytes_indexed"])));
         println!("to index:       {}", n(&inst["queued"]));
-        println!("not shareable:  {} (unsigned or excluded)", n(&inst["not_shareable"]));
+        println!(
+            "not shareable:  {} (unsigned, signed only by a key not shared, or excluded)",
+            n(&inst["not_shareable"])
+        );
         println!(
             "rejected:       {} (files differ from the Nix database)",
             n(&inst["rejected"])
@@ -126,6 +143,11 @@ pub fn run(args: &StatusArgs) -> Result<()> {
             bytes(n(&served["egress_saved"])),
             served["offload_share"].as_f64().unwrap_or(0.0) * 100.0
         );
+    }
+    for k in body["sharing"]["trusted_not_shared"].as_array().into_iter().flatten() {
+        let k = k.as_str().unwrap_or("?");
+        let name = k.split(':').next().unwrap_or(k);
+        println!("not shared:     paths signed only by {name} (trusted, not a share key; --share-key {k} shares them)");
     }
     let store = &body["store"];
     println!("stored paths:   {}", n(&store["paths"]));

@@ -252,6 +252,8 @@ pub struct NodeStats {
     /// The rules every dial passes, with their refusal counts (the swarm
     /// task adds the addresses it is told to dial, and mDNS finds).
     pub dials: std::sync::OnceLock<dial_guard::DialGuard>,
+    /// The upload limit (set at start).
+    pub upload: std::sync::OnceLock<Arc<RateLimiter>>,
     /// Test builds only: the store-path hashes peers asked about.
     #[cfg(feature = "test-hooks")]
     asked: std::sync::Mutex<std::collections::HashSet<StorePathHash>>,
@@ -337,6 +339,8 @@ pub struct NodeStatus {
     pub bytes_fetched_duplicate: u64,
     pub bytes_fetched_wire: u64,
     pub bytes_fetched_inline: u64,
+    /// The upload limit, and how long senders waited for it.
+    pub upload: ratelimit::Throttle,
 }
 
 /// One provider of a key as this node's record store lists it.
@@ -623,6 +627,7 @@ impl Node {
         actor.count_loopback = count_loopback;
         tokio::spawn(actor.run());
         let limiter = Arc::new(RateLimiter::new(config.upload_limit));
+        let _ = handle.stats.upload.set(limiter.clone());
         #[cfg(feature = "test-hooks")]
         let liar = Arc::new(liar::Liar::new(config.lie));
         #[cfg(not(feature = "test-hooks"))]

@@ -1,5 +1,8 @@
-//! A token bucket for the per-node upload limit.
+//! A token bucket for the per-node upload limit, which counts how long
+//! senders waited for it (for `nixswarm status`: is the limit what makes
+//! transfers slow?).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -11,6 +14,22 @@ use tokio::sync::Mutex;
 pub struct RateLimiter {
     rate: Option<u64>,
     state: Mutex<(f64, Instant)>,
+    /// Time senders spent waiting, in all (microseconds).
+    waited_us: AtomicU64,
+    /// When a sender last waited (microseconds after `born`).
+    last_wait_us: AtomicU64,
+    born: Instant,
+}
+
+/// The upload limit as `nixswarm status` shows it.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize, PartialEq, Eq)]
+pub struct Throttle {
+    /// Bytes per second; `None`: unlimited.
+    pub limit: Option<u64>,
+    /// Milliseconds senders waited for the limit, in all.
+    pub waited_ms: u64,
+    /// A sender waited within the last 5 seconds.
+    pub now: bool,
 }
 
 impl RateLimiter {
@@ -19,6 +38,20 @@ impl RateLimiter {
         Self {
             rate: rate.filter(|r| *r > 0),
             state: Mutex::new((rate.unwrap_or(0) as f64, Instant::now())),
+            waited_us: AtomicU64::new(0),
+            last_wait_us: AtomicU64::new(0),
+            born: Instant::now(),
+        }
+    }
+
+    /// The limit, and how much it held senders back.
+    pub fn throttle(&self) -> Throttle {
+        let last = self.last_wait_us.load(Ordering::Relaxed);
+        let since_born = self.born.elapsed().as_micros() as u64;
+        Throttle {
+            limit: self.rate,
+            waited_ms: self.waited_us.load(Ordering::Relaxed) / 1000,
+            now: last > 0 && since_born.saturating_sub(last) < 5_000_000,
         }
     }
 
@@ -33,7 +66,11 @@ impl RateLimiter {
         s.0 -= bytes as f64;
         if s.0 < 0.0 {
             // Holding the lock while sleeping queues later senders behind us.
-            tokio::time::sleep(Duration::from_secs_f64(-s.0 / rate)).await;
+            let wait = Duration::from_secs_f64(-s.0 / rate);
+            self.waited_us.fetch_add(wait.as_micros() as u64, Ordering::Relaxed);
+            let at = (now + wait).duration_since(self.born).as_micros() as u64;
+            self.last_wait_us.store(at.max(1), Ordering::Relaxed);
+            tokio::time::sleep(wait).await;
         }
     }
 }
@@ -55,6 +92,11 @@ mod tests {
             took >= Duration::from_millis(3900) && took <= Duration::from_millis(4200),
             "{took:?}"
         );
+        let t = l.throttle();
+        assert_eq!(t.limit, Some(1000));
+        assert!(t.waited_ms.abs_diff(4000) < 200 && t.now, "{t:?}");
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        assert!(!l.throttle().now);
         let free = RateLimiter::new(None);
         let start = tokio::time::Instant::now();
         free.acquire(u64::MAX).await;

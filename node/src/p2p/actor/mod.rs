@@ -326,6 +326,7 @@ impl Actor {
                         r.malformed + r.over_limit + r.values
                     },
                     dials_refused: self.stats.dials_refused().total(),
+                    upload: self.stats.upload.get().map(|l| l.throttle()).unwrap_or_default(),
                     not_admitted: self.stats.not_admitted.load(Ordering::Relaxed),
                     bytes_served: self.stats.bytes_served.load(Ordering::Relaxed),
                     bytes_fetched: self.stats.bytes_fetched.load(Ordering::Relaxed),
