@@ -283,3 +283,25 @@ fn the_version_names_the_git_revision_and_a_closed_pipe_is_no_panic() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!err.contains("panicked"), "{err}");
 }
+
+#[test]
+fn bootstrap_addresses_in_every_form_a_user_writes() {
+    for ok in [
+        "127.0.0.1:4001",
+        "localhost:4001",
+        "[::1]:4001",
+        "/ip4/127.0.0.1/tcp/4001",
+        "/dns4/localhost/tcp/4001",
+        "/ip4/127.0.0.1/udp/4001/quic-v1/p2p/12D3KooWQoYXAdKLWSANGYjCzBMV13Zd4yTU9ei87UDyXbQ8KVwJ",
+    ] {
+        let out = stdout(&check_config(&["--bootstrap", ok], &[]));
+        assert!(out.contains(ok), "{ok}: {out}");
+    }
+    for bad in ["garbage", "/ip4/127.0.0.1", "127.0.0.1:port"] {
+        let err = one_line_error(&nixswarm(&["check-config", "--bootstrap", bad], &[]));
+        assert!(
+            err.contains("HOST:PORT") && err.contains("nixswarm status"),
+            "{bad}: {err}"
+        );
+    }
+}

@@ -659,12 +659,12 @@ impl Config {
                 .collect()
         };
         let p2p_listen = multiaddrs("p2p listen address", &self.p2p.listen)?;
-        let bootstrap = multiaddrs("bootstrap address", &self.p2p.bootstrap)?;
-        for b in &bootstrap {
-            if !b.iter().any(|p| matches!(p, libp2p::multiaddr::Protocol::P2p(_))) {
-                bail!("bootstrap address {b} has no /p2p/<peer id> part");
-            }
-        }
+        let bootstrap = self
+            .p2p
+            .bootstrap
+            .iter()
+            .map(|b| bootstrap_addr(b))
+            .collect::<Result<Vec<_>>>()?;
         if self.p2p.enable && p2p_listen.is_empty() && self.p2p.mode != P2pMode::Client {
             bail!("p2p.listen is empty: a contributing (server) node needs an address");
         }
@@ -706,6 +706,43 @@ pub fn public_key(what: &str, k: &str) -> Result<PublicKey> {
             anyhow::anyhow!("{what} {name}: {why} (as `nix key convert-secret-to-public` prints it)")
         }
     })
+}
+
+/// A bootstrap address as the user may write it: a multiaddr (`/ip4`,
+/// `/ip6`, `/dns`, `/dns4`, `/dns6`; `/p2p/<id>` optional: the id is
+/// learnt on connect), or `HOST:PORT` (TCP; `[v6]:PORT` for IPv6).
+pub fn bootstrap_addr(s: &str) -> Result<Multiaddr> {
+    use libp2p::multiaddr::Protocol;
+    let s = s.trim();
+    let hint = "write /ip4/ADDRESS/tcp/PORT, /dns/HOST/tcp/PORT (each optionally ending in /p2p/PEER-ID) or HOST:PORT; \
+                `nixswarm status` on the other node prints its address";
+    if s.starts_with('/') {
+        let a: Multiaddr = s
+            .parse()
+            .map_err(|e| anyhow::anyhow!("bootstrap address {s:?} is not a multiaddr ({e}): {hint}"))?;
+        let ok = matches!(
+            a.iter().next(),
+            Some(Protocol::Ip4(_) | Protocol::Ip6(_) | Protocol::Dns(_) | Protocol::Dns4(_) | Protocol::Dns6(_))
+        ) && matches!(a.iter().nth(1), Some(Protocol::Tcp(_) | Protocol::Udp(_)));
+        if !ok {
+            bail!("bootstrap address {s:?}: {hint}");
+        }
+        return Ok(a);
+    }
+    let (host, port) = s
+        .rsplit_once(':')
+        .ok_or_else(|| anyhow::anyhow!("bootstrap address {s:?} has no port: {hint}"))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| anyhow::anyhow!("bootstrap address {s:?}: {port:?} is not a port: {hint}"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let first = match host.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(ip)) => Protocol::Ip4(ip),
+        Ok(std::net::IpAddr::V6(ip)) => Protocol::Ip6(ip),
+        Err(_) if !host.is_empty() && !host.contains(['/', ' ']) => Protocol::Dns(host.into()),
+        Err(_) => bail!("bootstrap address {s:?}: {hint}"),
+    };
+    Ok(Multiaddr::empty().with(first).with(Protocol::Tcp(port)))
 }
 
 #[cfg(test)]

@@ -105,6 +105,49 @@ pub fn is_global(addr: &Multiaddr) -> bool {
     }
 }
 
+/// `e` and its causes, each once, joined by ": " (libp2p's and std's
+/// errors often keep the cause out of their own message, or leave it
+/// empty).
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !text.is_empty() && !out.contains(&text) {
+            if out.is_empty() {
+                out = text;
+            } else {
+                out = format!("{out}: {text}");
+            }
+        }
+        cause = c.source();
+    }
+    out
+}
+
+/// Why a TCP listen address's port cannot be ours: another socket holds
+/// it (bound here without SO_REUSEPORT, which fails while any socket
+/// holds the port, reuse or not). `None` for port 0 and non-TCP addresses.
+fn tcp_port_taken(addr: &Multiaddr) -> Option<String> {
+    use libp2p::multiaddr::Protocol;
+    let mut it = addr.iter();
+    let ip: std::net::IpAddr = match it.next()? {
+        Protocol::Ip4(ip) => ip.into(),
+        Protocol::Ip6(ip) => ip.into(),
+        _ => return None,
+    };
+    let Some(Protocol::Tcp(port)) = it.next() else {
+        return None;
+    };
+    if port == 0 {
+        return None;
+    }
+    match std::net::TcpListener::bind((ip, port)) {
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Some(format!("TCP port {port} is in use")),
+        _ => None,
+    }
+}
+
 /// The IP address `addr` starts with (a relay circuit's: its relay's).
 pub fn ip_of(addr: &Multiaddr) -> Option<std::net::IpAddr> {
     use libp2p::multiaddr::Protocol;
@@ -561,6 +604,15 @@ impl Node {
             .any(|a| matches!(a.iter().next(), Some(libp2p::multiaddr::Protocol::Ip4(_))));
         let mut pending = std::collections::HashSet::new();
         for addr in &config.listen {
+            // libp2p's TCP listener sets SO_REUSEPORT (for hole punching),
+            // so a second process could bind the same port and take half
+            // the connections: a port another process holds is refused.
+            if let Some(taken) = tcp_port_taken(addr) {
+                return Err(NodeError::Listen {
+                    addr: addr.clone(),
+                    message: format!("{taken} (is another nixswarm running? choose another --p2p-listen port)"),
+                });
+            }
             match swarm.listen_on(addr.clone()) {
                 Ok(id) => {
                     pending.insert(id);
@@ -571,7 +623,7 @@ impl Node {
                 Err(e) => {
                     return Err(NodeError::Listen {
                         addr: addr.clone(),
-                        message: e.to_string(),
+                        message: error_chain(&e),
                     });
                 }
             }
@@ -591,7 +643,7 @@ impl Node {
                     listen_addrs.push(address);
                 }
                 Ok(libp2p::swarm::SwarmEvent::ListenerError { error, .. }) => {
-                    return Err(NodeError::Swarm(error.to_string()));
+                    return Err(NodeError::Swarm(error_chain(&error)));
                 }
                 Ok(_) => {}
                 Err(_) => return Err(NodeError::Swarm("timed out waiting for listeners".into())),

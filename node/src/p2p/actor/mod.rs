@@ -21,6 +21,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 mod admission;
+mod bootstrap;
 pub use admission::PER_BUCKET_NETWORK;
 mod reach;
 mod requests;
@@ -117,7 +118,12 @@ pub(super) struct Actor {
     pub inbound: mpsc::Sender<Inbound>,
     pub stats: Arc<NodeStats>,
     pub cancel: CancellationToken,
-    pub bootstrap: Vec<Multiaddr>,
+    /// The bootstrap addresses and their redials.
+    boot: bootstrap::Bootstrap,
+    /// Dials of bootstrap addresses, to the address the user gave.
+    boot_dials: HashMap<ConnectionId, Multiaddr>,
+    /// Named bootstrap addresses resolved (by tasks of their own).
+    resolved: (mpsc::Sender<bootstrap::Resolved>, mpsc::Receiver<bootstrap::Resolved>),
     provides: HashMap<QueryId, oneshot::Sender<()>>,
     finds: HashMap<QueryId, (mpsc::Sender<PeerId>, HashSet<PeerId>)>,
     requests: HashMap<OutboundRequestId, Reply>,
@@ -172,7 +178,9 @@ impl Actor {
             inbound,
             stats,
             cancel,
-            bootstrap,
+            boot: bootstrap::Bootstrap::new(bootstrap, Instant::now()),
+            boot_dials: HashMap::new(),
+            resolved: mpsc::channel(16),
             provides: HashMap::new(),
             finds: HashMap::new(),
             requests: HashMap::new(),
@@ -197,11 +205,7 @@ impl Actor {
     }
 
     pub(super) async fn run(mut self) {
-        for addr in std::mem::take(&mut self.bootstrap) {
-            if let Err(e) = self.swarm.dial(addr.clone()) {
-                tracing::warn!(%addr, error = %e, "cannot dial bootstrap peer");
-            }
-        }
+        self.dial_bootstrap();
         let mut bootstrap_tick = tokio::time::interval(std::time::Duration::from_secs(300));
         // Expired provider records go a slice of keys at a time.
         let mut sweep_tick = tokio::time::interval(std::time::Duration::from_secs(1));
@@ -214,6 +218,7 @@ impl Actor {
                     Some(cmd) => self.on_command(cmd),
                     None => break,
                 },
+                Some((given, found)) = self.resolved.1.recv() => self.on_resolved(given, found),
                 _ = bootstrap_tick.tick() => {
                     let _ = self.swarm.behaviour_mut().kad.bootstrap();
                 }
@@ -223,6 +228,7 @@ impl Actor {
                     self.writing.retain(|_, tx| !tx.is_closed());
                     self.expire_parked();
                     self.redial_due();
+                    self.dial_bootstrap();
                     self.punch_again();
                     self.reach_tick();
                 }
@@ -383,6 +389,7 @@ impl Actor {
     }
 
     fn on_swarm_event(&mut self, ev: SwarmEvent<BehaviourEvent>) {
+        self.on_bootstrap_event(&ev);
         let Some(ev) = self.on_reach_event(ev) else {
             return;
         };
