@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 . scripts/lib.sh
-install_missing nix-store:nix-bin flock:util-linux curl:curl ip:iproute2 nft:nftables
+install_missing nix-store:nix-bin flock:util-linux curl:curl ip:iproute2 nft:nftables chromium:chromium
 if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install --locked cargo-nextest
 fi

@@ -3,6 +3,7 @@
 
 mod cli;
 mod config;
+mod recent;
 mod size;
 
 use std::io::IsTerminal as _;
@@ -11,7 +12,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 /// The version and the git revision built from.
-const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (git ", env!("NIXSWARM_GIT_REV"), ")");
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (git ", env!("NIXSWARM_GIT_REV"), ")");
 
 /// nixswarm: a Nix substituter on localhost that serves from a local store,
 /// peers and upstream caches, verifying everything.
@@ -50,15 +51,23 @@ fn main() -> ExitCode {
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
         }
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        // Colour only on a terminal: not into files or the journal.
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    {
+        use tracing_subscriber::layer::SubscriberExt as _;
+        use tracing_subscriber::util::SubscriberInitExt as _;
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        tracing_subscriber::registry()
+            .with(filter)
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::stderr)
+                    // Colour only on a terminal: not into files or the journal.
+                    .with_ansi(std::io::stderr().is_terminal()),
+            )
+            // The latest warnings and errors, for the dashboard.
+            .with(recent::Recent)
+            .init();
+    }
     let result = match cli.command {
         Command::Run(args) => cli::run::run(args),
         Command::Import(args) => cli::import::run(&args),

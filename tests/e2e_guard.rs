@@ -60,6 +60,7 @@ fn web_pages_are_refused_on_every_route_and_nix_is_served() -> Result<()> {
         .context("narinfo URL")?
         .to_owned();
     let routes: Vec<(&str, String, Vec<String>)> = vec![
+        ("GET", "/".into(), vec![]),
         ("GET", "/nix-cache-info".into(), vec![]),
         ("GET", "/metrics".into(), vec![]),
         ("GET", "/status".into(), vec![]),
@@ -85,7 +86,7 @@ fn web_pages_are_refused_on_every_route_and_nix_is_served() -> Result<()> {
             refused += 1;
         }
     }
-    // The gateway's own origin (its pages, once it serves some) is served.
+    // The gateway's own origin (the dashboard's requests) is served.
     let own_origin = [format!("Origin: {}", gw.url), "Sec-Fetch-Site: same-origin".to_owned()];
     ensure!(status("GET", &format!("{}/status", gw.url), &own_origin)? == 200);
     let counted = gw.get("/metrics")?;

@@ -15,6 +15,7 @@
 //! - [`range`]: `Range` header parsing. [`metrics`]: Prometheus metrics.
 //! - [`ttl`]: the expiring map every cache here uses.
 
+pub mod activity;
 pub mod dht;
 pub mod error;
 pub mod file_source;
@@ -69,6 +70,8 @@ pub struct GatewayOptions {
     /// key). A trusted key not among them keeps its paths from peers'
     /// ears: see [`Resolver::with_share_keys`].
     pub share_keys: Option<Vec<PublicKey>>,
+    /// The program's version, for `/status` and the dashboard.
+    pub version: String,
 }
 
 impl Default for GatewayOptions {
@@ -81,6 +84,7 @@ impl Default for GatewayOptions {
             nar: NarSettings::default(),
             allowed_hosts: guard::AllowedHosts::default(),
             share_keys: None,
+            version: String::new(),
         }
     }
 }

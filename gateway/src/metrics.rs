@@ -60,6 +60,8 @@ pub struct RejectLabels {
 #[derive(Debug)]
 pub struct Metrics {
     pub registry: Registry,
+    /// Requests per store path (for the dashboard).
+    pub top_paths: crate::activity::TopPaths,
     pub requests: Family<RequestLabels, Counter>,
     pub responses: Family<StatusLabels, Counter>,
     /// Requests refused because a web page could have sent them
@@ -285,6 +287,7 @@ impl Metrics {
         registry.register_collector(Box::new(NodeCounters(node.clone())));
         Arc::new(Self {
             registry,
+            top_paths: crate::activity::TopPaths::default(),
             requests,
             responses,
             refused_requests,

@@ -28,6 +28,7 @@ type Result<T> = std::result::Result<T, GatewayError>;
 
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
+        .route("/", get(dashboard))
         .route("/nix-cache-info", get(cache_info))
         .route("/metrics", get(metrics))
         .route("/status", get(status))
@@ -115,6 +116,35 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
 }
 
 /// `nixswarm status`: the node and the store, as JSON.
+/// The dashboard: one page, nothing loaded from elsewhere, that reads
+/// `/status` every 2 s.
+async fn dashboard() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; \
+                 base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+            ),
+        ],
+        include_str!("dashboard.html"),
+    )
+        .into_response()
+}
+
+/// The address another node joins through: an advertised direct one, else
+/// a specific listen address, else any, with `/p2p/<id>`.
+fn join_address(node: &nixswarm_node::NodeStatus) -> Option<String> {
+    let unspecified = |a: &&String| a.starts_with("/ip4/0.0.0.0/") || a.starts_with("/ip6/::/");
+    let direct = node.external_addrs.iter().find(|a| !a.contains("/p2p-circuit"));
+    let addr = direct
+        .or_else(|| node.listen_addrs.iter().find(|a| !unspecified(a)))
+        .or(node.listen_addrs.first())?;
+    let addr = addr.split("/p2p/").next().unwrap_or(addr);
+    Some(format!("{addr}/p2p/{}", node.peer_id))
+}
+
 async fn status(State(state): State<Arc<AppState>>) -> Result<Response> {
     let store = state.store.stats().await?;
     let node = match &state.node {
@@ -129,7 +159,17 @@ async fn status(State(state): State<Arc<AppState>>) -> Result<Response> {
     } else {
         peer as f64 / (peer + upstream) as f64
     };
+    let join = node.as_ref().and_then(join_address);
+    let top: Vec<serde_json::Value> = state
+        .metrics
+        .top_paths
+        .top()
+        .into_iter()
+        .map(|(path, requests)| serde_json::json!({ "path": path, "requests": requests }))
+        .collect();
     let body = serde_json::json!({
+        "version": state.options.version,
+        "join_address": join,
         "node": node,
         "served": {
             "local": local,
@@ -147,6 +187,8 @@ async fn status(State(state): State<Arc<AppState>>) -> Result<Response> {
         },
         "store": { "paths": store.paths, "bytes": store.bytes, "quota": store.quota, "keep_fetched": state.options.keep_fetched },
         "installed": installed,
+        "top_paths": top,
+        "recent_errors": crate::activity::RecentLog::global().to_json(),
         "sharing": {
             // Trusted keys whose paths are used here but not shared.
             "trusted_not_shared": state.trusted_not_shared.iter().map(ToString::to_string).collect::<Vec<_>>(),
@@ -206,6 +248,7 @@ async fn narinfo(state: &AppState, h: &str) -> Result<Response> {
         return Err(GatewayError::NotFound);
     };
     state.metrics.request("narinfo", source);
+    state.metrics.top_paths.hit(&info.store_path.to_string());
     Ok(([(header::CONTENT_TYPE, "text/x-nix-narinfo")], rewrite(&info)).into_response())
 }
 

@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub mod check_config;
+pub mod counters;
 pub mod import;
 pub mod pin;
 pub mod run;

@@ -238,6 +238,7 @@ async fn serve(eff: Effective, hooks: TestHooks) -> Result<()> {
         },
         allowed_hosts: AllowedHosts::new(eff.config.gateway.allowed_hosts.iter().cloned()),
         share_keys: Some(eff.config.donor.share_keys()?),
+        version: crate::VERSION.to_owned(),
     };
     let mut gateway = Gateway::new(
         store,
@@ -270,8 +271,20 @@ async fn serve(eff: Effective, hooks: TestHooks) -> Result<()> {
     // The last start-up line on stdout, for scripts and tests on port 0.
     println!("nixswarm gateway listening on http://{addr}");
 
+    // Counters a donor watches go on from where the last run left them.
+    let node_stats = node.as_ref().map(|n| n.handle.stats.clone());
+    super::counters::restore(&eff.data_dir, &gateway.metrics(), node_stats.as_deref());
+    let saver = tokio::spawn(super::counters::keep(
+        eff.data_dir.clone(),
+        gateway.metrics(),
+        node_stats,
+        cancel.clone(),
+    ));
+
     gateway.serve(listener).await.context("serving the gateway")?;
     finish_writes().await;
+    cancel.cancel();
+    let _ = saver.await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -31,29 +31,6 @@ fn bytes(n: u64) -> String {
     }
 }
 
-/// The address to give another node: an advertised direct one, else a
-/// specific listen address (not 0.0.0.0 or ::), else any listen address.
-fn shareable(node: &serde_json::Value) -> Option<String> {
-    let list = |k: &str| -> Vec<String> {
-        node[k]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|a| a.as_str().map(str::to_owned))
-            .collect()
-    };
-    let external = list("external_addrs");
-    let listen = list("listen_addrs");
-    let unspecified = |a: &str| a.starts_with("/ip4/0.0.0.0/") || a.starts_with("/ip6/::/");
-    external
-        .iter()
-        .find(|a| !a.contains("/p2p-circuit"))
-        .or_else(|| listen.iter().find(|a| !unspecified(a)))
-        .or(listen.first())
-        .or(external.first())
-        .map(|a| a.split("/p2p/").next().unwrap_or(a).to_owned())
-}
-
 pub fn run(args: &StatusArgs) -> Result<()> {
     let gateway = args.client.gateway_url()?;
     let base = gateway.as_str().trim_end_matches('/');
@@ -75,8 +52,8 @@ pub fn run(args: &StatusArgs) -> Result<()> {
     } else {
         let id = node["peer_id"].as_str().unwrap_or("?");
         // First, the address another node joins through (--bootstrap).
-        if let Some(a) = shareable(node) {
-            println!("join through:   {a}/p2p/{id}");
+        if let Some(a) = body["join_address"].as_str() {
+            println!("join through:   {a}");
         }
         println!("node id:        {id}");
         for a in node["listen_addrs"].as_array().into_iter().flatten() {
