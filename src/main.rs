@@ -36,6 +36,9 @@ enum Command {
     Pin(cli::pin::PinArgs),
     /// Let pinned paths be evicted again.
     Unpin(cli::pin::PinArgs),
+    /// Rebuild a binary cache from the swarm (the running node's store and
+    /// its peers, never an upstream).
+    Export(cli::export::ExportArgs),
     /// Check the configuration (file, environment and flags) and print it.
     CheckConfig(config::ConfigArgs),
 }
@@ -74,6 +77,7 @@ fn main() -> ExitCode {
         Command::Status(args) => cli::status::run(&args),
         Command::Pin(args) => cli::pin::run(&args, true),
         Command::Unpin(args) => cli::pin::run(&args, false),
+        Command::Export(args) => cli::export::run(&args),
         Command::CheckConfig(args) => cli::check_config::run(&args),
     };
     match result {

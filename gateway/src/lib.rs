@@ -18,8 +18,10 @@
 pub mod activity;
 pub mod dht;
 pub mod error;
+pub mod export;
 pub mod file_source;
 pub mod guard;
+pub mod import;
 pub mod metrics;
 pub mod nar;
 pub mod outbound;

@@ -38,6 +38,8 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/pin/{hash}",
             axum::routing::post(crate::pin::pin).delete(crate::pin::unpin),
         )
+        .route("/import/{hash}", axum::routing::put(crate::import::import))
+        .route("/export/{hash}", get(crate::export::export))
         .route("/nar/{file}", get(nar))
         .route("/log/{drv}", get(log))
         .route("/{file}", get(by_name))

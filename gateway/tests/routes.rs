@@ -655,3 +655,43 @@ async fn a_client_that_lists_no_such_coding_gets_the_nars_own_bytes() {
     assert!(headers.get(header::CONTENT_ENCODING).is_none());
     assert_eq!(body.unwrap(), nar);
 }
+
+#[tokio::test]
+async fn an_import_is_kept_only_when_its_narinfo_and_nar_verify() {
+    let s = setup(vec![]);
+    let put = |info: &NarInfo, nar: &[u8], header: bool| {
+        let mut body = nixswarm_gateway::import::frame(&info.to_text()).to_vec();
+        body.extend_from_slice(nar);
+        let mut req = Request::put(format!("/import/{}", info.store_path.hash())).header("host", "127.0.0.1:37515");
+        if header {
+            req = req.header("x-nixswarm-request", "1");
+        }
+        let g = s.gateway.clone();
+        let req = req.body(Body::from(body)).unwrap();
+        async move {
+            let resp = g.router().oneshot(req).await.unwrap();
+            let status = resp.status();
+            let text = axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap();
+            (status, String::from_utf8_lossy(&text).into_owned())
+        }
+    };
+    let nar = nar_bytes(11, 300_000);
+    let good = signed(11, &nar, &key());
+    // Without the header a web page could not send: refused.
+    assert_eq!(put(&good, &nar, false).await.0, StatusCode::FORBIDDEN);
+    // Signed by someone else: refused, nothing kept.
+    let stranger = signed(11, &nar, &SecretKey::from_seed("stranger", &[9; 32]));
+    let (status, text) = put(&stranger, &nar, true).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{text}");
+    assert!(text.contains("trusted key"), "{text}");
+    // The NAR does not match: refused, nothing kept.
+    let mut wrong = nar.clone();
+    wrong[1000] ^= 1;
+    let (status, text) = put(&good, &wrong, true).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{text}");
+    assert!(!s.store.contains(&good.store_path.hash()).unwrap());
+    // Right: stored, then "already present".
+    assert_eq!(put(&good, &nar, true).await.0, StatusCode::CREATED);
+    assert!(s.store.contains(&good.store_path.hash()).unwrap());
+    assert_eq!(put(&good, &nar, true).await.0, StatusCode::OK);
+}

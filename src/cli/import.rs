@@ -1,7 +1,10 @@
 //! `nixswarm import URL [PATH...]`: load a binary cache (`file://` or
 //! `http(s)://`, any compression) into the node's store, verifying every
-//! narinfo against the trusted keys and every NAR against its NarHash. The
-//! node announces what it holds when `nixswarm run` starts.
+//! narinfo against the trusted keys and every NAR against its NarHash.
+//! When a node runs on the same data directory, the paths go through its
+//! gateway (`PUT /import/<hash>`), which verifies them again, stores and
+//! announces them; otherwise the store is opened here and `nixswarm run`
+//! announces them when it starts. `--closure` follows references.
 
 use std::io::IsTerminal as _;
 use std::path::PathBuf;
@@ -26,6 +29,28 @@ pub struct ImportArgs {
     /// Store paths (or their 32-character hashes) to import; default: every
     /// path of a file:// cache.
     pub paths: Vec<String>,
+    /// Also import every path the named ones refer to, recursively.
+    #[arg(long)]
+    pub closure: bool,
+}
+
+/// The running node's gateway on this data directory, if one answers.
+async fn running_gateway(data_dir: &std::path::Path) -> Option<String> {
+    let url = std::fs::read_to_string(super::run::gateway_file(data_dir)).ok()?;
+    let base = url.trim().trim_end_matches('/').to_owned();
+    let up = reqwest::Client::new()
+        .get(format!("{base}/status"))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success());
+    up.then_some(base)
+}
+
+/// Where the paths go: the running node's gateway, or the store itself.
+enum Target {
+    Gateway { client: reqwest::Client, base: String },
+    Store(nixswarm_node::ChunkStore),
 }
 
 fn parse_path(p: &str) -> Result<StorePathHash> {
@@ -39,13 +64,24 @@ fn parse_path(p: &str) -> Result<StorePathHash> {
 
 pub fn run(args: &ImportArgs) -> Result<()> {
     let eff = Config::load(&args.store.config_args())?.resolve()?;
-    let store = super::run::open_store(&eff).context("(stop `nixswarm run` before importing into its store)")?;
     let url: Url = args
         .url
         .parse()
         .with_context(|| format!("{:?} is not a URL", args.url))?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
+        let target = match running_gateway(&eff.data_dir).await {
+            Some(base) => {
+                eprintln!("importing through the running node at {base}");
+                Target::Gateway {
+                    client: reqwest::Client::new(),
+                    base,
+                }
+            }
+            None => Target::Store(
+                super::run::open_store(&eff).context("(is a node starting or stopping on this data directory?)")?,
+            ),
+        };
         let (source, listed): (Arc<dyn Source>, Option<Vec<StorePathHash>>) = match url.scheme() {
             "file" => {
                 let dir = PathBuf::from(url.path());
@@ -66,25 +102,36 @@ pub fn run(args: &ImportArgs) -> Result<()> {
             }
             s => bail!("unsupported URL scheme {s:?}: use file://, http:// or https://"),
         };
-        let hashes = if args.paths.is_empty() {
+        let named = if args.paths.is_empty() {
             listed.context("an http(s) cache cannot be listed: name the store paths to import")?
         } else {
             args.paths.iter().map(|p| parse_path(p)).collect::<Result<Vec<_>>>()?
         };
         let progress = std::io::stderr().is_terminal();
-        let (mut imported, mut present, mut failed, mut bytes) = (0usize, 0usize, 0usize, 0u64);
-        for (i, hash) in hashes.iter().enumerate() {
+        let mut queue: std::collections::VecDeque<StorePathHash> = named.iter().copied().collect();
+        let mut seen: std::collections::HashSet<StorePathHash> = queue.iter().copied().collect();
+        let (mut done, mut imported, mut present, mut failed, mut bytes) = (0usize, 0usize, 0usize, 0usize, 0u64);
+        while let Some(hash) = queue.pop_front() {
+            done += 1;
             if progress {
-                eprint!("\r\x1b[K[{}/{}] {} MiB  {hash}", i + 1, hashes.len(), bytes >> 20);
+                eprint!("\r\x1b[K[{done}/{}] {} MiB  {hash}", done + queue.len(), bytes >> 20);
             }
-            if store.contains(hash)? {
-                present += 1;
-                continue;
-            }
-            match import_one(&*source, &store, &eff.trusted_keys, hash).await {
-                Ok(n) => {
-                    imported += 1;
-                    bytes += n;
+            match import_one(&*source, &target, &eff.trusted_keys, &hash).await {
+                Ok((outcome, refs)) => {
+                    match outcome {
+                        Some(n) => {
+                            imported += 1;
+                            bytes += n;
+                        }
+                        None => present += 1,
+                    }
+                    if args.closure {
+                        for r in refs {
+                            if seen.insert(r) {
+                                queue.push_back(r);
+                            }
+                        }
+                    }
                 }
                 Err(e) => {
                     failed += 1;
@@ -103,18 +150,20 @@ pub fn run(args: &ImportArgs) -> Result<()> {
             bytes >> 20
         );
         if failed > 0 {
-            bail!("{failed} of {} paths could not be imported", hashes.len());
+            bail!("{failed} of {done} paths could not be imported");
         }
         Ok(())
     })
 }
 
+/// Imports one path: the NAR bytes imported (`None`: already there) and
+/// the paths it refers to.
 async fn import_one(
     source: &dyn Source,
-    store: &nixswarm_node::ChunkStore,
+    target: &Target,
     keys: &[nixswarm_protocol::PublicKey],
     hash: &StorePathHash,
-) -> Result<u64> {
+) -> Result<(Option<u64>, Vec<StorePathHash>)> {
     let info = source.narinfo(hash).await?.context("no narinfo in the cache")?;
     if info.store_path.hash() != *hash {
         bail!("the narinfo is for {}", info.store_path);
@@ -122,12 +171,46 @@ async fn import_one(
     if info.trust(keys).is_none() {
         bail!("not signed by a trusted key (see --trusted-key)");
     }
-    let mut nar = source.nar(&info).await?.context("the NAR is missing from the cache")?;
+    let refs: Vec<StorePathHash> = info
+        .references
+        .iter()
+        .map(StorePath::hash)
+        .filter(|r| r != hash)
+        .collect();
     let size = info.nar_size;
-    let mut ingest = store.begin_ingest(info)?;
-    while let Some(piece) = nar.next().await {
-        ingest.write(&piece.context("reading the NAR")?)?;
+    match target {
+        Target::Store(store) => {
+            if store.contains(hash)? {
+                return Ok((None, refs));
+            }
+            let mut nar = source.nar(&info).await?.context("the NAR is missing from the cache")?;
+            let mut ingest = store.begin_ingest(info)?;
+            while let Some(piece) = nar.next().await {
+                ingest.write(&piece.context("reading the NAR")?)?;
+            }
+            tokio::task::spawn_blocking(move || ingest.finish()).await??;
+            Ok((Some(size), refs))
+        }
+        Target::Gateway { client, base } => {
+            let nar = source.nar(&info).await?.context("the NAR is missing from the cache")?;
+            let head = nixswarm_gateway::import::frame(&info.to_text());
+            let body = futures::stream::once(async move { Ok::<_, std::io::Error>(head) }).chain(nar);
+            let resp = super::pin::send(
+                client
+                    .put(format!("{base}/import/{hash}"))
+                    .header(nixswarm_gateway::pin::WRITE_HEADER, "1")
+                    .body(reqwest::Body::wrap_stream(body)),
+                base,
+            )
+            .await?;
+            match resp.status() {
+                reqwest::StatusCode::CREATED => Ok((Some(size), refs)),
+                reqwest::StatusCode::OK => Ok((None, refs)),
+                s => bail!(
+                    "the node answered {s}: {}",
+                    resp.text().await.unwrap_or_default().trim()
+                ),
+            }
+        }
     }
-    tokio::task::spawn_blocking(move || ingest.finish()).await??;
-    Ok(size)
 }

@@ -2,6 +2,7 @@
 
 pub mod check_config;
 pub mod counters;
+pub mod export;
 pub mod import;
 pub mod pin;
 pub mod run;

@@ -268,6 +268,12 @@ async fn serve(eff: Effective, hooks: TestHooks) -> Result<()> {
         );
     }
     tracing::info!(data_dir = %eff.data_dir.display(), upstreams = ?eff.config.upstream.urls, "started");
+    // `nixswarm import` with this data directory finds the running node
+    // here and loads through it rather than opening the store.
+    let address_file = gateway_file(&eff.data_dir);
+    if let Err(e) = std::fs::write(&address_file, format!("http://{addr}\n")) {
+        tracing::warn!(path = %address_file.display(), error = %e, "cannot record the gateway's address");
+    }
     // The last start-up line on stdout, for scripts and tests on port 0.
     println!("nixswarm gateway listening on http://{addr}");
 
@@ -285,8 +291,14 @@ async fn serve(eff: Effective, hooks: TestHooks) -> Result<()> {
     finish_writes().await;
     cancel.cancel();
     let _ = saver.await;
+    let _ = std::fs::remove_file(&address_file);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Where a running node records its gateway's URL in its data directory.
+pub fn gateway_file(data_dir: &std::path::Path) -> std::path::PathBuf {
+    data_dir.join("gateway.url")
 }
 
 /// The longest a stopping gateway waits for the store to finish writing

@@ -1,0 +1,255 @@
+//! `nixswarm export --to file:///DIR PATH...`: rebuilds a binary cache from
+//! the swarm, with no egress. Each path's narinfo and NAR come from the
+//! running node's store or its peers, never an upstream
+//! (`GET /export/<hash>`); the narinfo must verify against the trusted keys
+//! and the NAR against its NarHash and NarSize before anything is written.
+//! The cache keeps the original signatures, with zstd NARs. Paths the swarm
+//! could not supply are named, and make the command fail unless
+//! `--allow-missing`.
+
+use std::collections::{HashSet, VecDeque};
+use std::io::{IsTerminal as _, Write as _};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, Result, bail};
+use clap::Args;
+use nixswarm_protocol::{NarCheck, NarInfo, PublicKey, Sha256Hash, StorePath, StorePathHash};
+use sha2::Digest as _;
+
+use crate::config::{Config, ConfigArgs, public_key};
+
+/// Flags of `nixswarm export`.
+#[derive(Debug, Clone, Args)]
+pub struct ExportArgs {
+    #[command(flatten)]
+    pub client: crate::config::ClientArgs,
+    /// The binary cache to write: file:///DIR (made if missing).
+    #[arg(long, value_name = "URL")]
+    pub to: String,
+    /// Trusted public key NAME:BASE64; repeat for several [default: the node's configuration].
+    #[arg(long = "trusted-key", value_name = "NAME:KEY")]
+    pub trusted_keys: Vec<String>,
+    /// Read store paths (or hashes) from this file, one per line.
+    #[arg(long, value_name = "FILE")]
+    pub from_file: Option<PathBuf>,
+    /// Also export every path the named ones refer to, recursively.
+    #[arg(long)]
+    pub closure: bool,
+    /// Succeed even when the swarm could not supply some paths.
+    #[arg(long)]
+    pub allow_missing: bool,
+    /// Store paths (/nix/store/<hash>-<name>) or their 32-character hashes.
+    #[arg(value_name = "PATH")]
+    pub paths: Vec<String>,
+}
+
+fn parse_path(p: &str) -> Result<StorePathHash> {
+    let p = p.trim();
+    if let Ok(h) = p.parse() {
+        return Ok(h);
+    }
+    Ok(p.parse::<StorePath>()
+        .with_context(|| format!("{p:?} is neither a store path nor a store path hash"))?
+        .hash())
+}
+
+fn keys(args: &ExportArgs) -> Result<Vec<PublicKey>> {
+    let given = if args.trusted_keys.is_empty() {
+        Config::load(&ConfigArgs {
+            config: args.client.config.clone(),
+            data_dir: args.client.data_dir.clone(),
+            ..ConfigArgs::default()
+        })?
+        .upstream
+        .trusted_keys
+    } else {
+        args.trusted_keys.clone()
+    };
+    given.iter().map(|k| public_key("trusted key", k)).collect()
+}
+
+pub fn run(args: &ExportArgs) -> Result<()> {
+    let dir = match args.to.strip_prefix("file://") {
+        Some(d) if d.starts_with('/') => PathBuf::from(d),
+        _ => bail!("--to {:?}: give file:///ABSOLUTE/DIR", args.to),
+    };
+    let keys = keys(args)?;
+    let mut named = args.paths.iter().map(|p| parse_path(p)).collect::<Result<Vec<_>>>()?;
+    if let Some(f) = &args.from_file {
+        let text = std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            named.push(parse_path(line)?);
+        }
+    }
+    if named.is_empty() {
+        bail!("no paths to export: name store paths or use --from-file");
+    }
+    std::fs::create_dir_all(dir.join("nar")).with_context(|| format!("making {}", dir.display()))?;
+    let info_file = dir.join("nix-cache-info");
+    if !info_file.exists() {
+        std::fs::write(&info_file, "StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 50\n")?;
+    }
+    let base = args.client.gateway_url()?.as_str().trim_end_matches('/').to_owned();
+    let progress = std::io::stderr().is_terminal();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async {
+        let client = reqwest::Client::new();
+        let mut seen: HashSet<StorePathHash> = named.iter().copied().collect();
+        let mut queue: VecDeque<StorePathHash> = named.into_iter().collect();
+        let (mut written, mut present, mut bytes) = (0usize, 0usize, 0u64);
+        let mut missing: Vec<String> = Vec::new();
+        while let Some(hash) = queue.pop_front() {
+            if progress {
+                eprint!(
+                    "\r\x1b[K[{}/{}] {} MiB  {hash}",
+                    written + present + missing.len() + 1,
+                    written + present + missing.len() + 1 + queue.len(),
+                    bytes >> 20
+                );
+            }
+            match export_one(&client, &base, &dir, &keys, &hash).await {
+                Ok(Some((info, n))) => {
+                    if n == 0 {
+                        present += 1;
+                    } else {
+                        written += 1;
+                        bytes += n;
+                    }
+                    if args.closure {
+                        for r in info.references.iter().map(StorePath::hash) {
+                            if seen.insert(r) {
+                                queue.push_back(r);
+                            }
+                        }
+                    }
+                }
+                Ok(None) => missing.push(format!("{hash}: the swarm has no copy")),
+                Err(e) => missing.push(format!("{hash}: {e:#}")),
+            }
+        }
+        if progress {
+            eprintln!();
+        }
+        for m in &missing {
+            eprintln!("missing {m}");
+        }
+        println!(
+            "exported {written} paths ({} MiB of NAR) to {}, {present} already there, {} missing",
+            bytes >> 20,
+            dir.display(),
+            missing.len()
+        );
+        if !missing.is_empty() && !args.allow_missing {
+            bail!(
+                "{} paths could not be exported (named above; --allow-missing accepts that)",
+                missing.len()
+            );
+        }
+        Ok(())
+    })
+}
+
+/// Exports one path into `dir`: its narinfo and the NAR bytes written
+/// (0: it was there already), or `None` if the swarm has no copy.
+async fn export_one(
+    client: &reqwest::Client,
+    base: &str,
+    dir: &Path,
+    keys: &[PublicKey],
+    hash: &StorePathHash,
+) -> Result<Option<(NarInfo, u64)>> {
+    let narinfo_file = dir.join(format!("{hash}.narinfo"));
+    if let Ok(text) = std::fs::read_to_string(&narinfo_file)
+        && let Ok(info) = NarInfo::parse(&text)
+        && dir.join(&info.url).exists()
+    {
+        return Ok(Some((info, 0)));
+    }
+    let mut resp = super::pin::send(client.get(format!("{base}/export/{hash}")), base).await?;
+    if resp.status() == reqwest::StatusCode::NOT_FOUND {
+        return Ok(None);
+    }
+    let mut buf = Vec::new();
+    let (text, first) = loop {
+        if let Some(h) = nixswarm_gateway::import::head(&buf).map_err(anyhow::Error::msg)? {
+            break h;
+        }
+        match resp.chunk().await? {
+            Some(c) => buf.extend_from_slice(&c),
+            None => bail!("the answer ended within its narinfo"),
+        }
+    };
+    let mut info = NarInfo::parse(&text).context("the narinfo")?;
+    if info.store_path.hash() != *hash {
+        bail!("the narinfo is for {}", info.store_path);
+    }
+    if info.trust(keys).is_none() {
+        bail!("its narinfo is not signed by a trusted key (see --trusted-key)");
+    }
+    // The NAR, checked as it comes, compressed into a file of its own.
+    let tmp = dir.join("nar").join(format!(".{hash}.tmp"));
+    let file = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let mut zstd = zstd::Encoder::new(HashingWriter::new(file), 3)?;
+    let mut check = NarCheck::new(&info);
+    let mut piece = first;
+    loop {
+        if !piece.is_empty() {
+            check.update(&piece).context("the NAR from the swarm")?;
+            zstd.write_all(&piece)?;
+        }
+        match resp.chunk().await? {
+            Some(c) => piece = c,
+            None => break,
+        }
+    }
+    check.finish().context("the NAR from the swarm")?;
+    let (file_hash, file_size) = zstd.finish()?.done()?;
+    let url = format!("nar/{}.nar.zst", file_hash.to_nixbase32());
+    std::fs::rename(&tmp, dir.join(&url))?;
+    info.url = url;
+    info.compression = "zstd".into();
+    info.file_hash = Some(file_hash);
+    info.file_size = Some(file_size);
+    let tmp_info = narinfo_file.with_extension("narinfo.tmp");
+    std::fs::write(&tmp_info, info.to_text())?;
+    std::fs::rename(&tmp_info, &narinfo_file)?;
+    let size = info.nar_size;
+    Ok(Some((info, size.max(1))))
+}
+
+/// A file that hashes (sha256) and counts what is written to it.
+struct HashingWriter {
+    file: std::fs::File,
+    sha: sha2::Sha256,
+    size: u64,
+}
+
+impl HashingWriter {
+    fn new(file: std::fs::File) -> Self {
+        Self {
+            file,
+            sha: sha2::Sha256::new(),
+            size: 0,
+        }
+    }
+
+    /// Flushes to disk: the file's hash and size.
+    fn done(mut self) -> Result<(Sha256Hash, u64)> {
+        self.file.flush()?;
+        self.file.sync_all()?;
+        Ok((Sha256Hash(self.sha.finalize().into()), self.size))
+    }
+}
+
+impl std::io::Write for HashingWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.sha.update(&buf[..n]);
+        self.size += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
+}
