@@ -30,6 +30,7 @@ pub mod pin;
 pub mod range;
 pub mod resolve;
 pub mod routes;
+pub mod s3;
 pub mod source;
 pub mod ttl;
 pub mod upstream;

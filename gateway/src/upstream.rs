@@ -31,6 +31,8 @@ pub struct Upstream {
     base: Url,
     client: reqwest::Client,
     timeout: Duration,
+    /// Signs each request (an S3 bucket with credentials).
+    signer: Option<crate::s3::Signer>,
 }
 
 /// Builds the shared HTTP client for the `upstreams`: redirects only
@@ -62,7 +64,23 @@ impl Upstream {
         if !base.path().ends_with('/') {
             base.set_path(&format!("{}/", base.path()));
         }
-        Ok(Self { base, client, timeout })
+        Ok(Self {
+            base,
+            client,
+            timeout,
+            signer: None,
+        })
+    }
+
+    /// The same upstream, each request signed by `signer`.
+    pub fn with_signer(mut self, signer: crate::s3::Signer) -> Self {
+        self.signer = Some(signer);
+        self
+    }
+
+    /// The HTTP client it uses.
+    pub fn client(&self) -> &reqwest::Client {
+        &self.client
     }
 
     /// A transport error with its causes ("error sending request: ...:
@@ -100,7 +118,11 @@ impl Upstream {
         if let Some(t) = timeout {
             req = req.timeout(t);
         }
-        let resp = req.send().await.map_err(|e| self.fail_io(&e))?;
+        let mut req = req.build().map_err(|e| self.fail_io(&e))?;
+        if let Some(s) = &self.signer {
+            s.sign(&mut req);
+        }
+        let resp = self.client.execute(req).await.map_err(|e| self.fail_io(&e))?;
         match resp.status() {
             s if s.is_success() => Ok(Some(resp)),
             StatusCode::NOT_FOUND | StatusCode::FORBIDDEN | StatusCode::GONE => Ok(None),

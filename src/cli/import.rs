@@ -24,7 +24,9 @@ use crate::config::{Config, StoreArgs};
 pub struct ImportArgs {
     #[command(flatten)]
     pub store: StoreArgs,
-    /// The binary cache: file:///dir, http://... or https://...
+    /// The binary cache: file:///dir, http(s)://..., or
+    /// s3://BUCKET[/PREFIX]?region=R&endpoint=HOST:PORT&scheme=http (as Nix
+    /// names it; AWS credentials from the environment or ~/.aws/credentials)
     pub url: String,
     /// Store paths (or their 32-character hashes) to import; default: every
     /// path of a file:// cache.
@@ -45,6 +47,37 @@ async fn running_gateway(data_dir: &std::path::Path) -> Option<String> {
         .await
         .is_ok_and(|r| r.status().is_success());
     up.then_some(base)
+}
+
+/// Every narinfo in an S3 cache (ListObjectsV2, page by page).
+async fn list_s3(
+    loc: &nixswarm_gateway::s3::S3Location,
+    client: &reqwest::Client,
+    signer: Option<&nixswarm_gateway::s3::Signer>,
+) -> Result<Vec<StorePathHash>> {
+    let mut all = Vec::new();
+    let mut token: Option<String> = None;
+    loop {
+        let mut req = client.get(loc.list_url(token.as_deref())).build()?;
+        if let Some(s) = signer {
+            s.sign(&mut req);
+        }
+        let resp = client
+            .execute(req)
+            .await
+            .with_context(|| format!("listing s3://{}", loc.bucket))?;
+        let status = resp.status();
+        let text = resp.text().await?;
+        if !status.is_success() {
+            bail!("listing s3://{}: {status}: {}", loc.bucket, text.trim());
+        }
+        let (hashes, next) = loc.parse_list(&text);
+        all.extend(hashes);
+        match next {
+            Some(t) => token = Some(t),
+            None => return Ok(all),
+        }
+    }
 }
 
 /// Where the paths go: the running node's gateway, or the store itself.
@@ -100,7 +133,33 @@ pub fn run(args: &ImportArgs) -> Result<()> {
                     None,
                 )
             }
-            s => bail!("unsupported URL scheme {s:?}: use file://, http:// or https://"),
+            "s3" => {
+                let loc = nixswarm_gateway::s3::S3Location::parse(&url).map_err(anyhow::Error::msg)?;
+                let root = loc.root();
+                let client = http_client(
+                    Duration::from_secs(10),
+                    Duration::from_secs(60),
+                    std::slice::from_ref(&root),
+                )?;
+                let signer = nixswarm_gateway::s3::Credentials::find(loc.profile.as_deref()).map(|creds| {
+                    nixswarm_gateway::s3::Signer {
+                        creds,
+                        region: loc.region.clone(),
+                    }
+                });
+                let mut up =
+                    Upstream::new(&root, client.clone(), Duration::from_secs(30)).map_err(anyhow::Error::msg)?;
+                if let Some(s) = &signer {
+                    up = up.with_signer(s.clone());
+                }
+                let listed = if args.paths.is_empty() {
+                    Some(list_s3(&loc, &client, signer.as_ref()).await?)
+                } else {
+                    None
+                };
+                (Arc::new(up), listed)
+            }
+            s => bail!("unsupported URL scheme {s:?}: use file://, http://, https:// or s3://"),
         };
         let named = if args.paths.is_empty() {
             listed.context("an http(s) cache cannot be listed: name the store paths to import")?
