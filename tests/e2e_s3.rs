@@ -2,7 +2,8 @@
 //! from PyPI, started on 127.0.0.1 by the test) holding the fixture cache
 //! that Nix wrote: listed and imported into a stopped node, and imported
 //! with `--closure` through a running node, from which the real Nix client
-//! then substitutes everything. The request signing has a unit test
+//! then substitutes everything; and `nixswarm export` to a bucket, which a
+//! fresh store imports back. The request signing has a unit test
 //! against AWS's published example (`gateway/src/s3.rs`).
 
 mod support;
@@ -129,5 +130,32 @@ fn a_cache_in_s3_is_imported_listed_or_by_closure_through_a_running_node() -> Re
         &client.realise(&gw.url, key, &fx.paths, false),
         "nix-store -r from the node that imported from S3",
     )?;
+
+    // And back: the node's paths exported to another bucket, which a
+    // fresh store then imports (listing it, checking every signature).
+    let make = Command::new(moto_bin("python")?)
+        .args([
+            "-c",
+            "import sys, boto3; boto3.client('s3', endpoint_url=sys.argv[1], region_name='us-east-1', \
+             aws_access_key_id='test', aws_secret_access_key='test').create_bucket(Bucket='out')",
+            &moto.url,
+        ])
+        .output()?;
+    ensure!(make.status.success(), "{}", String::from_utf8_lossy(&make.stderr));
+    let out_url = format!("s3://out/rebuilt?region=us-east-1&endpoint={endpoint}&scheme=http");
+    let out = Command::new(env!("CARGO_BIN_EXE_nixswarm"))
+        .args(["export", "--gateway", &gw.url, "--trusted-key", key, "--closure"])
+        .arg(format!("--to={out_url}"))
+        .arg(fx.path_named("top"))
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        out.status.success() && text.contains(&format!("exported {n} paths")),
+        "{text}"
+    );
+    let out = import(&out_url, &tmp.path().join("again"), key, &[])?;
+    ensure!(out.contains(&format!("imported {n} paths")), "{out}");
     Ok(())
 }

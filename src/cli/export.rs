@@ -23,7 +23,9 @@ use crate::config::{Config, ConfigArgs, public_key};
 pub struct ExportArgs {
     #[command(flatten)]
     pub client: crate::config::ClientArgs,
-    /// The binary cache to write: file:///DIR (made if missing).
+    /// The binary cache to write: file:///DIR (made if missing), or
+    /// s3://BUCKET[/PREFIX]?region=R&endpoint=HOST:PORT&scheme=http (as Nix
+    /// names it; AWS credentials from the environment or ~/.aws/credentials).
     #[arg(long, value_name = "URL")]
     pub to: String,
     /// Trusted public key NAME:BASE64; repeat for several [default: the node's configuration].
@@ -69,9 +71,19 @@ fn keys(args: &ExportArgs) -> Result<Vec<PublicKey>> {
 }
 
 pub fn run(args: &ExportArgs) -> Result<()> {
-    let dir = match args.to.strip_prefix("file://") {
-        Some(d) if d.starts_with('/') => PathBuf::from(d),
-        _ => bail!("--to {:?}: give file:///ABSOLUTE/DIR", args.to),
+    // An S3 cache is written to a staging directory first, each path
+    // uploaded (NAR, then narinfo) as soon as it is complete.
+    let bucket = match args.to.strip_prefix("s3://") {
+        Some(_) => Some(Bucket::new(&args.to)?),
+        None => None,
+    };
+    let dir = match (&bucket, args.to.strip_prefix("file://")) {
+        (Some(b), _) => b.staging.clone(),
+        (None, Some(d)) if d.starts_with('/') => PathBuf::from(d),
+        _ => bail!(
+            "--to {:?}: give file:///ABSOLUTE/DIR or s3://BUCKET[/PREFIX]?...",
+            args.to
+        ),
     };
     let keys = keys(args)?;
     let mut named = args.paths.iter().map(|p| parse_path(p)).collect::<Result<Vec<_>>>()?;
@@ -107,7 +119,14 @@ pub fn run(args: &ExportArgs) -> Result<()> {
                     bytes >> 20
                 );
             }
-            match export_one(&client, &base, &dir, &keys, &hash).await {
+            let exported = match export_one(&client, &base, &dir, &keys, &hash).await {
+                Ok(Some((info, n))) if n > 0 => match &bucket {
+                    Some(b) => b.put_path(&dir, &info).await.map(|()| Some((info, n))),
+                    None => Ok(Some((info, n))),
+                },
+                other => other,
+            };
+            match exported {
                 Ok(Some((info, n))) => {
                     if n == 0 {
                         present += 1;
@@ -132,6 +151,10 @@ pub fn run(args: &ExportArgs) -> Result<()> {
         }
         for m in &missing {
             eprintln!("missing {m}");
+        }
+        if let Some(b) = &bucket {
+            b.put(&dir.join("nix-cache-info"), "nix-cache-info").await?;
+            let _ = std::fs::remove_dir_all(&b.staging);
         }
         println!(
             "exported {written} paths ({} MiB of NAR) to {}, {present} already there, {} missing",
@@ -159,7 +182,9 @@ async fn export_one(
     hash: &StorePathHash,
 ) -> Result<Option<(NarInfo, u64)>> {
     let narinfo_file = dir.join(format!("{hash}.narinfo"));
-    if let Ok(text) = std::fs::read_to_string(&narinfo_file)
+    if dir.join(".s3-staging").exists() {
+        // Staged for S3: what is already in the bucket is not looked at.
+    } else if let Ok(text) = std::fs::read_to_string(&narinfo_file)
         && let Ok(info) = NarInfo::parse(&text)
         && dir.join(&info.url).exists()
     {
@@ -215,6 +240,75 @@ async fn export_one(
     std::fs::rename(&tmp_info, &narinfo_file)?;
     let size = info.nar_size;
     Ok(Some((info, size.max(1))))
+}
+
+/// An S3 bucket being written, and the local directory paths are staged in.
+struct Bucket {
+    loc: nixswarm_gateway::s3::S3Location,
+    client: reqwest::Client,
+    signer: Option<nixswarm_gateway::s3::Signer>,
+    staging: PathBuf,
+}
+
+impl Bucket {
+    fn new(url: &str) -> Result<Self> {
+        let parsed: reqwest::Url = url.parse().with_context(|| format!("{url:?} is not a URL"))?;
+        let loc = nixswarm_gateway::s3::S3Location::parse(&parsed).map_err(anyhow::Error::msg)?;
+        let signer =
+            nixswarm_gateway::s3::Credentials::find(loc.profile.as_deref()).map(|creds| nixswarm_gateway::s3::Signer {
+                creds,
+                region: loc.region.clone(),
+            });
+        let staging = std::env::temp_dir().join(format!("nixswarm-export-{}", std::process::id()));
+        std::fs::create_dir_all(staging.join("nar"))?;
+        std::fs::write(staging.join(".s3-staging"), "")?;
+        Ok(Self {
+            loc,
+            client: reqwest::Client::new(),
+            signer,
+            staging,
+        })
+    }
+
+    /// Uploads `file` as `key` (relative to the cache's root).
+    async fn put(&self, file: &Path, key: &str) -> Result<()> {
+        let url = self.loc.root().join(key)?;
+        let len = std::fs::metadata(file)?.len();
+        let body = tokio::fs::File::open(file).await?;
+        let mut req = self
+            .client
+            .put(url.clone())
+            .header(reqwest::header::CONTENT_LENGTH, len)
+            .body(reqwest::Body::from(body))
+            .build()?;
+        if let Some(s) = &self.signer {
+            s.sign(&mut req);
+        }
+        let resp = self
+            .client
+            .execute(req)
+            .await
+            .with_context(|| format!("uploading {url}"))?;
+        let status = resp.status();
+        if !status.is_success() {
+            bail!(
+                "uploading {url}: {status}: {}",
+                resp.text().await.unwrap_or_default().trim()
+            );
+        }
+        Ok(())
+    }
+
+    /// Uploads a staged path (its NAR, then its narinfo: a reader never
+    /// sees a narinfo without its NAR) and drops the staged files.
+    async fn put_path(&self, dir: &Path, info: &NarInfo) -> Result<()> {
+        let narinfo = format!("{}.narinfo", info.store_path.hash());
+        self.put(&dir.join(&info.url), &info.url).await?;
+        self.put(&dir.join(&narinfo), &narinfo).await?;
+        let _ = std::fs::remove_file(dir.join(&info.url));
+        let _ = std::fs::remove_file(dir.join(&narinfo));
+        Ok(())
+    }
 }
 
 /// A file that hashes (sha256) and counts what is written to it.
