@@ -9,7 +9,7 @@ mod size;
 use std::io::IsTerminal as _;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 
 /// The version and the git revision built from.
 pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (git ", env!("NIXSWARM_GIT_REV"), ")");
@@ -44,7 +44,11 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut cmd = Cli::command();
+    for sub in ["run", "check-config", "import"] {
+        cmd = cmd.mut_subcommand(sub, config::help::with_defaults);
+    }
+    let cli = Cli::from_arg_matches(&cmd.get_matches()).unwrap_or_else(|e| e.exit());
     if !matches!(cli.command, Command::Run(_)) {
         // A command whose output goes to `head` ends quietly when the pipe
         // closes (Rust ignores SIGPIPE and println! would panic). Not for

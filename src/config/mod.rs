@@ -17,6 +17,7 @@ use nixswarm_gateway::Url;
 use crate::size::{Amount, Size};
 
 mod donor;
+pub mod help;
 pub use donor::{Contribute, DonorSection};
 
 /// The upstream used when none is configured.
