@@ -86,7 +86,7 @@ fn mistakes_are_explained() {
     let out = check_config(&["--amount", "10X"], &[]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown unit"));
     let out = check_config(&["--upstream", "ftp://example.invalid"], &[]);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("only http"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("file:///DIR"));
     let out = check_config(&["--config", "/nonexistent/c.toml"], &[]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/c.toml"));
 }

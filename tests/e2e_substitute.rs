@@ -94,3 +94,19 @@ fn nix_substitutes_everything_through_the_gateway_then_from_its_store_alone() ->
     gw.stop()?;
     Ok(())
 }
+
+#[test]
+fn a_binary_cache_in_a_local_directory_serves_as_an_upstream() -> Result<()> {
+    let fx = fixture();
+    let tmp = tempfile::tempdir()?;
+    let upstream = format!("file://{}", fx.cache().display());
+    let gw = Gateway::start(&tmp.path().join("gw"), &[&upstream], &fx.trusted_pub)?;
+    let client = ClientStore::new(&tmp.path().join("client"));
+    check(
+        &client.realise(&gw.url, &fx.trusted_pub, &fx.paths, false),
+        "nix-store -r through a gateway whose upstream is a directory",
+    )?;
+    assert_eq!(client.valid(&fx.paths), fx.paths);
+    client.verify_contents(&fx.paths)?;
+    Ok(())
+}

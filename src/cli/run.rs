@@ -169,17 +169,25 @@ async fn serve(eff: Effective, hooks: TestHooks) -> Result<()> {
     });
 
     let up = &eff.config.upstream;
-    let client =
-        http_client(up.connect_timeout, Duration::from_secs(60), &eff.upstreams).context("building the HTTP client")?;
-    let upstreams = eff
-        .upstreams
+    let http: Vec<_> = eff.upstreams.iter().filter(|u| u.scheme() != "file").cloned().collect();
+    let client = http_client(up.connect_timeout, Duration::from_secs(60), &http).context("building the HTTP client")?;
+    let upstreams = http
         .iter()
         .map(|u| Upstream::new(u, client.clone(), up.timeout).map_err(anyhow::Error::msg))
         .collect::<Result<Vec<_>>>()?;
-    let upstream_sources: Vec<Arc<dyn Source>> = upstreams
-        .iter()
-        .map(|u| Arc::new(u.clone()) as Arc<dyn Source>)
-        .collect();
+    // In the configured order: an HTTP upstream, or a binary cache in a
+    // local directory (file:///DIR, as `nix copy --to` writes it).
+    let mut upstream_sources: Vec<Arc<dyn Source>> = Vec::new();
+    let mut http_sources = upstreams.iter();
+    for u in &eff.upstreams {
+        if u.scheme() == "file" {
+            upstream_sources.push(Arc::new(nixswarm_gateway::FileSource::new(std::path::Path::new(
+                u.path(),
+            ))));
+        } else if let Some(x) = http_sources.next() {
+            upstream_sources.push(Arc::new(x.clone()));
+        }
+    }
 
     let cancel = CancellationToken::new();
     tokio::spawn(shutdown_signal(cancel.clone()));

@@ -39,7 +39,10 @@ pub fn defaults() -> Vec<(&'static str, String)> {
         ("share_installed", c.donor.share_installed.to_string()),
         ("nix_store_root", c.donor.nix_store_root.display().to_string()),
         ("exclude", "none".into()),
-        ("index_rate", c.donor.index_rate.map_or_else(|| "unlimited".into(), |r| r.to_string())),
+        (
+            "index_rate",
+            c.donor.index_rate.map_or_else(|| "unlimited".into(), |r| r.to_string()),
+        ),
         ("poll_interval", duration(c.donor.poll_interval)),
         ("share_keys", "cache.nixos.org-1".into()),
         ("share_content_addressed", c.donor.share_content_addressed.to_string()),
@@ -50,7 +53,10 @@ pub fn defaults() -> Vec<(&'static str, String)> {
         ("p2p_mode", shown(&c.p2p.mode)),
         ("announce_private", on_off(c.p2p.announce_private)),
         ("no_upnp", format!("off: UPnP {}", on_off(c.p2p.upnp))),
-        ("no_relay_service", format!("off: the relay service {}", on_off(c.p2p.relay.serve))),
+        (
+            "no_relay_service",
+            format!("off: the relay service {}", on_off(c.p2p.relay.serve)),
+        ),
         ("relay_max_reservations", c.p2p.relay.max_reservations.to_string()),
         ("relay_max_circuits", c.p2p.relay.max_circuits.to_string()),
         ("relay_circuit_duration", duration(c.p2p.relay.circuit_duration)),
@@ -97,7 +103,9 @@ mod tests {
 
     #[test]
     fn every_option_of_run_names_its_default() {
-        let cmd = with_defaults(<crate::cli::run::RunArgs as clap::Args>::augment_args(Command::new("run")));
+        let cmd = with_defaults(<crate::cli::run::RunArgs as clap::Args>::augment_args(Command::new(
+            "run",
+        )));
         let missing: Vec<String> = cmd
             .get_arguments()
             .filter(|a| !a.is_hide_set() && a.get_id() != "help")

@@ -625,8 +625,8 @@ impl Config {
         let mut upstreams = Vec::new();
         for u in &self.upstream.urls {
             let url: Url = u.parse().with_context(|| format!("upstream {u:?} is not a URL"))?;
-            if !matches!(url.scheme(), "http" | "https") {
-                bail!("upstream {u:?}: only http:// and https:// upstreams are supported");
+            if !matches!(url.scheme(), "http" | "https" | "file") {
+                bail!("upstream {u:?}: use http://, https:// or file:///DIR");
             }
             upstreams.push(url);
         }
