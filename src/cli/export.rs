@@ -8,7 +8,7 @@
 //! `--allow-missing`.
 
 use std::collections::{HashSet, VecDeque};
-use std::io::{IsTerminal as _, Write as _};
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result, bail};
@@ -102,7 +102,7 @@ pub fn run(args: &ExportArgs) -> Result<()> {
         std::fs::write(&info_file, "StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 50\n")?;
     }
     let base = args.client.gateway_url()?.as_str().trim_end_matches('/').to_owned();
-    let progress = std::io::stderr().is_terminal();
+    let mut progress = super::progress::Progress::new();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async {
         let client = reqwest::Client::new();
@@ -111,14 +111,8 @@ pub fn run(args: &ExportArgs) -> Result<()> {
         let (mut written, mut present, mut bytes) = (0usize, 0usize, 0u64);
         let mut missing: Vec<String> = Vec::new();
         while let Some(hash) = queue.pop_front() {
-            if progress {
-                eprint!(
-                    "\r\x1b[K[{}/{}] {} MiB  {hash}",
-                    written + present + missing.len() + 1,
-                    written + present + missing.len() + 1 + queue.len(),
-                    bytes >> 20
-                );
-            }
+            let done = written + present + missing.len() + 1;
+            progress.update(done, done + queue.len(), bytes, &hash.to_string());
             let exported = match export_one(&client, &base, &dir, &keys, &hash).await {
                 Ok(Some((info, n))) if n > 0 => match &bucket {
                     Some(b) => b.put_path(&dir, &info).await.map(|()| Some((info, n))),
@@ -146,9 +140,7 @@ pub fn run(args: &ExportArgs) -> Result<()> {
                 Err(e) => missing.push(format!("{hash}: {e:#}")),
             }
         }
-        if progress {
-            eprintln!();
-        }
+        progress.interrupt();
         for m in &missing {
             eprintln!("missing {m}");
         }

@@ -6,7 +6,6 @@
 //! announces them; otherwise the store is opened here and `nixswarm run`
 //! announces them when it starts. `--closure` follows references.
 
-use std::io::IsTerminal as _;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -166,15 +165,13 @@ pub fn run(args: &ImportArgs) -> Result<()> {
         } else {
             args.paths.iter().map(|p| parse_path(p)).collect::<Result<Vec<_>>>()?
         };
-        let progress = std::io::stderr().is_terminal();
+        let mut progress = super::progress::Progress::new();
         let mut queue: std::collections::VecDeque<StorePathHash> = named.iter().copied().collect();
         let mut seen: std::collections::HashSet<StorePathHash> = queue.iter().copied().collect();
         let (mut done, mut imported, mut present, mut failed, mut bytes) = (0usize, 0usize, 0usize, 0usize, 0u64);
         while let Some(hash) = queue.pop_front() {
             done += 1;
-            if progress {
-                eprint!("\r\x1b[K[{done}/{}] {} MiB  {hash}", done + queue.len(), bytes >> 20);
-            }
+            progress.update(done, done + queue.len(), bytes, &hash.to_string());
             match import_one(&*source, &target, &eff.trusted_keys, &hash).await {
                 Ok((outcome, refs)) => {
                     match outcome {
@@ -194,16 +191,12 @@ pub fn run(args: &ImportArgs) -> Result<()> {
                 }
                 Err(e) => {
                     failed += 1;
-                    if progress {
-                        eprintln!();
-                    }
+                    progress.interrupt();
                     eprintln!("{hash}: {e:#}");
                 }
             }
         }
-        if progress {
-            eprintln!();
-        }
+        progress.interrupt();
         println!(
             "imported {imported} paths ({} MiB), {present} already present, {failed} failed",
             bytes >> 20

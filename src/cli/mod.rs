@@ -5,5 +5,6 @@ pub mod counters;
 pub mod export;
 pub mod import;
 pub mod pin;
+pub mod progress;
 pub mod run;
 pub mod status;

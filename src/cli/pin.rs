@@ -63,7 +63,11 @@ fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
 async fn fetch_closure(client: &reqwest::Client, base: &str, root: StorePathHash) -> Result<usize> {
     let mut seen = HashSet::from([root]);
     let mut queue = VecDeque::from([root]);
+    let mut progress = super::progress::Progress::new();
+    let (mut done, mut bytes) = (0usize, 0u64);
     while let Some(h) = queue.pop_front() {
+        done += 1;
+        progress.update(done, done + queue.len(), bytes, &h.to_string());
         let url = format!("{base}/{h}.narinfo");
         let resp = send(client.get(&url), base).await?;
         if resp.status() == reqwest::StatusCode::NOT_FOUND {
@@ -76,13 +80,16 @@ async fn fetch_closure(client: &reqwest::Client, base: &str, root: StorePathHash
         if resp.status() == reqwest::StatusCode::NOT_FOUND {
             bail!("the NAR of {h} is not available from the gateway");
         }
-        while resp.chunk().await?.is_some() {}
+        while let Some(c) = resp.chunk().await? {
+            bytes += c.len() as u64;
+        }
         for r in &info.references {
             if seen.insert(r.hash()) {
                 queue.push_back(r.hash());
             }
         }
     }
+    progress.interrupt();
     Ok(seen.len())
 }
 

@@ -8,6 +8,9 @@ use std::io;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+/// How often the indexing of installed paths logs its progress.
+const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
 use nixswarm_protocol::narinfo::Trust;
 use nixswarm_protocol::{ChunkManifest, ChunkRef, NarInfo, Sha256Hash, StorePath};
 use sha2::{Digest as _, Sha256};
@@ -117,7 +120,16 @@ impl Follower {
             .collect();
         new.sort_unstable();
         inner.queued.store(new.len() as u64, Ordering::Relaxed);
-        for batch in new.chunks(DB_BATCH) {
+        // Progress for whoever watches the log (the first indexing of a
+        // large store takes a while): a line at the start, one every
+        // PROGRESS_EVERY, one at the end.
+        let total = new.len();
+        let started = std::time::Instant::now();
+        let mut said = started;
+        if total > 0 {
+            tracing::info!(paths = total, "indexing installed paths");
+        }
+        for (done, batch) in new.chunks(DB_BATCH).enumerate() {
             for p in inner.db.paths(batch)? {
                 if cancel.is_cancelled() {
                     self.commit();
@@ -126,9 +138,21 @@ impl Follower {
                 self.consider(p);
                 inner.queued.fetch_sub(1, Ordering::Relaxed);
             }
+            if said.elapsed() >= PROGRESS_EVERY {
+                said = std::time::Instant::now();
+                let done = ((done + 1) * DB_BATCH).min(total);
+                tracing::info!(done, of = total, "indexing installed paths");
+            }
         }
         self.commit();
         inner.queued.store(0, Ordering::Relaxed);
+        if total > 0 {
+            tracing::info!(
+                paths = total,
+                secs = started.elapsed().as_secs(),
+                "installed paths indexed"
+            );
+        }
         self.last_token = token;
         Ok(())
     }
