@@ -305,3 +305,32 @@ fn bootstrap_addresses_in_every_form_a_user_writes() {
         );
     }
 }
+
+#[test]
+fn a_quic_port_in_use_is_an_error_with_its_cause() {
+    let taken = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let listen = format!("/ip4/127.0.0.1/udp/{port}/quic-v1");
+    let out = nixswarm(
+        &[
+            "run",
+            "--no-upstream",
+            "--no-mdns",
+            "--no-upnp",
+            "--gateway-listen",
+            "127.0.0.1:0",
+            "--p2p-listen",
+            &listen,
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+        ],
+        &[],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("cannot listen on {listen}: ")) && err.contains("in use"),
+        "{err}"
+    );
+}
