@@ -210,6 +210,13 @@ fn pin_fetches_and_keeps_a_closure_and_needs_cache_mode() -> Result<()> {
     let out = nixswarm(&["unpin", "--gateway", &gw.url, top])?;
     ensure!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     ensure!(std::fs::read_to_string(tmp.path().join("gw/store/pins"))?.is_empty());
+    // Unpinning what is not pinned says so, and fails.
+    let out = nixswarm(&["unpin", "--gateway", &gw.url, top])?;
+    ensure!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("was not pinned"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let none = Gateway::start_with(
         &tmp.path().join("none"),

@@ -76,6 +76,14 @@ pub async fn unpin(
         return Ok(r);
     }
     let hash = parse(&hash)?;
+    // The pins are a small in-memory set.
+    if state.store.blocking().pinned().binary_search(&hash).is_err() {
+        return Ok((
+            StatusCode::NOT_FOUND,
+            format!("{hash} was not pinned (nothing to unpin)\n"),
+        )
+            .into_response());
+    }
     let unpinned = state.store.unpin_closure(hash).await?;
     let s: Vec<_> = unpinned.iter().map(ToString::to_string).collect();
     Ok(json(&serde_json::json!({ "unpinned": s })))

@@ -803,8 +803,8 @@ mod tests {
     #[test]
     fn bad_values_are_explained() {
         let mut c = Config::default();
-        c.upstream.urls = vec!["file:///x".into()];
-        assert!(c.clone().resolve().unwrap_err().to_string().contains("only http"));
+        c.upstream.urls = vec!["ftp://x".into()];
+        assert!(c.clone().resolve().unwrap_err().to_string().contains("file:///DIR"));
         c.upstream.urls = vec!["http://127.0.0.1:1".into()];
         c.upstream.trusted_keys = vec!["nonsense".into()];
         assert!(format!("{:#}", c.clone().resolve().unwrap_err()).contains("NAME:BASE64"));
