@@ -51,6 +51,20 @@ fn nix_substitutes_from_peers_through_a_node_that_knows_one_peer_and_has_no_upst
         metrics.contains("nixswarm_node_fetched_duplicate_bytes_total "),
         "{metrics}"
     );
+    // Peers and connections as gauges (published each second, so only
+    // their presence and a peer are checked, not equality with /status).
+    let gauge = |name: &str| -> Option<u64> {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.trim().parse().ok())
+    };
+    assert!(gauge("nixswarm_node_peers").is_some_and(|p| p >= 1), "{metrics}");
+    assert!(metrics.contains("nixswarm_node_connections "), "{metrics}");
+    assert!(
+        metrics.contains("nixswarm_node_upload_throttled_milliseconds_total "),
+        "{metrics}"
+    );
     assert!(c.status()?.contains("\"bytes_fetched_duplicate\":"));
     let a_status = a.status()?;
     assert!(!a_status.contains("\"bytes_served\":0"), "A served: {a_status}");

@@ -126,8 +126,18 @@ impl Collector for NodeCounters {
                 &stats.bytes_fetched_inline,
             ),
         ];
+        let waited = stats.upload.get().map_or(0, |l| l.throttle().waited_ms);
+        let counters: Vec<(&str, &str, u64)> = counters
+            .into_iter()
+            .map(|(n, h, v)| (n, h, v.load(Ordering::Relaxed)))
+            .chain([(
+                "node_upload_throttled_milliseconds",
+                "Time senders waited for the upload limit, in all",
+                waited,
+            )])
+            .collect();
         for (name, help, value) in counters {
-            let counter = ConstCounter::new(value.load(Ordering::Relaxed));
+            let counter = ConstCounter::new(value);
             let metric = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
             counter.encode(metric)?;
         }
@@ -175,6 +185,21 @@ impl Collector for NodeCounters {
                 "node_dht_server",
                 "1 while Kademlia answers queries (server mode)",
                 i64::from(reach.dht_server),
+            ),
+            (
+                "node_peers",
+                "Peers connected",
+                i64::try_from(stats.peers.load(Ordering::Relaxed)).unwrap_or(i64::MAX),
+            ),
+            (
+                "node_connections",
+                "Connections established (a peer may have a TCP, a QUIC and a relayed one)",
+                i64::try_from(stats.connections.load(Ordering::Relaxed)).unwrap_or(i64::MAX),
+            ),
+            (
+                "node_upload_throttling",
+                "1 while the upload limit holds senders back (within the last 5 s)",
+                i64::from(stats.upload.get().is_some_and(|l| l.throttle().now)),
             ),
         ] {
             let gauge = ConstGauge::new(value);

@@ -297,6 +297,9 @@ pub struct NodeStats {
     pub dials: std::sync::OnceLock<dial_guard::DialGuard>,
     /// The upload limit (set at start).
     pub upload: std::sync::OnceLock<Arc<RateLimiter>>,
+    /// Connected peers and established connections (each second).
+    pub peers: AtomicU64,
+    pub connections: AtomicU64,
     /// Test builds only: the store-path hashes peers asked about.
     #[cfg(feature = "test-hooks")]
     asked: std::sync::Mutex<std::collections::HashSet<StorePathHash>>,

@@ -69,7 +69,15 @@ impl RateLimiter {
             let wait = Duration::from_secs_f64(-s.0 / rate);
             self.waited_us.fetch_add(wait.as_micros() as u64, Ordering::Relaxed);
             let at = (now + wait).duration_since(self.born).as_micros() as u64;
-            self.last_wait_us.store(at.max(1), Ordering::Relaxed);
+            let before = self.last_wait_us.swap(at.max(1), Ordering::Relaxed);
+            // Said in the log when throttling starts (not within a minute of
+            // the last time it held anyone back).
+            if before == 0 || at.saturating_sub(before) > 60_000_000 {
+                tracing::info!(
+                    limit = rate as u64,
+                    "uploads to peers held back by the upload limit (--upload-limit)"
+                );
+            }
             tokio::time::sleep(wait).await;
         }
     }

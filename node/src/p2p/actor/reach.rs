@@ -36,8 +36,17 @@ impl Actor {
         }
     }
 
-    /// Publishes reachability for the metrics.
+    /// Publishes reachability (and the peer and connection counts) for the
+    /// metrics.
     pub(super) fn publish_reach(&mut self) {
+        let info = self.swarm.network_info();
+        self.stats
+            .peers
+            .store(info.num_peers() as u64, std::sync::atomic::Ordering::Relaxed);
+        self.stats.connections.store(
+            u64::from(info.connection_counters().num_established()),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         let reach = self.reach();
         if let Ok(mut r) = self.stats.reach.lock() {
             *r = reach;
