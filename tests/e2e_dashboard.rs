@@ -116,6 +116,7 @@ fn the_dashboard_shows_in_a_browser_what_status_reports_and_counters_survive_a_r
         ("upload-limit", &status["node"]["upload"]["limit"]),
         ("reachability", &status["node"]["reachability"]),
         ("join-address", &status["join_address"]),
+        ("imports", &status["imports"]["stored"]),
     ];
     for (id, want) in expect {
         let want = match want {

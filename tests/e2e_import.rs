@@ -54,6 +54,12 @@ fn a_running_node_takes_an_import_through_its_gateway_closure_included() -> Resu
     );
     gw.wait_for("paths", n as u64)?;
     gw.wait_for("provided_keys", n as u64)?;
+    // The dashboard's figures count them.
+    let status: serde_json::Value = serde_json::from_str(&gw.status()?)?;
+    ensure!(
+        status["imports"]["stored"] == n as u64 && status["imports"]["running"] == 0,
+        "{status}"
+    );
 
     // A path the node's keys do not trust is refused, with the reason.
     let (ok, out) = import(&dir, &fx.untrusted_cache(), &fx.trusted_pub, &[fx.paths[0].as_str()])?;

@@ -14,6 +14,46 @@ pub const TOP: usize = 10;
 /// Messages kept.
 pub const MAX_RECENT: usize = 50;
 
+/// Paths handed to the node by `nixswarm import` (for the dashboard).
+#[derive(Debug, Default)]
+pub struct Imports {
+    running: std::sync::atomic::AtomicU64,
+    stored: std::sync::atomic::AtomicU64,
+    refused: std::sync::atomic::AtomicU64,
+}
+
+/// One import in progress; counted as running until dropped.
+#[derive(Debug)]
+pub struct Importing<'a>(&'a Imports);
+
+impl Imports {
+    pub fn start(&self) -> Importing<'_> {
+        self.running.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Importing(self)
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        let n = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        json!({ "running": n(&self.running), "stored": n(&self.stored), "refused": n(&self.refused) })
+    }
+}
+
+impl Importing<'_> {
+    /// The path was stored (else, when dropped, it counts as refused).
+    pub fn stored(self) {
+        self.0.stored.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.0.running.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for Importing<'_> {
+    fn drop(&mut self) {
+        self.0.refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.0.running.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// Requests per store path (narinfo answers).
 #[derive(Debug, Default)]
 pub struct TopPaths(Mutex<HashMap<String, u64>>);

@@ -107,6 +107,7 @@ pub async fn import(
     if state.store.contains(hash).await? {
         return Ok(answer(StatusCode::OK, "already present"));
     }
+    let importing = state.metrics.imports.start();
     let path = info.store_path.to_string();
     let Some(writer) = IngestWriter::start(state.store.blocking().clone(), info, None) else {
         return Ok(answer(StatusCode::INSUFFICIENT_STORAGE, "cannot start writing"));
@@ -125,6 +126,7 @@ pub async fn import(
     Ok(match writer.commit().await {
         Committed::Stored => {
             tracing::info!(%path, "imported");
+            importing.stored();
             answer(StatusCode::CREATED, "imported")
         }
         Committed::Mismatch => answer(

@@ -62,6 +62,8 @@ pub struct Metrics {
     pub registry: Registry,
     /// Requests per store path (for the dashboard).
     pub top_paths: crate::activity::TopPaths,
+    /// Paths handed over by `nixswarm import` (for the dashboard).
+    pub imports: crate::activity::Imports,
     pub requests: Family<RequestLabels, Counter>,
     pub responses: Family<StatusLabels, Counter>,
     /// Requests refused because a web page could have sent them
@@ -313,6 +315,7 @@ impl Metrics {
         Arc::new(Self {
             registry,
             top_paths: crate::activity::TopPaths::default(),
+            imports: crate::activity::Imports::default(),
             requests,
             responses,
             refused_requests,

@@ -190,6 +190,7 @@ async fn status(State(state): State<Arc<AppState>>) -> Result<Response> {
         "store": { "paths": store.paths, "bytes": store.bytes, "quota": store.quota, "keep_fetched": state.options.keep_fetched },
         "installed": installed,
         "top_paths": top,
+        "imports": state.metrics.imports.to_json(),
         "recent_errors": crate::activity::RecentLog::global().to_json(),
         "sharing": {
             // Trusted keys whose paths are used here but not shared.

@@ -81,6 +81,8 @@ impl TestNode {
             bootstrap: bootstrap.into_iter().collect(),
             mdns: false,
             announce_private: true,
+            // Many nodes share this process: the budget is one node's.
+            test_memory_budget: Some(usize::MAX),
             ..NodeConfig::default()
         };
         tweak(&mut config);

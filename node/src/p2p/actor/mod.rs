@@ -390,6 +390,12 @@ impl Actor {
 
     fn on_swarm_event(&mut self, ev: SwarmEvent<BehaviourEvent>) {
         self.on_bootstrap_event(&ev);
+        if matches!(
+            ev,
+            SwarmEvent::ConnectionEstablished { .. } | SwarmEvent::ConnectionClosed { .. }
+        ) {
+            self.publish_counts();
+        }
         let Some(ev) = self.on_reach_event(ev) else {
             return;
         };

@@ -39,18 +39,22 @@ impl Actor {
     /// Publishes reachability (and the peer and connection counts) for the
     /// metrics.
     pub(super) fn publish_reach(&mut self) {
-        let info = self.swarm.network_info();
-        self.stats
-            .peers
-            .store(info.num_peers() as u64, std::sync::atomic::Ordering::Relaxed);
-        self.stats.connections.store(
-            u64::from(info.connection_counters().num_established()),
-            std::sync::atomic::Ordering::Relaxed,
-        );
+        self.publish_counts();
         let reach = self.reach();
         if let Ok(mut r) = self.stats.reach.lock() {
             *r = reach;
         }
+    }
+
+    /// Publishes the peer and connection counts for the metrics (on each
+    /// connection and each second).
+    pub(super) fn publish_counts(&self) {
+        let info = self.swarm.network_info();
+        let relaxed = std::sync::atomic::Ordering::Relaxed;
+        self.stats.peers.store(info.num_peers() as u64, relaxed);
+        self.stats
+            .connections
+            .store(u64::from(info.connection_counters().num_established()), relaxed);
     }
 
     /// Follows reachability: Kademlia serves (auto mode) and the relay
