@@ -9,4 +9,5 @@
 pub mod churn;
 pub mod clock;
 pub mod demand;
+pub mod dht;
 pub mod net;
