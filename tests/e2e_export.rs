@@ -11,19 +11,9 @@ use anyhow::{Result, ensure};
 use support::{ClientStore, Gateway, StaticServer, check, fixture, import};
 
 fn export(gateway: &str, to: &std::path::Path, key: &str, args: &[&str]) -> Result<(bool, String)> {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_nixswarm"))
-        .args(["export", "--gateway", gateway, "--trusted-key", key])
-        .arg(format!("--to=file://{}", to.display()))
-        .args(args)
-        .output()?;
-    Ok((
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    ))
+    let to = format!("--to=file://{}", to.display());
+    let head = ["export", "--gateway", gateway, "--trusted-key", key, to.as_str()];
+    support::nixswarm(&[&head[..], args].concat(), &[])
 }
 
 #[test]

@@ -9,21 +9,9 @@ use anyhow::{Result, ensure};
 use support::{ClientStore, Gateway, check, fixture};
 
 fn import(data_dir: &std::path::Path, cache: &std::path::Path, key: &str, args: &[&str]) -> Result<(bool, String)> {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_nixswarm"))
-        .arg("import")
-        .arg(format!("file://{}", cache.display()))
-        .args(["--trusted-key", key, "--data-dir"])
-        .arg(data_dir)
-        .args(args)
-        .output()?;
-    Ok((
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    ))
+    let (url, dir) = (format!("file://{}", cache.display()), data_dir.display().to_string());
+    let head = ["import", url.as_str(), "--trusted-key", key, "--data-dir", dir.as_str()];
+    support::nixswarm(&[&head[..], args].concat(), &[])
 }
 
 #[test]

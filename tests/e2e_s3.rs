@@ -83,21 +83,16 @@ for d, _, files in os.walk(root):
     Ok(())
 }
 
+/// The credentials moto takes.
+const AWS: [(&str, &str); 2] = [("AWS_ACCESS_KEY_ID", "test"), ("AWS_SECRET_ACCESS_KEY", "test")];
+
 fn import(url: &str, data_dir: &Path, key: &str, args: &[&str]) -> Result<String> {
-    let out = Command::new(env!("CARGO_BIN_EXE_nixswarm"))
-        .args(["import", url, "--trusted-key", key, "--data-dir"])
-        .arg(data_dir)
-        .args(args)
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
-        .env("HOME", data_dir.parent().unwrap_or(data_dir))
-        .output()?;
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    ensure!(out.status.success(), "import {url}: {text}");
+    let dir = data_dir.display().to_string();
+    let home = data_dir.parent().unwrap_or(data_dir).display().to_string();
+    let head = ["import", url, "--trusted-key", key, "--data-dir", dir.as_str()];
+    let env = [AWS[0], AWS[1], ("HOME", home.as_str())];
+    let (ok, text) = support::nixswarm(&[&head[..], args].concat(), &env)?;
+    ensure!(ok, "import {url}: {text}");
     Ok(text)
 }
 
@@ -143,18 +138,19 @@ fn a_cache_in_s3_is_imported_listed_or_by_closure_through_a_running_node() -> Re
         .output()?;
     ensure!(make.status.success(), "{}", String::from_utf8_lossy(&make.stderr));
     let out_url = format!("s3://out/rebuilt?region=us-east-1&endpoint={endpoint}&scheme=http");
-    let out = Command::new(env!("CARGO_BIN_EXE_nixswarm"))
-        .args(["export", "--gateway", &gw.url, "--trusted-key", key, "--closure"])
-        .arg(format!("--to={out_url}"))
-        .arg(fx.path_named("top"))
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
-        .output()?;
-    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    ensure!(
-        out.status.success() && text.contains(&format!("exported {n} paths")),
-        "{text}"
-    );
+    let to = format!("--to={out_url}");
+    let args = [
+        "export",
+        "--gateway",
+        &gw.url,
+        "--trusted-key",
+        key,
+        "--closure",
+        &to,
+        fx.path_named("top"),
+    ];
+    let (ok, text) = support::nixswarm(&args, &AWS)?;
+    ensure!(ok && text.contains(&format!("exported {n} paths")), "{text}");
     let out = import(&out_url, &tmp.path().join("again"), key, &[])?;
     ensure!(out.contains(&format!("imported {n} paths")), "{out}");
     Ok(())

@@ -291,7 +291,7 @@ async fn nar(State(state): State<Arc<AppState>>, Path(file): Path<String>, heade
         let (start, end, partial) = byte_range(range_header, size)?;
         state.metrics.request("nar", origin);
         let store = state.store.clone();
-        let body = verify::local(handle, start, end, origin, state.metrics.clone(), move |why| {
+        let body = verify::local(handle, start, end, Some((origin, state.metrics.clone())), move |why| {
             tracing::error!(%hash, %why, "stored NAR is damaged: removing it so it is fetched again");
             let _ = store.blocking().remove(&hash);
         });

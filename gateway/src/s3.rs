@@ -83,6 +83,15 @@ impl S3Location {
         })
     }
 
+    /// Signs for this bucket's region with the credentials found for its
+    /// profile ([`Credentials::find`]); `None`: requests go unsigned.
+    pub fn signer(&self) -> Option<Signer> {
+        Credentials::find(self.profile.as_deref()).map(|creds| Signer {
+            creds,
+            region: self.region.clone(),
+        })
+    }
+
     /// The cache's root, ending in `/`: narinfos and NARs are relative to it.
     pub fn root(&self) -> Url {
         let mut u = self.bucket_url();
@@ -236,6 +245,18 @@ impl Signer {
     pub fn sign(&self, req: &mut reqwest::Request) {
         sign(req, &self.creds, &self.region, SystemTime::now());
     }
+}
+
+/// Sends `req` through `client`, signed first when there is a `signer`.
+pub async fn send(
+    client: &reqwest::Client,
+    mut req: reqwest::Request,
+    signer: Option<&Signer>,
+) -> reqwest::Result<reqwest::Response> {
+    if let Some(s) = signer {
+        s.sign(&mut req);
+    }
+    client.execute(req).await
 }
 
 /// Signs a bodiless request (AWS Signature Version 4, service `s3`, the

@@ -78,24 +78,10 @@ impl Upstream {
         self
     }
 
-    /// The HTTP client it uses.
-    pub fn client(&self) -> &reqwest::Client {
-        &self.client
-    }
-
     /// A transport error with its causes ("error sending request: ...:
     /// Connection refused"): reqwest's own message leaves them out.
     fn fail_io(&self, e: &reqwest::Error) -> SourceError {
-        let mut message = e.to_string();
-        let mut cause: Option<&dyn std::error::Error> = std::error::Error::source(e);
-        while let Some(c) = cause {
-            let text = c.to_string();
-            if !message.contains(&text) {
-                message = format!("{message}: {text}");
-            }
-            cause = c.source();
-        }
-        self.fail(message)
+        self.fail(nixswarm_node::p2p::error_chain(e))
     }
 
     fn fail(&self, message: impl std::fmt::Display) -> SourceError {
@@ -118,11 +104,10 @@ impl Upstream {
         if let Some(t) = timeout {
             req = req.timeout(t);
         }
-        let mut req = req.build().map_err(|e| self.fail_io(&e))?;
-        if let Some(s) = &self.signer {
-            s.sign(&mut req);
-        }
-        let resp = self.client.execute(req).await.map_err(|e| self.fail_io(&e))?;
+        let req = req.build().map_err(|e| self.fail_io(&e))?;
+        let resp = crate::s3::send(&self.client, req, self.signer.as_ref())
+            .await
+            .map_err(|e| self.fail_io(&e))?;
         match resp.status() {
             s if s.is_success() => Ok(Some(resp)),
             StatusCode::NOT_FOUND | StatusCode::FORBIDDEN | StatusCode::GONE => Ok(None),

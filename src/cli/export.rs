@@ -16,7 +16,8 @@ use clap::Args;
 use nixswarm_protocol::{NarCheck, NarInfo, PublicKey, Sha256Hash, StorePath, StorePathHash};
 use sha2::Digest as _;
 
-use crate::config::{Config, ConfigArgs, public_key};
+use super::import::parse_path;
+use crate::config::public_key;
 
 /// Flags of `nixswarm export`.
 #[derive(Debug, Clone, Args)]
@@ -45,25 +46,9 @@ pub struct ExportArgs {
     pub paths: Vec<String>,
 }
 
-fn parse_path(p: &str) -> Result<StorePathHash> {
-    let p = p.trim();
-    if let Ok(h) = p.parse() {
-        return Ok(h);
-    }
-    Ok(p.parse::<StorePath>()
-        .with_context(|| format!("{p:?} is neither a store path nor a store path hash"))?
-        .hash())
-}
-
 fn keys(args: &ExportArgs) -> Result<Vec<PublicKey>> {
     let given = if args.trusted_keys.is_empty() {
-        Config::load(&ConfigArgs {
-            config: args.client.config.clone(),
-            data_dir: args.client.data_dir.clone(),
-            ..ConfigArgs::default()
-        })?
-        .upstream
-        .trusted_keys
+        args.client.config()?.upstream.trusted_keys
     } else {
         args.trusted_keys.clone()
     };
@@ -246,11 +231,7 @@ impl Bucket {
     fn new(url: &str) -> Result<Self> {
         let parsed: reqwest::Url = url.parse().with_context(|| format!("{url:?} is not a URL"))?;
         let loc = nixswarm_gateway::s3::S3Location::parse(&parsed).map_err(anyhow::Error::msg)?;
-        let signer =
-            nixswarm_gateway::s3::Credentials::find(loc.profile.as_deref()).map(|creds| nixswarm_gateway::s3::Signer {
-                creds,
-                region: loc.region.clone(),
-            });
+        let signer = loc.signer();
         let staging = std::env::temp_dir().join(format!("nixswarm-export-{}", std::process::id()));
         std::fs::create_dir_all(staging.join("nar"))?;
         std::fs::write(staging.join(".s3-staging"), "")?;
@@ -267,18 +248,13 @@ impl Bucket {
         let url = self.loc.root().join(key)?;
         let len = std::fs::metadata(file)?.len();
         let body = tokio::fs::File::open(file).await?;
-        let mut req = self
+        let req = self
             .client
             .put(url.clone())
             .header(reqwest::header::CONTENT_LENGTH, len)
             .body(reqwest::Body::from(body))
             .build()?;
-        if let Some(s) = &self.signer {
-            s.sign(&mut req);
-        }
-        let resp = self
-            .client
-            .execute(req)
+        let resp = nixswarm_gateway::s3::send(&self.client, req, self.signer.as_ref())
             .await
             .with_context(|| format!("uploading {url}"))?;
         let status = resp.status();

@@ -57,12 +57,8 @@ async fn list_s3(
     let mut all = Vec::new();
     let mut token: Option<String> = None;
     loop {
-        let mut req = client.get(loc.list_url(token.as_deref())).build()?;
-        if let Some(s) = signer {
-            s.sign(&mut req);
-        }
-        let resp = client
-            .execute(req)
+        let req = client.get(loc.list_url(token.as_deref())).build()?;
+        let resp = nixswarm_gateway::s3::send(client, req, signer)
             .await
             .with_context(|| format!("listing s3://{}", loc.bucket))?;
         let status = resp.status();
@@ -85,7 +81,9 @@ enum Target {
     Store(nixswarm_node::ChunkStore),
 }
 
-fn parse_path(p: &str) -> Result<StorePathHash> {
+/// A store path (`/nix/store/<hash>-<name>`) or its 32-character hash.
+pub(crate) fn parse_path(p: &str) -> Result<StorePathHash> {
+    let p = p.trim();
     if let Ok(h) = p.parse() {
         return Ok(h);
     }
@@ -140,12 +138,7 @@ pub fn run(args: &ImportArgs) -> Result<()> {
                     Duration::from_secs(60),
                     std::slice::from_ref(&root),
                 )?;
-                let signer = nixswarm_gateway::s3::Credentials::find(loc.profile.as_deref()).map(|creds| {
-                    nixswarm_gateway::s3::Signer {
-                        creds,
-                        region: loc.region.clone(),
-                    }
-                });
+                let signer = loc.signer();
                 let mut up =
                     Upstream::new(&root, client.clone(), Duration::from_secs(30)).map_err(anyhow::Error::msg)?;
                 if let Some(s) = &signer {

@@ -287,16 +287,25 @@ impl Default for StoreSection {
     }
 }
 
-/// The flags of the commands that talk to a running node (`status`,
-/// `pin`, `unpin`): where its configuration is, to find its gateway.
+/// Where a node's configuration and data are: the flags every command
+/// takes. Each also reads a `NIXSWARM_*` variable.
 #[derive(Debug, Clone, Default, Args)]
-pub struct ClientArgs {
-    /// TOML configuration file of the node.
+pub struct NodeDirs {
+    /// TOML configuration file.
     #[arg(long, env = "NIXSWARM_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Data directory of the node.
+    /// Data directory (chunk store, node key).
     #[arg(long, env = "NIXSWARM_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
+}
+
+/// The flags of the commands that talk to a running node (`status`,
+/// `pin`, `unpin`, `export`): where its configuration is, to find its
+/// gateway.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ClientArgs {
+    #[command(flatten)]
+    pub node: NodeDirs,
     /// The gateway to ask: a URL or HOST:PORT [default: the configured
     /// gateway address, 127.0.0.1:37515].
     #[arg(long, env = "NIXSWARM_GATEWAY", value_name = "URL")]
@@ -304,18 +313,22 @@ pub struct ClientArgs {
 }
 
 impl ClientArgs {
+    /// The node's configuration (its file, the environment and defaults).
+    pub fn config(&self) -> Result<Config> {
+        Config::load(&ConfigArgs {
+            store: StoreArgs {
+                node: self.node.clone(),
+                ..StoreArgs::default()
+            },
+            ..ConfigArgs::default()
+        })
+    }
+
     /// The gateway's base URL, without a trailing slash.
     pub fn gateway_url(&self) -> Result<Url> {
         let given = match &self.gateway {
             Some(g) => g.clone(),
-            None => {
-                let config = Config::load(&ConfigArgs {
-                    config: self.config.clone(),
-                    data_dir: self.data_dir.clone(),
-                    ..ConfigArgs::default()
-                })?;
-                config.gateway.listen.to_string()
-            }
+            None => self.config()?.gateway.listen.to_string(),
         };
         let with_scheme = if given.contains("://") {
             given.clone()
@@ -332,69 +345,12 @@ impl ClientArgs {
     }
 }
 
-/// The flags of `import`: the node's store and what it trusts.
+/// The flags of the node's store and what it trusts (all of `import`'s;
+/// part of every command that reads the configuration).
 #[derive(Debug, Clone, Default, Args)]
 pub struct StoreArgs {
-    /// TOML configuration file of the node.
-    #[arg(long, env = "NIXSWARM_CONFIG", value_name = "FILE")]
-    pub config: Option<PathBuf>,
-    /// Data directory of the node.
-    #[arg(long, env = "NIXSWARM_DATA_DIR", value_name = "DIR")]
-    pub data_dir: Option<PathBuf>,
-    /// Directory of the chunk store [default: `store` in the data directory].
-    #[arg(long, env = "NIXSWARM_LOCATION", value_name = "DIR")]
-    pub location: Option<PathBuf>,
-    /// Most disk space for the chunk store: a size (10G) or a percentage of its filesystem (10%) [default: 10G].
-    #[arg(long, alias = "cache-size", env = "NIXSWARM_AMOUNT", value_name = "SIZE|PERCENT")]
-    pub amount: Option<Amount>,
-    /// Trusted public key NAME:BASE64; repeat for several [default: cache.nixos.org-1].
-    #[arg(
-        long = "trusted-key",
-        env = "NIXSWARM_TRUSTED_KEY",
-        value_delimiter = ',',
-        value_name = "NAME:KEY"
-    )]
-    pub trusted_keys: Vec<String>,
-}
-
-impl StoreArgs {
-    /// The same, as the configuration's flags.
-    pub fn config_args(&self) -> ConfigArgs {
-        ConfigArgs {
-            config: self.config.clone(),
-            data_dir: self.data_dir.clone(),
-            location: self.location.clone(),
-            amount: self.amount,
-            trusted_keys: self.trusted_keys.clone(),
-            ..ConfigArgs::default()
-        }
-    }
-}
-
-/// The flags shared by every command that reads the configuration. Each
-/// also reads a `NIXSWARM_*` variable.
-#[derive(Debug, Clone, Default, Args)]
-pub struct ConfigArgs {
-    /// TOML configuration file.
-    #[arg(long, env = "NIXSWARM_CONFIG", value_name = "FILE")]
-    pub config: Option<PathBuf>,
-    /// Data directory (chunk store, node key).
-    #[arg(long, env = "NIXSWARM_DATA_DIR", value_name = "DIR")]
-    pub data_dir: Option<PathBuf>,
-    /// Gateway listen address.
-    #[arg(long, env = "NIXSWARM_GATEWAY_LISTEN", value_name = "ADDR")]
-    pub gateway_listen: Option<SocketAddr>,
-    /// Upstream cache URL; repeat for several, in priority order. Replaces the default list.
-    #[arg(
-        long = "upstream",
-        env = "NIXSWARM_UPSTREAM",
-        value_delimiter = ',',
-        value_name = "URL"
-    )]
-    pub upstreams: Vec<String>,
-    /// Use no upstream at all (serve only what is stored locally).
-    #[arg(long, env = "NIXSWARM_NO_UPSTREAM", value_parser = boolish(), conflicts_with = "upstreams")]
-    pub no_upstream: bool,
+    #[command(flatten)]
+    pub node: NodeDirs,
     /// Trusted public key NAME:BASE64; repeat for several. Replaces the default (cache.nixos.org-1).
     #[arg(
         long = "trusted-key",
@@ -409,6 +365,38 @@ pub struct ConfigArgs {
     /// Directory of the chunk store (default: `store` in the data directory).
     #[arg(long, env = "NIXSWARM_LOCATION", value_name = "DIR")]
     pub location: Option<PathBuf>,
+}
+
+impl StoreArgs {
+    /// The same, as the configuration's flags.
+    pub fn config_args(&self) -> ConfigArgs {
+        ConfigArgs {
+            store: self.clone(),
+            ..ConfigArgs::default()
+        }
+    }
+}
+
+/// The flags shared by every command that reads the configuration. Each
+/// also reads a `NIXSWARM_*` variable.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ConfigArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Gateway listen address.
+    #[arg(long, env = "NIXSWARM_GATEWAY_LISTEN", value_name = "ADDR")]
+    pub gateway_listen: Option<SocketAddr>,
+    /// Upstream cache URL; repeat for several, in priority order. Replaces the default list.
+    #[arg(
+        long = "upstream",
+        env = "NIXSWARM_UPSTREAM",
+        value_delimiter = ',',
+        value_name = "URL"
+    )]
+    pub upstreams: Vec<String>,
+    /// Use no upstream at all (serve only what is stored locally).
+    #[arg(long, env = "NIXSWARM_NO_UPSTREAM", value_parser = boolish(), conflicts_with = "upstreams")]
+    pub no_upstream: bool,
     #[command(flatten)]
     pub donor: donor::DonorArgs,
     /// Peer-to-peer listen multiaddr; repeat for several. Replaces the default (TCP and QUIC on port 37516).
@@ -522,7 +510,7 @@ impl Config {
 
     /// Applies flags (and, through clap, the environment) over this config.
     pub fn apply(mut self, args: &ConfigArgs) -> Self {
-        if let Some(d) = &args.data_dir {
+        if let Some(d) = &args.store.node.data_dir {
             self.data_dir = Some(d.clone());
         }
         if let Some(l) = args.gateway_listen {
@@ -533,13 +521,13 @@ impl Config {
         } else if !args.upstreams.is_empty() {
             self.upstream.urls = args.upstreams.clone();
         }
-        if !args.trusted_keys.is_empty() {
-            self.upstream.trusted_keys = args.trusted_keys.clone();
+        if !args.store.trusted_keys.is_empty() {
+            self.upstream.trusted_keys = args.store.trusted_keys.clone();
         }
-        if let Some(s) = args.amount {
+        if let Some(s) = args.store.amount {
             self.store.amount = s;
         }
-        if let Some(l) = &args.location {
+        if let Some(l) = &args.store.location {
             self.store.location = Some(l.clone());
         }
         self.donor.apply(&args.donor);
@@ -609,7 +597,7 @@ impl Config {
 
     /// Loads defaults, the file named by `--config` (if any), then flags.
     pub fn load(args: &ConfigArgs) -> Result<Self> {
-        let base = match &args.config {
+        let base = match &args.store.node.config {
             Some(path) => Self::from_file(path)?,
             None => Self::default(),
         };

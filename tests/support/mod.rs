@@ -464,6 +464,24 @@ impl Drop for Gateway {
     }
 }
 
+/// Runs `nixswarm ARGS` with `env` added: whether it succeeded, and its
+/// standard output followed by its standard error.
+pub fn nixswarm(args: &[&str], env: &[(&str, &str)]) -> Result<(bool, String)> {
+    let out = Command::new(env!("CARGO_BIN_EXE_nixswarm"))
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .context("running nixswarm")?;
+    Ok((
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    ))
+}
+
 /// Runs `c`; its standard output, or an error naming `what` with its
 /// standard error.
 pub fn run_ok(c: &mut Command, what: &str) -> Result<String> {

@@ -35,16 +35,16 @@ pub(super) async fn abort(
     }
 }
 
-/// Streams `start..end` of a stored NAR, its bytes counted as `origin`'s
-/// (`local`, or `peer` for a NAR prefetched from peers). On a corrupt or
+/// Streams `start..end` of a stored NAR, its bytes counted, with
+/// `counted`, as the origin's (`local`, or `peer` for a NAR prefetched
+/// from peers) in those metrics. On a corrupt or
 /// missing chunk the body fails (so the connection is aborted) and
 /// `on_corrupt` runs.
 pub fn local(
     handle: NarHandle,
     start: u64,
     end: u64,
-    origin: &'static str,
-    metrics: Arc<Metrics>,
+    counted: Option<(&'static str, Arc<Metrics>)>,
     on_corrupt: impl FnOnce(String) + Send + 'static,
 ) -> ByteStream {
     let (tx, rx) = mpsc::channel(BODY_QUEUE);
@@ -56,7 +56,9 @@ pub fn local(
                     if tx.blocking_send(Ok(b)).is_err() {
                         return;
                     }
-                    metrics.served(origin, n);
+                    if let Some((origin, metrics)) = &counted {
+                        metrics.served(origin, n);
+                    }
                 }
                 Err(e) => {
                     let msg = e.to_string();

@@ -158,6 +158,12 @@ pub fn ip_of(addr: &Multiaddr) -> Option<std::net::IpAddr> {
     }
 }
 
+/// The network an address is in, for diversity: IPv4 /24, IPv6 /48 (a
+/// relay circuit's: its relay's).
+pub(crate) fn diversity_network(addr: &Multiaddr) -> Option<std::net::IpAddr> {
+    ip_of(addr).map(|ip| network_of(ip, 24, 48))
+}
+
 /// The network `ip` is in: its first `v4` bits (IPv4) or `v6` bits (IPv6),
 /// the rest cleared.
 pub(crate) fn network_of(ip: std::net::IpAddr, v4: u32, v6: u32) -> std::net::IpAddr {

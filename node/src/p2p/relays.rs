@@ -24,6 +24,8 @@ use libp2p::core::transport::ListenerId;
 use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId};
 
+use super::diversity_network as network;
+
 /// Reservations a private node keeps.
 pub const WANT: usize = 2;
 /// Candidates remembered.
@@ -46,11 +48,6 @@ pub struct Relays {
     /// Reservations asked for or held, by their listener.
     active: HashMap<ListenerId, Active>,
     resting: HashMap<PeerId, Instant>,
-}
-
-/// The network an address is in, for diversity: IPv4 /24, IPv6 /48.
-fn network(addr: &Multiaddr) -> Option<IpAddr> {
-    super::ip_of(addr).map(|ip| super::network_of(ip, 24, 48))
 }
 
 impl Relays {

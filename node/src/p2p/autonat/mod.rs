@@ -246,11 +246,12 @@ fn shape(t: &[Protocol<'_>]) -> Vec<std::mem::Discriminant<Protocol<'static>>> {
     t.iter().map(|p| std::mem::discriminant(&p.clone().acquire())).collect()
 }
 
+/// The network of a direct address (`None` through a relay).
 fn network(addr: &Multiaddr) -> Option<IpAddr> {
     if is_relayed(addr) {
         return None;
     }
-    super::ip_of(addr).map(|ip| super::network_of(ip, 24, 48))
+    super::diversity_network(addr)
 }
 
 impl NetworkBehaviour for Client {
